@@ -1,0 +1,222 @@
+"""The model catalog: which models exist, where they run, what they allow and cost.
+
+Prices are integer micro-dollars per second of video, by resolution. Each price carries
+its source; `SORA_PRICES` (a TOML file) may override any of them.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from bot.money import format_usd, usd_to_micros
+
+SIMULATOR = "simulator"
+GATEWAY = "gateway"
+OPENAI = "openai"
+
+# Sizes the OpenAI Videos API accepts, by (resolution, aspect ratio).
+OPENAI_SIZES: dict[tuple[str, str], str] = {
+    ("720p", "16:9"): "1280x720",
+    ("720p", "9:16"): "720x1280",
+    ("1024p", "16:9"): "1792x1024",
+    ("1024p", "9:16"): "1024x1792",
+    ("1080p", "16:9"): "1920x1080",
+    ("1080p", "9:16"): "1080x1920",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class ModelSpec:
+    id: str
+    provider: str
+    provider_model: str
+    label: str
+    durations: tuple[int, ...]
+    default_duration: int
+    prices_micros: Mapping[str, int]  # resolution -> micro-dollars per second
+    aspect_ratios: tuple[str, ...]
+    default_resolution: str = "720p"
+    default_aspect: str = "16:9"
+    price_source: str = ""
+    retired_note: str | None = None
+
+    @property
+    def resolutions(self) -> tuple[str, ...]:
+        return tuple(self.prices_micros)
+
+    def cost_micros(self, resolution: str, duration_s: int) -> int:
+        return self.prices_micros[resolution] * duration_s
+
+    def durations_text(self) -> str:
+        d = self.durations
+        contiguous = len(d) > 2 and list(d) == list(range(d[0], d[-1] + 1))
+        return f"{d[0]}–{d[-1]} s" if contiguous else ", ".join(str(x) for x in d) + " s"
+
+    def prices_text(self) -> str:
+        return ", ".join(f"{res} {format_usd(p)}/s" for res, p in self.prices_micros.items())
+
+
+def _usd(x: str) -> int:
+    return usd_to_micros(x)
+
+
+# Prices: OpenAI's published Sora 2 API prices (historical since the 2026-09-24 shutdown),
+# as recorded in reference/video-apis.md §5 on 2026-11-24. Gateways resell at their own
+# prices; SORA_PRICES overrides these.
+_SORA_2_PRICES = {"720p": _usd("0.10")}
+_SORA_2_PRO_PRICES = {"720p": _usd("0.30"), "1024p": _usd("0.50"), "1080p": _usd("0.50")}
+_SORA_SOURCE = "OpenAI API pricing for sora-2/sora-2-pro (reference §5, 2026-11-24)"
+_SORA_NOTE = (
+    "OpenAI shut the Sora 2 API down on 2026-09-24, so this model only works through a "
+    "gateway that still serves it."
+)
+
+
+def _sora_models(provider: str) -> list[ModelSpec]:
+    if provider == OPENAI:
+        durations_2: tuple[int, ...] = (4, 8, 12, 16, 20)
+        durations_pro: tuple[int, ...] = (4, 8, 12, 16, 20)
+        # The contract's default of 10 s is not a length the OpenAI shape accepts.
+        default_pro = 8
+    else:
+        durations_2 = tuple(range(4, 21))
+        durations_pro = tuple(range(4, 26))
+        default_pro = 10
+    return [
+        ModelSpec(
+            id="sora-2",
+            provider=provider,
+            provider_model="sora-2",
+            label="Sora 2",
+            durations=durations_2,
+            default_duration=8,
+            prices_micros=dict(_SORA_2_PRICES),
+            aspect_ratios=("16:9", "9:16"),
+            price_source=_SORA_SOURCE,
+            retired_note=_SORA_NOTE if provider == OPENAI else None,
+        ),
+        ModelSpec(
+            id="sora-2-pro",
+            provider=provider,
+            provider_model="sora-2-pro",
+            label="Sora 2 Pro",
+            durations=durations_pro,
+            default_duration=default_pro,
+            prices_micros=dict(_SORA_2_PRO_PRICES),
+            aspect_ratios=("16:9", "9:16"),
+            price_source=_SORA_SOURCE,
+            retired_note=_SORA_NOTE if provider == OPENAI else None,
+        ),
+    ]
+
+
+SIMULATOR_MODEL = ModelSpec(
+    id="simulator",
+    provider=SIMULATOR,
+    provider_model="simulator",
+    label="Simulator (built in, play money)",
+    durations=tuple(range(4, 21)),
+    default_duration=8,
+    # play money, priced like sora-2 so that budgets show
+    prices_micros={"720p": _usd("0.10")},
+    aspect_ratios=("16:9", "9:16", "1:1"),
+    price_source="built-in simulator; priced like sora-2 so budgets show",
+)
+
+# Preference order for the default model (CONTRACT: SORA_DEFAULT_MODEL).
+DEFAULT_ORDER = ("sora-2", "veo-3.1", "kling-3.0", "gen4.5", "seedance-2.0")
+
+
+@dataclass(slots=True)
+class Catalog:
+    """The offered models, keyed by the bot's model id, in display order."""
+
+    models: dict[str, ModelSpec] = field(default_factory=dict)
+    default_model: str = SIMULATOR
+
+    def get(self, model_id: str) -> ModelSpec | None:
+        return self.models.get(model_id.strip().lower())
+
+    def ids(self) -> list[str]:
+        return list(self.models)
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        return iter(self.models.values())
+
+
+class CatalogError(ValueError):
+    """A configuration problem (unknown model, bad price file): stops start-up."""
+
+
+def build_catalog(
+    *,
+    providers: Iterable[str],
+    gateway_models: Iterable[str] = (),
+    default_model: str | None = None,
+    prices_file: Path | None = None,
+    include_simulator: bool | None = None,
+) -> Catalog:
+    """Offer the models whose provider is configured.
+
+    Sora models go through the gateway when listed in VIDEO_GATEWAY_MODELS, else through the
+    OpenAI shape when that key is set. The simulator is offered when nothing else is, or when
+    asked for explicitly (demo, tests).
+    """
+    configured = set(providers)
+    gateway_set = {m.strip() for m in gateway_models if m.strip()}
+    offered: dict[str, ModelSpec] = {}
+    if GATEWAY in configured:
+        for spec in _sora_models(GATEWAY):
+            if spec.id in gateway_set:
+                offered[spec.id] = spec
+    if OPENAI in configured:
+        for spec in _sora_models(OPENAI):
+            offered.setdefault(spec.id, spec)
+    if include_simulator or (include_simulator is None and not offered):
+        offered[SIMULATOR_MODEL.id] = SIMULATOR_MODEL
+    if prices_file is not None:
+        offered = _apply_price_overrides(offered, prices_file)
+
+    if default_model:
+        if default_model not in offered:
+            raise CatalogError(
+                f"SORA_DEFAULT_MODEL: {default_model!r} is not an offered model "
+                f"(offered: {', '.join(offered)})"
+            )
+        chosen = default_model
+    else:
+        chosen = next((m for m in DEFAULT_ORDER if m in offered), None) or next(iter(offered))
+    return Catalog(models=offered, default_model=chosen)
+
+
+def _apply_price_overrides(models: dict[str, ModelSpec], path: Path) -> dict[str, ModelSpec]:
+    try:
+        data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise CatalogError(f"SORA_PRICES: file not found: {path}") from exc
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise CatalogError(f"SORA_PRICES: not valid TOML: {exc}") from exc
+    out = dict(models)
+    for model_id, table in data.items():
+        if not isinstance(table, dict):
+            raise CatalogError(f"SORA_PRICES: [{model_id}] must be a table of resolution = price")
+        spec = out.get(model_id)
+        if spec is None:
+            # Prices for models not offered here are harmless (a shared price file).
+            continue
+        prices = dict(spec.prices_micros)
+        for res, value in table.items():
+            if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+                raise CatalogError(f"SORA_PRICES: [{model_id}] {res} must be a number")
+            try:
+                micros = usd_to_micros(value)
+            except ValueError as exc:
+                raise CatalogError(f"SORA_PRICES: [{model_id}] {res}: {exc}") from exc
+            if micros < 0:
+                raise CatalogError(f"SORA_PRICES: [{model_id}] {res} must not be negative")
+            prices[str(res)] = micros
+        out[model_id] = replace(spec, prices_micros=prices, price_source=f"SORA_PRICES ({path})")
+    return out

@@ -1,0 +1,147 @@
+"""Settings from the environment and `.env`: the only code that reads either."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from pathlib import Path
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from bot.money import usd_to_micros
+
+
+class ConfigError(Exception):
+    """One line naming the variable; start-up stops on it."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_file=".env", env_file_encoding="utf-8", extra="ignore", case_sensitive=False
+    )
+
+    slack_bot_token: SecretStr | None = None
+    slack_signing_secret: SecretStr | None = None
+    slack_app_token: SecretStr | None = None
+    slack_api_url: str = "https://slack.com/api/"
+    port: int = Field(3000, ge=1, le=65535)
+    host: str = "0.0.0.0"
+
+    sora_db_path: Path = Path("./sora-bot.db")
+    sora_default_model: str | None = None
+    sora_daily_budget_usd: Decimal = Decimal("5.00")
+    sora_workspace_daily_budget_usd: Decimal | None = None
+    sora_max_concurrent_per_user: int = Field(3, ge=1)
+    sora_admin_user_ids: str = ""
+    sora_timezone: str = "UTC"
+    sora_poll_interval: float = Field(5.0, gt=0)
+    sora_stall_timeout: float = Field(600.0, gt=0)
+    sora_job_timeout: float = Field(1800.0, gt=0)
+    sora_prices: Path | None = None
+    # Not in the contract: how long a simulated video takes, and the log level.
+    sora_simulator_seconds: float = Field(12.0, gt=0)
+    sora_log_level: str = "INFO"
+
+    video_gateway_base_url: str | None = None
+    video_gateway_api_key: SecretStr | None = None
+    video_gateway_models: str = "sora-2,sora-2-pro"
+    openai_api_key: SecretStr | None = None
+    openai_base_url: str = "https://api.openai.com/v1"
+
+    @field_validator("sora_daily_budget_usd", "sora_workspace_daily_budget_usd", mode="before")
+    @classmethod
+    def _dollars(cls, v: object) -> object:
+        if v is None or (isinstance(v, str) and v.strip().lower() in ("", "off", "none")):
+            return None
+        text = str(v).strip().lstrip("$")
+        try:
+            amount = Decimal(text)
+        except Exception as exc:
+            raise ValueError(f"not an amount of dollars: {v!r}") from exc
+        if not amount.is_finite() or amount < 0:
+            raise ValueError(f"must be a non-negative amount of dollars, got {v!r}")
+        return amount
+
+    @field_validator("sora_timezone")
+    @classmethod
+    def _zone(cls, v: str) -> str:
+        try:
+            ZoneInfo(v)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"unknown IANA time zone {v!r} (try Europe/Berlin or UTC)") from exc
+        return v
+
+    @field_validator("slack_api_url", "video_gateway_base_url", "openai_base_url")
+    @classmethod
+    def _url(cls, v: str | None) -> str | None:
+        if v is None or v == "":
+            return None
+        if not v.startswith(("http://", "https://")):
+            raise ValueError(f"must be an http(s) URL, got {v!r}")
+        return v
+
+    @field_validator("sora_log_level")
+    @classmethod
+    def _level(cls, v: str) -> str:
+        level = v.strip().upper()
+        if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+            raise ValueError("must be DEBUG, INFO, WARNING or ERROR")
+        return level
+
+    @model_validator(mode="after")
+    def _timeouts(self) -> "Settings":
+        if self.sora_daily_budget_usd is None:
+            self.sora_daily_budget_usd = Decimal("5.00")
+        if self.sora_job_timeout <= self.sora_poll_interval:
+            raise ValueError("SORA_JOB_TIMEOUT must be longer than SORA_POLL_INTERVAL")
+        if self.slack_api_url is None:
+            self.slack_api_url = "https://slack.com/api/"
+        if self.openai_base_url is None:
+            self.openai_base_url = "https://api.openai.com/v1"
+        return self
+
+    # Derived values, in the units the code uses.
+    @property
+    def daily_budget_micros(self) -> int:
+        return usd_to_micros(self.sora_daily_budget_usd)
+
+    @property
+    def workspace_budget_micros(self) -> int | None:
+        v = self.sora_workspace_daily_budget_usd
+        return None if v is None else usd_to_micros(v)
+
+    @property
+    def admin_user_ids(self) -> frozenset[str]:
+        return frozenset(x.strip() for x in self.sora_admin_user_ids.split(",") if x.strip())
+
+    @property
+    def gateway_models(self) -> list[str]:
+        return [m.strip() for m in self.video_gateway_models.split(",") if m.strip()]
+
+    @property
+    def tz(self) -> ZoneInfo:
+        return ZoneInfo(self.sora_timezone)
+
+    @property
+    def configured_providers(self) -> list[str]:
+        out = []
+        if self.video_gateway_base_url and self.video_gateway_api_key:
+            out.append("gateway")
+        if self.openai_api_key:
+            out.append("openai")
+        return out
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read the environment (and .env); raise ConfigError with one line on a bad value."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = err.get("loc") or ()
+        name = str(loc[0]).upper() if loc else ""
+        msg = str(err.get("msg", "invalid value")).removeprefix("Value error, ")
+        if name:
+            raise ConfigError(f"{name}: {msg}") from None
+        raise ConfigError(msg) from None

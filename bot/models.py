@@ -1,0 +1,116 @@
+"""Typed values that travel between the layers: job states, failure kinds, requests, rows."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+
+
+class JobStatus(StrEnum):
+    QUEUED = "queued"  # reserved, not yet accepted by the provider
+    SUBMITTED = "submitted"  # provider job id stored
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED)
+
+
+UNFINISHED = (JobStatus.QUEUED, JobStatus.SUBMITTED, JobStatus.RUNNING)
+
+
+class FailureKind(StrEnum):
+    INVALID_REQUEST = "invalid_request"
+    BLOCKED_INPUT = "blocked_input"
+    BLOCKED_OUTPUT = "blocked_output"
+    RATE_LIMITED = "rate_limited"
+    QUOTA_EXHAUSTED = "quota_exhausted"
+    AUTH_FAILED = "auth_failed"
+    PROVIDER_UNAVAILABLE = "provider_unavailable"
+    GENERATION_FAILED = "generation_failed"
+    STUCK = "stuck"
+    RESULT_EXPIRED = "result_expired"
+    DOWNLOAD_FAILED = "download_failed"
+    CANCELLED = "cancelled"
+    PROVIDER_RETIRED = "provider_retired"
+
+
+class ProviderState(StrEnum):
+    """The normalised provider status of reference §2."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    UNKNOWN = "unknown"
+
+
+@dataclass(frozen=True, slots=True)
+class VideoSpec:
+    """What the provider is asked to make, after validation against the catalog."""
+
+    model: str  # the bot's own model id, e.g. "sora-2"
+    provider_model: str  # the provider's name for it
+    prompt: str
+    duration_s: int
+    resolution: str  # "720p", "1024p", "1080p", "4k"
+    aspect_ratio: str  # "16:9", "9:16", "1:1"
+    external_id: str  # our job id: providers that accept one use it to dedupe
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderStatus:
+    """One poll's answer, normalised. `error` is set when state is FAILED."""
+
+    state: ProviderState
+    progress: int | None = None
+    video_url: str | None = None
+    error: "ProviderErrorInfo | None" = None
+    retry_after_s: float | None = None
+    cost_micros: int | None = None  # the provider's reported cost, when it gives one
+    expires_at: datetime | None = None
+    raw_status: str | None = None  # for logs only
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderErrorInfo:
+    kind: FailureKind
+    detail: str  # provider's own words, for logs; never shown verbatim to users
+    reason: str | None = None  # a short user-safe reason, e.g. "violence"
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    id: str
+    user_id: str
+    team_id: str | None
+    channel_id: str
+    thread_ts: str | None
+    status_ts: str | None
+    source: str
+    model: str
+    provider: str
+    prompt: str
+    duration_seconds: int
+    resolution: str
+    aspect_ratio: str
+    status: JobStatus
+    failure_kind: FailureKind | None
+    failure_detail: str | None
+    progress: int | None
+    provider_job_id: str | None
+    estimate_micros: int
+    cost_micros: int
+    video_url: str | None
+    response_url: str | None
+    created_at: datetime
+    submit_started_at: datetime | None
+    last_progress_at: datetime | None
+    stall_notified: bool
+    finished_at: datetime | None
+    budget_day: str
