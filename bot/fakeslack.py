@@ -1,0 +1,824 @@
+"""An in-memory fake of the Slack Web API parts the bot uses, for `sora-bot demo` and the tests."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import itertools
+import json
+import math
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from aiohttp import BodyPartReader, web
+
+# Slack's documented limits, enforced so the bot meets the same walls it would in production.
+MAX_TEXT_CHARS = 40_000
+MAX_BLOCKS = 50
+
+# Params Slack accepts as JSON-encoded strings inside a form body.
+_JSON_PARAMS = ("blocks", "files", "attachments", "view", "metadata")
+
+_VIDEO_SUFFIXES = (".mp4", ".mov", ".webm", ".m4v", ".mkv", ".avi", ".gif")
+
+# Upload POSTs and response_url POSTs are recorded under these pseudo method names.
+UPLOAD = "upload"
+RESPOND = "respond"
+
+
+@dataclass
+class Call:
+    """One request as it arrived, including ones that failed or were failed on purpose."""
+
+    method: str
+    params: dict[str, Any]
+    http_status: int = 200
+    token: str | None = None
+
+
+@dataclass
+class Message:
+    """A message as a Slack user would see it (or, for ephemerals, as one user would)."""
+
+    channel: str
+    ts: str
+    thread_ts: str | None
+    text: str
+    blocks: list[dict[str, Any]] = field(default_factory=list)
+    user: str = ""
+    files: list[dict[str, Any]] = field(default_factory=list)
+    edits: list[tuple[str, list[dict[str, Any]]]] = field(default_factory=list)
+    ephemeral_to: str | None = None
+    attachments: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_api(self, bot_user_id: str, bot_id: str) -> dict[str, Any]:
+        body: dict[str, Any] = {"type": "message", "user": self.user, "text": self.text, "ts": self.ts}
+        if self.user == bot_user_id:
+            body["bot_id"] = bot_id
+        if self.thread_ts is not None:
+            body["thread_ts"] = self.thread_ts
+        if self.blocks:
+            body["blocks"] = self.blocks
+        if self.attachments:
+            body["attachments"] = self.attachments
+        if self.files:
+            body["files"] = self.files
+        return body
+
+
+@dataclass
+class Upload:
+    """What reached an upload URL: enough to check the right bytes went up without keeping them."""
+
+    file_id: str
+    filename: str
+    length: int
+    size: int
+    sha256: str
+
+
+@dataclass
+class _Channel:
+    id: str
+    name: str
+    private: bool
+    member: bool
+
+
+@dataclass
+class _User:
+    id: str
+    name: str
+    is_admin: bool
+    is_owner: bool
+    tz: str
+
+
+@dataclass
+class _Fault:
+    status: int
+    error: str | None
+    retry_after: float | None
+
+
+class _SlackError(Exception):
+    """Raised inside a method handler to answer `{"ok": false, "error": ...}`."""
+
+    def __init__(self, error: str) -> None:
+        super().__init__(error)
+        self.error = error
+
+
+class FakeSlack:
+    """A local Slack Web API bound to 127.0.0.1 on a free port, recording everything it is sent."""
+
+    def __init__(self, *, bot_user_id: str = "UBOT", bot_id: str = "BBOT", team_id: str = "T0001") -> None:
+        self.bot_user_id = bot_user_id
+        self.bot_id = bot_id
+        self.team_id = team_id
+
+        self.calls: list[Call] = []
+        self.messages: list[Message] = []
+        self.ephemerals: list[Message] = []
+        self.responses: dict[str, list[dict[str, Any]]] = {}
+        self.views: list[dict[str, Any]] = []
+        self.uploads: dict[str, Upload] = {}
+
+        self._channels: dict[str, _Channel] = {}
+        self._users: dict[str, _User] = {}
+        self._faults: dict[str, deque[_Fault]] = {}
+        # files.getUploadURLExternal hands these out; the byte upload and completion look them up
+        self._pending_uploads: dict[str, tuple[str, int]] = {}
+        self._shared_files: set[str] = set()
+        # one counter for every ts so they are strictly increasing across channels and kinds
+        self._ts_micros = itertools.count(1_700_000_000_000_100, 100)
+        self._ids = itertools.count(1)
+        self._response_urls = itertools.count(1)
+        self._runner: web.AppRunner | None = None
+        self._port: int | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        if self._runner is not None:
+            return
+        # large enough for any form body the bot sends; byte uploads are streamed and not bounded by it
+        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app.router.add_route("*", "/api/{method}", self._handle_api)
+        app.router.add_post("/upload/{file_id}", self._handle_upload)
+        app.router.add_post("/respond/{n}", self._handle_respond)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        self._runner = runner
+        self._port = int(runner.addresses[0][1])
+
+    async def stop(self) -> None:
+        if self._runner is None:
+            return
+        runner, self._runner = self._runner, None
+        await runner.cleanup()
+
+    async def __aenter__(self) -> FakeSlack:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    @property
+    def base_url(self) -> str:
+        if self._port is None:
+            raise RuntimeError("FakeSlack is not started")
+        return f"http://127.0.0.1:{self._port}"
+
+    @property
+    def api_url(self) -> str:
+        return f"{self.base_url}/api/"
+
+    # ------------------------------------------------------------------ world setup
+
+    def add_channel(self, channel_id: str, *, name: str | None = None, private: bool = False, member: bool = False) -> None:
+        self._channels[channel_id] = _Channel(channel_id, name or channel_id.lower(), private, member)
+
+    def add_user(
+        self,
+        user_id: str,
+        *,
+        name: str | None = None,
+        is_admin: bool = False,
+        is_owner: bool = False,
+        tz: str = "UTC",
+    ) -> None:
+        self._users[user_id] = _User(user_id, name or user_id.lower(), is_admin, is_owner, tz)
+
+    def add_message(self, channel: str, text: str, *, user: str, thread_ts: str | None = None) -> Message:
+        """Put a message from a human in the world, e.g. the one an app_mention event points at."""
+        message = Message(channel=channel, ts=self._next_ts(), thread_ts=thread_ts, text=text, user=user)
+        self.messages.append(message)
+        return message
+
+    def new_response_url(self) -> str:
+        url = f"{self.base_url}/respond/{next(self._response_urls)}"
+        self.responses[url] = []
+        return url
+
+    def fail_next(
+        self,
+        method: str,
+        *,
+        status: int = 200,
+        error: str | None = None,
+        retry_after: float | None = None,
+        times: int = 1,
+    ) -> None:
+        """Make the next `times` calls to `method` (or "upload"/"respond") fail.
+
+        429 answers with a Retry-After header, >= 500 with that HTTP status, 200 with `{"ok": false}`.
+        """
+        if times < 1:
+            raise ValueError("times must be >= 1")
+        queue = self._faults.setdefault(method, deque())
+        queue.extend(_Fault(status, error, retry_after) for _ in range(times))
+
+    # ------------------------------------------------------------------ recording / queries
+
+    def calls_to(self, method: str) -> list[Call]:
+        return [c for c in self.calls if c.method == method]
+
+    def thread(self, channel: str, ts: str) -> list[Message]:
+        visible = [m for m in self.messages if m.channel == channel and m.ephemeral_to is None]
+        root = [m for m in visible if m.ts == ts and m.thread_ts is None]
+        replies = sorted((m for m in visible if m.thread_ts == ts), key=lambda m: _ts_key(m.ts))
+        return root + replies
+
+    def roots(self, channel: str) -> list[Message]:
+        found = (m for m in self.messages if m.channel == channel and m.thread_ts is None and m.ephemeral_to is None)
+        return sorted(found, key=lambda m: _ts_key(m.ts))
+
+    async def wait_for(self, predicate: Callable[[], bool], timeout: float = 10.0) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        last_error: BaseException | None = None
+        while True:
+            try:
+                if predicate():
+                    return
+                last_error = None
+            # a predicate that indexes into a list not yet filled just means "not yet"
+            except Exception as exc:
+                last_error = exc
+            if loop.time() >= deadline:
+                break
+            await asyncio.sleep(0.02)
+        name = getattr(predicate, "__qualname__", repr(predicate))
+        recent = "\n".join(f"  {c.method} -> {c.http_status} {_short(c.params)}" for c in self.calls[-10:])
+        detail = f" (last error: {last_error!r})" if last_error is not None else ""
+        raise AssertionError(
+            f"condition {name} not met within {timeout:g}s{detail}\n"
+            f"last calls:\n{recent or '  (none)'}\n"
+            f"what Slack shows:\n{self.render_all() or '(nothing)'}"
+        )
+
+    def render_thread(self, channel: str, ts: str) -> str:
+        messages = self.thread(channel, ts)
+        if not messages:
+            return f"(no message {ts} in {channel})"
+        lines: list[str] = []
+        for message in messages:
+            prefix = "  ↳ " if message.thread_ts is not None else ""
+            lines.extend(self._render_message(message, prefix))
+        return "\n".join(lines)
+
+    def render_all(self) -> str:
+        sections: list[str] = []
+        channels = list(dict.fromkeys(m.channel for m in self.messages))
+        for channel in channels:
+            threads = [self.render_thread(channel, root.ts) for root in self.roots(channel)]
+            # replies whose root is not in this fake (e.g. thread_ts from an event) still deserve a line
+            known_roots = {root.ts for root in self.roots(channel)}
+            orphans = [
+                m
+                for m in self.messages
+                if m.channel == channel and m.ephemeral_to is None and m.thread_ts and m.thread_ts not in known_roots
+            ]
+            for orphan in orphans:
+                threads.append("\n".join(self._render_message(orphan, f"  ↳ (in {orphan.thread_ts}) ")))
+            if threads:
+                sections.append(f"#{channel}\n" + "\n".join(threads))
+        for message in self.ephemerals:
+            sections.append("\n".join(self._render_message(message, f"(only {message.ephemeral_to} in #{message.channel}) ")))
+        for url, bodies in self.responses.items():
+            for body in bodies:
+                mode = body.get("response_type", "ephemeral")
+                text = str(body.get("text", ""))
+                block_lines = _render_blocks(body.get("blocks") or [])
+                sections.append("\n".join([f"(response_url {url.rsplit('/', 1)[-1]}, {mode}) {text}", *block_lines]))
+        return "\n\n".join(sections)
+
+    def _render_message(self, message: Message, prefix: str) -> list[str]:
+        if message.user == self.bot_user_id:
+            who = "bot"
+        else:
+            known = self._users.get(message.user)
+            who = known.name if known is not None else message.user
+        return _render_message_lines(message, who, prefix)
+
+    # ------------------------------------------------------------------ HTTP handlers
+
+    async def _handle_api(self, request: web.Request) -> web.Response:
+        method = request.match_info["method"]
+        try:
+            params = await _read_params(request)
+        except ValueError:
+            self.calls.append(Call(method, {}, 200, _token(request, {})))
+            return web.json_response({"ok": False, "error": "invalid_json"})
+        token = _token(request, params)
+        params.pop("token", None)
+        call = Call(method, params, 200, token)
+        self.calls.append(call)
+
+        fault = self._take_fault(method)
+        if fault is not None:
+            response = _fault_response(fault, json_body=True)
+            call.http_status = response.status
+            return response
+
+        if token is None:
+            return web.json_response({"ok": False, "error": "not_authed"})
+        if not token.startswith("xox"):
+            return web.json_response({"ok": False, "error": "invalid_auth"})
+
+        handler = self._methods().get(method)
+        try:
+            body = handler(params) if handler is not None else {}
+        except _SlackError as exc:
+            return web.json_response({"ok": False, "error": exc.error})
+        return web.json_response({"ok": True, **body})
+
+    async def _handle_upload(self, request: web.Request) -> web.Response:
+        file_id = request.match_info["file_id"]
+        call = Call(UPLOAD, {"file_id": file_id}, 200)
+        self.calls.append(call)
+        fault = self._take_fault(UPLOAD)
+        if fault is not None:
+            response = _fault_response(fault, json_body=False)
+            call.http_status = response.status
+            return response
+        pending = self._pending_uploads.get(file_id)
+        if pending is None:
+            call.http_status = 404
+            return web.Response(status=404, text="file_not_found")
+        size, digest = await _read_upload_body(request)
+        filename, length = pending
+        self.uploads[file_id] = Upload(file_id, filename, length, size, digest)
+        call.params.update(size=size, sha256=digest)
+        return web.Response(text=f"OK - {size}")
+
+    async def _handle_respond(self, request: web.Request) -> web.Response:
+        url = f"{self.base_url}/respond/{request.match_info['n']}"
+        try:
+            body = await request.json()
+        except ValueError:
+            body = None
+        call = Call(RESPOND, {"url": url, "body": body}, 200)
+        self.calls.append(call)
+        fault = self._take_fault(RESPOND)
+        if fault is not None:
+            response = _fault_response(fault, json_body=False)
+            call.http_status = response.status
+            return response
+        if url not in self.responses:
+            call.http_status = 404
+            return web.Response(status=404, text="no_service")
+        if not isinstance(body, dict):
+            call.http_status = 400
+            return web.Response(status=400, text="invalid_payload")
+        self.responses[url].append(body)
+        return web.Response(text="ok")
+
+    def _take_fault(self, method: str) -> _Fault | None:
+        queue = self._faults.get(method)
+        if not queue:
+            return None
+        return queue.popleft()
+
+    # ------------------------------------------------------------------ Web API methods
+
+    def _methods(self) -> dict[str, Callable[[dict[str, Any]], dict[str, Any]]]:
+        return {
+            "auth.test": self._auth_test,
+            "chat.postMessage": self._chat_post_message,
+            "chat.update": self._chat_update,
+            "chat.postEphemeral": self._chat_post_ephemeral,
+            "chat.getPermalink": self._chat_get_permalink,
+            "conversations.join": self._conversations_join,
+            "conversations.open": self._conversations_open,
+            "conversations.info": self._conversations_info,
+            "files.getUploadURLExternal": self._files_get_upload_url,
+            "files.completeUploadExternal": self._files_complete_upload,
+            "users.info": self._users_info,
+            "views.open": lambda params: self._views("views.open", params),
+            "views.update": lambda params: self._views("views.update", params),
+            "views.publish": lambda params: self._views("views.publish", params),
+        }
+
+    def _auth_test(self, params: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "url": "https://fake-workspace.slack.com/",
+            "team": "Fake Workspace",
+            "user": "sora-bot",
+            "team_id": self.team_id,
+            "user_id": self.bot_user_id,
+            "bot_id": self.bot_id,
+            "is_enterprise_install": False,
+        }
+
+    def _chat_post_message(self, params: dict[str, Any]) -> dict[str, Any]:
+        channel = self._writable_channel(params)
+        text, blocks, attachments = _content(params)
+        thread_ts = self._thread_root(channel, params.get("thread_ts"))
+        message = Message(
+            channel=channel,
+            ts=self._next_ts(),
+            thread_ts=thread_ts,
+            text=text,
+            blocks=blocks,
+            user=self.bot_user_id,
+            attachments=attachments,
+        )
+        self.messages.append(message)
+        return {"channel": channel, "ts": message.ts, "message": message.to_api(self.bot_user_id, self.bot_id)}
+
+    def _chat_update(self, params: dict[str, Any]) -> dict[str, Any]:
+        channel = str(params.get("channel") or "")
+        ts = str(params.get("ts") or "")
+        message = self._find(channel, ts)
+        if message is None:
+            raise _SlackError("message_not_found")
+        text = params.get("text")
+        if text is not None and len(str(text)) > MAX_TEXT_CHARS:
+            raise _SlackError("msg_too_long")
+        blocks = _blocks(params)
+        message.edits.append((message.text, message.blocks))
+        if text is not None:
+            message.text = str(text)
+        # Slack keeps the previous blocks when the update omits them; an explicit [] clears them
+        if "blocks" in params:
+            message.blocks = blocks
+        return {
+            "channel": channel,
+            "ts": ts,
+            "text": message.text,
+            "message": message.to_api(self.bot_user_id, self.bot_id),
+        }
+
+    def _chat_post_ephemeral(self, params: dict[str, Any]) -> dict[str, Any]:
+        channel = self._writable_channel(params)
+        user = params.get("user")
+        if not user:
+            raise _SlackError("user_not_in_channel")
+        text, blocks, attachments = _content(params)
+        thread_ts = self._thread_root(channel, params.get("thread_ts"))
+        message = Message(
+            channel=channel,
+            ts=self._next_ts(),
+            thread_ts=thread_ts,
+            text=text,
+            blocks=blocks,
+            user=self.bot_user_id,
+            ephemeral_to=str(user),
+            attachments=attachments,
+        )
+        self.messages.append(message)
+        self.ephemerals.append(message)
+        return {"message_ts": message.ts}
+
+    def _chat_get_permalink(self, params: dict[str, Any]) -> dict[str, Any]:
+        channel = str(params.get("channel") or "")
+        ts = str(params.get("message_ts") or "")
+        if self._find(channel, ts) is None:
+            raise _SlackError("message_not_found")
+        return {"channel": channel, "permalink": f"{self.base_url}/archives/{channel}/p{ts.replace('.', '')}"}
+
+    def _conversations_join(self, params: dict[str, Any]) -> dict[str, Any]:
+        channel_id = str(params.get("channel") or "")
+        if not channel_id:
+            raise _SlackError("channel_not_found")
+        if channel_id.startswith("D"):
+            raise _SlackError("method_not_supported_for_channel_type")
+        # channels nobody registered stand for public channels that exist elsewhere in the workspace
+        channel = self._channels.setdefault(channel_id, _Channel(channel_id, channel_id.lower(), False, False))
+        if channel.private:
+            raise _SlackError("method_not_supported_for_channel_type")
+        channel.member = True
+        return {"channel": _channel_api(channel)}
+
+    def _conversations_open(self, params: dict[str, Any]) -> dict[str, Any]:
+        users = [u for u in str(params.get("users") or "").split(",") if u]
+        if not users:
+            raise _SlackError("users_list_not_supplied")
+        return {"channel": {"id": f"D{users[0]}"}}
+
+    def _conversations_info(self, params: dict[str, Any]) -> dict[str, Any]:
+        channel_id = str(params.get("channel") or "")
+        if not channel_id:
+            raise _SlackError("channel_not_found")
+        if channel_id.startswith("D"):
+            return {"channel": {"id": channel_id, "is_im": True, "is_private": True, "is_member": True}}
+        channel = self._channels.get(channel_id, _Channel(channel_id, channel_id.lower(), False, False))
+        if channel.private and not channel.member:
+            raise _SlackError("channel_not_found")
+        return {"channel": _channel_api(channel)}
+
+    def _files_get_upload_url(self, params: dict[str, Any]) -> dict[str, Any]:
+        filename = params.get("filename")
+        try:
+            length = int(params.get("length"))  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            raise _SlackError("invalid_arguments") from None
+        if not filename or length < 0:
+            raise _SlackError("invalid_arguments")
+        file_id = f"F{next(self._ids):08d}"
+        self._pending_uploads[file_id] = (str(filename), length)
+        return {"upload_url": f"{self.base_url}/upload/{file_id}", "file_id": file_id}
+
+    def _files_complete_upload(self, params: dict[str, Any]) -> dict[str, Any]:
+        entries = params.get("files")
+        if not isinstance(entries, list) or not entries or not all(isinstance(e, dict) and e.get("id") for e in entries):
+            raise _SlackError("invalid_arguments")
+        channels = [str(params["channel_id"])] if params.get("channel_id") else []
+        channels += [c for c in str(params.get("channels") or "").split(",") if c]
+        for channel in channels:
+            if not self._can_share_into(channel):
+                raise _SlackError("not_in_channel")
+        files: list[dict[str, Any]] = []
+        for entry in entries:
+            upload = self.uploads.get(str(entry["id"]))
+            # a file id is good for one completion, as with Slack
+            if upload is None or upload.file_id in self._shared_files:
+                raise _SlackError("file_not_found")
+            files.append(
+                {
+                    "id": upload.file_id,
+                    "title": str(entry.get("title") or upload.filename),
+                    "name": upload.filename,
+                    "size": upload.size,
+                    "sha256": upload.sha256,
+                }
+            )
+        thread_ts = params.get("thread_ts")
+        roots = {channel: self._thread_root(channel, thread_ts) for channel in channels}
+        self._shared_files.update(f["id"] for f in files)
+        comment = str(params.get("initial_comment") or "")
+        for channel in channels:
+            message = Message(
+                channel=channel,
+                ts=self._next_ts(),
+                thread_ts=roots[channel],
+                text=comment,
+                user=self.bot_user_id,
+                files=[dict(f) for f in files],
+            )
+            self.messages.append(message)
+        return {"files": [{"id": f["id"], "title": f["title"], "name": f["name"], "size": f["size"]} for f in files]}
+
+    def _users_info(self, params: dict[str, Any]) -> dict[str, Any]:
+        user_id = str(params.get("user") or "")
+        if user_id == self.bot_user_id:
+            bot = _User(user_id, "sora-bot", False, False, "UTC")
+            return {"user": {**_user_api(bot, self.team_id), "is_bot": True}}
+        user = self._users.get(user_id)
+        if user is None:
+            raise _SlackError("user_not_found")
+        return {"user": _user_api(user, self.team_id)}
+
+    def _views(self, method: str, params: dict[str, Any]) -> dict[str, Any]:
+        self.views.append({"method": method, "params": params})
+        view = params.get("view")
+        if not isinstance(view, dict):
+            raise _SlackError("invalid_arguments")
+        view_id = str(params.get("view_id") or f"V{next(self._ids):08d}")
+        return {"view": {**view, "id": view_id, "team_id": self.team_id}}
+
+    # ------------------------------------------------------------------ helpers
+
+    def _next_ts(self) -> str:
+        micros = next(self._ts_micros)
+        return f"{micros // 1_000_000}.{micros % 1_000_000:06d}"
+
+    def _find(self, channel: str, ts: str) -> Message | None:
+        for message in self.messages:
+            if message.channel == channel and message.ts == ts and message.ephemeral_to is None:
+                return message
+        return None
+
+    def _writable_channel(self, params: dict[str, Any]) -> str:
+        channel_id = str(params.get("channel") or "")
+        if not channel_id:
+            raise _SlackError("channel_not_found")
+        # posting to a user id lands in the DM with that user
+        if channel_id[0] in "UW":
+            return f"D{channel_id}"
+        if channel_id.startswith("D"):
+            return channel_id
+        channel = self._channels.get(channel_id)
+        if channel is not None and channel.private and not channel.member:
+            raise _SlackError("channel_not_found")
+        return channel_id
+
+    def _can_share_into(self, channel_id: str) -> bool:
+        if channel_id.startswith("D"):
+            return True
+        channel = self._channels.get(channel_id)
+        # chat:write.public does not cover files: an unregistered channel is one the bot is not in
+        return channel is not None and channel.member
+
+    def _thread_root(self, channel: str, thread_ts: Any) -> str | None:
+        if thread_ts in (None, ""):
+            return None
+        parent = self._find(channel, str(thread_ts))
+        if parent is None:
+            raise _SlackError("thread_not_found")
+        # replying to a reply lands in the same thread in Slack
+        return parent.thread_ts or parent.ts
+
+
+# ---------------------------------------------------------------------- request parsing
+
+
+async def _read_params(request: web.Request) -> dict[str, Any]:
+    """Query args merged with a urlencoded, multipart or JSON body; JSON-in-form params decoded."""
+    params: dict[str, Any] = dict(request.query)
+    if request.method != "GET" and request.can_read_body:
+        if request.content_type == "application/json":
+            body = await request.json()
+            if not isinstance(body, dict):
+                raise ValueError("JSON body must be an object")
+            params.update(body)
+        elif request.content_type in ("application/x-www-form-urlencoded", "multipart/form-data"):
+            form = await request.post()
+            for key, value in form.items():
+                if isinstance(value, web.FileField):
+                    data = value.file.read()
+                    params[key] = {"filename": value.filename, "size": len(data)}
+                else:
+                    params[key] = value
+    for key in _JSON_PARAMS:
+        value = params.get(key)
+        if isinstance(value, str):
+            try:
+                params[key] = json.loads(value)
+            except ValueError:
+                # left as a string; the method handler reports it as Slack would
+                pass
+    return params
+
+
+async def _read_upload_body(request: web.Request) -> tuple[int, str]:
+    """Size and sha256 of the uploaded file, from a raw body or the file part of a multipart form."""
+    digest = hashlib.sha256()
+    size = 0
+    if request.content_type == "multipart/form-data":
+        reader = await request.multipart()
+        async for part in reader:
+            if isinstance(part, BodyPartReader) and (part.filename or part.name == "file"):
+                while chunk := await part.read_chunk():
+                    digest.update(chunk)
+                    size += len(chunk)
+                break
+        return size, digest.hexdigest()
+    async for chunk in request.content.iter_chunked(256 * 1024):
+        digest.update(chunk)
+        size += len(chunk)
+    return size, digest.hexdigest()
+
+
+def _token(request: web.Request, params: dict[str, Any]) -> str | None:
+    header = request.headers.get("Authorization", "")
+    if header.startswith("Bearer "):
+        return header[len("Bearer ") :].strip() or None
+    token = params.get("token")
+    return str(token) if token else None
+
+
+def _blocks(params: dict[str, Any]) -> list[dict[str, Any]]:
+    blocks = params.get("blocks")
+    if blocks is None or blocks == "":
+        return []
+    if not isinstance(blocks, list) or not all(isinstance(b, dict) and b.get("type") for b in blocks):
+        raise _SlackError("invalid_blocks")
+    if len(blocks) > MAX_BLOCKS:
+        raise _SlackError("invalid_blocks")
+    return blocks
+
+
+def _content(params: dict[str, Any]) -> tuple[str, list[dict[str, Any]], list[dict[str, Any]]]:
+    text = str(params.get("text") or "")
+    if len(text) > MAX_TEXT_CHARS:
+        raise _SlackError("msg_too_long")
+    blocks = _blocks(params)
+    attachments = params.get("attachments")
+    if attachments in (None, ""):
+        attachments = []
+    if not isinstance(attachments, list):
+        raise _SlackError("invalid_attachments")
+    if not text and not blocks and not attachments:
+        raise _SlackError("no_text")
+    return text, blocks, attachments
+
+
+def _fault_response(fault: _Fault, *, json_body: bool) -> web.Response:
+    if fault.status == 429:
+        # Retry-After is whole seconds in HTTP, and slack_sdk parses it with int()
+        retry_after = 1 if fault.retry_after is None else max(0, math.ceil(fault.retry_after))
+        headers = {"Retry-After": str(retry_after)}
+        if json_body:
+            return web.json_response({"ok": False, "error": "ratelimited"}, status=429, headers=headers)
+        return web.Response(status=429, text="ratelimited", headers=headers)
+    error = fault.error or ("internal_error" if fault.status >= 500 else "fatal_error")
+    status = fault.status
+    # the upload and response_url endpoints have no JSON envelope, so a failure must show in the status
+    if not json_body and status == 200:
+        status = 400
+    if json_body:
+        return web.json_response({"ok": False, "error": error}, status=status)
+    return web.Response(status=status, text=error)
+
+
+# ---------------------------------------------------------------------- API shapes and rendering
+
+
+def _channel_api(channel: _Channel) -> dict[str, Any]:
+    return {
+        "id": channel.id,
+        "name": channel.name,
+        "is_channel": not channel.private,
+        "is_private": channel.private,
+        "is_member": channel.member,
+    }
+
+
+def _user_api(user: _User, team_id: str) -> dict[str, Any]:
+    try:
+        offset = datetime.now(timezone.utc).astimezone(ZoneInfo(user.tz)).utcoffset()
+    except ZoneInfoNotFoundError:
+        offset = None
+    return {
+        "id": user.id,
+        "team_id": team_id,
+        "name": user.name,
+        "real_name": user.name,
+        "profile": {"real_name": user.name, "display_name": user.name},
+        "is_admin": user.is_admin,
+        "is_owner": user.is_owner,
+        "is_primary_owner": user.is_owner,
+        "is_bot": False,
+        "deleted": False,
+        "tz": user.tz,
+        "tz_offset": int(offset.total_seconds()) if offset is not None else 0,
+    }
+
+
+def _ts_key(ts: str) -> tuple[int, int]:
+    seconds, _, micros = ts.partition(".")
+    return int(seconds), int(micros or 0)
+
+
+def _short(params: dict[str, Any], limit: int = 160) -> str:
+    text = json.dumps(params, default=str, ensure_ascii=False)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _text_of(obj: Any) -> str:
+    if isinstance(obj, dict):
+        return str(obj.get("text", ""))
+    return "" if obj is None else str(obj)
+
+
+def _render_blocks(blocks: list[dict[str, Any]]) -> list[str]:
+    """One compact line per visible piece of a block: what a reader of the message would notice."""
+    lines: list[str] = []
+    for block in blocks:
+        kind = block.get("type")
+        if kind in ("section", "header"):
+            if block.get("text"):
+                lines.append(_text_of(block["text"]))
+            lines.extend(_text_of(f) for f in block.get("fields") or [])
+            accessory = block.get("accessory")
+            if isinstance(accessory, dict) and accessory.get("type") == "button":
+                lines.append(f"[button: {_text_of(accessory.get('text'))}]")
+        elif kind == "context":
+            parts: list[str] = []
+            for element in block.get("elements") or []:
+                if isinstance(element, dict):
+                    is_image = element.get("type") == "image"
+                    parts.append(f"[image: {element.get('alt_text', '')}]" if is_image else _text_of(element))
+            lines.append(" · ".join(p for p in parts if p))
+        elif kind == "actions":
+            labels = [_text_of(e.get("text")) for e in block.get("elements") or [] if isinstance(e, dict)]
+            lines.append(" ".join(f"[button: {label}]" for label in labels if label))
+        elif kind == "image":
+            lines.append(f"[image: {block.get('alt_text', '')}]")
+        elif kind == "video":
+            lines.append(f"[video block: {_text_of(block.get('title'))}]")
+    return [line for line in lines if line]
+
+
+def _render_file(info: dict[str, Any]) -> str:
+    name = str(info.get("name") or info.get("title") or info.get("id"))
+    kind = "video" if name.lower().endswith(_VIDEO_SUFFIXES) else "file"
+    size_kb = math.ceil(int(info.get("size") or 0) / 1024)
+    return f"[{kind}: {name}, {size_kb} KB]"
+
+
+def _render_message_lines(message: Message, who: str, prefix: str) -> list[str]:
+    head = " ".join(p for p in [message.text, *(_render_file(f) for f in message.files)] if p)
+    edited = " (edited)" if message.edits else ""
+    pad = " " * (len(prefix) + 4)
+    return [f"{prefix}{who}: {head}{edited}", *(f"{pad}| {line}" for line in _render_blocks(message.blocks))]
