@@ -1,0 +1,144 @@
+"""Builds the Bolt app and its runtime: database, providers, catalog, Slack client, poller."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+from aiohttp import web
+from slack_bolt.adapter.aiohttp import to_aiohttp_response, to_bolt_request
+from slack_bolt.async_app import AsyncApp
+from slack_sdk.web.async_client import AsyncWebClient
+
+from bot.catalog import GATEWAY, OPENAI, SIMULATOR, build_catalog
+from bot.clock import Clock, utcnow
+from bot.config import Settings
+from bot.deps import Deps, Timing
+from bot.poller import Poller
+from bot.providers.base import VideoProvider
+from bot.providers.simulator import SimulatorProvider
+from bot.slack_io import make_slack_client
+from handlers import commands as command_handlers
+from storage.db import Database
+
+log = logging.getLogger(__name__)
+
+
+def build_providers(settings: Settings) -> dict[str, VideoProvider]:
+    """One adapter per configured provider, each with its own HTTP client and limits."""
+    providers: dict[str, VideoProvider] = {SIMULATOR: SimulatorProvider(run_seconds=settings.sora_simulator_seconds)}
+    if settings.video_gateway_base_url and settings.video_gateway_api_key:
+        from bot.providers.gateway import GatewayProvider
+
+        providers[GATEWAY] = GatewayProvider(
+            settings.video_gateway_base_url, settings.video_gateway_api_key.get_secret_value()
+        )
+    if settings.openai_api_key:
+        from bot.providers.openai_videos import OpenAIVideosProvider
+
+        providers[OPENAI] = OpenAIVideosProvider(
+            settings.openai_base_url, settings.openai_api_key.get_secret_value()
+        )
+    return providers
+
+
+def build_app(deps: Deps, *, signing_secret: str | None) -> AsyncApp:
+    app = AsyncApp(
+        client=deps.slack,
+        signing_secret=signing_secret,
+        # Socket Mode payloads are unsigned (the WebSocket is authenticated instead)
+        request_verification_enabled=signing_secret is not None,
+        process_before_response=False,
+    )
+
+    @app.middleware
+    async def inject_deps(context: Any, next: Any) -> Any:  # noqa: A002 - Bolt's name
+        context["deps"] = deps
+        return await next()
+
+    @app.error
+    async def on_error(error: Exception, body: dict[str, Any]) -> None:
+        kind = body.get("type") or body.get("command") or "request"
+        log.error("unhandled error in a %s listener: %r", kind, error, exc_info=error)
+
+    command_handlers.register(app)
+    return app
+
+
+@dataclass(slots=True)
+class Runtime:
+    """What `sora-bot run`, the demo and the tests share."""
+
+    deps: Deps
+    app: AsyncApp
+    poller: Poller
+
+    async def start(self) -> int:
+        return await self.poller.resume()
+
+    async def close(self) -> None:
+        await self.poller.close()
+        for provider in self.deps.providers.values():
+            await provider.aclose()
+        await self.deps.http.aclose()
+        await self.deps.db.close()
+
+
+async def create_runtime(
+    settings: Settings,
+    *,
+    providers: Mapping[str, VideoProvider] | None = None,
+    slack: AsyncWebClient | None = None,
+    timing: Timing | None = None,
+    clock: Clock = utcnow,
+    include_simulator: bool | None = None,
+) -> Runtime:
+    providers = dict(providers) if providers is not None else build_providers(settings)
+    configured = [p for p in providers if p != SIMULATOR]
+    catalog = build_catalog(
+        providers=configured,
+        gateway_models=settings.gateway_models,
+        default_model=settings.sora_default_model,
+        prices_file=settings.sora_prices,
+        include_simulator=include_simulator,
+    )
+    db = await Database(settings.sora_db_path).open()
+    token = settings.slack_bot_token.get_secret_value() if settings.slack_bot_token else None
+    deps = Deps(
+        settings=settings,
+        db=db,
+        catalog=catalog,
+        providers=providers,
+        slack=slack or make_slack_client(token, settings.slack_api_url),
+        http=httpx.AsyncClient(timeout=httpx.Timeout(60.0, connect=10.0)),
+        media_dir=Path(f"{settings.sora_db_path}.media"),
+        timing=timing or Timing.from_settings(settings),
+        clock=clock,
+    )
+    poller = Poller(deps)
+    deps.poller = poller
+    secret = settings.slack_signing_secret.get_secret_value() if settings.slack_signing_secret else None
+    return Runtime(deps=deps, app=build_app(deps, signing_secret=secret), poller=poller)
+
+
+def make_web_app(runtime: Runtime) -> web.Application:
+    """HTTP mode: events, commands and interactivity at POST /slack/events; GET /healthz."""
+
+    async def slack_events(request: web.Request) -> web.Response:
+        bolt_request = await to_bolt_request(request)
+        bolt_response = await runtime.app.async_dispatch(bolt_request)
+        return await to_aiohttp_response(bolt_response)
+
+    async def healthz(_: web.Request) -> web.Response:
+        row = await runtime.deps.db.fetchone("SELECT COUNT(*) FROM jobs WHERE status IN ('queued','submitted','running')")
+        return web.json_response({"ok": True, "unfinished_jobs": int(row[0]) if row else 0,
+                                  "watching": len(runtime.poller.tasks)})
+
+    web_app = web.Application(client_max_size=1 << 20)
+    web_app.router.add_post("/slack/events", slack_events)
+    web_app.router.add_get("/healthz", healthz)
+    return web_app

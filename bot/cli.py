@@ -1,0 +1,216 @@
+"""`sora-bot run | demo | doctor | jobs | usage`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import signal
+import sys
+from datetime import date
+from typing import Any
+
+from bot.clock import budget_day, iso, utcnow
+from bot.config import ConfigError, Settings, load_settings
+from bot.deps import Deps
+from bot.money import format_usd, micros_to_usd
+from storage import jobs as jobstore
+from storage import ledger
+from storage.db import Database
+
+log = logging.getLogger("bot")
+
+
+def _job_dict(job: Any) -> dict[str, Any]:
+    return {
+        "id": job.id,
+        "user_id": job.user_id,
+        "channel_id": job.channel_id,
+        "thread_ts": job.thread_ts,
+        "model": job.model,
+        "provider": job.provider,
+        "prompt": job.prompt,
+        "duration_seconds": job.duration_seconds,
+        "resolution": job.resolution,
+        "aspect_ratio": job.aspect_ratio,
+        "status": job.status.value,
+        "failure_kind": job.failure_kind.value if job.failure_kind else None,
+        "progress": job.progress,
+        "provider_job_id": job.provider_job_id,
+        "cost_usd": micros_to_usd(job.cost_micros),
+        "reserved_usd": micros_to_usd(job.estimate_micros) if not job.status.terminal else 0.0,
+        "video_url": job.video_url,
+        "created_at": iso(job.created_at),
+        "finished_at": iso(job.finished_at) if job.finished_at else None,
+    }
+
+
+async def jobs_json(db: Database, *, user: str | None = None, status: str | None = None, limit: int = 200) -> str:
+    rows = await jobstore.list_jobs(db, user_id=user, status=status, limit=limit)
+    return json.dumps([_job_dict(j) for j in rows], indent=2)
+
+
+async def _usage_rows(db: Database, settings: Settings, day: str | None) -> list[dict[str, Any]]:
+    day = day or budget_day(utcnow(), settings.tz)
+    rows = await ledger.usage_for_day(db, day, settings.daily_budget_micros)
+    return [
+        {
+            "user_id": r.user_id,
+            "date": r.date,
+            "limit_usd": micros_to_usd(r.limit_micros),
+            "spent_usd": micros_to_usd(r.spent_micros),
+            "reserved_usd": micros_to_usd(r.reserved_micros),
+            "remaining_usd": micros_to_usd(r.remaining_micros),
+        }
+        for r in rows
+    ]
+
+
+async def usage_json(deps: Deps, day: str | None) -> str:
+    return json.dumps(await _usage_rows(deps.db, deps.settings, day), indent=2)
+
+
+# --- commands ---------------------------------------------------------------------------
+
+
+async def cmd_jobs(settings: Settings, args: argparse.Namespace) -> int:
+    db = await Database(settings.sora_db_path).open()
+    try:
+        if args.json:
+            print(await jobs_json(db, user=args.user, status=args.status, limit=args.limit))
+            return 0
+        rows = await jobstore.list_jobs(db, user_id=args.user, status=args.status, limit=args.limit)
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table("id", "user", "model", "status", "kind", "progress", "cost", "created", "prompt")
+        for j in rows:
+            table.add_row(
+                j.id, j.user_id, j.model, j.status.value, j.failure_kind.value if j.failure_kind else "",
+                f"{j.progress}%" if j.progress is not None else "", format_usd(j.cost_micros),
+                iso(j.created_at)[:19], j.prompt[:40],
+            )
+        Console().print(table)
+        return 0
+    finally:
+        await db.close()
+
+
+async def cmd_usage(settings: Settings, args: argparse.Namespace) -> int:
+    if args.date:
+        try:
+            date.fromisoformat(args.date)
+        except ValueError:
+            print(f"--date: expected YYYY-MM-DD, got {args.date!r}", file=sys.stderr)
+            return 2
+    db = await Database(settings.sora_db_path).open()
+    try:
+        rows = await _usage_rows(db, settings, args.date)
+        if args.json:
+            print(json.dumps(rows, indent=2))
+            return 0
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table("user", "date", "limit", "spent", "reserved", "remaining")
+        for r in rows:
+            table.add_row(r["user_id"], r["date"], *(f"${r[k]:.2f}" for k in ("limit_usd", "spent_usd", "reserved_usd", "remaining_usd")))
+        Console().print(table)
+        return 0
+    finally:
+        await db.close()
+
+
+async def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
+    from aiohttp import web
+
+    from bot.app import create_runtime, make_web_app
+
+    if settings.slack_bot_token is None:
+        print("SLACK_BOT_TOKEN: required for `sora-bot run`", file=sys.stderr)
+        return 2
+    socket_mode = settings.slack_app_token is not None
+    if not socket_mode and settings.slack_signing_secret is None:
+        print("SLACK_SIGNING_SECRET: required in HTTP mode (or set SLACK_APP_TOKEN for Socket Mode)", file=sys.stderr)
+        return 2
+    runtime = await create_runtime(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    resumed = await runtime.start()
+    runner: web.AppRunner | None = None
+    handler: Any = None
+    try:
+        if socket_mode:
+            from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
+
+            assert settings.slack_app_token is not None
+            handler = AsyncSocketModeHandler(runtime.app, settings.slack_app_token.get_secret_value())
+            await handler.connect_async()
+            log.info("connected in Socket Mode; %d job(s) resumed", resumed)
+        else:
+            runner = web.AppRunner(make_web_app(runtime), handle_signals=False)
+            await runner.setup()
+            await web.TCPSite(runner, settings.host, settings.port).start()
+            log.info("listening on http://%s:%d/slack/events; %d job(s) resumed", settings.host, settings.port, resumed)
+        print("sora-bot is running", flush=True)
+        await stop.wait()
+        log.info("stopping: unfinished jobs stay in the database and resume on the next start")
+    finally:
+        if handler is not None:
+            await handler.close_async()
+        if runner is not None:
+            await runner.cleanup()
+        await runtime.close()
+    return 0
+
+
+async def cmd_doctor(settings: Settings, args: argparse.Namespace) -> int:
+    from bot.doctor import run_checks
+
+    return await run_checks(settings)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="sora-bot", description="Generate AI videos from Slack.")
+    sub = p.add_subparsers(dest="command", required=True)
+    sub.add_parser("run", help="serve Slack (Socket Mode with SLACK_APP_TOKEN, else HTTP)")
+    sub.add_parser("demo", help="run the real app against an embedded fake Slack and the simulator")
+    sub.add_parser("doctor", help="check config, database, Slack token and providers")
+    j = sub.add_parser("jobs", help="list jobs, newest first")
+    j.add_argument("--json", action="store_true")
+    j.add_argument("--user")
+    j.add_argument("--status", choices=["queued", "submitted", "running", "succeeded", "failed", "cancelled"])
+    j.add_argument("--limit", type=int, default=200, help="0 = all")
+    u = sub.add_parser("usage", help="per-user spend for the budget day")
+    u.add_argument("--json", action="store_true")
+    u.add_argument("--date", help="YYYY-MM-DD (default: today in SORA_TIMEZONE)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "demo":
+        from bot.demo import main as demo_main
+
+        return demo_main()
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=settings.sora_log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.command == "jobs" and args.limit < 0:
+        print("--limit: must be 0 (all) or more", file=sys.stderr)
+        return 2
+    handlers = {"run": cmd_run, "doctor": cmd_doctor, "jobs": cmd_jobs, "usage": cmd_usage}
+    try:
+        return asyncio.run(handlers[args.command](settings, args))
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,119 @@
+"""What `/sora` and mentions do, as plain async functions returning the reply text."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from bot import flow, messages
+from bot.clock import budget_day, next_reset
+from bot.deps import Deps
+from bot.errors import BudgetExceeded, InvalidRequest, NotAllowed
+from bot.models import JobStatus
+from bot.money import format_usd
+from bot.parsing import Budget, Cancel, Command, Generate, Help, Models, Status, parse_command
+from storage import jobs as jobstore
+from storage import ledger
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """An answer for the person who asked (ephemeral); `job_id` when a job was started."""
+
+    text: str
+    job_id: str | None = None
+    created: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Origin:
+    user_id: str
+    team_id: str | None
+    channel_id: str
+    source: str  # "command" | "mention"
+    thread_ts: str | None = None
+    response_url: str | None = None
+    dedupe_key: str | None = None
+
+
+async def handle_text(deps: Deps, text: str, origin: Origin) -> Reply:
+    """Parse and run one request; refusals come back as text, never as exceptions."""
+    try:
+        command = parse_command(text, deps.catalog)
+        return await run_command(deps, command, origin)
+    except (InvalidRequest, BudgetExceeded, NotAllowed) as exc:
+        return Reply(exc.user_message())
+
+
+async def run_command(deps: Deps, command: Command, origin: Origin) -> Reply:
+    match command:
+        case Help():
+            return Reply(messages.help_text(deps.catalog))
+        case Models():
+            return Reply(messages.models_text(deps.catalog))
+        case Budget():
+            return Reply(await budget_reply(deps, origin.user_id))
+        case Status(job_ref):
+            return Reply(await status_reply(deps, origin.user_id, job_ref))
+        case Cancel(job_ref):
+            return Reply(await cancel_reply(deps, origin.user_id, job_ref))
+        case Generate(request):
+            job, created = await flow.accept_request(
+                deps, request, user_id=origin.user_id, team_id=origin.team_id,
+                channel_id=origin.channel_id, source=origin.source, thread_ts=origin.thread_ts,
+                response_url=origin.response_url, dedupe_key=origin.dedupe_key,
+            )
+            if not created:
+                return Reply(f"Already on it: job `{job.id}` ({job.status.value}).", job.id, False)
+            return Reply(
+                f"Got it: job `{job.id}`, {format_usd(job.estimate_micros)} reserved. "
+                "Watch the thread for the video.",
+                job.id,
+                True,
+            )
+    raise InvalidRequest("I didn't understand that; `/sora help` shows what I can do.")
+
+
+async def budget_reply(deps: Deps, user_id: str) -> str:
+    now = deps.clock()
+    tz = deps.settings.tz
+    limit, totals = await ledger.totals_for(
+        deps.db, user_id, budget_day(now, tz), deps.settings.daily_budget_micros
+    )
+    return messages.budget_text(
+        limit=limit, spent=totals.spent_micros, reserved=totals.reserved_micros,
+        reset_at=next_reset(now, tz), now=now, tz=tz,
+    )
+
+
+async def status_reply(deps: Deps, user_id: str, job_ref: str | None) -> str:
+    tz = deps.settings.tz
+    if job_ref:
+        job = await jobstore.find_job(deps.db, job_ref)
+        if job is None or job.user_id != user_id:
+            return f"I can't find a job `{messages.escape_mrkdwn(job_ref, 20)}` of yours. `/sora status` lists your recent jobs."
+        return messages.job_status_text(job, tz=tz)
+    recent = await jobstore.list_jobs(deps.db, user_id=user_id, limit=5)
+    if not recent:
+        return "You have no video jobs yet. Try `/sora a paper boat in the rain`."
+    return "*Your recent jobs:*\n" + "\n".join(messages.job_status_text(j, tz=tz) for j in recent)
+
+
+async def cancel_reply(deps: Deps, user_id: str, job_ref: str) -> str:
+    job = await jobstore.find_job(deps.db, job_ref)
+    if job is None or job.user_id != user_id:
+        # Admins cancelling other people's jobs come with the admin commands.
+        return f"I can't find a job `{messages.escape_mrkdwn(job_ref, 20)}` of yours to cancel."
+    if job.status.terminal:
+        return f"Job `{job.id}` has already {_finished_words(job.status)}; nothing to cancel."
+    if await flow.cancel_job(deps, job, by_user=user_id):
+        if deps.poller is not None:
+            deps.poller.restart(job.id)
+        return f"Cancelled job `{job.id}`. Your {format_usd(job.estimate_micros)} reservation is released."
+    return f"Job `{job.id}` finished before I could cancel it."
+
+
+def _finished_words(status: JobStatus) -> str:
+    return {"succeeded": "finished", "failed": "failed", "cancelled": "been cancelled"}[status.value]

@@ -1,0 +1,111 @@
+"""The outbox: each finished job's one final message, posted exactly once.
+
+A delivery row is written in the same transaction that finishes the job; posting records
+the message ts and closes the row, so a restart posts only what is still owed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+
+import httpx
+from slack_sdk.errors import SlackApiError
+
+from bot import messages, slack_io
+from bot.clock import iso
+from bot.deps import Deps
+from bot.errors import DeliveryError, ProviderError
+from bot.models import Job, JobStatus
+from storage import jobs as jobstore
+
+log = logging.getLogger(__name__)
+
+
+async def deliver(deps: Deps, job_id: str) -> None:
+    """Post the job's final message if it is still owed; retry Slack trouble with backoff."""
+    attempt = 0
+    while True:
+        delivery = await jobstore.get_delivery(deps.db, job_id)
+        if delivery is None or delivery.state == "done":
+            return
+        job = await jobstore.get_job(deps.db, job_id)
+        assert job is not None
+        try:
+            if job.thread_ts is None:
+                from bot.flow import ensure_request_message
+
+                job = await ensure_request_message(deps, job)
+            if delivery.kind == "video":
+                ts, method = await _post_video(deps, job, delivery.file_path)
+            else:
+                ts, method = await _post_failure(deps, job), "message"
+        except (SlackApiError, httpx.HTTPError) as exc:
+            attempt += 1
+            error = slack_io.slack_error(exc) if isinstance(exc, SlackApiError) else type(exc).__name__
+            await jobstore.note_delivery_attempt(deps.db, job_id, error, iso(deps.clock()))
+            delay = min(deps.timing.delivery_retry_max_s, deps.timing.poll_interval_s * 2 ** min(attempt, 10))
+            log.warning("job %s: final message failed (%s); retrying in %.0fs", job_id, error, delay)
+            await asyncio.sleep(delay)
+            continue
+        await jobstore.mark_delivered(deps.db, job_id, message_ts=ts, method=method, now=iso(deps.clock()))
+        if delivery.file_path:
+            Path(delivery.file_path).unlink(missing_ok=True)
+        await slack_io.update_status(deps, job)
+        return
+
+
+async def _post_video(deps: Deps, job: Job, file_path: str | None) -> tuple[str | None, str]:
+    path = Path(file_path) if file_path else None
+    if path is None or not path.exists():
+        path = await _download_again(deps, job)
+    why = "the file was no longer available"
+    if path is not None:
+        try:
+            ts = await slack_io.upload_video(deps, job, path, messages.success_comment(job))
+            return ts, "upload"
+        except SlackApiError as exc:
+            why = f"Slack said `{slack_io.slack_error(exc)}`"
+            log.info("job %s: upload failed (%s); posting the link", job.id, why)
+        except httpx.HTTPError as exc:
+            why = "the upload did not go through"
+            log.info("job %s: upload failed (%s); posting the link", job.id, type(exc).__name__)
+    text = messages.link_message(job, job.video_url, expires=None, why=why)
+    return await slack_io.post_in_thread(deps, job, text), "link"
+
+
+async def _download_again(deps: Deps, job: Job) -> Path | None:
+    """After a restart that lost the media file: fetch it again (links may have expired)."""
+    if job.status is not JobStatus.SUCCEEDED or not job.provider_job_id:
+        return None
+    dest = deps.media_dir / f"{job.id}.mp4"
+    deps.media_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        await deps.providers[job.provider].download(job.provider_job_id, job.video_url, dest)
+        return dest
+    except (DeliveryError, ProviderError) as exc:
+        log.info("job %s: re-download failed: %s", job.id, exc.detail)
+        return None
+
+
+async def _post_failure(deps: Deps, job: Job) -> str:
+    from bot.flow import reason_of
+
+    spec = deps.catalog.get(job.model)
+    waited = None
+    if job.finished_at is not None:
+        waited = (job.finished_at - job.created_at).total_seconds() / 60
+    cancelled_by = None
+    if job.failure_detail and job.failure_detail.startswith("cancelled by "):
+        cancelled_by = job.failure_detail.removeprefix("cancelled by ").strip() or None
+    text = messages.failure_message(
+        job,
+        provider_label=deps.provider_label(job.provider),
+        reason=reason_of(job),
+        alternatives=[m for m in deps.catalog.ids() if m != job.model][:3],
+        retired_note=spec.retired_note if spec else None,
+        minutes_waited=waited,
+        cancelled_by=cancelled_by,
+    )
+    return await slack_io.post_in_thread(deps, job, f"<@{job.user_id}> {text}")

@@ -1,0 +1,63 @@
+"""Everything a listener or background task needs, built once and passed around."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import httpx
+from slack_sdk.web.async_client import AsyncWebClient
+
+from bot.catalog import Catalog
+from bot.clock import Clock, utcnow
+from bot.config import Settings
+from bot.providers.base import VideoProvider
+from storage.db import Database
+
+if TYPE_CHECKING:
+    from bot.poller import Poller
+
+
+@dataclass(slots=True)
+class Timing:
+    """Every delay the job loop uses, in seconds; tests shrink them."""
+
+    poll_interval_s: float = 5.0
+    max_poll_interval_s: float = 30.0
+    stall_timeout_s: float = 600.0
+    job_timeout_s: float = 1800.0
+    progress_edit_interval_s: float = 15.0
+    submit_retry_window_s: float = 600.0
+    download_attempts: int = 5
+    delivery_retry_max_s: float = 300.0
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> "Timing":
+        return cls(
+            poll_interval_s=settings.sora_poll_interval,
+            stall_timeout_s=settings.sora_stall_timeout,
+            job_timeout_s=settings.sora_job_timeout,
+            max_poll_interval_s=max(30.0, settings.sora_poll_interval),
+        )
+
+
+PROVIDER_LABELS = {"simulator": "The simulator", "gateway": "The video gateway", "openai": "OpenAI"}
+
+
+@dataclass(slots=True)
+class Deps:
+    settings: Settings
+    db: Database
+    catalog: Catalog
+    providers: Mapping[str, VideoProvider]
+    slack: AsyncWebClient
+    http: httpx.AsyncClient  # Slack file uploads and response_url posts
+    media_dir: Path
+    timing: Timing
+    clock: Clock = utcnow
+    poller: "Poller | None" = field(default=None)
+
+    def provider_label(self, provider: str) -> str:
+        return PROVIDER_LABELS.get(provider, provider)

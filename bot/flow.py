@@ -1,0 +1,416 @@
+"""A job's steps, in order: accept (reserve) -> request message -> submit -> watch -> settle.
+
+Every step re-reads what it needs from the database and changes state only through
+guarded UPDATEs, so a restart can run `run_job` again from the top at any point.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from datetime import datetime, timedelta
+from pathlib import Path
+
+from bot import slack_io
+from bot.clock import budget_day, iso
+from bot.deps import Deps
+from bot.errors import (
+    AmbiguousSubmit,
+    DeliveryError,
+    ProviderError,
+    RateLimited,
+    ResultExpired,
+)
+from bot.models import UNFINISHED, FailureKind, Job, JobStatus, ProviderState, ProviderStatus, VideoSpec
+from bot.parsing import JobRequest
+from bot.providers.base import VideoProvider
+from bot.throttle import EditThrottle
+from storage import jobs as jobstore
+from storage import ledger
+from storage.jobs import Limits, NewJob
+
+log = logging.getLogger(__name__)
+
+# Consecutive non-transient poll errors (e.g. 401 on a status call) before the job fails.
+MAX_HARD_POLL_ERRORS = 5
+
+
+async def accept_request(
+    deps: Deps,
+    request: JobRequest,
+    *,
+    user_id: str,
+    team_id: str | None,
+    channel_id: str,
+    source: str,
+    thread_ts: str | None = None,
+    response_url: str | None = None,
+    dedupe_key: str | None = None,
+) -> tuple[Job, bool]:
+    """Reserve the budget and store the job (one transaction), then hand it to the poller.
+
+    Raises BudgetExceeded / TooManyJobs with nothing stored. Returns (job, created); a
+    repeated dedupe key returns the first job and starts nothing new.
+    """
+    spec = request.spec(deps.catalog)
+    now = deps.clock()
+    new = NewJob(
+        user_id=user_id, team_id=team_id, channel_id=channel_id, source=source,
+        model=spec.id, provider=spec.provider, provider_model=spec.provider_model,
+        prompt=request.prompt, duration_seconds=request.duration_s,
+        resolution=request.resolution, aspect_ratio=request.aspect_ratio,
+        estimate_micros=spec.cost_micros(request.resolution, request.duration_s),
+        thread_ts=thread_ts, response_url=response_url, dedupe_key=dedupe_key,
+    )
+    limits = Limits(
+        user_limit_micros=deps.settings.daily_budget_micros,
+        workspace_limit_micros=deps.settings.workspace_budget_micros,
+        max_unfinished_per_user=deps.settings.sora_max_concurrent_per_user,
+    )
+    job, created = await jobstore.reserve_and_insert(
+        deps.db, new, limits=limits, day=budget_day(now, deps.settings.tz), now=iso(now)
+    )
+    if created and deps.poller is not None:
+        deps.poller.watch(job.id)
+    return job, created
+
+
+def _provider(deps: Deps, job: Job) -> VideoProvider:
+    return deps.providers[job.provider]
+
+
+def _spec_for(deps: Deps, job: Job) -> VideoSpec:
+    spec = deps.catalog.get(job.model)
+    return VideoSpec(
+        model=job.model,
+        provider_model=spec.provider_model if spec else job.model,
+        prompt=job.prompt,
+        duration_s=job.duration_seconds,
+        resolution=job.resolution,
+        aspect_ratio=job.aspect_ratio,
+        external_id=job.id,
+    )
+
+
+async def _reload(deps: Deps, job_id: str) -> Job:
+    job = await jobstore.get_job(deps.db, job_id)
+    assert job is not None, f"job {job_id} vanished"
+    return job
+
+
+async def run_job(deps: Deps, job_id: str, throttle: EditThrottle) -> None:
+    """Drive one job from wherever it stands to its final message. Safe to call again."""
+    from bot.delivery import deliver
+
+    job = await jobstore.get_job(deps.db, job_id)
+    if job is None:
+        return
+    if not job.status.terminal and job.status_ts is None:
+        job = await ensure_request_message(deps, job)
+    if job.status is JobStatus.QUEUED:
+        job = await submit(deps, job)
+    if job.status in (JobStatus.SUBMITTED, JobStatus.RUNNING):
+        await watch(deps, job, throttle)
+    await deliver(deps, job_id)
+
+
+async def ensure_request_message(deps: Deps, job: Job) -> Job:
+    channel, thread_ts, status_ts = await slack_io.post_request_message(deps, job)
+    now = iso(deps.clock())
+    await jobstore.update(
+        deps.db, job.id, expect=UNFINISHED, now=now,
+        channel_id=channel, thread_ts=thread_ts, status_ts=status_ts,
+    )
+    return await _reload(deps, job.id)
+
+
+async def submit(deps: Deps, job: Job) -> Job:
+    """Create the provider job exactly once.
+
+    Retries only what surely created nothing (429, 503, refused connection), honouring
+    Retry-After, for up to the submit window. A job that was mid-submit when the process
+    died, or an ambiguous failure, is looked up at the provider instead of re-sent.
+    """
+    provider = _provider(deps, job)
+    spec = _spec_for(deps, job)
+    if job.submit_started_at is not None:
+        # We crashed while a create request may have been in flight.
+        found = await provider.find_existing(spec, since_epoch_s=job.submit_started_at.timestamp())
+        if found:
+            return await _mark_submitted(deps, job, found)
+        log.warning("job %s: interrupted submit could not be confirmed; not re-sending", job.id)
+        await fail_job(deps, job, FailureKind.PROVIDER_UNAVAILABLE,
+                       "submit interrupted and the provider offers no lookup")
+        return await _reload(deps, job.id)
+
+    deadline = deps.clock() + timedelta(seconds=deps.timing.submit_retry_window_s)
+    attempt = 0
+    while True:
+        started = deps.clock()
+        await jobstore.update(deps.db, job.id, expect=[JobStatus.QUEUED], now=iso(started),
+                              submit_started_at=iso(started))
+        try:
+            provider_job_id = await provider.submit(spec)
+        except AmbiguousSubmit as exc:
+            found = await provider.find_existing(spec, since_epoch_s=started.timestamp())
+            if found:
+                return await _mark_submitted(deps, job, found)
+            log.warning("job %s: ambiguous submit (%s); failing rather than risk a second job",
+                        job.id, exc.detail)
+            await fail_job(deps, job, FailureKind.PROVIDER_UNAVAILABLE, exc.detail)
+            return await _reload(deps, job.id)
+        except ProviderError as exc:
+            # Nothing was created: forget the attempt so a restart may submit again.
+            await jobstore.update(deps.db, job.id, expect=[JobStatus.QUEUED],
+                                  now=iso(deps.clock()), submit_started_at=None)
+            if exc.retryable and exc.surely_not_created and deps.clock() < deadline:
+                attempt += 1
+                delay = _backoff(deps, attempt, exc.retry_after_s)
+                log.info("job %s: submit %s, retrying in %.1fs", job.id, exc.kind.value, delay)
+                await asyncio.sleep(delay)
+                continue
+            await fail_job(deps, job, exc.kind, exc.detail, reason=exc.reason)
+            return await _reload(deps, job.id)
+        return await _mark_submitted(deps, job, provider_job_id)
+
+
+async def _mark_submitted(deps: Deps, job: Job, provider_job_id: str) -> Job:
+    now = iso(deps.clock())
+    moved = await jobstore.update(
+        deps.db, job.id, expect=[JobStatus.QUEUED], now=now,
+        status=JobStatus.SUBMITTED, provider_job_id=provider_job_id, submitted_at=now,
+        last_progress_at=now,
+    )
+    job = await _reload(deps, job.id)
+    if not moved and job.status is JobStatus.CANCELLED:
+        # Cancelled while the create was in flight: don't leave it rendering (and billing).
+        await _cancel_at_provider(deps, job, provider_job_id)
+    if moved:
+        await slack_io.update_status(deps, job)
+    return job
+
+
+def _backoff(deps: Deps, attempt: int, hint_s: float | None) -> float:
+    base = min(deps.timing.max_poll_interval_s * 2, deps.timing.poll_interval_s * (2 ** (attempt - 1)))
+    delay = base * random.uniform(0.8, 1.2)
+    return max(delay, hint_s or 0.0)
+
+
+def next_poll_delay(deps: Deps, job: Job, now: datetime) -> float:
+    """Start at SORA_POLL_INTERVAL and grow with the job's age (≈10% of it), up to the cap.
+
+    Polling at a tenth of the age keeps the video's extra wait under ~10% of its render
+    time while a 10-minute job costs a few dozen calls instead of 120.
+    """
+    t = deps.timing
+    age = max(0.0, (now - job.created_at).total_seconds())
+    delay = min(t.max_poll_interval_s, max(t.poll_interval_s, age * 0.1))
+    if job.stall_notified:
+        delay = min(t.max_poll_interval_s * 2, delay * 2)
+    return delay * random.uniform(0.9, 1.1)
+
+
+async def watch(deps: Deps, job: Job, throttle: EditThrottle) -> None:
+    """Poll until the job is terminal (its final message then waits in the outbox)."""
+    provider = _provider(deps, job)
+    transient_errors = 0
+    hard_errors = 0
+    hint: float | None = None
+    t = deps.timing
+    while job.status in (JobStatus.SUBMITTED, JobStatus.RUNNING):
+        now = deps.clock()
+        give_up_at = job.created_at + timedelta(seconds=t.job_timeout_s)
+        if now >= give_up_at:
+            await give_up(deps, job)
+            return
+        delay = next_poll_delay(deps, job, now)
+        if transient_errors:
+            delay = _backoff(deps, transient_errors, None)
+        if hint:
+            delay = max(delay, hint)
+        delay = min(delay, max(0.0, (give_up_at - now).total_seconds()) + 0.01)
+        await asyncio.sleep(delay)
+        assert job.provider_job_id is not None
+        try:
+            status = await provider.poll(job.provider_job_id)
+        except ProviderError as exc:
+            hint = exc.retry_after_s
+            if exc.retryable or isinstance(exc, RateLimited):
+                transient_errors += 1
+                log.info("job %s: poll %s (%s); will retry", job.id, exc.kind.value, exc.detail)
+                continue
+            hard_errors += 1
+            log.warning("job %s: poll failed %s (%s) [%d/%d]", job.id, exc.kind.value, exc.detail,
+                        hard_errors, MAX_HARD_POLL_ERRORS)
+            if hard_errors >= MAX_HARD_POLL_ERRORS:
+                await fail_job(deps, job, exc.kind, exc.detail, reason=exc.reason)
+                return
+            transient_errors += 1
+            continue
+        transient_errors = hard_errors = 0
+        hint = status.retry_after_s
+        job = await _apply_status(deps, job, status, throttle)
+
+
+async def _apply_status(deps: Deps, job: Job, status: ProviderStatus, throttle: EditThrottle) -> Job:
+    now = deps.clock()
+    state = status.state
+    if state is ProviderState.SUCCEEDED:
+        if not status.video_url:
+            await fail_job(deps, job, FailureKind.GENERATION_FAILED, "no_output: succeeded without a URL")
+        else:
+            await finish_success(deps, job, status)
+        return await _reload(deps, job.id)
+    if state is ProviderState.FAILED:
+        err = status.error
+        kind = err.kind if err else FailureKind.GENERATION_FAILED
+        await fail_job(deps, job, kind, err.detail if err else f"failed ({status.raw_status})",
+                       reason=err.reason if err else None)
+        return await _reload(deps, job.id)
+    if state is ProviderState.CANCELLED:
+        await cancel_job(deps, job, by_user=None, provider_side=True)
+        return await _reload(deps, job.id)
+
+    # queued / running / unknown: still going; unknown counts as running until the deadline
+    fields: dict[str, object] = {}
+    force_edit = False
+    if state in (ProviderState.RUNNING, ProviderState.UNKNOWN) and job.status is JobStatus.SUBMITTED:
+        fields["status"] = JobStatus.RUNNING
+        force_edit = True
+    progress = status.progress
+    if progress is not None:
+        progress = max(0, min(100, int(progress)))
+        if progress != job.progress:
+            fields["progress"] = progress
+            fields["last_progress_at"] = iso(now)
+    last_change = job.last_progress_at or job.created_at
+    stalled = "last_progress_at" not in fields and (now - last_change).total_seconds() >= deps.timing.stall_timeout_s
+    if stalled and not job.stall_notified:
+        fields["stall_notified"] = 1
+        force_edit = True
+    elif "last_progress_at" in fields and job.stall_notified:
+        fields["stall_notified"] = 0  # it moved again
+    if fields:
+        await jobstore.update(deps.db, job.id, expect=[JobStatus.SUBMITTED, JobStatus.RUNNING],
+                              now=iso(now), **fields)
+        job = await _reload(deps, job.id)
+        if throttle.allow(job.id, force=force_edit):
+            give_up_at = job.created_at + timedelta(seconds=deps.timing.job_timeout_s)
+            await slack_io.update_status(deps, job, give_up_at=give_up_at)
+    return job
+
+
+async def finish_success(deps: Deps, job: Job, status: ProviderStatus) -> None:
+    """Download at once (links expire), then charge and queue the upload in one transaction."""
+    provider = _provider(deps, job)
+    deps.media_dir.mkdir(parents=True, exist_ok=True)
+    dest = deps.media_dir / f"{job.id}.mp4"
+    part = dest.with_suffix(".part")
+    assert job.provider_job_id is not None
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            await provider.download(job.provider_job_id, status.video_url, part)
+            part.replace(dest)
+            break
+        except ResultExpired as exc:
+            part.unlink(missing_ok=True)
+            await fail_job(deps, job, FailureKind.RESULT_EXPIRED, exc.detail)
+            return
+        except DeliveryError as exc:
+            part.unlink(missing_ok=True)
+            if attempt >= deps.timing.download_attempts:
+                await fail_job(deps, job, FailureKind.DOWNLOAD_FAILED, exc.detail)
+                return
+            delay = _backoff(deps, attempt, None)
+            log.info("job %s: download failed (%s); retrying the download in %.1fs", job.id, exc.detail, delay)
+            await asyncio.sleep(delay)
+
+    cost = job.estimate_micros
+    if status.cost_micros is not None and 0 <= status.cost_micros < cost:
+        cost = status.cost_micros
+    elif status.cost_micros is not None and status.cost_micros > cost:
+        log.warning("job %s: provider reports %d micros, above the %d reserved; charging the reservation",
+                    job.id, status.cost_micros, cost)
+    now = iso(deps.clock())
+    async with deps.db.write_txn() as conn:
+        moved = await jobstore.update_job(
+            conn, job.id, expect=[JobStatus.SUBMITTED, JobStatus.RUNNING], now=now,
+            set_={"status": JobStatus.SUCCEEDED, "progress": 100, "cost_micros": cost,
+                  "video_url": status.video_url, "finished_at": now},
+        )
+        if moved:
+            await ledger.charge(conn, job.id, cost, now)
+            await jobstore.add_delivery(conn, job.id, "video", now=now, file_path=str(dest))
+    if not moved:
+        dest.unlink(missing_ok=True)
+
+
+async def fail_job(
+    deps: Deps, job: Job, kind: FailureKind, detail: str, *, reason: str | None = None
+) -> bool:
+    """Any unfinished state -> failed(kind); the reservation is released; a message is owed."""
+    now = iso(deps.clock())
+    async with deps.db.write_txn() as conn:
+        moved = await jobstore.update_job(
+            conn, job.id, expect=UNFINISHED, now=now,
+            set_={"status": JobStatus.FAILED, "failure_kind": kind, "cost_micros": 0,
+                  "failure_detail": _detail_record(detail, reason), "finished_at": now},
+        )
+        if moved:
+            await ledger.release(conn, job.id, now)
+            await jobstore.add_delivery(conn, job.id, "failure", now=now)
+    if moved:
+        log.info("job %s failed: %s (%s)", job.id, kind.value, detail)
+    return moved
+
+
+def _detail_record(detail: str, reason: str | None) -> str:
+    # The user-safe reason is kept apart from provider words so messages can show only it.
+    text = (detail or "")[:1000]
+    return f"{text}\nreason: {reason}" if reason else text
+
+
+def reason_of(job: Job) -> str | None:
+    if job.failure_detail and "\nreason: " in job.failure_detail:
+        return job.failure_detail.rsplit("\nreason: ", 1)[1]
+    return None
+
+
+async def cancel_job(deps: Deps, job: Job, *, by_user: str | None, provider_side: bool = False) -> bool:
+    """Stop a job: release the money, cancel at the provider where possible, owe a message."""
+    now = iso(deps.clock())
+    async with deps.db.write_txn() as conn:
+        moved = await jobstore.update_job(
+            conn, job.id, expect=UNFINISHED, now=now,
+            set_={"status": JobStatus.CANCELLED, "failure_kind": FailureKind.CANCELLED,
+                  "cost_micros": 0, "finished_at": now,
+                  "failure_detail": f"cancelled by {by_user}" if by_user else "cancelled at the provider"},
+        )
+        if moved:
+            await ledger.release(conn, job.id, now)
+            await jobstore.add_delivery(conn, job.id, "cancelled", now=now)
+    if moved and not provider_side and job.provider_job_id:
+        await _cancel_at_provider(deps, job, job.provider_job_id)
+    return moved
+
+
+async def give_up(deps: Deps, job: Job) -> None:
+    """SORA_JOB_TIMEOUT passed: fail as stuck and stop the provider job where it allows."""
+    if job.provider_job_id:
+        await _cancel_at_provider(deps, job, job.provider_job_id)
+    await fail_job(deps, job, FailureKind.STUCK, f"not finished after {deps.timing.job_timeout_s:.0f}s")
+
+
+async def _cancel_at_provider(deps: Deps, job: Job, provider_job_id: str) -> None:
+    try:
+        accepted = await _provider(deps, job).cancel(provider_job_id)
+        log.info("job %s: provider cancel %s", job.id, "accepted" if accepted else "not supported")
+    except ProviderError as exc:
+        log.info("job %s: provider cancel failed: %s", job.id, exc.detail)
+
+
+def media_path(deps: Deps, job_id: str) -> Path:
+    return deps.media_dir / f"{job_id}.mp4"

@@ -1,0 +1,212 @@
+"""Message text and Block Kit builders. Pure functions: no I/O."""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from bot.catalog import Catalog
+from bot.clock import humanize_duration, local_hhmm
+from bot.models import FailureKind, Job, JobStatus
+from bot.money import format_usd
+from bot.parsing import MAX_PROMPT_CHARS, OPTIONS_HELP
+
+# Slack rejects long messages (msg_too_long near 4,000 chars in some paths): echo less.
+PROMPT_ECHO_CHARS = 2500
+_BROADCAST = re.compile(r"@(channel|here|everyone)\b", re.IGNORECASE)
+
+Blocks = list[dict[str, Any]]
+
+
+def escape_mrkdwn(text: str, limit: int = PROMPT_ECHO_CHARS) -> str:
+    """Echo user text so it never pings: `<!channel>`, `<@U…>` and `@here` all stay inert."""
+    if len(text) > limit:
+        text = text[: limit - 1] + "…"
+    text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    # A zero-width space after "@" keeps the word readable but never a broadcast.
+    return _BROADCAST.sub(lambda m: "@\u200b" + m.group(1), text)
+
+
+def quote(text: str) -> str:
+    return "\n".join("> " + line if line else ">" for line in escape_mrkdwn(text).splitlines() or [""])
+
+
+def job_facts(job: Job) -> str:
+    return (
+        f"`{job.model}` · {job.duration_seconds} s · {job.resolution} · {job.aspect_ratio} · "
+        f"{format_usd(job.estimate_micros)} · job `{job.id}`"
+    )
+
+
+def status_line(job: Job, *, tz: ZoneInfo, give_up_at: datetime | None = None) -> str:
+    """The live status shown on the request message."""
+    if job.status is JobStatus.QUEUED:
+        return ":hourglass_flowing_sand: Waiting for the provider to accept the job…"
+    if job.status is JobStatus.SUBMITTED:
+        return ":hourglass_flowing_sand: Queued at the provider…"
+    if job.status is JobStatus.RUNNING:
+        pct = f" ~{job.progress}%" if job.progress is not None else ""
+        if job.stall_notified and give_up_at is not None:
+            return (
+                f":warning: Rendering{pct}, but it looks stuck. Still checking until "
+                f"{local_hhmm(give_up_at, tz)} ({tz.key}); `/sora cancel {job.id}` stops it."
+            )
+        return f":clapper: Rendering{pct}…"
+    if job.status is JobStatus.SUCCEEDED:
+        return f":white_check_mark: Done: charged {format_usd(job.cost_micros)}. The video is in the thread."
+    if job.status is JobStatus.CANCELLED:
+        return ":no_entry_sign: Cancelled. Not charged."
+    kind = job.failure_kind.value if job.failure_kind else "failed"
+    return f":x: Failed (`{kind}`). Not charged. Details in the thread."
+
+
+def request_message(job: Job, *, tz: ZoneInfo, give_up_at: datetime | None = None) -> tuple[str, Blocks]:
+    """The visible request message the job's thread hangs off (also its live status)."""
+    header = f"<@{job.user_id}> asked for a video:"
+    text = f"{header} {escape_mrkdwn(job.prompt, 200)}"
+    blocks: Blocks = [
+        {"type": "section", "text": {"type": "mrkdwn", "text": f"{header}\n{quote(job.prompt)}"}},
+        {"type": "context", "elements": [{"type": "mrkdwn", "text": job_facts(job)}]},
+        {"type": "context", "elements": [{"type": "mrkdwn", "text": status_line(job, tz=tz, give_up_at=give_up_at)}]},
+    ]
+    return text, blocks
+
+
+def success_comment(job: Job) -> str:
+    return (
+        f"Here is your video, <@{job.user_id}>: `{job.model}`, {job.duration_seconds} s, "
+        f"{job.resolution}. Charged {format_usd(job.cost_micros)}."
+    )
+
+
+def link_message(job: Job, url: str | None, *, expires: str | None, why: str) -> str:
+    base = f"Your video is ready, <@{job.user_id}>, but I couldn't upload it here ({why})."
+    if url and url.startswith(("http://", "https://")):
+        when = f" The link expires {expires}." if expires else " Provider links expire, so save it soon."
+        return f"{base} Download it here: <{url}|video for job {job.id}>.{when} Charged {format_usd(job.cost_micros)}."
+    return f"{base} Charged {format_usd(job.cost_micros)}."
+
+
+def failure_message(
+    job: Job,
+    *,
+    provider_label: str,
+    reason: str | None = None,
+    alternatives: list[str] | None = None,
+    retired_note: str | None = None,
+    minutes_waited: float | None = None,
+    cancelled_by: str | None = None,
+) -> str:
+    """What happened, whether the user was charged, and what to do next."""
+    kind = job.failure_kind or FailureKind.GENERATION_FAILED
+    others = ", ".join(f"`{m}`" for m in (alternatives or []) if m != job.model)
+    pick = f" Try another model: {others}." if others else " `/sora models` lists the others."
+    why = f" (reason: {escape_mrkdwn(reason, 200)})" if reason else ""
+    lines: dict[FailureKind, str] = {
+        FailureKind.INVALID_REQUEST: (
+            f"`{job.model}` didn't accept this request{why}. Check the length, resolution and "
+            "aspect ratio against `/sora models`, then try again."
+        ),
+        FailureKind.BLOCKED_INPUT: (
+            f"The safety filter rejected your prompt{why}. Avoid real people, faces, "
+            "copyrighted characters or music, then try again with different wording."
+        ),
+        FailureKind.BLOCKED_OUTPUT: (
+            "The finished video was held back by the provider's safety filter. "
+            "Try rewording the prompt; sending it again unchanged will likely be blocked again."
+        ),
+        FailureKind.RATE_LIMITED: (
+            f"{provider_label} stayed at its rate limit for too long, so I stopped trying. "
+            "Try again in a few minutes." + pick
+        ),
+        FailureKind.QUOTA_EXHAUSTED: (
+            f"The workspace's {provider_label} credits are used up. An admin needs to top up "
+            "the account." + pick
+        ),
+        FailureKind.AUTH_FAILED: (
+            f"The bot can't authenticate with {provider_label}. Ask an admin to check its API key."
+        ),
+        FailureKind.PROVIDER_UNAVAILABLE: (
+            f"{provider_label} is having problems and I couldn't get this job through. "
+            "Try again later." + pick
+        ),
+        FailureKind.GENERATION_FAILED: (
+            "The provider failed to render this one. Trying again often works; a new attempt is "
+            "only charged if it succeeds."
+        ),
+        FailureKind.STUCK: (
+            "Gave up waiting"
+            + (f" after {humanize_duration((minutes_waited or 0) * 60)}" if minutes_waited else "")
+            + ": the provider never finished the video. The bot did not charge your budget, but "
+            "the provider may still bill the workspace for it. Try again, perhaps shorter or "
+            "with another model."
+        ),
+        FailureKind.RESULT_EXPIRED: (
+            "The video was finished, but its download link expired before I could save it. "
+            "Please generate it again."
+        ),
+        FailureKind.DOWNLOAD_FAILED: (
+            "The video was finished, but I couldn't download it from the provider after several "
+            "tries. Please generate it again."
+        ),
+        FailureKind.CANCELLED: (
+            f"Cancelled{f' by <@{cancelled_by}>' if cancelled_by else ''}."
+        ),
+        FailureKind.PROVIDER_RETIRED: (
+            f"`{job.model}` is no longer available"
+            + (f": {retired_note}" if retired_note else ".")
+            + pick
+        ),
+    }
+    body = lines[kind]
+    return f"{body} You were not charged. _(failure: `{kind.value}`)_"
+
+
+def help_text(catalog: Catalog) -> str:
+    default = catalog.get(catalog.default_model)
+    d = default.default_duration if default else 8
+    return "\n".join(
+        [
+            "*Make a video:* `/sora a golden retriever running through autumn leaves`",
+            f"*Options:* {OPTIONS_HELP}, e.g. `/sora -m {catalog.default_model} -d {d} -a 9:16 a paper boat in the rain`. "
+            "`8` and `8s` both mean eight seconds.",
+            "*Other commands:* `/sora models` (models, prices, limits) · `/sora budget` (what you have "
+            "left today) · `/sora status [job]` · `/sora cancel <job>`",
+            f"You can also mention me with a prompt; the video lands in that thread. Prompts are limited to {MAX_PROMPT_CHARS:,} characters.",
+        ]
+    )
+
+
+def models_text(catalog: Catalog) -> str:
+    lines = ["*Models available here:*"]
+    for spec in catalog:
+        default = " _(default)_" if spec.id == catalog.default_model else ""
+        lines.append(
+            f"• `{spec.id}`{default}: {spec.label}. {spec.prices_text()}. Lengths {spec.durations_text()} "
+            f"(default {spec.default_duration} s); aspect {', '.join(spec.aspect_ratios)}."
+        )
+    return "\n".join(lines)
+
+
+def budget_text(
+    *, limit: int, spent: int, reserved: int, reset_at: datetime, now: datetime, tz: ZoneInfo
+) -> str:
+    remaining = limit - spent - reserved
+    return (
+        f"*Your budget today:* {format_usd(limit)}\n"
+        f"• spent: {format_usd(spent)}\n• reserved for running jobs: {format_usd(reserved)}\n"
+        f"• remaining: {format_usd(max(remaining, 0))}\n"
+        f"Resets at 00:00 {tz.key}, in {humanize_duration((reset_at - now).total_seconds())}."
+    )
+
+
+def job_status_text(job: Job, *, tz: ZoneInfo) -> str:
+    state = job.status.value + (f" (`{job.failure_kind.value}`)" if job.failure_kind else "")
+    progress = f", ~{job.progress}%" if job.progress is not None and not job.status.terminal else ""
+    cost = format_usd(job.cost_micros) if job.status is JobStatus.SUCCEEDED else f"reserved {format_usd(job.estimate_micros)}" if not job.status.terminal else "not charged"
+    return (
+        f"Job `{job.id}`: *{state}*{progress} · `{job.model}` {job.duration_seconds} s "
+        f"{job.resolution} · {cost} · {escape_mrkdwn(job.prompt, 80)}"
+    )

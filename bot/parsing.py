@@ -1,0 +1,230 @@
+"""Slash and mention text -> a command: the prompt, its options, or a subcommand."""
+
+from __future__ import annotations
+
+import html
+import re
+from dataclasses import dataclass
+
+from pydantic import BaseModel, ConfigDict, ValidationError, ValidationInfo, field_validator, model_validator
+
+from bot.catalog import Catalog, ModelSpec
+from bot.errors import InvalidRequest
+
+MAX_PROMPT_CHARS = 4000
+
+# C0/C1 control characters except tab and newline; Slack clients can paste them in.
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+# An option token: -m, --model, --model=x; Slack clients turn "--" into an em dash.
+_OPTION = re.compile(r"^(?:--|—|–|-)([A-Za-z][A-Za-z-]*)(?:=(.*))?$")
+_NEGATIVE_NUMBER = re.compile(r"^-\d")
+
+_OPTION_NAMES = {
+    "m": "model", "model": "model",
+    "d": "duration", "duration": "duration", "seconds": "duration", "length": "duration",
+    "r": "resolution", "resolution": "resolution", "res": "resolution",
+    "a": "aspect", "aspect": "aspect", "aspect-ratio": "aspect", "ar": "aspect", "ratio": "aspect",
+}
+OPTIONS_HELP = "`-m/--model`, `-d/--duration`, `-r/--resolution`, `-a/--aspect`"
+
+_ASPECT_WORDS = {"landscape": "16:9", "wide": "16:9", "portrait": "9:16", "vertical": "9:16", "square": "1:1"}
+
+
+class JobRequest(BaseModel):
+    """A request that passed validation against the catalog; what becomes a job."""
+
+    model_config = ConfigDict(frozen=True)
+
+    prompt: str
+    model: str
+    duration_s: int
+    resolution: str
+    aspect_ratio: str
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompt(cls, v: str) -> str:
+        v = v.strip()
+        if not v:
+            raise InvalidRequest(
+                "Tell me what to make, for example `/sora a golden retriever running through "
+                "autumn leaves`. `/sora help` lists the options."
+            )
+        if len(v) > MAX_PROMPT_CHARS:
+            raise InvalidRequest(
+                f"That prompt is {len(v):,} characters long; the limit is {MAX_PROMPT_CHARS:,}. "
+                "Please shorten it."
+            )
+        return v
+
+    @model_validator(mode="after")
+    def _against_catalog(self, info: ValidationInfo) -> "JobRequest":
+        catalog: Catalog = (info.context or {})["catalog"]
+        spec = catalog.get(self.model)
+        if spec is None:
+            raise InvalidRequest(
+                f"I don't know the model `{_short(self.model)}`. Models here: "
+                f"{', '.join(f'`{m}`' for m in catalog.ids())}. `/sora models` shows prices."
+            )
+        if self.duration_s not in spec.durations:
+            raise InvalidRequest(
+                f"`{spec.id}` can't make a {self.duration_s} s video. Allowed lengths: "
+                f"{spec.durations_text()}."
+            )
+        if self.resolution not in spec.resolutions:
+            raise InvalidRequest(
+                f"`{spec.id}` doesn't offer `{_short(self.resolution)}`. Allowed resolutions: "
+                f"{', '.join(spec.resolutions)}."
+            )
+        if self.aspect_ratio not in spec.aspect_ratios:
+            raise InvalidRequest(
+                f"`{spec.id}` doesn't offer the aspect ratio `{_short(self.aspect_ratio)}`. "
+                f"Allowed: {', '.join(spec.aspect_ratios)}."
+            )
+        return self
+
+    def spec(self, catalog: Catalog) -> ModelSpec:
+        spec = catalog.get(self.model)
+        assert spec is not None
+        return spec
+
+
+@dataclass(frozen=True, slots=True)
+class Generate:
+    request: JobRequest
+
+
+@dataclass(frozen=True, slots=True)
+class Help:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Models:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Budget:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Status:
+    job_ref: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Cancel:
+    job_ref: str
+
+
+Command = Generate | Help | Models | Budget | Status | Cancel
+
+
+def _short(value: str, limit: int = 40) -> str:
+    """An echo of a user's value that is safe in mrkdwn code spans and short."""
+    value = value.replace("`", "'")
+    return value if len(value) <= limit else value[: limit - 1] + "…"
+
+
+def clean_text(text: str) -> str:
+    """Slack's &amp;/&lt;/&gt; escaping undone, control characters removed."""
+    return _CONTROL.sub("", html.unescape(text or ""))
+
+
+def parse_command(text: str, catalog: Catalog) -> Command:
+    """Parse what followed `/sora` (or a mention). Raises InvalidRequest with a clear message."""
+    cleaned = clean_text(text).strip()
+    words = cleaned.split()
+    if words:
+        head, rest = words[0].lower(), words[1:]
+        if head in ("help", "-h", "--help", "?") and not rest:
+            return Help()
+        if head == "models" and not rest:
+            return Models()
+        if head == "budget" and not rest:
+            return Budget()
+        if head == "status" and len(rest) <= 1:
+            return Status(rest[0] if rest else None)
+        if head == "cancel" and len(rest) == 1:
+            return Cancel(rest[0])
+        if head == "cancel" and not rest:
+            raise InvalidRequest("Which job? Use `/sora cancel <job>`; `/sora status` lists yours.")
+    if not words:
+        return Help()
+    return Generate(parse_request(cleaned, catalog))
+
+
+def parse_request(cleaned: str, catalog: Catalog) -> JobRequest:
+    options, prompt = _split_options(cleaned)
+    model = options.get("model", catalog.default_model).strip().lower()
+    spec = catalog.get(model)  # None: the validator names the unknown model
+    duration = _parse_duration(options["duration"]) if "duration" in options else (spec.default_duration if spec else 0)
+    resolution = _parse_resolution(options["resolution"]) if "resolution" in options else (spec.default_resolution if spec else "")
+    aspect = _parse_aspect(options["aspect"]) if "aspect" in options else (spec.default_aspect if spec else "")
+    try:
+        return JobRequest.model_validate(
+            {"prompt": prompt, "model": model, "duration_s": duration, "resolution": resolution,
+             "aspect_ratio": aspect},
+            context={"catalog": catalog},
+        )
+    except ValidationError as exc:
+        # Our validators raise InvalidRequest; pydantic wraps only its own type errors.
+        raise InvalidRequest(f"That request isn't valid: {exc.errors()[0]['msg']}") from None
+
+
+def _split_options(text: str) -> tuple[dict[str, str], str]:
+    """Pull option tokens out of the text wherever they stand; the rest is the prompt."""
+    parts = re.split(r"(\s+)", text)
+    options: dict[str, str] = {}
+    kept: list[str] = []
+    i = 0
+    while i < len(parts):
+        token = parts[i]
+        match = _OPTION.match(token) if token and not _NEGATIVE_NUMBER.match(token) else None
+        if match is None:
+            kept.append(token)
+            i += 1
+            continue
+        name = _OPTION_NAMES.get(match.group(1).lower())
+        if name is None:
+            raise InvalidRequest(
+                f"Unknown option `{_short(token)}`. Options: {OPTIONS_HELP}. "
+                "Everything else is the prompt."
+            )
+        value = match.group(2)
+        i += 1
+        if value is None:
+            # the value is the next non-space token
+            while i < len(parts) and parts[i].strip() == "":
+                i += 1
+            if i >= len(parts):
+                raise InvalidRequest(f"The option `{_short(token)}` needs a value, e.g. `{token} 8`.")
+            value = parts[i]
+            i += 1
+        if name in options:
+            raise InvalidRequest(f"The option `{name}` was given twice; give it once.")
+        options[name] = value
+    prompt = "".join(kept)
+    prompt = re.sub(r"[ \t]{2,}", " ", prompt).strip()
+    return options, prompt
+
+
+def _parse_duration(value: str) -> int:
+    m = re.fullmatch(r"(\d{1,4})\s*(?:s|sec|secs|second|seconds)?", value.strip().lower())
+    if not m:
+        raise InvalidRequest(f"`{_short(value)}` is not a length in seconds; use e.g. `8` or `8s`.")
+    return int(m.group(1))
+
+
+def _parse_resolution(value: str) -> str:
+    v = value.strip().lower()
+    if re.fullmatch(r"\d{3,4}", v):
+        v += "p"
+    return v
+
+
+def _parse_aspect(value: str) -> str:
+    v = value.strip().lower().replace("x", ":").replace("/", ":")
+    return _ASPECT_WORDS.get(v, v)

@@ -1,0 +1,269 @@
+"""The adapter for OpenAI-compatible reseller gateways in the "seed shape" (reference §1.2).
+
+`POST {base}/videos/generations` creates, `GET {base}/videos/generations/{id}` polls. Gateways
+differ in where they put ids, statuses, URLs and errors, so answers are read loosely.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from bot.errors import (
+    AmbiguousSubmit,
+    ContentBlocked,
+    DeliveryError,
+    InvalidProviderRequest,
+    ProviderError,
+    ProviderUnavailable,
+)
+from bot.models import FailureKind, ProviderErrorInfo, ProviderState, ProviderStatus, VideoSpec
+from bot.providers.http import (
+    bearer,
+    build_client,
+    error_parts,
+    failure_kind_for,
+    first_non_empty,
+    first_text,
+    is_expired_word,
+    json_object,
+    looks_blocked,
+    looks_retired,
+    moderation_reason,
+    parse_progress,
+    parse_retry_after,
+    parse_state,
+    parse_timestamp,
+    redact,
+    retired_error,
+    send,
+    stream_to_file,
+)
+
+log = logging.getLogger(__name__)
+
+LABEL = "The video gateway"
+
+ID_PATHS = ("data.id", "data.task_id", "id", "task_id", "request_id")
+STATUS_PATHS = ("data.status", "status")
+URL_PATHS = (
+    "data.url",
+    "data.result_url",
+    "metadata.url",
+    "data.metadata.url",
+    "output_url",
+    "video_url",
+    "data.video_url",
+    "unsigned_urls[0]",
+    "data.unsigned_urls[0]",
+)
+PROGRESS_PATHS = ("data.progress", "progress")
+# new-api nests a failed Seedance task's error one level deeper (reference §1.2).
+ERROR_PATHS = ("data.error", "error", "data.data.error")
+FAIL_REASON_PATHS = ("data.fail_reason", "fail_reason")
+EXPIRES_PATHS = ("data.expires_at", "expires_at")
+
+
+def parse_job_id(body: Any) -> str | None:
+    """The job id of a create answer, wherever this gateway put it."""
+    return first_text(body, ID_PATHS)
+
+
+def parse_generation(body: Any, *, base_url: str | None = None) -> ProviderStatus:
+    """One gateway poll body → ProviderStatus. Raises ProviderUnavailable on a non-object.
+
+    A "succeeded" without a URL is a failure (`no_output`); "expired" is RESULT_EXPIRED.
+    Relative URLs are resolved against `base_url`.
+    """
+    if not isinstance(body, dict):
+        raise ProviderUnavailable(
+            f"{LABEL} sent an unreadable answer.",
+            detail=f"poll body is a {type(body).__name__}, not an object",
+        )
+    raw = first_text(body, STATUS_PATHS)
+    state = parse_state(raw)
+    progress = parse_progress(first_non_empty(body, PROGRESS_PATHS))
+    url = _video_url(body, base_url)
+    expires_at = parse_timestamp(first_non_empty(body, EXPIRES_PATHS))
+    error: ProviderErrorInfo | None = None
+
+    if state is ProviderState.SUCCEEDED and url is None:
+        state = ProviderState.FAILED
+        error = ProviderErrorInfo(kind=FailureKind.GENERATION_FAILED, detail="no_output")
+    elif state is ProviderState.FAILED:
+        if is_expired_word(raw):
+            error = ProviderErrorInfo(kind=FailureKind.RESULT_EXPIRED, detail="expired")
+        else:
+            error = _error_info(body, raw)
+    return ProviderStatus(
+        state=state,
+        progress=progress,
+        video_url=url if state is ProviderState.SUCCEEDED else None,
+        error=error,
+        expires_at=expires_at,
+        raw_status=raw,
+    )
+
+
+def _video_url(body: dict[str, Any], base_url: str | None) -> str | None:
+    url = first_text(body, URL_PATHS)
+    if url is None:
+        return None
+    if url.startswith(("http://", "https://")):
+        return url
+    if base_url is None or not url.startswith("/"):
+        return None
+    try:
+        return str(httpx.URL(base_url).join(url))
+    except httpx.InvalidURL:
+        return None
+
+
+def _error_info(body: dict[str, Any], raw_status: str | None) -> ProviderErrorInfo:
+    code, message = error_parts(first_non_empty(body, ERROR_PATHS))
+    reason_text = first_text(body, FAIL_REASON_PATHS) or ""
+    text = " ".join(t for t in (message, reason_text) if t)
+    detail = ": ".join(t for t in (code, text) if t) or f"status {raw_status}"
+    kind = failure_kind_for(code, text)
+    reason = moderation_reason(text) if kind is FailureKind.BLOCKED_OUTPUT else None
+    return ProviderErrorInfo(kind=kind, detail=detail[:500], reason=reason)
+
+
+class GatewayProvider:
+    """A reseller gateway that speaks the seed shape; `base_url` already ends in `/v1`."""
+
+    name = "gateway"
+
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str,
+        *,
+        client: httpx.AsyncClient | None = None,
+        max_concurrency: int = 8,
+    ) -> None:
+        self._base = base_url.rstrip("/")
+        self._host = httpx.URL(self._base).host
+        self._key = api_key
+        self._secrets = (api_key,)
+        self._owns_client = client is None
+        self._client = client or build_client(max_connections=max_concurrency)
+        self._sem = asyncio.Semaphore(max_concurrency)
+
+    async def submit(self, spec: VideoSpec) -> str:
+        """Create the job. Never retried here: the caller decides, by the error's class."""
+        payload = {
+            "model": spec.provider_model,
+            "prompt": spec.prompt,
+            "duration": int(spec.duration_s),
+            "resolution": spec.resolution,
+            "aspect_ratio": spec.aspect_ratio,
+        }
+        response = await send(
+            self._client,
+            self._sem,
+            "POST",
+            f"{self._base}/videos/generations",
+            op="submit",
+            label=LABEL,
+            secrets=self._secrets,
+            headers=bearer(self._key),
+            json=payload,
+        )
+        body = json_object(response, op="submit", label=LABEL)
+        job_id = parse_job_id(body)
+        if job_id is not None:
+            return job_id
+        raise self._refusal_without_id(body)
+
+    def _refusal_without_id(self, body: dict[str, Any]) -> ProviderError:
+        # Some gateways answer 200 with `{code: "error", message}` instead of an HTTP error.
+        code, message = error_parts(first_non_empty(body, ("error", "data.error")))
+        message = message or first_text(body, ("message", "msg")) or ""
+        detail = redact(": ".join(t for t in (code, message) if t), self._secrets)[:500]
+        if not message:
+            return AmbiguousSubmit(f"{LABEL} accepted the request without a job id.",
+                                   detail="no job id in a 2xx answer")
+        if looks_blocked(code, message):
+            return ContentBlocked("The safety filter rejected the prompt.", stage="input",
+                                  detail=detail, reason=moderation_reason(message))
+        if looks_retired(code, message):
+            return retired_error(LABEL, detail)
+        return InvalidProviderRequest(f"{LABEL} did not accept the request.", detail=detail)
+
+    async def poll(self, provider_job_id: str) -> ProviderStatus:
+        """One status call; malformed answers and 5xx are transient (ProviderUnavailable)."""
+        response = await send(
+            self._client,
+            self._sem,
+            "GET",
+            f"{self._base}/videos/generations/{provider_job_id}",
+            op="poll",
+            label=LABEL,
+            secrets=self._secrets,
+            headers=bearer(self._key),
+        )
+        status = parse_generation(json_object(response, op="poll", label=LABEL),
+                                  base_url=self._base)
+        hint = parse_retry_after(response.headers)
+        if hint is None:
+            return status
+        return dataclasses.replace(status, retry_after_s=hint)
+
+    async def cancel(self, provider_job_id: str) -> bool:
+        """Best effort: not every gateway has a cancel route, and none is required to."""
+        try:
+            await send(
+                self._client,
+                self._sem,
+                "POST",
+                f"{self._base}/videos/generations/{provider_job_id}/cancel",
+                op="call",
+                label=LABEL,
+                secrets=self._secrets,
+                headers=bearer(self._key),
+            )
+        except ProviderError as exc:
+            log.info("gateway cancel of %s not accepted: %s", provider_job_id, exc.detail)
+            return False
+        return True
+
+    async def download(self, provider_job_id: str, video_url: str | None, dest: Path) -> None:
+        """Stream the video; the key goes only to the gateway's own host, never to a CDN."""
+        url = video_url
+        if url is None:
+            try:
+                url = (await self.poll(provider_job_id)).video_url
+            except ProviderError as exc:
+                raise DeliveryError(f"{LABEL} did not say where the video is.",
+                                    detail=exc.detail) from exc
+            if url is None:
+                raise DeliveryError(f"{LABEL} did not say where the video is.",
+                                    detail="no video URL")
+        try:
+            same_host = httpx.URL(url).host == self._host
+        except httpx.InvalidURL as exc:
+            raise DeliveryError(f"{LABEL} gave an unusable video link.",
+                                detail="invalid video URL") from exc
+        await stream_to_file(
+            self._client,
+            self._sem,
+            url,
+            dest,
+            label=LABEL,
+            headers=bearer(self._key) if same_host else None,
+            secrets=self._secrets,
+        )
+
+    async def find_existing(self, spec: VideoSpec, *, since_epoch_s: float) -> str | None:
+        """The seed shape has no list or external-id lookup."""
+        return None
+
+    async def aclose(self) -> None:
+        if self._owns_client:
+            await self._client.aclose()

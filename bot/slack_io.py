@@ -1,0 +1,186 @@
+"""Outbound Slack: the request message, status edits, thread replies, and the v2 upload.
+
+Each function knows Slack's failure modes (not in channel, private channels, 429s are
+retried by the client's retry handlers) and degrades to what still reaches the user.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import httpx
+from slack_sdk.errors import SlackApiError
+from slack_sdk.http_retry.builtin_async_handlers import (
+    AsyncConnectionErrorRetryHandler,
+    AsyncRateLimitErrorRetryHandler,
+)
+from slack_sdk.web.async_client import AsyncWebClient
+
+from bot import messages
+from bot.deps import Deps
+from bot.models import Job
+
+log = logging.getLogger(__name__)
+
+# Errors that mean "the bot can't post here", as opposed to Slack being unwell.
+NO_ACCESS = {"channel_not_found", "not_in_channel", "is_archived", "restricted_action",
+             "team_access_not_granted", "access_denied", "method_not_supported_for_channel_type"}
+
+
+def make_slack_client(token: str | None, base_url: str) -> AsyncWebClient:
+    """The one Web API client: Slack's own retry handlers for 429 (Retry-After) and resets."""
+    return AsyncWebClient(
+        token=token,
+        base_url=base_url,
+        timeout=30,
+        retry_handlers=[
+            AsyncConnectionErrorRetryHandler(max_retry_count=2),
+            AsyncRateLimitErrorRetryHandler(max_retry_count=5),
+        ],
+    )
+
+
+def slack_error(exc: SlackApiError) -> str:
+    try:
+        return str(exc.response.get("error") or exc.response.status_code)
+    except Exception:  # a response that isn't a dict
+        return "unknown_error"
+
+
+async def post_request_message(deps: Deps, job: Job) -> tuple[str, str, str]:
+    """Post the visible request message. Returns (channel_id, thread_ts, status_ts).
+
+    Slash commands can't run in threads, so the job's thread hangs off this message. For a
+    mention the thread already exists and the status goes in as a reply. When the bot can't
+    post in the channel: join it if public, else tell the user through response_url and move
+    the conversation to a DM, which becomes the thread.
+    """
+    tz = deps.settings.tz
+    text, blocks = messages.request_message(job, tz=tz)
+    try:
+        resp = await deps.slack.chat_postMessage(
+            channel=job.channel_id, text=text, blocks=blocks, thread_ts=job.thread_ts,
+            unfurl_links=False, unfurl_media=False,
+        )
+        ts = str(resp["ts"])
+        return job.channel_id, job.thread_ts or ts, ts
+    except SlackApiError as exc:
+        error = slack_error(exc)
+        if error not in NO_ACCESS:
+            raise
+        log.info("job %s: cannot post in %s (%s); trying a fallback", job.id, job.channel_id, error)
+    if await _try_join(deps, job.channel_id):
+        resp = await deps.slack.chat_postMessage(
+            channel=job.channel_id, text=text, blocks=blocks, thread_ts=job.thread_ts,
+            unfurl_links=False, unfurl_media=False,
+        )
+        ts = str(resp["ts"])
+        return job.channel_id, job.thread_ts or ts, ts
+    await respond(
+        deps, job.response_url,
+        "I can't post in this channel, so I'll follow up in a DM. To get videos here, invite me "
+        "with `/invite @sora-bot`.",
+    )
+    dm = await deps.slack.conversations_open(users=job.user_id)
+    dm_channel = str(dm["channel"]["id"])
+    resp = await deps.slack.chat_postMessage(channel=dm_channel, text=text, blocks=blocks)
+    ts = str(resp["ts"])
+    return dm_channel, ts, ts
+
+
+async def _try_join(deps: Deps, channel_id: str) -> bool:
+    if not channel_id.startswith("C"):
+        return False
+    try:
+        await deps.slack.conversations_join(channel=channel_id)
+        return True
+    except SlackApiError as exc:
+        log.info("could not join %s: %s", channel_id, slack_error(exc))
+        return False
+
+
+async def respond(deps: Deps, response_url: str | None, text: str) -> bool:
+    """An ephemeral note through response_url (5 uses, 30 minutes); False if it can't."""
+    if not response_url:
+        return False
+    try:
+        r = await deps.http.post(response_url, json={"response_type": "ephemeral", "text": text})
+        return r.status_code < 400
+    except httpx.HTTPError as exc:
+        log.info("response_url post failed: %s", type(exc).__name__)
+        return False
+
+
+async def update_status(deps: Deps, job: Job, *, give_up_at: Any = None) -> None:
+    """Re-render the request message with the job's current status. Best effort."""
+    if not job.status_ts:
+        return
+    text, blocks = messages.request_message(job, tz=deps.settings.tz, give_up_at=give_up_at)
+    try:
+        await deps.slack.chat_update(channel=job.channel_id, ts=job.status_ts, text=text, blocks=blocks)
+    except SlackApiError as exc:
+        log.info("job %s: status edit failed: %s", job.id, slack_error(exc))
+
+
+async def post_in_thread(deps: Deps, job: Job, text: str) -> str:
+    resp = await deps.slack.chat_postMessage(
+        channel=job.channel_id, thread_ts=job.thread_ts, text=text, unfurl_links=False, unfurl_media=False
+    )
+    return str(resp["ts"])
+
+
+async def post_ephemeral(deps: Deps, *, channel: str, user: str, text: str, thread_ts: str | None = None) -> None:
+    try:
+        await deps.slack.chat_postEphemeral(channel=channel, user=user, text=text, thread_ts=thread_ts)
+    except SlackApiError as exc:
+        log.info("ephemeral to %s failed: %s", user, slack_error(exc))
+
+
+async def upload_video(deps: Deps, job: Job, path: Path, comment: str) -> str | None:
+    """The v2 upload into the job's thread; streams the file. Returns the shared message ts if known.
+
+    Raises SlackApiError / httpx.HTTPError when the upload is impossible; the caller then
+    posts the link instead.
+    """
+    size = path.stat().st_size
+    filename = f"sora-{job.id}.mp4"
+    got = await deps.slack.files_getUploadURLExternal(filename=filename, length=size)
+    upload_url, file_id = str(got["upload_url"]), str(got["file_id"])
+    with path.open("rb") as fh:
+        r = await deps.http.post(upload_url, content=_chunks(fh), headers={"Content-Length": str(size)})
+    if r.status_code >= 400:
+        raise httpx.HTTPStatusError(f"upload answered {r.status_code}", request=r.request, response=r)
+    files = [{"id": file_id, "title": f"{job.model}: {job.prompt[:80]}"}]
+    try:
+        done = await _complete(deps, job, files, comment)
+    except SlackApiError as exc:
+        if slack_error(exc) != "not_in_channel" or not await _try_join(deps, job.channel_id):
+            raise
+        done = await _complete(deps, job, files, comment)
+    shares = (done.get("files") or [{}])[0].get("shares") if isinstance(done.get("files"), list) else None
+    return _share_ts(shares, job.channel_id)
+
+
+async def _complete(deps: Deps, job: Job, files: list[dict[str, str]], comment: str) -> Any:
+    return await deps.slack.files_completeUploadExternal(
+        files=files, channel_id=job.channel_id, thread_ts=job.thread_ts,
+        initial_comment=comment,
+    )
+
+
+def _share_ts(shares: Any, channel: str) -> str | None:
+    # Sharing is asynchronous in Slack: shares may be empty right after completion.
+    if not isinstance(shares, dict):
+        return None
+    for scope in shares.values():
+        for entry in (scope or {}).get(channel, []) or []:
+            if isinstance(entry, dict) and entry.get("ts"):
+                return str(entry["ts"])
+    return None
+
+
+async def _chunks(fh: Any, size: int = 1 << 16) -> Any:
+    while chunk := fh.read(size):
+        yield chunk

@@ -1,0 +1,217 @@
+"""The SQLite connection pair (one writer, one reader), WAL, and numbered migrations."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import AsyncIterator, Iterable, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+log = logging.getLogger(__name__)
+
+# Each entry is one migration; PRAGMA user_version records how many have run.
+MIGRATIONS: tuple[tuple[str, str], ...] = (
+    (
+        "jobs, ledger, deliveries",
+        """
+        CREATE TABLE jobs (
+            id                TEXT PRIMARY KEY,
+            dedupe_key        TEXT UNIQUE,
+            user_id           TEXT NOT NULL,
+            team_id           TEXT,
+            channel_id        TEXT NOT NULL,
+            thread_ts         TEXT,
+            status_ts         TEXT,
+            source            TEXT NOT NULL,
+            response_url      TEXT,
+            model             TEXT NOT NULL,
+            provider          TEXT NOT NULL,
+            provider_model    TEXT NOT NULL,
+            prompt            TEXT NOT NULL,
+            duration_seconds  INTEGER NOT NULL,
+            resolution        TEXT NOT NULL,
+            aspect_ratio      TEXT NOT NULL,
+            status            TEXT NOT NULL CHECK (status IN
+                ('queued','submitted','running','succeeded','failed','cancelled')),
+            failure_kind      TEXT,
+            failure_detail    TEXT,
+            progress          INTEGER,
+            provider_job_id   TEXT,
+            estimate_micros   INTEGER NOT NULL CHECK (estimate_micros >= 0),
+            cost_micros       INTEGER NOT NULL DEFAULT 0 CHECK (cost_micros >= 0),
+            video_url         TEXT,
+            budget_day        TEXT NOT NULL,
+            created_at        TEXT NOT NULL,
+            updated_at        TEXT NOT NULL,
+            submit_started_at TEXT,
+            submitted_at      TEXT,
+            last_progress_at  TEXT,
+            stall_notified    INTEGER NOT NULL DEFAULT 0,
+            last_status_edit_at TEXT,
+            finished_at       TEXT,
+            CHECK (status NOT IN ('failed','cancelled') OR failure_kind IS NOT NULL),
+            CHECK (status NOT IN ('submitted','running','succeeded') OR provider_job_id IS NOT NULL)
+        );
+        CREATE INDEX jobs_status ON jobs(status);
+        CREATE INDEX jobs_user_status ON jobs(user_id, status);
+        CREATE INDEX jobs_created ON jobs(created_at);
+
+        -- One account row per job: reserved on accept, then charged or released.
+        CREATE TABLE ledger (
+            job_id          TEXT PRIMARY KEY REFERENCES jobs(id),
+            user_id         TEXT NOT NULL,
+            budget_day      TEXT NOT NULL,
+            reserved_micros INTEGER NOT NULL CHECK (reserved_micros >= 0),
+            charged_micros  INTEGER NOT NULL DEFAULT 0 CHECK (charged_micros >= 0),
+            state           TEXT NOT NULL CHECK (state IN ('reserved','charged','released','refunded')),
+            created_at      TEXT NOT NULL,
+            updated_at      TEXT NOT NULL
+        );
+        CREATE INDEX ledger_user_day ON ledger(user_id, budget_day, state);
+        CREATE INDEX ledger_day ON ledger(budget_day, state);
+
+        -- Append-only history of every money movement, for audits and explanations.
+        CREATE TABLE ledger_events (
+            id            INTEGER PRIMARY KEY AUTOINCREMENT,
+            job_id        TEXT NOT NULL,
+            user_id       TEXT NOT NULL,
+            budget_day    TEXT NOT NULL,
+            event         TEXT NOT NULL,
+            amount_micros INTEGER NOT NULL,
+            at            TEXT NOT NULL
+        );
+
+        -- Per-user limit overrides (admin commands fill this in).
+        CREATE TABLE user_limits (
+            user_id      TEXT PRIMARY KEY,
+            limit_micros INTEGER NOT NULL CHECK (limit_micros >= 0),
+            updated_at   TEXT NOT NULL,
+            updated_by   TEXT
+        );
+
+        -- The outbox: the final message each job still owes its thread.
+        CREATE TABLE deliveries (
+            job_id      TEXT PRIMARY KEY REFERENCES jobs(id),
+            kind        TEXT NOT NULL CHECK (kind IN ('video','failure','cancelled')),
+            state       TEXT NOT NULL CHECK (state IN ('pending','done')),
+            file_path   TEXT,
+            message_ts  TEXT,
+            method      TEXT,
+            attempts    INTEGER NOT NULL DEFAULT 0,
+            last_error  TEXT,
+            created_at  TEXT NOT NULL,
+            updated_at  TEXT NOT NULL
+        );
+        CREATE INDEX deliveries_state ON deliveries(state);
+        """,
+    ),
+)
+
+
+def _create_private_file(path: Path) -> None:
+    """The database holds prompts: create it (and its WAL companions) readable by us only."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for p in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+        if p == path or p.exists():
+            fd = os.open(p, os.O_CREAT | os.O_RDWR, 0o600)
+            os.close(fd)
+            os.chmod(p, 0o600)
+
+
+class Database:
+    """One process's access to the SQLite file.
+
+    Writes go through `write_txn()` (BEGIN IMMEDIATE on the single writer connection, one
+    at a time); reads use a second connection so they never see a half-done transaction.
+    """
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+        self._writer: aiosqlite.Connection | None = None
+        self._reader: aiosqlite.Connection | None = None
+        self._write_lock = asyncio.Lock()
+
+    async def open(self) -> "Database":
+        _create_private_file(self.path)
+        self._writer = await self._connect()
+        await self._writer.execute("PRAGMA journal_mode=WAL")
+        await self._migrate(self._writer)
+        self._reader = await self._connect()
+        _create_private_file(self.path)  # the WAL files exist now: tighten them too
+        return self
+
+    async def _connect(self) -> aiosqlite.Connection:
+        conn = await aiosqlite.connect(self.path, isolation_level=None)
+        conn.row_factory = aiosqlite.Row
+        await conn.execute("PRAGMA busy_timeout=10000")
+        await conn.execute("PRAGMA foreign_keys=ON")
+        await conn.execute("PRAGMA synchronous=NORMAL")
+        return conn
+
+    async def _migrate(self, conn: aiosqlite.Connection) -> None:
+        async with conn.execute("PRAGMA user_version") as cur:
+            row = await cur.fetchone()
+        version = int(row[0]) if row else 0
+        if version > len(MIGRATIONS):
+            raise RuntimeError(
+                f"database {self.path.name} is at schema {version}, newer than this code "
+                f"({len(MIGRATIONS)}): upgrade sora-bot"
+            )
+        for number, (name, sql) in enumerate(MIGRATIONS[version:], start=version + 1):
+            log.info("migrating database to schema %d (%s)", number, name)
+            await conn.execute("BEGIN IMMEDIATE")
+            try:
+                for statement in sql.split(";"):
+                    if statement.strip():
+                        await conn.execute(statement)
+                await conn.execute(f"PRAGMA user_version={number}")
+                await conn.execute("COMMIT")
+            except BaseException:
+                await conn.execute("ROLLBACK")
+                raise
+
+    @asynccontextmanager
+    async def write_txn(self) -> AsyncIterator[aiosqlite.Connection]:
+        """One serialised BEGIN IMMEDIATE transaction; commits on success, rolls back on error."""
+        assert self._writer is not None, "database not open"
+        async with self._write_lock:
+            await self._writer.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._writer
+            except BaseException:
+                await self._writer.execute("ROLLBACK")
+                raise
+            else:
+                await self._writer.execute("COMMIT")
+
+    async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[aiosqlite.Row]:
+        assert self._reader is not None, "database not open"
+        async with self._reader.execute(sql, params) as cur:
+            return list(await cur.fetchall())
+
+    async def fetchone(self, sql: str, params: Sequence[Any] = ()) -> aiosqlite.Row | None:
+        assert self._reader is not None, "database not open"
+        async with self._reader.execute(sql, params) as cur:
+            return await cur.fetchone()
+
+    async def execute(self, sql: str, params: Iterable[Any] = ()) -> int:
+        """A single-statement write in its own transaction; returns the rowcount."""
+        async with self.write_txn() as conn:
+            cur = await conn.execute(sql, tuple(params))
+            return cur.rowcount
+
+    async def close(self) -> None:
+        for conn in (self._reader, self._writer):
+            if conn is not None:
+                await conn.close()
+        self._reader = self._writer = None
+
+
+async def fetchone_in(conn: aiosqlite.Connection, sql: str, params: Sequence[Any] = ()) -> Any:
+    async with conn.execute(sql, params) as cur:
+        return await cur.fetchone()

@@ -1,0 +1,290 @@
+"""Job rows and their guarded state changes, plus the delivery outbox."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import aiosqlite
+
+from bot.clock import parse_iso
+from bot.errors import BudgetExceeded, InvalidRequest
+from bot.models import UNFINISHED, FailureKind, Job, JobStatus
+from bot.money import format_usd
+from storage import ledger
+from storage.db import Database, fetchone_in
+
+# No 0/o/1/l/i: people type these ids into `/sora cancel`.
+_ID_ALPHABET = "abcdefghjkmnpqrstuvwxyz23456789"
+
+
+def new_job_id() -> str:
+    return "".join(secrets.choice(_ID_ALPHABET) for _ in range(8))
+
+
+@dataclass(frozen=True, slots=True)
+class NewJob:
+    user_id: str
+    team_id: str | None
+    channel_id: str
+    source: str  # "command" | "mention"
+    model: str
+    provider: str
+    provider_model: str
+    prompt: str
+    duration_seconds: int
+    resolution: str
+    aspect_ratio: str
+    estimate_micros: int
+    thread_ts: str | None = None
+    response_url: str | None = None
+    dedupe_key: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    user_limit_micros: int  # the default; an override in user_limits wins
+    workspace_limit_micros: int | None
+    max_unfinished_per_user: int
+
+
+class TooManyJobs(InvalidRequest):
+    def __init__(self, running: int, limit: int) -> None:
+        super().__init__(
+            f"You already have {running} unfinished video job{'s' if running != 1 else ''} "
+            f"(the limit is {limit}). Wait for one to finish, or cancel one with "
+            "`/sora cancel <job>`."
+        )
+
+
+async def reserve_and_insert(
+    db: Database, new: NewJob, *, limits: Limits, day: str, now: str
+) -> tuple[Job, bool]:
+    """Check the caps and budget, then insert the job and its reservation: one transaction.
+
+    Returns (job, created). A request whose dedupe key was seen already returns the
+    existing job with created=False, so a retried Slack delivery never makes a second job.
+    Raises BudgetExceeded / TooManyJobs with nothing written.
+    """
+    async with db.write_txn() as conn:
+        if new.dedupe_key is not None:
+            row = await fetchone_in(conn, "SELECT * FROM jobs WHERE dedupe_key = ?", (new.dedupe_key,))
+            if row is not None:
+                return row_to_job(row), False
+        placeholders = ",".join("?" for _ in UNFINISHED)
+        row = await fetchone_in(
+            conn,
+            f"SELECT COUNT(*) FROM jobs WHERE user_id = ? AND status IN ({placeholders})",
+            (new.user_id, *UNFINISHED),
+        )
+        running = int(row[0])
+        if running >= limits.max_unfinished_per_user:
+            raise TooManyJobs(running, limits.max_unfinished_per_user)
+
+        limit = await ledger.user_limit(conn, new.user_id, limits.user_limit_micros)
+        totals = await ledger.user_totals(conn, new.user_id, day)
+        remaining = limit - totals.used_micros
+        if new.estimate_micros > remaining:
+            raise BudgetExceeded(
+                f"This video would cost {format_usd(new.estimate_micros)}, but you have "
+                f"{format_usd(max(remaining, 0))} left of your {format_usd(limit)} daily budget.",
+                remaining_micros=max(remaining, 0),
+            )
+        if limits.workspace_limit_micros is not None:
+            ws = await ledger.workspace_totals(conn, day)
+            ws_remaining = limits.workspace_limit_micros - ws.used_micros
+            if new.estimate_micros > ws_remaining:
+                raise BudgetExceeded(
+                    f"This video would cost {format_usd(new.estimate_micros)}, but the "
+                    f"workspace has {format_usd(max(ws_remaining, 0))} left of its "
+                    f"{format_usd(limits.workspace_limit_micros)} daily cap.",
+                    remaining_micros=max(ws_remaining, 0),
+                )
+
+        job_id = await _insert_job(conn, new, day=day, now=now)
+        await ledger.add_reservation(
+            conn, job_id=job_id, user_id=new.user_id, day=day, amount_micros=new.estimate_micros, at=now
+        )
+        row = await fetchone_in(conn, "SELECT * FROM jobs WHERE id = ?", (job_id,))
+        return row_to_job(row), True
+
+
+async def _insert_job(conn: aiosqlite.Connection, new: NewJob, *, day: str, now: str) -> str:
+    for _ in range(5):
+        job_id = new_job_id()
+        exists = await fetchone_in(conn, "SELECT 1 FROM jobs WHERE id = ?", (job_id,))
+        if exists is None:
+            break
+    else:  # pragma: no cover - 31^8 ids
+        raise RuntimeError("could not pick a free job id")
+    await conn.execute(
+        """INSERT INTO jobs (id, dedupe_key, user_id, team_id, channel_id, thread_ts, source,
+               response_url, model, provider, provider_model, prompt, duration_seconds,
+               resolution, aspect_ratio, status, estimate_micros, budget_day, created_at,
+               updated_at, last_progress_at)
+           VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,'queued',?,?,?,?,?)""",
+        (
+            job_id, new.dedupe_key, new.user_id, new.team_id, new.channel_id, new.thread_ts,
+            new.source, new.response_url, new.model, new.provider, new.provider_model,
+            new.prompt, new.duration_seconds, new.resolution, new.aspect_ratio,
+            new.estimate_micros, day, now, now, now,
+        ),
+    )
+    return job_id
+
+
+def row_to_job(row: aiosqlite.Row) -> Job:
+    return Job(
+        id=row["id"],
+        user_id=row["user_id"],
+        team_id=row["team_id"],
+        channel_id=row["channel_id"],
+        thread_ts=row["thread_ts"],
+        status_ts=row["status_ts"],
+        source=row["source"],
+        model=row["model"],
+        provider=row["provider"],
+        prompt=row["prompt"],
+        duration_seconds=int(row["duration_seconds"]),
+        resolution=row["resolution"],
+        aspect_ratio=row["aspect_ratio"],
+        status=JobStatus(row["status"]),
+        failure_kind=FailureKind(row["failure_kind"]) if row["failure_kind"] else None,
+        failure_detail=row["failure_detail"],
+        progress=row["progress"],
+        provider_job_id=row["provider_job_id"],
+        estimate_micros=int(row["estimate_micros"]),
+        cost_micros=int(row["cost_micros"]),
+        video_url=row["video_url"],
+        response_url=row["response_url"],
+        created_at=parse_iso(row["created_at"]),  # type: ignore[arg-type]
+        submit_started_at=parse_iso(row["submit_started_at"]),
+        last_progress_at=parse_iso(row["last_progress_at"]),
+        stall_notified=bool(row["stall_notified"]),
+        finished_at=parse_iso(row["finished_at"]),
+        budget_day=row["budget_day"],
+    )
+
+
+async def get_job(db: Database, job_id: str) -> Job | None:
+    row = await db.fetchone("SELECT * FROM jobs WHERE id = ?", (job_id,))
+    return row_to_job(row) if row else None
+
+
+async def list_jobs(
+    db: Database, *, user_id: str | None = None, status: str | None = None, limit: int = 200
+) -> list[Job]:
+    clauses, params = [], []  # type: ignore[var-annotated]
+    if user_id:
+        clauses.append("user_id = ?")
+        params.append(user_id)
+    if status:
+        clauses.append("status = ?")
+        params.append(status)
+    where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+    sql = f"SELECT * FROM jobs {where} ORDER BY created_at DESC, rowid DESC"
+    if limit > 0:
+        sql += f" LIMIT {int(limit)}"
+    return [row_to_job(r) for r in await db.fetchall(sql, params)]
+
+
+async def unfinished_job_ids(db: Database) -> list[str]:
+    placeholders = ",".join("?" for _ in UNFINISHED)
+    rows = await db.fetchall(
+        f"SELECT id FROM jobs WHERE status IN ({placeholders}) ORDER BY created_at", UNFINISHED
+    )
+    return [r[0] for r in rows]
+
+
+async def update_job(
+    conn: aiosqlite.Connection,
+    job_id: str,
+    *,
+    expect: Iterable[JobStatus],
+    set_: dict[str, Any],
+    now: str,
+) -> bool:
+    """UPDATE … WHERE id=? AND status IN (expected). True only if this call moved the row."""
+    expected = [s.value for s in expect]
+    fields = dict(set_)
+    fields["updated_at"] = now
+    assignments = ", ".join(f"{k} = ?" for k in fields)
+    values = [v.value if isinstance(v, (JobStatus, FailureKind)) else v for v in fields.values()]
+    placeholders = ",".join("?" for _ in expected)
+    cur = await conn.execute(
+        f"UPDATE jobs SET {assignments} WHERE id = ? AND status IN ({placeholders})",
+        (*values, job_id, *expected),
+    )
+    return cur.rowcount == 1
+
+
+async def update(db: Database, job_id: str, *, expect: Iterable[JobStatus], now: str, **set_: Any) -> bool:
+    async with db.write_txn() as conn:
+        return await update_job(conn, job_id, expect=expect, set_=set_, now=now)
+
+
+# --- delivery outbox -------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    job_id: str
+    kind: str
+    state: str
+    file_path: str | None
+    message_ts: str | None
+    method: str | None
+    attempts: int
+
+
+async def add_delivery(
+    conn: aiosqlite.Connection, job_id: str, kind: str, *, now: str, file_path: str | None = None
+) -> None:
+    await conn.execute(
+        "INSERT OR IGNORE INTO deliveries (job_id, kind, state, file_path, created_at, updated_at)"
+        " VALUES (?, ?, 'pending', ?, ?, ?)",
+        (job_id, kind, file_path, now, now),
+    )
+
+
+async def get_delivery(db: Database, job_id: str) -> Delivery | None:
+    row = await db.fetchone("SELECT * FROM deliveries WHERE job_id = ?", (job_id,))
+    if row is None:
+        return None
+    return Delivery(
+        row["job_id"], row["kind"], row["state"], row["file_path"], row["message_ts"],
+        row["method"], int(row["attempts"]),
+    )
+
+
+async def pending_delivery_ids(db: Database) -> list[str]:
+    rows = await db.fetchall("SELECT job_id FROM deliveries WHERE state = 'pending' ORDER BY created_at")
+    return [r[0] for r in rows]
+
+
+async def mark_delivered(db: Database, job_id: str, *, message_ts: str | None, method: str, now: str) -> bool:
+    """pending -> done, recording the final message's ts. False if it was done already."""
+    async with db.write_txn() as conn:
+        cur = await conn.execute(
+            "UPDATE deliveries SET state='done', message_ts=?, method=?, updated_at=?"
+            " WHERE job_id=? AND state='pending'",
+            (message_ts, method, now, job_id),
+        )
+        return cur.rowcount == 1
+
+
+async def note_delivery_attempt(db: Database, job_id: str, error: str, now: str) -> None:
+    await db.execute(
+        "UPDATE deliveries SET attempts = attempts + 1, last_error = ?, updated_at = ? WHERE job_id = ?",
+        (error[:500], now, job_id),
+    )
+
+
+async def find_job(db: Database, ref: str) -> Job | None:
+    """A job by its id, tolerant of backticks and case, as people paste them."""
+    cleaned = ref.strip().strip("`").strip().lower()
+    if not cleaned:
+        return None
+    return await get_job(db, cleaned)

@@ -1,0 +1,135 @@
+"""Budget money: reservations, charges, releases, per-user limits, and daily usage."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import aiosqlite
+
+from storage.db import Database, fetchone_in
+
+
+@dataclass(frozen=True, slots=True)
+class Totals:
+    spent_micros: int
+    reserved_micros: int
+
+    @property
+    def used_micros(self) -> int:
+        return self.spent_micros + self.reserved_micros
+
+
+@dataclass(frozen=True, slots=True)
+class UsageRow:
+    user_id: str
+    date: str
+    limit_micros: int
+    spent_micros: int
+    reserved_micros: int
+    jobs: int
+
+    @property
+    def remaining_micros(self) -> int:
+        return self.limit_micros - self.spent_micros - self.reserved_micros
+
+
+_TOTALS_SQL = """
+    SELECT COALESCE(SUM(CASE WHEN state='charged' THEN charged_micros ELSE 0 END), 0),
+           COALESCE(SUM(CASE WHEN state='reserved' THEN reserved_micros ELSE 0 END), 0)
+    FROM ledger WHERE budget_day = ? {user_clause}
+"""
+
+
+async def user_totals(conn: aiosqlite.Connection, user_id: str, day: str) -> Totals:
+    row = await fetchone_in(conn, _TOTALS_SQL.format(user_clause="AND user_id = ?"), (day, user_id))
+    return Totals(int(row[0]), int(row[1]))
+
+
+async def workspace_totals(conn: aiosqlite.Connection, day: str) -> Totals:
+    row = await fetchone_in(conn, _TOTALS_SQL.format(user_clause=""), (day,))
+    return Totals(int(row[0]), int(row[1]))
+
+
+async def user_limit(conn: aiosqlite.Connection, user_id: str, default_micros: int) -> int:
+    row = await fetchone_in(conn, "SELECT limit_micros FROM user_limits WHERE user_id = ?", (user_id,))
+    return int(row[0]) if row else default_micros
+
+
+async def add_reservation(
+    conn: aiosqlite.Connection, *, job_id: str, user_id: str, day: str, amount_micros: int, at: str
+) -> None:
+    await conn.execute(
+        "INSERT INTO ledger (job_id, user_id, budget_day, reserved_micros, state, created_at,"
+        " updated_at) VALUES (?, ?, ?, ?, 'reserved', ?, ?)",
+        (job_id, user_id, day, amount_micros, at, at),
+    )
+    await _event(conn, job_id, "reserve", amount_micros, at)
+
+
+async def charge(conn: aiosqlite.Connection, job_id: str, amount_micros: int, at: str) -> bool:
+    """reserved -> charged. False when the reservation was already settled (idempotent)."""
+    cur = await conn.execute(
+        "UPDATE ledger SET state='charged', charged_micros=?, updated_at=?"
+        " WHERE job_id=? AND state='reserved'",
+        (amount_micros, at, job_id),
+    )
+    if cur.rowcount == 1:
+        await _event(conn, job_id, "charge", amount_micros, at)
+    return cur.rowcount == 1
+
+
+async def release(conn: aiosqlite.Connection, job_id: str, at: str) -> bool:
+    """reserved -> released (failure, cancel, stuck). False when already settled."""
+    cur = await conn.execute(
+        "UPDATE ledger SET state='released', updated_at=? WHERE job_id=? AND state='reserved'",
+        (at, job_id),
+    )
+    if cur.rowcount == 1:
+        await _event(conn, job_id, "release", 0, at)
+    return cur.rowcount == 1
+
+
+async def _event(conn: aiosqlite.Connection, job_id: str, event: str, amount: int, at: str) -> None:
+    await conn.execute(
+        "INSERT INTO ledger_events (job_id, user_id, budget_day, event, amount_micros, at)"
+        " SELECT job_id, user_id, budget_day, ?, ?, ? FROM ledger WHERE job_id = ?",
+        (event, amount, at, job_id),
+    )
+
+
+async def totals_for(db: Database, user_id: str, day: str, default_limit_micros: int) -> tuple[int, Totals]:
+    """(limit, totals) for one user's budget day, read outside any write."""
+    row = await db.fetchone(
+        "SELECT COALESCE(SUM(CASE WHEN state='charged' THEN charged_micros ELSE 0 END), 0),"
+        " COALESCE(SUM(CASE WHEN state='reserved' THEN reserved_micros ELSE 0 END), 0)"
+        " FROM ledger WHERE budget_day = ? AND user_id = ?",
+        (day, user_id),
+    )
+    lim = await db.fetchone("SELECT limit_micros FROM user_limits WHERE user_id = ?", (user_id,))
+    limit = int(lim[0]) if lim else default_limit_micros
+    assert row is not None
+    return limit, Totals(int(row[0]), int(row[1]))
+
+
+async def usage_for_day(db: Database, day: str, default_limit_micros: int) -> list[UsageRow]:
+    """Every user with ledger activity that day, plus every user with a limit override."""
+    rows = await db.fetchall(
+        """
+        WITH act AS (
+            SELECT user_id,
+                   SUM(CASE WHEN state='charged' THEN charged_micros ELSE 0 END) AS spent,
+                   SUM(CASE WHEN state='reserved' THEN reserved_micros ELSE 0 END) AS reserved,
+                   COUNT(*) AS jobs
+            FROM ledger WHERE budget_day = ? GROUP BY user_id
+        ),
+        users AS (SELECT user_id FROM act UNION SELECT user_id FROM user_limits)
+        SELECT u.user_id, COALESCE(l.limit_micros, ?) AS lim,
+               COALESCE(a.spent, 0), COALESCE(a.reserved, 0), COALESCE(a.jobs, 0)
+        FROM users u
+        LEFT JOIN act a ON a.user_id = u.user_id
+        LEFT JOIN user_limits l ON l.user_id = u.user_id
+        ORDER BY u.user_id
+        """,
+        (day, default_limit_micros),
+    )
+    return [UsageRow(r[0], day, int(r[1]), int(r[2]), int(r[3]), int(r[4])) for r in rows]

@@ -1,0 +1,116 @@
+"""Shared fixtures: a clean environment, the fake Slack, and the real app served over HTTP."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from aiohttp.test_utils import TestServer
+
+from bot.app import Runtime, create_runtime, make_web_app
+from bot.config import Settings
+from bot.deps import Timing
+from bot.fakeslack import FakeSlack
+from bot.providers.base import VideoProvider
+from bot.providers.simulator import SimulatorProvider
+from tests.slack_requests import SIGNING_SECRET, mention_body, post_signed, slash_body
+
+# Every variable the bot reads: tests never inherit the machine's keys or settings.
+_ENV_PREFIXES = ("SLACK_", "SORA_", "VIDEO_GATEWAY_", "OPENAI_", "RUNWAY", "GEMINI_", "KLING_", "ARK_", "FAL_")
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    for name in list(os.environ):
+        if name.startswith(_ENV_PREFIXES) or name in ("PORT", "HOST"):
+            monkeypatch.delenv(name, raising=False)
+    monkeypatch.chdir(tmp_path)  # no stray .env is read
+
+
+FAST = Timing(
+    poll_interval_s=0.05,
+    max_poll_interval_s=0.2,
+    stall_timeout_s=30.0,
+    job_timeout_s=30.0,
+    progress_edit_interval_s=0.0,
+    submit_retry_window_s=20.0,
+    download_attempts=4,
+    delivery_retry_max_s=0.5,
+)
+
+
+@pytest.fixture
+async def slack() -> AsyncIterator[FakeSlack]:
+    async with FakeSlack() as fake:
+        fake.add_channel("C1", name="general", member=True)
+        fake.add_user("U1", name="alice")
+        fake.add_user("U2", name="bob")
+        yield fake
+
+
+@dataclass
+class Bot:
+    """The real app behind a real HTTP server, plus ways to talk to it like Slack does."""
+
+    runtime: Runtime
+    url: str
+    http: httpx.AsyncClient
+    slack: FakeSlack
+
+    async def slash(self, text: str, **kw: Any) -> httpx.Response:
+        kw.setdefault("response_url", self.slack.new_response_url())
+        return await post_signed(self.http, self.url, slash_body(text, **kw))
+
+    async def mention(self, text: str, **kw: Any) -> httpx.Response:
+        headers = kw.pop("extra_headers", None)
+        return await post_signed(self.http, self.url, mention_body(text, **kw), extra_headers=headers)
+
+    @property
+    def deps(self) -> Any:
+        return self.runtime.deps
+
+
+BotFactory = Callable[..., Any]
+
+
+@pytest.fixture
+async def make_bot(slack: FakeSlack, tmp_path: Path) -> AsyncIterator[BotFactory]:
+    started: list[tuple[Runtime, TestServer, httpx.AsyncClient]] = []
+
+    async def factory(
+        *,
+        providers: Mapping[str, VideoProvider] | None = None,
+        timing: Timing = FAST,
+        include_simulator: bool | None = True,
+        sim_seconds: float = 0.4,
+        **settings: Any,
+    ) -> Bot:
+        values: dict[str, Any] = {
+            "slack_bot_token": "xoxb-test-token",
+            "slack_signing_secret": SIGNING_SECRET,
+            "slack_api_url": slack.api_url,
+            "sora_db_path": tmp_path / "bot.db",
+            "sora_default_model": "simulator",
+        }
+        values.update(settings)
+        s = Settings(_env_file=None, **values)
+        provs = dict(providers) if providers is not None else {}
+        provs.setdefault("simulator", SimulatorProvider(run_seconds=sim_seconds))
+        runtime = await create_runtime(s, providers=provs, timing=timing, include_simulator=include_simulator)
+        await runtime.start()
+        server = TestServer(make_web_app(runtime), host="127.0.0.1")
+        await server.start_server()
+        http = httpx.AsyncClient(timeout=10)
+        started.append((runtime, server, http))
+        return Bot(runtime, str(server.make_url("/slack/events")), http, slack)
+
+    yield factory
+    for runtime, server, http in reversed(started):
+        await http.aclose()
+        await server.close()
+        await runtime.close()
