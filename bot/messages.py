@@ -139,9 +139,8 @@ def failure_message(
         FailureKind.STUCK: (
             "Gave up waiting"
             + (f" after {humanize_duration((minutes_waited or 0) * 60)}" if minutes_waited else "")
-            + ": the provider never finished the video. The bot did not charge your budget, but "
-            "the provider may still bill the workspace for it. Try again, perhaps shorter or "
-            "with another model."
+            + ": the provider never finished the video, and it may still bill the workspace "
+            "for it. Try again, perhaps shorter or with another model."
         ),
         FailureKind.RESULT_EXPIRED: (
             "The video was finished, but its download link expired before I could save it. "
