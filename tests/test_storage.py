@@ -1,0 +1,134 @@
+"""Storage: private file, WAL, migrations, guarded state changes, the budget under races."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import stat
+
+import pytest
+
+from bot.errors import BudgetExceeded
+from bot.models import JobStatus
+from storage import jobs as jobstore
+from storage import ledger
+from storage.db import MIGRATIONS, Database
+from storage.jobs import Limits, NewJob, TooManyJobs
+
+NOW = "2026-11-25T10:00:00.000000Z"
+DAY = "2026-11-25"
+
+
+def _new(user: str = "U1", cost: int = 800_000, key: str | None = None) -> NewJob:
+    return NewJob(
+        user_id=user, team_id="T1", channel_id="C1", source="command", model="simulator",
+        provider="simulator", provider_model="simulator", prompt="a dog", duration_seconds=8,
+        resolution="720p", aspect_ratio="16:9", estimate_micros=cost, dedupe_key=key,
+    )
+
+
+LIMITS = Limits(user_limit_micros=5_000_000, workspace_limit_micros=None, max_unfinished_per_user=100)
+
+
+@pytest.fixture
+async def db(tmp_path):
+    database = await Database(tmp_path / "jobs.db").open()
+    yield database
+    await database.close()
+
+
+async def test_database_file_is_private_and_in_wal_mode(db, tmp_path) -> None:
+    mode = stat.S_IMODE((tmp_path / "jobs.db").stat().st_mode)
+    assert mode == 0o600
+    conn = sqlite3.connect(tmp_path / "jobs.db")
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
+    conn.close()
+
+
+async def test_reopening_does_not_migrate_again(db, tmp_path) -> None:
+    await jobstore.reserve_and_insert(db, _new(), limits=LIMITS, day=DAY, now=NOW)
+    again = await Database(tmp_path / "jobs.db").open()
+    assert len(await jobstore.list_jobs(again)) == 1
+    await again.close()
+
+
+async def test_a_newer_schema_refuses_to_start(tmp_path) -> None:
+    path = tmp_path / "future.db"
+    conn = sqlite3.connect(path)
+    conn.execute(f"PRAGMA user_version={len(MIGRATIONS) + 1}")
+    conn.close()
+    with pytest.raises(RuntimeError, match="newer than this code"):
+        await Database(path).open()
+
+
+async def test_reserve_commits_job_and_reservation_together(db, tmp_path) -> None:
+    job, created = await jobstore.reserve_and_insert(db, _new(), limits=LIMITS, day=DAY, now=NOW)
+    assert created and job.status is JobStatus.QUEUED
+    # visible from a second, independent connection: it was committed
+    conn = sqlite3.connect(tmp_path / "jobs.db")
+    row = conn.execute("SELECT state, reserved_micros FROM ledger WHERE job_id=?", (job.id,)).fetchone()
+    assert row == ("reserved", 800_000)
+    conn.close()
+
+
+async def test_guarded_update_moves_a_job_only_once(db) -> None:
+    job, _ = await jobstore.reserve_and_insert(db, _new(), limits=LIMITS, day=DAY, now=NOW)
+    first = await jobstore.update(db, job.id, expect=[JobStatus.QUEUED], now=NOW,
+                                  status=JobStatus.SUBMITTED, provider_job_id="p1")
+    second = await jobstore.update(db, job.id, expect=[JobStatus.QUEUED], now=NOW,
+                                   status=JobStatus.SUBMITTED, provider_job_id="p2")
+    assert first and not second
+    assert (await jobstore.get_job(db, job.id)).provider_job_id == "p1"
+
+
+async def test_a_settled_reservation_is_never_settled_twice(db) -> None:
+    job, _ = await jobstore.reserve_and_insert(db, _new(), limits=LIMITS, day=DAY, now=NOW)
+    async with db.write_txn() as conn:
+        assert await ledger.charge(conn, job.id, 800_000, NOW)
+        assert not await ledger.charge(conn, job.id, 800_000, NOW)
+        assert not await ledger.release(conn, job.id, NOW)
+    limit, totals = await ledger.totals_for(db, "U1", DAY, 5_000_000)
+    assert (totals.spent_micros, totals.reserved_micros) == (800_000, 0)
+
+
+async def test_a_dedupe_key_returns_the_first_job(db) -> None:
+    a, created_a = await jobstore.reserve_and_insert(db, _new(key="evt:1"), limits=LIMITS, day=DAY, now=NOW)
+    b, created_b = await jobstore.reserve_and_insert(db, _new(key="evt:1"), limits=LIMITS, day=DAY, now=NOW)
+    assert created_a and not created_b and a.id == b.id
+    assert len(await jobstore.list_jobs(db)) == 1
+
+
+async def test_parallel_reservations_never_exceed_the_budget(db) -> None:
+    limits = Limits(user_limit_micros=3_000_000, workspace_limit_micros=5_000_000, max_unfinished_per_user=100)
+
+    async def attempt(i: int) -> bool:
+        try:
+            await jobstore.reserve_and_insert(db, _new(user=f"U{i % 3}", cost=700_000), limits=limits, day=DAY, now=NOW)
+            return True
+        except BudgetExceeded:
+            return False
+
+    results = await asyncio.gather(*(attempt(i) for i in range(40)))
+    rows = await ledger.usage_for_day(db, DAY, 3_000_000)
+    for row in rows:
+        assert row.spent_micros + row.reserved_micros <= row.limit_micros
+    assert sum(r.reserved_micros for r in rows) <= 5_000_000
+    assert sum(results) == 7  # 7 × $0.70 = $4.90 fits under the $5 workspace cap; an 8th would not
+    assert len(await jobstore.list_jobs(db, limit=0)) == 7
+
+
+async def test_the_unfinished_job_cap_refuses_with_the_count(db) -> None:
+    limits = Limits(user_limit_micros=50_000_000, workspace_limit_micros=None, max_unfinished_per_user=2)
+    for _ in range(2):
+        await jobstore.reserve_and_insert(db, _new(), limits=limits, day=DAY, now=NOW)
+    with pytest.raises(TooManyJobs, match="2 unfinished"):
+        await jobstore.reserve_and_insert(db, _new(), limits=limits, day=DAY, now=NOW)
+
+
+async def test_usage_lists_users_with_overrides_even_without_activity(db) -> None:
+    await jobstore.reserve_and_insert(db, _new(user="U1"), limits=LIMITS, day=DAY, now=NOW)
+    await db.execute("INSERT INTO user_limits (user_id, limit_micros, updated_at) VALUES ('U9', 10000000, ?)", (NOW,))
+    rows = {r.user_id: r for r in await ledger.usage_for_day(db, DAY, 5_000_000)}
+    assert rows["U1"].reserved_micros == 800_000 and rows["U1"].remaining_micros == 4_200_000
+    assert rows["U9"].limit_micros == 10_000_000 and rows["U9"].jobs == 0
