@@ -182,16 +182,31 @@ class GatewayProvider:
         raise self._refusal_without_id(body)
 
     def _refusal_without_id(self, body: dict[str, Any]) -> ProviderError:
-        # Some gateways answer 200 with `{code: "error", message}` instead of an HTTP error.
-        code, message = error_parts(first_non_empty(body, ("error", "data.error")))
+        # Some gateways answer 200 with `{code: "error", message}` instead of an HTTP error;
+        # only such an explicit refusal proves that no job was made.
+        error = first_non_empty(body, ("error", "data.error"))
+        code_field = body.get("code")
+        refused = (
+            error is not None
+            or body.get("success") is False
+            or (isinstance(code_field, str) and code_field.lower() not in ("success", "ok"))
+        )
+        if not refused:
+            return AmbiguousSubmit(
+                f"{LABEL} accepted the request without a job id.",
+                detail="no job id in a 2xx answer",
+            )
+        code, message = error_parts(error)
         message = message or first_text(body, ("message", "msg")) or ""
+        code = code or (code_field if isinstance(code_field, str) else None)
         detail = redact(": ".join(t for t in (code, message) if t), self._secrets)[:500]
-        if not message:
-            return AmbiguousSubmit(f"{LABEL} accepted the request without a job id.",
-                                   detail="no job id in a 2xx answer")
         if looks_blocked(code, message):
-            return ContentBlocked("The safety filter rejected the prompt.", stage="input",
-                                  detail=detail, reason=moderation_reason(message))
+            return ContentBlocked(
+                "The safety filter rejected the prompt.",
+                stage="input",
+                detail=detail,
+                reason=moderation_reason(message),
+            )
         if looks_retired(code, message):
             return retired_error(LABEL, detail)
         return InvalidProviderRequest(f"{LABEL} did not accept the request.", detail=detail)
@@ -208,8 +223,9 @@ class GatewayProvider:
             secrets=self._secrets,
             headers=bearer(self._key),
         )
-        status = parse_generation(json_object(response, op="poll", label=LABEL),
-                                  base_url=self._base)
+        status = parse_generation(
+            json_object(response, op="poll", label=LABEL), base_url=self._base
+        )
         hint = parse_retry_after(response.headers)
         if hint is None:
             return status
@@ -240,16 +256,19 @@ class GatewayProvider:
             try:
                 url = (await self.poll(provider_job_id)).video_url
             except ProviderError as exc:
-                raise DeliveryError(f"{LABEL} did not say where the video is.",
-                                    detail=exc.detail) from exc
+                raise DeliveryError(
+                    f"{LABEL} did not say where the video is.", detail=exc.detail
+                ) from exc
             if url is None:
-                raise DeliveryError(f"{LABEL} did not say where the video is.",
-                                    detail="no video URL")
+                raise DeliveryError(
+                    f"{LABEL} did not say where the video is.", detail="no video URL"
+                )
         try:
             same_host = httpx.URL(url).host == self._host
         except httpx.InvalidURL as exc:
-            raise DeliveryError(f"{LABEL} gave an unusable video link.",
-                                detail="invalid video URL") from exc
+            raise DeliveryError(
+                f"{LABEL} gave an unusable video link.", detail="invalid video URL"
+            ) from exc
         await stream_to_file(
             self._client,
             self._sem,

@@ -170,7 +170,7 @@ def first_text(obj: Any, paths: Iterable[str]) -> str | None:
 
 
 def parse_progress(value: Any) -> int | None:
-    """Progress as 40, 40.0, "40" or "40%" → 40, clamped to 0–100; anything else → None."""
+    """Progress as 40, 40.0, "40" or "40%" → 40, clamped to 0-100; anything else → None."""
     if isinstance(value, bool):
         return None
     if isinstance(value, str):
@@ -179,8 +179,10 @@ def parse_progress(value: Any) -> int | None:
             number = float(text)
         except ValueError:
             return None
-    elif isinstance(value, (int, float)):
-        number = float(value)
+    elif isinstance(value, int):
+        number = float(min(max(value, -1), 101))  # huge ints do not fit a float
+    elif isinstance(value, float):
+        number = value
     else:
         return None
     if not math.isfinite(number):
@@ -197,8 +199,11 @@ def parse_timestamp(value: Any) -> datetime | None:
     if isinstance(value, bool) or value is None:
         return None
     number: float | None = None
-    if isinstance(value, (int, float)):
-        number = float(value)
+    if isinstance(value, int):
+        # ints beyond a float's range are no timestamps; fromtimestamp rejects them below
+        number = float(min(value, 10**18))
+    elif isinstance(value, float):
+        number = value
     elif isinstance(value, str):
         text = value.strip()
         try:
@@ -403,9 +408,7 @@ async def send(
     """One bounded request; returns a 2xx response or raises the mapped ProviderError."""
     async with semaphore:
         try:
-            response = await client.request(
-                method, url, headers=headers, json=json, params=params
-            )
+            response = await client.request(method, url, headers=headers, json=json, params=params)
         except httpx.HTTPError as exc:
             raise error_for_exception(exc, op=op, label=label, secrets=secrets) from exc
     if response.is_success:
@@ -470,14 +473,20 @@ async def stream_to_file(
         except httpx.HTTPError as exc:
             await asyncio.to_thread(part.unlink, missing_ok=True)
             detail = redact(f"{type(exc).__name__}: {exc}", secrets)[:_DETAIL_LIMIT]
-            raise DeliveryError(f"Downloading the video from {label} failed.", detail=detail) from exc
+            raise DeliveryError(
+                f"Downloading the video from {label} failed.", detail=detail
+            ) from exc
         except OSError as exc:
             await asyncio.to_thread(part.unlink, missing_ok=True)
-            raise DeliveryError("Saving the video failed.", detail=f"{type(exc).__name__}: {exc}") from exc
+            raise DeliveryError(
+                "Saving the video failed.", detail=f"{type(exc).__name__}: {exc}"
+            ) from exc
     return written
 
 
-def _download_error(response: httpx.Response, *, label: str, secrets: Sequence[str]) -> DeliveryError:
+def _download_error(
+    response: httpx.Response, *, label: str, secrets: Sequence[str]
+) -> DeliveryError:
     code, message, _ = _body_of(response)
     detail = _detail(response.status_code, code, message, secrets)
     if response.status_code in (403, 404, 410):
@@ -487,4 +496,6 @@ def _download_error(response: httpx.Response, *, label: str, secrets: Sequence[s
 
 def failure_kind_for(code: str | None, text: str) -> FailureKind:
     """Kind of a failed job's error: moderation → BLOCKED_OUTPUT, else GENERATION_FAILED."""
-    return FailureKind.BLOCKED_OUTPUT if looks_blocked(code, text) else FailureKind.GENERATION_FAILED
+    return (
+        FailureKind.BLOCKED_OUTPUT if looks_blocked(code, text) else FailureKind.GENERATION_FAILED
+    )

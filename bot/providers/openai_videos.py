@@ -42,7 +42,7 @@ _LIST_LIMIT = 20
 
 
 def openai_size(resolution: str, aspect_ratio: str) -> str:
-    """The `size` OpenAI expects for a resolution and aspect ratio; InvalidProviderRequest if none."""
+    """The `size` OpenAI expects for this resolution and aspect; InvalidProviderRequest if none."""
     size = OPENAI_SIZES.get((resolution, aspect_ratio))
     if size is None:
         raise InvalidProviderRequest(
@@ -189,7 +189,7 @@ class OpenAIVideosProvider:
         return False
 
     async def download(self, provider_job_id: str, video_url: str | None, dest: Path) -> None:
-        """Stream `/videos/{id}/content`; `video_url` is ignored (the content route needs the key)."""
+        """Stream `/videos/{id}/content`; `video_url` is ignored (that route needs the key)."""
         await stream_to_file(
             self._client,
             self._sem,

@@ -1,0 +1,579 @@
+"""Local fake video providers (reference §1.1, §1.2, §6): a seed-shape gateway and the OpenAI shape.
+
+Each fake is an aiohttp server on 127.0.0.1 whose whole state lives in the server object, so a
+test can drive a bot in a subprocess and still count what the provider received. Behaviour is
+scripted by markers in the prompt:
+
+    [blocked-input]   create → 400 input moderation ("Possible reasons: violence")
+    [blocked-output]  the job ends failed with moderation_blocked
+    [fail]            the job ends failed with another code
+    [stuck]           progress climbs to 99 and the job stays in_progress forever
+    [429-submit]      the first create for this prompt → 429 with Retry-After: 1
+    [503-submit]      the first create for this prompt → 503
+    [quota]           every create → 429 insufficient_quota
+    [slow-submit]     create makes the job, then waits `slow_seconds` before answering
+    [5xx-poll]        the first two polls → 502
+    [malformed]       the first poll → a body that is not JSON
+    [retired]         create → 404 model_not_found
+    [no-url]          (gateway) succeeds without a URL
+    [download-502]    the first download → 502, later ones succeed
+    [expired]         every download → 404
+
+Timeline: the first poll of a job says queued, later polls say in_progress with rising
+progress, and the job is finished once `run_seconds` of wall-clock time have passed since its
+creation, so a restarted bot sees the same timeline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import struct
+import threading
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Self
+
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from bot.models import ProviderState, ProviderStatus, VideoSpec
+from bot.providers.base import VideoProvider
+
+API_KEY = "test-key"
+
+MODERATION_INPUT = (
+    "The request is blocked by our moderation system when checking inputs. "
+    "Possible reasons: violence"
+)
+MODERATION_OUTPUT = "Your request was blocked by our moderation system."
+RETIRED_MESSAGE = "The model 'sora-2' does not exist or you do not have access to it."
+OPENAI_SECONDS = ("4", "8", "12", "16", "20")
+OPENAI_SIZES = ("720x1280", "1280x720", "1024x1792", "1792x1024", "1920x1080", "1080x1920")
+
+
+def video_bytes(job_id: str, size: int = 4096) -> bytes:
+    """Deterministic bytes for a job's video: an MP4 `ftyp` box, then an `mdat` of filler."""
+    ftyp = struct.pack(">I", 24) + b"ftypisom" + struct.pack(">I", 512) + b"isommp41"
+    seed = hashlib.sha256(job_id.encode()).digest()
+    filler_len = max(0, size - len(ftyp) - 8)
+    filler = (seed * (filler_len // len(seed) + 1))[:filler_len]
+    return ftyp + struct.pack(">I", filler_len + 8) + b"mdat" + filler
+
+
+def _error(
+    status: int,
+    message: str,
+    *,
+    code: str | None = None,
+    type_: str = "invalid_request_error",
+    headers: dict[str, str] | None = None,
+) -> web.Response:
+    body = {"error": {"message": message, "type": type_, "param": None, "code": code}}
+    return web.json_response(body, status=status, headers=headers)
+
+
+@dataclass
+class FakeJob:
+    """One job at a fake provider. Its stage follows the wall clock (see the module docstring)."""
+
+    id: str
+    prompt: str
+    model: str
+    body: dict[str, Any]
+    created_at: float
+    served_polls: int = 0
+    progress: int = 0
+    cancelled: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def has(self, marker: str) -> bool:
+        return marker in self.prompt
+
+    def stage(self, run_seconds: float, *, now: float | None = None) -> str:
+        """queued | in_progress | completed | failed | cancelled, updating `progress`."""
+        if self.cancelled:
+            return "cancelled"
+        if self.served_polls <= 1:
+            return "queued"
+        elapsed = (time.time() if now is None else now) - self.created_at
+        share = 1.0 if run_seconds <= 0 else elapsed / run_seconds
+        if self.has("[stuck]") or share < 1.0:
+            self.progress = max(self.progress, min(99, max(1, int(share * 100))))
+            return "in_progress"
+        if self.has("[blocked-output]") or self.has("[fail]"):
+            return "failed"
+        self.progress = 100
+        return "completed"
+
+    def finished_ok(self, run_seconds: float) -> bool:
+        """Whether the video exists now, independent of how often the job was polled."""
+        return (
+            not self.cancelled
+            and not self.has("[stuck]")
+            and not self.has("[blocked-output]")
+            and not self.has("[fail]")
+            and time.time() - self.created_at >= run_seconds
+        )
+
+
+class _FakeServer:
+    """Shared plumbing: start/stop, auth, counters and the create-time markers."""
+
+    def __init__(self, *, run_seconds: float = 0.5, slow_seconds: float = 0.5) -> None:
+        self.run_seconds = run_seconds
+        self.slow_seconds = slow_seconds
+        self.api_key = API_KEY
+        self.submits: list[dict[str, Any]] = []  # accepted create bodies
+        self.create_attempts: list[dict[str, Any]] = []  # every create, refused ones too
+        self.polls: Counter[str] = Counter()  # status requests per job id
+        self.downloads: Counter[str] = Counter()  # download requests per job id
+        self.download_auth: list[str | None] = []  # Authorization header of each download
+        self.cancels: list[str] = []
+        self.jobs: dict[str, FakeJob] = {}
+        self._creates_per_prompt: Counter[str] = Counter()
+        self._runner: web.AppRunner | None = None
+        self._port: int | None = None
+        self._thread: threading.Thread | None = None
+        self._thread_loop: asyncio.AbstractEventLoop | None = None
+
+    # --- lifecycle ---
+
+    @property
+    def origin(self) -> str:
+        if self._port is None:
+            raise RuntimeError("the fake server is not started")
+        return f"http://127.0.0.1:{self._port}"
+
+    @property
+    def base_url(self) -> str:
+        return f"{self.origin}/v1"
+
+    async def start(self) -> None:
+        app = web.Application(middlewares=[self._auth])
+        self._add_routes(app)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        self._port = int(self._runner.addresses[0][1])
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    def start_in_thread(self) -> None:
+        """Serve from a thread with its own loop, for tests that block (e.g. subprocess.run)."""
+        loop = asyncio.new_event_loop()
+        self._thread_loop = loop
+        self._thread = threading.Thread(target=loop.run_forever, name="fake-provider", daemon=True)
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self.start(), loop).result(timeout=10)
+
+    def stop_in_thread(self) -> None:
+        loop, thread = self._thread_loop, self._thread
+        if loop is None or thread is None:
+            return
+        asyncio.run_coroutine_threadsafe(self.stop(), loop).result(timeout=10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout=10)
+        loop.close()
+        self._thread_loop = self._thread = None
+
+    def _add_routes(self, app: web.Application) -> None:
+        raise NotImplementedError
+
+    # --- shared behaviour ---
+
+    @web.middleware
+    async def _auth(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.path.startswith("/v1/"):
+            sent = request.headers.get("Authorization", "")
+            if sent != f"Bearer {self.api_key}":
+                if request.method == "POST" and request.path.rstrip("/").endswith(
+                    ("/videos", "/generations")
+                ):
+                    self.create_attempts.append({"unauthorized": True})
+                # Echo the key the way careless providers do, so tests prove adapters redact.
+                shown = sent.removeprefix("Bearer ") or "(none)"
+                return _error(401, f"Incorrect API key provided: {shown}.", code="invalid_api_key")
+        return await handler(request)
+
+    async def _read_create(
+        self, request: web.Request
+    ) -> tuple[dict[str, Any], web.Response | None]:
+        """Record a create attempt and apply the create-time markers; a Response means refused."""
+        try:
+            body = await request.json()
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            self.create_attempts.append({})
+            return {}, _error(400, "We could not parse the JSON body of your request.")
+        if not isinstance(body, dict):
+            self.create_attempts.append({})
+            return {}, _error(400, "The body must be a JSON object.")
+        self.create_attempts.append(body)
+        prompt = str(body.get("prompt", ""))
+        self._creates_per_prompt[prompt] += 1
+        first = self._creates_per_prompt[prompt] == 1
+        if "[429-submit]" in prompt and first:
+            return body, _error(
+                429,
+                "Rate limit reached for requests.",
+                code="rate_limit_exceeded",
+                type_="requests",
+                headers={"Retry-After": "1"},
+            )
+        if "[503-submit]" in prompt and first:
+            return body, web.Response(
+                status=503, text="Service Unavailable", content_type="text/html"
+            )
+        if "[quota]" in prompt:
+            return body, _error(
+                429,
+                "You exceeded your current quota.",
+                code="insufficient_quota",
+                type_="insufficient_quota",
+            )
+        if "[retired]" in prompt:
+            return body, _error(404, RETIRED_MESSAGE, code="model_not_found")
+        if "[blocked-input]" in prompt:
+            return body, _error(400, MODERATION_INPUT, code="moderation_blocked")
+        if not prompt.strip():
+            return body, _error(400, "Missing required parameter: 'prompt'.")
+        return body, None
+
+    def _new_job(self, prefix: str, body: dict[str, Any]) -> FakeJob:
+        job = FakeJob(
+            id=f"{prefix}{uuid.uuid4().hex[:16]}",
+            prompt=str(body.get("prompt", "")),
+            model=str(body.get("model", "")),
+            body=body,
+            created_at=time.time(),
+        )
+        self.jobs[job.id] = job
+        self.submits.append(body)
+        return job
+
+    async def _slow_if_asked(self, job: FakeJob) -> None:
+        if job.has("[slow-submit]"):
+            await asyncio.sleep(self.slow_seconds)
+
+    def _poll_fault(self, job_id: str) -> web.Response | None:
+        """Count the poll and apply the poll-time markers."""
+        self.polls[job_id] += 1
+        job = self.jobs.get(job_id)
+        if job is None:
+            return None
+        if job.has("[5xx-poll]") and self.polls[job_id] <= 2:
+            return web.Response(
+                status=502, text="<html>502 Bad Gateway</html>", content_type="text/html"
+            )
+        if job.has("[malformed]") and self.polls[job_id] == 1:
+            return web.Response(
+                status=200, text="upstream says: {not json", content_type="application/json"
+            )
+        job.served_polls += 1
+        return None
+
+    def _download(self, job_id: str, request: web.Request) -> web.Response:
+        self.downloads[job_id] += 1
+        self.download_auth.append(request.headers.get("Authorization"))
+        job = self.jobs.get(job_id)
+        if job is None or job.has("[expired]"):
+            return _error(404, "Not found.", code="not_found")
+        if job.has("[download-502]") and self.downloads[job_id] == 1:
+            return web.Response(
+                status=502, text="<html>502 Bad Gateway</html>", content_type="text/html"
+            )
+        if not job.finished_ok(self.run_seconds):
+            return _error(404, "Video is not ready.", code="not_found")
+        return web.Response(body=video_bytes(job_id), content_type="video/mp4")
+
+
+class FakeGatewayServer(_FakeServer):
+    """A reseller gateway in the seed shape: `{code:"success", data:{id,status,progress,url}}`.
+
+    `status_style="simple"` answers queued/processing/succeeded/failed; `"raw"` answers new-api's
+    SUBMITTED/IN_PROGRESS/SUCCESS/FAILURE. `files_host="localhost"` serves video URLs from
+    another host name than the API, to check the key is not sent there.
+    """
+
+    _WORDS: ClassVar[dict[str, dict[str, str]]] = {
+        "simple": {
+            "queued": "queued",
+            "in_progress": "processing",
+            "completed": "succeeded",
+            "failed": "failed",
+            "cancelled": "cancelled",
+        },
+        "raw": {
+            "queued": "SUBMITTED",
+            "in_progress": "IN_PROGRESS",
+            "completed": "SUCCESS",
+            "failed": "FAILURE",
+            "cancelled": "CANCELLED",
+        },
+    }
+
+    def __init__(
+        self,
+        *,
+        run_seconds: float = 0.5,
+        slow_seconds: float = 0.5,
+        status_style: str = "simple",
+        files_host: str = "127.0.0.1",
+        supports_cancel: bool = True,
+    ) -> None:
+        super().__init__(run_seconds=run_seconds, slow_seconds=slow_seconds)
+        self.status_style = status_style
+        self.files_host = files_host
+        self.supports_cancel = supports_cancel
+
+    def _add_routes(self, app: web.Application) -> None:
+        app.router.add_post("/v1/videos/generations", self._create)
+        app.router.add_get("/v1/videos/generations/{id}", self._poll)
+        app.router.add_post("/v1/videos/generations/{id}/cancel", self._cancel)
+        app.router.add_get("/files/{name}", self._file)
+
+    def file_url(self, job_id: str) -> str:
+        return f"http://{self.files_host}:{self._port}/files/{job_id}.mp4"
+
+    async def _create(self, request: web.Request) -> web.Response:
+        body, refusal = await self._read_create(request)
+        if refusal is not None:
+            return refusal
+        if isinstance(body.get("duration"), bool) or not isinstance(body.get("duration"), int):
+            self.create_attempts[-1] = {**body, "refused": "duration"}
+            return _error(400, "duration must be an integer number of seconds")
+        job = self._new_job("task_", body)
+        await self._slow_if_asked(job)
+        return web.json_response(
+            {"code": "success", "message": "", "data": {"id": job.id, "status": "queued"}}
+        )
+
+    async def _poll(self, request: web.Request) -> web.Response:
+        job_id = request.match_info["id"]
+        fault = self._poll_fault(job_id)
+        if fault is not None:
+            return fault
+        job = self.jobs.get(job_id)
+        if job is None:
+            return web.json_response(
+                {"code": "error", "message": "task_not_exist", "data": None}, status=404
+            )
+        stage = job.stage(self.run_seconds)
+        data: dict[str, Any] = {
+            "id": job.id,
+            "task_id": job.id,
+            "status": self._WORDS[self.status_style][stage],
+            "progress": f"{job.progress}%",
+            "url": "",
+            "error": None,
+            "format": "mp4",
+            "created_at": int(job.created_at * 1000),  # new-api reports milliseconds
+        }
+        if stage == "completed" and not job.has("[no-url]"):
+            data["url"] = self.file_url(job.id)
+        if stage == "failed" and job.has("[blocked-output]"):
+            data["error"] = {"code": "moderation_blocked", "message": MODERATION_OUTPUT}
+        elif stage == "failed":
+            data["error"] = "upstream render error"
+            data["fail_reason"] = "task_failed: upstream render error"
+        return web.json_response({"code": "success", "message": "", "data": data})
+
+    async def _cancel(self, request: web.Request) -> web.Response:
+        job_id = request.match_info["id"]
+        if not self.supports_cancel:
+            return web.json_response({"code": "error", "message": "method not allowed"}, status=405)
+        job = self.jobs.get(job_id)
+        if job is None:
+            return web.json_response({"code": "error", "message": "task_not_exist"}, status=404)
+        if job.stage(self.run_seconds) in ("completed", "failed"):
+            return web.json_response(
+                {"code": "error", "message": "task already finished"}, status=400
+            )
+        job.cancelled = True
+        self.cancels.append(job_id)
+        return web.json_response({"code": "success", "data": {"id": job_id, "status": "cancelled"}})
+
+    async def _file(self, request: web.Request) -> web.Response:
+        return self._download(request.match_info["name"].removesuffix(".mp4"), request)
+
+
+class FakeOpenAIServer(_FakeServer):
+    """The OpenAI Videos API: create, retrieve, list, content, delete (reference §1.1).
+
+    `poll_after_ms` adds an `openai-poll-after-ms` header to retrieve answers.
+    """
+
+    def __init__(
+        self,
+        *,
+        run_seconds: float = 0.5,
+        slow_seconds: float = 0.5,
+        poll_after_ms: int | None = None,
+    ) -> None:
+        super().__init__(run_seconds=run_seconds, slow_seconds=slow_seconds)
+        self.poll_after_ms = poll_after_ms
+        self.deletes: list[str] = []
+
+    def _add_routes(self, app: web.Application) -> None:
+        app.router.add_post("/v1/videos", self._create)
+        app.router.add_get("/v1/videos", self._list)
+        app.router.add_get("/v1/videos/{id}", self._retrieve)
+        app.router.add_delete("/v1/videos/{id}", self._delete)
+        app.router.add_get("/v1/videos/{id}/content", self._content)
+
+    def _video(self, job: FakeJob, stage: str) -> dict[str, Any]:
+        done = stage in ("completed", "failed")
+        finished_at = int(job.created_at + self.run_seconds)
+        error = None
+        if stage == "failed" and job.has("[blocked-output]"):
+            error = {"code": "moderation_blocked", "message": MODERATION_OUTPUT}
+        elif stage == "failed":
+            error = {"code": "internal_error", "message": "Video generation failed."}
+        return {
+            "id": job.id,
+            "object": "video",
+            "model": job.model,
+            "status": stage,
+            "progress": job.progress if stage != "queued" else 0,
+            "created_at": int(job.created_at),
+            "completed_at": finished_at if done else None,
+            "expires_at": finished_at + 3600 if stage == "completed" else None,
+            "prompt": job.prompt,
+            "seconds": job.body.get("seconds"),
+            "size": job.body.get("size"),
+            "remixed_from_video_id": None,
+            "error": error,
+        }
+
+    async def _create(self, request: web.Request) -> web.Response:
+        body, refusal = await self._read_create(request)
+        if refusal is not None:
+            return refusal
+        seconds, size = body.get("seconds", "4"), body.get("size", "720x1280")
+        if not isinstance(seconds, str):
+            self.create_attempts[-1] = {**body, "refused": "seconds"}
+            return _error(
+                400,
+                "Invalid type for 'seconds': expected one of '4', '8', or '12', "
+                "but got an integer instead.",
+                code="invalid_type",
+            )
+        if seconds not in OPENAI_SECONDS:
+            self.create_attempts[-1] = {**body, "refused": "seconds"}
+            return _error(
+                400,
+                f"Invalid value: '{seconds}'. Supported values are: '4', '8', '12', '16' and '20'.",
+                code="invalid_value",
+            )
+        if size not in OPENAI_SIZES:
+            self.create_attempts[-1] = {**body, "refused": "size"}
+            return _error(400, f"Invalid value: '{size}' for 'size'.", code="invalid_value")
+        job = self._new_job("video_", {**body, "seconds": seconds, "size": size})
+        await self._slow_if_asked(job)
+        return web.json_response(self._video(job, "queued"))
+
+    async def _retrieve(self, request: web.Request) -> web.Response:
+        job_id = request.match_info["id"]
+        fault = self._poll_fault(job_id)
+        if fault is not None:
+            return fault
+        job = self.jobs.get(job_id)
+        if job is None:
+            return _error(404, f"Video with id '{job_id}' not found.", code="not_found")
+        headers = {}
+        if self.poll_after_ms is not None:
+            headers["openai-poll-after-ms"] = str(self.poll_after_ms)
+        return web.json_response(self._video(job, job.stage(self.run_seconds)), headers=headers)
+
+    async def _list(self, request: web.Request) -> web.Response:
+        try:
+            limit = min(100, max(0, int(request.query.get("limit", "20"))))
+        except ValueError:
+            return _error(400, "Invalid value for 'limit'.")
+        desc = request.query.get("order", "desc") == "desc"
+        jobs = sorted(self.jobs.values(), key=lambda j: j.created_at, reverse=desc)
+        after = request.query.get("after")
+        if after:
+            ids = [j.id for j in jobs]
+            jobs = jobs[ids.index(after) + 1 :] if after in ids else []
+        page = jobs[:limit]
+        data = [self._video(j, j.stage(self.run_seconds)) for j in page]
+        return web.json_response(
+            {
+                "object": "list",
+                "data": data,
+                "first_id": page[0].id if page else None,
+                "last_id": page[-1].id if page else None,
+                "has_more": len(jobs) > limit,
+            }
+        )
+
+    async def _delete(self, request: web.Request) -> web.Response:
+        job_id = request.match_info["id"]
+        job = self.jobs.get(job_id)
+        if job is None:
+            return _error(404, f"Video with id '{job_id}' not found.", code="not_found")
+        if job.stage(self.run_seconds) not in ("completed", "failed"):
+            return _error(400, "Only completed or failed videos can be deleted.")
+        del self.jobs[job_id]
+        self.deletes.append(job_id)
+        return web.json_response({"id": job_id, "object": "video.deleted", "deleted": True})
+
+    async def _content(self, request: web.Request) -> web.Response:
+        if request.query.get("variant", "video") != "video":
+            return _error(400, "Only the video variant is served by this fake.")
+        return self._download(request.match_info["id"], request)
+
+
+# --- helpers for tests that drive an adapter against these fakes ---
+
+
+def make_spec(
+    prompt: str,
+    *,
+    model: str = "sora-2",
+    duration_s: int = 8,
+    resolution: str = "720p",
+    aspect_ratio: str = "16:9",
+    external_id: str = "job-1",
+) -> VideoSpec:
+    return VideoSpec(
+        model=model,
+        provider_model=model,
+        prompt=prompt,
+        duration_s=duration_s,
+        resolution=resolution,
+        aspect_ratio=aspect_ratio,
+        external_id=external_id,
+    )
+
+
+_TERMINAL = (ProviderState.SUCCEEDED, ProviderState.FAILED, ProviderState.CANCELLED)
+
+
+async def poll_until_terminal(
+    provider: VideoProvider, job_id: str, *, timeout_s: float = 5.0, interval_s: float = 0.02
+) -> list[ProviderStatus]:
+    """Poll until a terminal state; return every status seen (the last one is terminal)."""
+    seen: list[ProviderStatus] = []
+    async with asyncio.timeout(timeout_s):
+        while True:
+            status = await provider.poll(job_id)
+            seen.append(status)
+            if status.state in _TERMINAL:
+                return seen
+            await asyncio.sleep(interval_s)

@@ -1,0 +1,392 @@
+"""OpenAIVideosProvider against the fake OpenAI Videos API."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from bot.errors import (
+    AmbiguousSubmit,
+    AuthFailed,
+    ContentBlocked,
+    DeliveryError,
+    InvalidProviderRequest,
+    ProviderError,
+    ProviderRetired,
+    ProviderUnavailable,
+    QuotaExhausted,
+    RateLimited,
+    ResultExpired,
+    SoraError,
+)
+from bot.models import FailureKind, ProviderState, ProviderStatus
+from bot.providers.base import VideoProvider
+from bot.providers.http import error_for_response
+from bot.providers.openai_videos import OpenAIVideosProvider, matches_spec, parse_video
+from tests.fakes.providers import FakeOpenAIServer, make_spec, poll_until_terminal, video_bytes
+
+RUN_S = 0.1
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[FakeOpenAIServer]:
+    async with FakeOpenAIServer(run_seconds=RUN_S, slow_seconds=0.2) as srv:
+        yield srv
+
+
+@pytest.fixture
+async def provider(server: FakeOpenAIServer) -> AsyncIterator[OpenAIVideosProvider]:
+    openai = OpenAIVideosProvider(server.base_url, server.api_key)
+    yield openai
+    await openai.aclose()
+
+
+def assert_key_hidden(exc: SoraError, key: str) -> None:
+    for text in (str(exc), repr(exc), exc.message, exc.detail, getattr(exc, "reason", None)):
+        assert key not in (text or "")
+
+
+async def test_openai_is_a_video_provider(provider: OpenAIVideosProvider) -> None:
+    assert isinstance(provider, VideoProvider)
+    assert provider.name == "openai"
+
+
+async def test_success_end_to_end(
+    server: FakeOpenAIServer, provider: OpenAIVideosProvider, tmp_path: Path
+) -> None:
+    job_id = await provider.submit(make_spec("a lighthouse at dusk", duration_s=8))
+
+    assert server.submits == [
+        {"model": "sora-2", "prompt": "a lighthouse at dusk", "seconds": "8", "size": "1280x720"}
+    ]
+    seen = await poll_until_terminal(provider, job_id)
+    assert seen[0].state is ProviderState.QUEUED
+    progress = [s.progress or 0 for s in seen]
+    assert progress == sorted(progress)
+    final = seen[-1]
+    assert (final.state, final.progress) == (ProviderState.SUCCEEDED, 100)
+    assert final.video_url == f"{server.base_url}/videos/{job_id}/content"
+    assert final.expires_at is not None and final.expires_at > datetime.now(UTC)
+
+    dest = tmp_path / "video.mp4"
+    await provider.download(job_id, "https://ignored.example/x.mp4", dest)
+    assert dest.read_bytes() == video_bytes(job_id)
+    assert server.download_auth == [f"Bearer {server.api_key}"]
+
+
+@pytest.mark.parametrize(
+    ("resolution", "aspect", "size"),
+    [("720p", "9:16", "720x1280"), ("1024p", "16:9", "1792x1024"), ("1080p", "9:16", "1080x1920")],
+)
+async def test_size_is_mapped_and_seconds_sent_as_string(
+    server: FakeOpenAIServer,
+    provider: OpenAIVideosProvider,
+    resolution: str,
+    aspect: str,
+    size: str,
+) -> None:
+    await provider.submit(
+        make_spec(
+            "x", model="sora-2-pro", duration_s=12, resolution=resolution, aspect_ratio=aspect
+        )
+    )
+    assert server.submits[-1]["size"] == size
+    assert server.submits[-1]["seconds"] == "12"
+
+
+async def test_size_without_openai_equivalent_is_refused_before_any_call(
+    server: FakeOpenAIServer, provider: OpenAIVideosProvider
+) -> None:
+    with pytest.raises(InvalidProviderRequest):
+        await provider.submit(make_spec("x", aspect_ratio="1:1"))
+    assert server.create_attempts == []
+
+
+async def test_blocked_input_is_refused_at_submit(
+    server: FakeOpenAIServer, provider: OpenAIVideosProvider
+) -> None:
+    with pytest.raises(ContentBlocked) as info:
+        await provider.submit(make_spec("[blocked-input] x"))
+    assert (info.value.kind, info.value.reason) == (FailureKind.BLOCKED_INPUT, "violence")
+    assert server.submits == []
+    assert_key_hidden(info.value, server.api_key)
+
+
+async def test_moderation_blocked_job_is_blocked_output(provider: OpenAIVideosProvider) -> None:
+    job_id = await provider.submit(make_spec("[blocked-output] x"))
+    final = (await poll_until_terminal(provider, job_id))[-1]
+    assert final.state is ProviderState.FAILED
+    assert final.error is not None and final.error.kind is FailureKind.BLOCKED_OUTPUT
+
+
+async def test_other_failure_code_is_generation_failed(provider: OpenAIVideosProvider) -> None:
+    job_id = await provider.submit(make_spec("[fail] x"))
+    final = (await poll_until_terminal(provider, job_id))[-1]
+    assert final.error is not None and final.error.kind is FailureKind.GENERATION_FAILED
+    assert "internal_error" in final.error.detail
+
+
+async def test_stuck_job_keeps_running(provider: OpenAIVideosProvider) -> None:
+    job_id = await provider.submit(make_spec("[stuck] x"))
+    await provider.poll(job_id)
+    await asyncio.sleep(RUN_S * 1.5)  # past the time a normal job would have finished
+    status = await provider.poll(job_id)
+    assert (status.state, status.progress) == (ProviderState.RUNNING, 99)
+
+
+async def test_429_is_rate_limited_with_retry_after(
+    server: FakeOpenAIServer, provider: OpenAIVideosProvider
+) -> None:
+    spec = make_spec("[429-submit] x")
+    with pytest.raises(RateLimited) as info:
+        await provider.submit(spec)
+    assert info.value.retry_after_s == 1.0 and info.value.surely_not_created
+    await provider.submit(spec)
+    assert (len(server.create_attempts), len(server.submits)) == (2, 1)
+
+
+async def test_insufficient_quota_is_quota_exhausted(provider: OpenAIVideosProvider) -> None:
+    with pytest.raises(QuotaExhausted) as info:
+        await provider.submit(make_spec("[quota] x"))
+    assert info.value.kind is FailureKind.QUOTA_EXHAUSTED
+
+
+async def test_503_at_submit_is_surely_not_created(
+    server: FakeOpenAIServer, provider: OpenAIVideosProvider
+) -> None:
+    with pytest.raises(ProviderUnavailable) as info:
+        await provider.submit(make_spec("[503-submit] x"))
+    assert not isinstance(info.value, AmbiguousSubmit)
+    assert server.submits == []
+
+
+async def test_retired_model_suggests_another(provider: OpenAIVideosProvider) -> None:
+    with pytest.raises(ProviderRetired) as info:
+        await provider.submit(make_spec("[retired] x"))
+    assert "/sora models" in info.value.user_message()
+    assert "does not exist" in info.value.detail
+
+
+@pytest.mark.parametrize(
+    ("status", "body"),
+    [
+        (400, {"error": {"code": "model_not_found", "message": "The model 'sora-2' is gone."}}),
+        (404, {"error": {"code": None, "message": "sora-2 has been shut down."}}),
+        (400, {"error": {"code": "invalid_model", "message": "This model is no longer available"}}),
+    ],
+)
+def test_retired_answers_map_to_provider_retired(status: int, body: dict[str, Any]) -> None:
+    response = httpx.Response(
+        status, json=body, request=httpx.Request("POST", "https://x/v1/videos")
+    )
+    exc = error_for_response(response, op="submit", label="OpenAI")
+    assert isinstance(exc, ProviderRetired)
+    assert "/sora models" in exc.user_message()
+
+
+async def test_5xx_and_malformed_polls_are_transient(provider: OpenAIVideosProvider) -> None:
+    flaky = await provider.submit(make_spec("[5xx-poll] x"))
+    for _ in range(2):
+        with pytest.raises(ProviderUnavailable):
+            await provider.poll(flaky)
+    garbled = await provider.submit(make_spec("[malformed] x"))
+    with pytest.raises(ProviderUnavailable):
+        await provider.poll(garbled)
+    for job_id in (flaky, garbled):
+        assert (await poll_until_terminal(provider, job_id))[-1].state is ProviderState.SUCCEEDED
+
+
+async def test_download_502_then_ok(
+    server: FakeOpenAIServer, provider: OpenAIVideosProvider, tmp_path: Path
+) -> None:
+    job_id = await provider.submit(make_spec("[download-502] x"))
+    await poll_until_terminal(provider, job_id)
+    with pytest.raises(DeliveryError) as info:
+        await provider.download(job_id, None, tmp_path / "v.mp4")
+    assert not isinstance(info.value, ResultExpired)
+    await provider.download(job_id, None, tmp_path / "v.mp4")
+    assert (tmp_path / "v.mp4").read_bytes() == video_bytes(job_id)
+
+
+async def test_expired_content_is_result_expired(
+    provider: OpenAIVideosProvider, tmp_path: Path
+) -> None:
+    job_id = await provider.submit(make_spec("[expired] x"))
+    await poll_until_terminal(provider, job_id)
+    with pytest.raises(ResultExpired):
+        await provider.download(job_id, None, tmp_path / "v.mp4")
+
+
+async def test_poll_after_header_becomes_a_hint() -> None:
+    async with FakeOpenAIServer(run_seconds=RUN_S, poll_after_ms=250) as srv:
+        openai = OpenAIVideosProvider(srv.base_url, srv.api_key)
+        try:
+            job_id = await openai.submit(make_spec("x"))
+            assert (await openai.poll(job_id)).retry_after_s == 0.25
+        finally:
+            await openai.aclose()
+
+
+async def test_cancel_is_false_without_calling_the_api(
+    server: FakeOpenAIServer, provider: OpenAIVideosProvider
+) -> None:
+    job_id = await provider.submit(make_spec("x"))
+    assert await provider.cancel(job_id) is False
+    assert server.polls[job_id] == 0 and server.deletes == []
+
+
+async def test_ambiguous_submit_then_find_existing_finds_the_job(server: FakeOpenAIServer) -> None:
+    client = httpx.AsyncClient(timeout=httpx.Timeout(5.0, read=0.05))
+    openai = OpenAIVideosProvider(server.base_url, server.api_key, client=client)
+    spec = make_spec("[slow-submit] a slow one", duration_s=12)
+    since = time.time()
+    try:
+        await openai.submit(make_spec("a neighbour's job", duration_s=12))
+        with pytest.raises(AmbiguousSubmit) as info:
+            await openai.submit(spec)
+        assert info.value.surely_not_created is False
+        (made,) = [j for j in server.jobs.values() if j.prompt == spec.prompt]
+        assert await openai.find_existing(spec, since_epoch_s=since) == made.id
+        assert await openai.find_existing(make_spec("other"), since_epoch_s=since) is None
+        assert (
+            await openai.find_existing(make_spec(spec.prompt, duration_s=8), since_epoch_s=since)
+            is None
+        )
+        assert await openai.find_existing(spec, since_epoch_s=time.time() + 60) is None
+    finally:
+        await openai.aclose()
+        await client.aclose()
+
+
+async def test_find_existing_is_none_when_the_list_fails() -> None:
+    async with FakeOpenAIServer() as srv:
+        openai = OpenAIVideosProvider(srv.base_url, "wrong-key")
+        try:
+            assert await openai.find_existing(make_spec("x"), since_epoch_s=0) is None
+        finally:
+            await openai.aclose()
+
+
+async def test_wrong_key_is_auth_failed_and_never_echoed(
+    server: FakeOpenAIServer, tmp_path: Path
+) -> None:
+    secret = "sk-proj-topsecret-999"
+    openai = OpenAIVideosProvider(server.base_url, secret)
+    try:
+        with pytest.raises(AuthFailed) as submit_info:
+            await openai.submit(make_spec("x"))
+        with pytest.raises(AuthFailed) as poll_info:
+            await openai.poll("video_x")
+        with pytest.raises(DeliveryError) as download_info:
+            await openai.download("video_x", None, tmp_path / "v.mp4")
+    finally:
+        await openai.aclose()
+    for exc in (submit_info.value, poll_info.value, download_info.value):
+        assert_key_hidden(exc, secret)
+
+
+# --- parsing plain dicts -----------------------------------------------------------------
+
+
+def test_video_object_fields_are_read() -> None:
+    status = parse_video(
+        {"id": "video_1", "status": "in_progress", "progress": 33, "expires_at": 1764350690},
+        content_url="https://api/v1/videos/video_1/content",
+    )
+    assert (status.state, status.progress, status.video_url) == (ProviderState.RUNNING, 33, None)
+    assert status.expires_at == datetime(2025, 11, 28, 17, 24, 50, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    ("error", "kind"),
+    [
+        (
+            {
+                "code": "moderation_blocked",
+                "message": "Your request was blocked by our moderation system.",
+            },
+            FailureKind.BLOCKED_OUTPUT,
+        ),
+        (
+            {"code": "internal_error", "message": "Video generation failed."},
+            FailureKind.GENERATION_FAILED,
+        ),
+        (None, FailureKind.GENERATION_FAILED),
+        ("a bare string", FailureKind.GENERATION_FAILED),
+    ],
+)
+def test_failed_error_code_picks_the_kind(error: object, kind: FailureKind) -> None:
+    status = parse_video({"status": "failed", "error": error}, content_url="u")
+    assert status.state is ProviderState.FAILED
+    assert status.error is not None and status.error.kind is kind
+
+
+def test_unknown_status_is_unknown_and_completed_without_content_is_no_output() -> None:
+    assert parse_video({"status": "mystery"}, content_url="u").state is ProviderState.UNKNOWN
+    no_output = parse_video({"status": "completed"})
+    assert no_output.state is ProviderState.FAILED
+    assert no_output.error is not None and no_output.error.detail == "no_output"
+
+
+def test_listed_job_matches_only_the_same_request() -> None:
+    spec = make_spec("p", duration_s=8)
+    item = {
+        "id": "video_1",
+        "model": "sora-2",
+        "prompt": "p",
+        "seconds": "8",
+        "size": "1280x720",
+        "created_at": 1000,
+    }
+    assert matches_spec(item, spec, "1280x720", since_epoch_s=1004)
+    assert not matches_spec(item, spec, "1280x720", since_epoch_s=1006)
+    assert not matches_spec({**item, "size": "720x1280"}, spec, "1280x720", since_epoch_s=0)
+    assert not matches_spec({**item, "created_at": None}, spec, "1280x720", since_epoch_s=0)
+    assert matches_spec({**item, "created_at": 1_000_000}, spec, "1280x720", since_epoch_s=999)
+
+
+_WORDS = st.sampled_from(
+    [
+        "status",
+        "progress",
+        "error",
+        "code",
+        "message",
+        "expires_at",
+        "completed",
+        "failed",
+        "queued",
+        "in_progress",
+        "moderation_blocked",
+        "expired",
+    ]
+)
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=12) | _WORDS,
+    lambda children: (
+        st.lists(children, max_size=3)
+        | st.dictionaries(_WORDS | st.text(max_size=6), children, max_size=4)
+    ),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(body=st.dictionaries(_WORDS, _JSON, max_size=5) | _JSON, content=st.none() | st.just("u"))
+def test_video_parser_never_crashes(body: object, content: str | None) -> None:
+    try:
+        status = parse_video(body, content_url=content)
+    except ProviderError:
+        return
+    assert isinstance(status, ProviderStatus)
+    if status.state is ProviderState.FAILED:
+        assert status.error is not None
