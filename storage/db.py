@@ -114,13 +114,17 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
 
 
 def _create_private_file(path: Path) -> None:
-    """The database holds prompts: create it (and its WAL companions) readable by us only."""
+    """The database holds prompts: create it readable by us only, before SQLite opens it.
+
+    SQLite gives its -wal and -shm files the database file's mode. Never open and close
+    these files once a connection is open: closing any descriptor drops this process's
+    POSIX locks on the file, and another process could then checkpoint the WAL away.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    for p in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
-        if p == path or p.exists():
-            fd = os.open(p, os.O_CREAT | os.O_RDWR, 0o600)
-            os.close(fd)
-            os.chmod(p, 0o600)
+    if not path.exists():
+        fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
+        os.close(fd)
+    os.chmod(path, 0o600)
 
 
 class Database:
@@ -142,7 +146,9 @@ class Database:
         await self._writer.execute("PRAGMA journal_mode=WAL")
         await self._migrate(self._writer)
         self._reader = await self._connect()
-        _create_private_file(self.path)  # the WAL files exist now: tighten them too
+        for companion in (Path(f"{self.path}-wal"), Path(f"{self.path}-shm")):
+            if companion.exists():  # chmod needs no descriptor, so locks stay intact
+                os.chmod(companion, 0o600)
         return self
 
     async def _connect(self) -> aiosqlite.Connection:

@@ -132,3 +132,10 @@ async def test_usage_lists_users_with_overrides_even_without_activity(db) -> Non
     rows = {r.user_id: r for r in await ledger.usage_for_day(db, DAY, 5_000_000)}
     assert rows["U1"].reserved_micros == 800_000 and rows["U1"].remaining_micros == 4_200_000
     assert rows["U9"].limit_micros == 10_000_000 and rows["U9"].jobs == 0
+
+
+async def test_wal_companions_are_private_too(db, tmp_path) -> None:
+    await jobstore.reserve_and_insert(db, _new(), limits=LIMITS, day=DAY, now=NOW)
+    for name in ("jobs.db-wal", "jobs.db-shm"):
+        path = tmp_path / name
+        assert path.exists() and stat.S_IMODE(path.stat().st_mode) == 0o600, name
