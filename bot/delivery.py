@@ -71,7 +71,9 @@ async def _post_video(deps: Deps, job: Job, file_path: str | None) -> tuple[str 
         except httpx.HTTPError as exc:
             why = "the upload did not go through"
             log.info("job %s: upload failed (%s); posting the link", job.id, type(exc).__name__)
-    text = messages.link_message(job, job.video_url, expires=None, why=why)
+    provider = deps.providers.get(job.provider)
+    url = job.video_url if getattr(provider, "shareable_urls", False) else None
+    text = messages.link_message(job, url, expires=None, why=why)
     return await slack_io.post_in_thread(deps, job, text), "link"
 
 

@@ -143,9 +143,13 @@ class Database:
     async def open(self) -> "Database":
         _create_private_file(self.path)
         self._writer = await self._connect()
-        await self._writer.execute("PRAGMA journal_mode=WAL")
-        await self._migrate(self._writer)
-        self._reader = await self._connect()
+        try:
+            await self._writer.execute("PRAGMA journal_mode=WAL")
+            await self._migrate(self._writer)
+            self._reader = await self._connect()
+        except BaseException:
+            await self.close()
+            raise
         for companion in (Path(f"{self.path}-wal"), Path(f"{self.path}-shm")):
             if companion.exists():  # chmod needs no descriptor, so locks stay intact
                 os.chmod(companion, 0o600)

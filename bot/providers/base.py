@@ -19,6 +19,7 @@ class VideoProvider(Protocol):
     """
 
     name: str
+    shareable_urls: bool  # whether a result URL works for a person as a fallback link
 
     async def submit(self, spec: VideoSpec) -> str:
         """Create the job; return the provider's job id."""

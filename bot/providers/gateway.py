@@ -138,6 +138,7 @@ class GatewayProvider:
     """A reseller gateway that speaks the seed shape; `base_url` already ends in `/v1`."""
 
     name = "gateway"
+    shareable_urls = True  # result URLs are CDN links a person can open
 
     def __init__(
         self,

@@ -119,6 +119,7 @@ class OpenAIVideosProvider:
     """`POST /videos`, `GET /videos/{id}`, `GET /videos/{id}/content`; base ends in `/v1`."""
 
     name = "openai"
+    shareable_urls = False  # /content needs the API key: never show it as a link
 
     def __init__(
         self,
