@@ -51,6 +51,16 @@ class ProviderState(StrEnum):
 
 
 @dataclass(frozen=True, slots=True)
+class ReferenceImage:
+    """An image to animate (image-to-video), already checked and sized for the model."""
+
+    data: bytes
+    mime_type: str  # "image/png", "image/jpeg", "image/webp"
+    width: int
+    height: int
+
+
+@dataclass(frozen=True, slots=True)
 class VideoSpec:
     """What the provider is asked to make, after validation against the catalog."""
 
@@ -61,6 +71,8 @@ class VideoSpec:
     resolution: str  # "720p", "1024p", "1080p", "4k"
     aspect_ratio: str  # "16:9", "9:16", "1:1"
     external_id: str  # our job id: providers that accept one use it to dedupe
+    image: ReferenceImage | None = None  # set for image-to-video
+    audio: bool | None = None  # models that can add sound: None = the model's default
 
 
 @dataclass(frozen=True, slots=True)
