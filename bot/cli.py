@@ -11,6 +11,7 @@ import sys
 from datetime import date
 from typing import Any
 
+from bot.catalog import CatalogError
 from bot.clock import budget_day, iso, utcnow
 from bot.config import ConfigError, Settings, load_settings
 from bot.deps import Deps
@@ -134,7 +135,11 @@ async def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
     if not socket_mode and settings.slack_signing_secret is None:
         print("SLACK_SIGNING_SECRET: required in HTTP mode (or set SLACK_APP_TOKEN for Socket Mode)", file=sys.stderr)
         return 2
-    runtime = await create_runtime(settings)
+    try:
+        runtime = await create_runtime(settings)
+    except CatalogError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

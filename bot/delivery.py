@@ -17,7 +17,7 @@ from bot import messages, slack_io
 from bot.clock import iso
 from bot.deps import Deps
 from bot.errors import DeliveryError, ProviderError
-from bot.models import Job, JobStatus
+from bot.models import UNFINISHED, Job, JobStatus
 from storage import jobs as jobstore
 
 log = logging.getLogger(__name__)
@@ -34,8 +34,6 @@ async def deliver(deps: Deps, job_id: str) -> None:
         assert job is not None
         try:
             if job.thread_ts is None:
-                from bot.flow import ensure_request_message
-
                 job = await ensure_request_message(deps, job)
             if delivery.kind == "video":
                 ts, method = await _post_video(deps, job, delivery.file_path)
@@ -92,8 +90,6 @@ async def _download_again(deps: Deps, job: Job) -> Path | None:
 
 
 async def _post_failure(deps: Deps, job: Job) -> str:
-    from bot.flow import reason_of
-
     spec = deps.catalog.get(job.model)
     waited = None
     if job.finished_at is not None:
@@ -104,10 +100,22 @@ async def _post_failure(deps: Deps, job: Job) -> str:
     text = messages.failure_message(
         job,
         provider_label=deps.provider_label(job.provider),
-        reason=reason_of(job),
+        reason=messages.reason_of(job),
         alternatives=[m for m in deps.catalog.ids() if m != job.model][:3],
         retired_note=spec.retired_note if spec else None,
         minutes_waited=waited,
         cancelled_by=cancelled_by,
     )
     return await slack_io.post_in_thread(deps, job, f"<@{job.user_id}> {text}")
+
+
+async def ensure_request_message(deps: Deps, job: Job) -> Job:
+    channel, thread_ts, status_ts = await slack_io.post_request_message(deps, job)
+    now = iso(deps.clock())
+    await jobstore.update(
+        deps.db, job.id, expect=UNFINISHED, now=now,
+        channel_id=channel, thread_ts=thread_ts, status_ts=status_ts,
+    )
+    updated = await jobstore.get_job(deps.db, job.id)
+    assert updated is not None
+    return updated

@@ -10,9 +10,9 @@ import asyncio
 import logging
 import random
 from datetime import datetime, timedelta
-from pathlib import Path
 
 from bot import slack_io
+from bot.delivery import deliver, ensure_request_message
 from bot.clock import budget_day, iso
 from bot.deps import Deps
 from bot.errors import (
@@ -101,8 +101,6 @@ async def _reload(deps: Deps, job_id: str) -> Job:
 
 async def run_job(deps: Deps, job_id: str, throttle: EditThrottle) -> None:
     """Drive one job from wherever it stands to its final message. Safe to call again."""
-    from bot.delivery import deliver
-
     job = await jobstore.get_job(deps.db, job_id)
     if job is None:
         return
@@ -113,16 +111,6 @@ async def run_job(deps: Deps, job_id: str, throttle: EditThrottle) -> None:
     if job.status in (JobStatus.SUBMITTED, JobStatus.RUNNING):
         await watch(deps, job, throttle)
     await deliver(deps, job_id)
-
-
-async def ensure_request_message(deps: Deps, job: Job) -> Job:
-    channel, thread_ts, status_ts = await slack_io.post_request_message(deps, job)
-    now = iso(deps.clock())
-    await jobstore.update(
-        deps.db, job.id, expect=UNFINISHED, now=now,
-        channel_id=channel, thread_ts=thread_ts, status_ts=status_ts,
-    )
-    return await _reload(deps, job.id)
 
 
 async def submit(deps: Deps, job: Job) -> Job:
@@ -373,12 +361,6 @@ def _detail_record(detail: str, reason: str | None) -> str:
     return f"{text}\nreason: {reason}" if reason else text
 
 
-def reason_of(job: Job) -> str | None:
-    if job.failure_detail and "\nreason: " in job.failure_detail:
-        return job.failure_detail.rsplit("\nreason: ", 1)[1]
-    return None
-
-
 async def cancel_job(deps: Deps, job: Job, *, by_user: str | None, provider_side: bool = False) -> bool:
     """Stop a job: release the money, cancel at the provider where possible, owe a message."""
     now = iso(deps.clock())
@@ -410,7 +392,3 @@ async def _cancel_at_provider(deps: Deps, job: Job, provider_job_id: str) -> Non
         log.info("job %s: provider cancel %s", job.id, "accepted" if accepted else "not supported")
     except ProviderError as exc:
         log.info("job %s: provider cancel failed: %s", job.id, exc.detail)
-
-
-def media_path(deps: Deps, job_id: str) -> Path:
-    return deps.media_dir / f"{job_id}.mp4"

@@ -209,3 +209,9 @@ def job_status_text(job: Job, *, tz: ZoneInfo) -> str:
         f"Job `{job.id}`: *{state}*{progress} · `{job.model}` {job.duration_seconds} s "
         f"{job.resolution} · {cost} · {escape_mrkdwn(job.prompt, 80)}"
     )
+
+
+def reason_of(job: Job) -> str | None:
+    if job.failure_detail and "\nreason: " in job.failure_detail:
+        return job.failure_detail.rsplit("\nreason: ", 1)[1]
+    return None

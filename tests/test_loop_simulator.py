@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 from bot.cli import jobs_json, usage_json
-from tests.slack_requests import post_signed, slash_body
 
 
 async def test_slash_command_ends_with_the_video_in_the_thread(make_bot, slack) -> None:

@@ -1,0 +1,71 @@
+"""The catalog: what is offered where, defaults, prices and their overrides."""
+
+from __future__ import annotations
+
+import pytest
+
+from bot.catalog import CatalogError, build_catalog
+
+
+def test_only_the_simulator_when_no_provider_is_configured() -> None:
+    catalog = build_catalog(providers=[])
+    assert catalog.ids() == ["simulator"] and catalog.default_model == "simulator"
+
+
+def test_gateway_models_route_sora_through_the_gateway() -> None:
+    catalog = build_catalog(providers=["gateway", "openai"], gateway_models=["sora-2"])
+    assert catalog.get("sora-2").provider == "gateway"
+    assert catalog.get("sora-2-pro").provider == "openai"
+    assert catalog.default_model == "sora-2" and "simulator" not in catalog.ids()
+
+
+def test_openai_route_only_offers_lengths_that_shape_accepts() -> None:
+    catalog = build_catalog(providers=["openai"])
+    pro = catalog.get("sora-2-pro")
+    assert pro.durations == (4, 8, 12, 16, 20) and pro.default_duration in pro.durations
+    gateway_pro = build_catalog(providers=["gateway"], gateway_models=["sora-2-pro"]).get("sora-2-pro")
+    assert gateway_pro.durations[-1] == 25 and gateway_pro.default_duration == 10
+
+
+def test_contract_prices_hold() -> None:
+    catalog = build_catalog(providers=["gateway"], gateway_models=["sora-2", "sora-2-pro"], include_simulator=True)
+    assert catalog.get("sora-2").cost_micros("720p", 8) == 800_000
+    assert catalog.get("sora-2-pro").cost_micros("720p", 10) == 3_000_000
+    assert catalog.get("sora-2-pro").cost_micros("1024p", 10) == 5_000_000
+    assert catalog.get("simulator").cost_micros("720p", 8) == 800_000
+
+
+def test_an_unknown_default_model_is_a_clear_error() -> None:
+    with pytest.raises(CatalogError, match="SORA_DEFAULT_MODEL: 'veo-9'"):
+        build_catalog(providers=[], default_model="veo-9")
+
+
+def test_a_price_file_overrides_prices_exactly(tmp_path) -> None:
+    prices = tmp_path / "prices.toml"
+    prices.write_text('["sora-2"]\n720p = 0.08\n["kling-3.0"]\n720p = 0.2\n')
+    catalog = build_catalog(providers=["gateway"], gateway_models=["sora-2"], prices_file=prices)
+    assert catalog.get("sora-2").prices_micros["720p"] == 80_000
+    assert "SORA_PRICES" in catalog.get("sora-2").price_source
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [("not toml [", "not valid TOML"), ('["sora-2"]\n720p = -1\n', "negative"), ('["sora-2"]\n720p = "cheap"\n', "sora-2")],
+)
+def test_a_bad_price_file_is_a_clear_error(tmp_path, content, message) -> None:
+    prices = tmp_path / "prices.toml"
+    prices.write_text(content)
+    with pytest.raises(CatalogError, match=message):
+        build_catalog(providers=["gateway"], gateway_models=["sora-2"], prices_file=prices)
+
+
+def test_run_refuses_a_bad_catalog_with_one_line(monkeypatch, capsys, tmp_path) -> None:
+    from bot import cli
+
+    monkeypatch.setenv("SLACK_BOT_TOKEN", "xoxb-x")
+    monkeypatch.setenv("SLACK_SIGNING_SECRET", "s")
+    monkeypatch.setenv("SORA_DB_PATH", str(tmp_path / "x.db"))
+    monkeypatch.setenv("SORA_PRICES", str(tmp_path / "missing.toml"))
+    assert cli.main(["run"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "SORA_PRICES" in err
