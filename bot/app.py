@@ -14,6 +14,7 @@ from slack_bolt.adapter.aiohttp import to_aiohttp_response, to_bolt_request
 from slack_bolt.async_app import AsyncApp
 from slack_sdk.web.async_client import AsyncWebClient
 
+from bot.authz import AdminCheck
 from bot.catalog import GATEWAY, OPENAI, SIMULATOR, build_catalog
 from bot.clock import Clock, utcnow
 from bot.config import Settings
@@ -22,6 +23,7 @@ from bot.poller import Poller
 from bot.providers.base import VideoProvider
 from bot.providers.simulator import SimulatorProvider
 from bot.slack_io import make_slack_client
+from handlers import admin as admin_handlers
 from handlers import commands as command_handlers
 from storage.db import Database
 
@@ -66,6 +68,7 @@ def build_app(deps: Deps, *, signing_secret: str | None) -> AsyncApp:
         log.error("unhandled error in a %s listener: %r", kind, error, exc_info=error)
 
     command_handlers.register(app)
+    admin_handlers.register(app)
     return app
 
 
@@ -108,12 +111,14 @@ async def create_runtime(
     )
     db = await Database(settings.sora_db_path).open()
     token = settings.slack_bot_token.get_secret_value() if settings.slack_bot_token else None
+    slack = slack or make_slack_client(token, settings.slack_api_url)
     deps = Deps(
         settings=settings,
         db=db,
         catalog=catalog,
         providers=providers,
-        slack=slack or make_slack_client(token, settings.slack_api_url),
+        slack=slack,
+        authz=AdminCheck(slack, settings.admin_user_ids),
         http=httpx.AsyncClient(timeout=httpx.Timeout(60.0, connect=10.0)),
         media_dir=Path(f"{settings.sora_db_path}.media"),
         timing=timing or Timing.from_settings(settings),

@@ -16,6 +16,7 @@ from bot.clock import budget_day, iso, utcnow
 from bot.config import ConfigError, Settings, load_settings
 from bot.deps import Deps
 from bot.money import format_usd, micros_to_usd
+from storage import admin as admin_store
 from storage import jobs as jobstore
 from storage import ledger
 from storage.db import Database
@@ -54,7 +55,11 @@ async def jobs_json(db: Database, *, user: str | None = None, status: str | None
 
 async def _usage_rows(db: Database, settings: Settings, day: str | None) -> list[dict[str, Any]]:
     day = day or budget_day(utcnow(), settings.tz)
-    rows = await ledger.usage_for_day(db, day, settings.daily_budget_micros)
+    budgets = await admin_store.effective_budgets(
+        db.reader, env_default_micros=settings.daily_budget_micros,
+        env_workspace_micros=settings.workspace_budget_micros,
+    )
+    rows = await ledger.usage_for_day(db, day, budgets.default_user_micros)
     return [
         {
             "user_id": r.user_id,

@@ -13,6 +13,7 @@ from bot.models import JobStatus
 from bot.money import format_usd
 from bot.parsing import Budget, Cancel, Command, Generate, Help, Models, Status, parse_command
 from storage import jobs as jobstore
+from storage import admin as admin_store
 from storage import ledger
 
 log = logging.getLogger(__name__)
@@ -79,13 +80,23 @@ async def run_command(deps: Deps, command: Command, origin: Origin) -> Reply:
 async def budget_reply(deps: Deps, user_id: str) -> str:
     now = deps.clock()
     tz = deps.settings.tz
-    limit, totals = await ledger.totals_for(
-        deps.db, user_id, budget_day(now, tz), deps.settings.daily_budget_micros
+    day = budget_day(now, tz)
+    budgets = await admin_store.effective_budgets(
+        deps.db.reader, env_default_micros=deps.settings.daily_budget_micros,
+        env_workspace_micros=deps.settings.workspace_budget_micros,
     )
-    return messages.budget_text(
+    limit, totals = await ledger.totals_for(deps.db, user_id, day, budgets.default_user_micros)
+    text = messages.budget_text(
         limit=limit, spent=totals.spent_micros, reserved=totals.reserved_micros,
         reset_at=next_reset(now, tz), now=now, tz=tz,
     )
+    if budgets.workspace_micros is not None:
+        ws = await ledger.workspace_totals(deps.db.reader, day)
+        left = max(budgets.workspace_micros - ws.used_micros, 0)
+        text += f"\nThe whole workspace has {format_usd(left)} left of its {format_usd(budgets.workspace_micros)} daily cap."
+    if budgets.paused:
+        text += "\n:double_vertical_bar: New requests are paused by an admin right now."
+    return text
 
 
 async def status_reply(deps: Deps, user_id: str, job_ref: str | None) -> str:

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 import httpx
 from slack_sdk.web.async_client import AsyncWebClient
 
+from bot.authz import AdminCheck
 from bot.catalog import Catalog
 from bot.clock import Clock, utcnow
 from bot.config import Settings
@@ -56,6 +57,7 @@ class Deps:
     http: httpx.AsyncClient  # Slack file uploads and response_url posts
     media_dir: Path
     timing: Timing
+    authz: AdminCheck
     clock: Clock = utcnow
     poller: "Poller | None" = field(default=None)
 

@@ -30,13 +30,18 @@ class InvalidRequest(SoraError):
 class BudgetExceeded(SoraError):
     kind = FailureKind.INVALID_REQUEST
 
-    def __init__(self, message: str, *, remaining_micros: int) -> None:
+    def __init__(self, message: str, *, remaining_micros: int, scope: str = "user") -> None:
         super().__init__(message)
         self.remaining_micros = remaining_micros
+        self.scope = scope  # "user" or "workspace": which limit was hit
 
 
 class NotAllowed(SoraError):
     kind = FailureKind.INVALID_REQUEST
+
+
+class RequestsPaused(NotAllowed):
+    """An admin paused new requests; running jobs continue."""
 
 
 class ProviderError(SoraError):

@@ -110,6 +110,30 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
         CREATE INDEX deliveries_state ON deliveries(state);
         """,
     ),
+    (
+        "run-time settings and the audit log",
+        """
+        -- Values admins change from Slack; once set they win over the environment.
+        CREATE TABLE settings (
+            key        TEXT PRIMARY KEY,
+            value      TEXT,
+            updated_at TEXT NOT NULL,
+            updated_by TEXT
+        );
+
+        CREATE TABLE audit_log (
+            id        INTEGER PRIMARY KEY AUTOINCREMENT,
+            at        TEXT NOT NULL,
+            actor     TEXT NOT NULL,
+            action    TEXT NOT NULL,
+            target    TEXT,
+            old_value TEXT,
+            new_value TEXT,
+            note      TEXT
+        );
+        CREATE INDEX audit_at ON audit_log(at);
+        """,
+    ),
 )
 
 
@@ -176,7 +200,9 @@ class Database:
             log.info("migrating database to schema %d (%s)", number, name)
             await conn.execute("BEGIN IMMEDIATE")
             try:
-                for statement in sql.split(";"):
+                # comments may hold semicolons: drop them before splitting statements
+                code = "\n".join(line for line in sql.splitlines() if not line.strip().startswith("--"))
+                for statement in code.split(";"):
                     if statement.strip():
                         await conn.execute(statement)
                 await conn.execute(f"PRAGMA user_version={number}")
@@ -198,6 +224,12 @@ class Database:
                 raise
             else:
                 await self._writer.execute("COMMIT")
+
+    @property
+    def reader(self) -> aiosqlite.Connection:
+        """The read connection, for helpers written against a connection (they must not write)."""
+        assert self._reader is not None, "database not open"
+        return self._reader
 
     async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[aiosqlite.Row]:
         assert self._reader is not None, "database not open"

@@ -10,10 +10,10 @@ from typing import Any
 import aiosqlite
 
 from bot.clock import parse_iso
-from bot.errors import BudgetExceeded, InvalidRequest
+from bot.errors import BudgetExceeded, InvalidRequest, RequestsPaused
 from bot.models import UNFINISHED, FailureKind, Job, JobStatus
 from bot.money import format_usd
-from storage import ledger
+from storage import admin, ledger
 from storage.db import Database, fetchone_in
 
 # No 0/o/1/l/i: people type these ids into `/sora cancel`.
@@ -83,24 +83,37 @@ async def reserve_and_insert(
         if running >= limits.max_unfinished_per_user:
             raise TooManyJobs(running, limits.max_unfinished_per_user)
 
-        limit = await ledger.user_limit(conn, new.user_id, limits.user_limit_micros)
+        budgets = await admin.effective_budgets(
+            conn, env_default_micros=limits.user_limit_micros,
+            env_workspace_micros=limits.workspace_limit_micros,
+        )
+        if budgets.paused:
+            why = f" ({budgets.paused_reason})" if budgets.paused_reason else ""
+            raise RequestsPaused(
+                f"New video requests are paused by an admin{why}. Jobs already running "
+                "will finish; please try again later."
+            )
+        limit = await ledger.user_limit(conn, new.user_id, budgets.default_user_micros)
         totals = await ledger.user_totals(conn, new.user_id, day)
         remaining = limit - totals.used_micros
         if new.estimate_micros > remaining:
             raise BudgetExceeded(
                 f"This video would cost {format_usd(new.estimate_micros)}, but you have "
-                f"{format_usd(max(remaining, 0))} left of your {format_usd(limit)} daily budget.",
+                f"{format_usd(max(remaining, 0))} left of your {format_usd(limit)} daily budget. "
+                "`/sora budget` shows when it resets; a shorter video may fit.",
                 remaining_micros=max(remaining, 0),
             )
-        if limits.workspace_limit_micros is not None:
+        if budgets.workspace_micros is not None:
             ws = await ledger.workspace_totals(conn, day)
-            ws_remaining = limits.workspace_limit_micros - ws.used_micros
+            ws_remaining = budgets.workspace_micros - ws.used_micros
             if new.estimate_micros > ws_remaining:
                 raise BudgetExceeded(
                     f"This video would cost {format_usd(new.estimate_micros)}, but the "
                     f"workspace has {format_usd(max(ws_remaining, 0))} left of its "
-                    f"{format_usd(limits.workspace_limit_micros)} daily cap.",
+                    f"{format_usd(budgets.workspace_micros)} daily cap. Ask an admin, or try "
+                    "again after the budget day resets.",
                     remaining_micros=max(ws_remaining, 0),
+                    scope="workspace",
                 )
 
         job_id = await _insert_job(conn, new, day=day, now=now)

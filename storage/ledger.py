@@ -133,3 +133,32 @@ async def usage_for_day(db: Database, day: str, default_limit_micros: int) -> li
         (day, default_limit_micros),
     )
     return [UsageRow(r[0], day, int(r[1]), int(r[2]), int(r[3]), int(r[4])) for r in rows]
+
+
+async def refund(conn: aiosqlite.Connection, job_id: str, at: str) -> int | None:
+    """charged -> refunded: the money counts as unspent again. Returns the amount, or None."""
+    row = await fetchone_in(conn, "SELECT charged_micros FROM ledger WHERE job_id = ? AND state = 'charged'", (job_id,))
+    if row is None:
+        return None
+    cur = await conn.execute(
+        "UPDATE ledger SET state='refunded', updated_at=? WHERE job_id=? AND state='charged'", (at, job_id)
+    )
+    if cur.rowcount != 1:
+        return None
+    await _event(conn, job_id, "refund", int(row[0]), at)
+    return int(row[0])
+
+
+async def set_user_limit(conn: aiosqlite.Connection, user_id: str, limit_micros: int | None, *, at: str, by: str) -> int | None:
+    """Set (or with None remove) a user's override; returns the previous override."""
+    old = await fetchone_in(conn, "SELECT limit_micros FROM user_limits WHERE user_id = ?", (user_id,))
+    if limit_micros is None:
+        await conn.execute("DELETE FROM user_limits WHERE user_id = ?", (user_id,))
+    else:
+        await conn.execute(
+            "INSERT INTO user_limits (user_id, limit_micros, updated_at, updated_by) VALUES (?, ?, ?, ?)"
+            " ON CONFLICT(user_id) DO UPDATE SET limit_micros = excluded.limit_micros,"
+            " updated_at = excluded.updated_at, updated_by = excluded.updated_by",
+            (user_id, limit_micros, at, by),
+        )
+    return int(old[0]) if old else None

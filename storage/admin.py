@@ -1,0 +1,111 @@
+"""Run-time settings that admins change from Slack, and the audit log of every change."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import aiosqlite
+
+from storage.db import Database, fetchone_in
+
+# Setting keys. Amounts are micro-dollars as decimal text; None/"" means "no cap".
+DEFAULT_BUDGET = "daily_budget_micros"
+WORKSPACE_BUDGET = "workspace_budget_micros"
+PAUSED_REASON = "paused_reason"  # present (even empty) = paused
+
+
+@dataclass(frozen=True, slots=True)
+class Setting:
+    value: str | None
+    updated_at: str
+    updated_by: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEntry:
+    id: int
+    at: str
+    actor: str
+    action: str
+    target: str | None
+    old_value: str | None
+    new_value: str | None
+    note: str | None
+
+
+async def get_setting(conn: aiosqlite.Connection, key: str) -> Setting | None:
+    row = await fetchone_in(conn, "SELECT value, updated_at, updated_by FROM settings WHERE key = ?", (key,))
+    return Setting(row[0], row[1], row[2]) if row else None
+
+
+async def read_setting(db: Database, key: str) -> Setting | None:
+    row = await db.fetchone("SELECT value, updated_at, updated_by FROM settings WHERE key = ?", (key,))
+    return Setting(row[0], row[1], row[2]) if row else None
+
+
+async def put_setting(conn: aiosqlite.Connection, key: str, value: str | None, *, at: str, by: str) -> None:
+    await conn.execute(
+        "INSERT INTO settings (key, value, updated_at, updated_by) VALUES (?, ?, ?, ?)"
+        " ON CONFLICT(key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at,"
+        " updated_by = excluded.updated_by",
+        (key, value, at, by),
+    )
+
+
+async def delete_setting(conn: aiosqlite.Connection, key: str) -> None:
+    await conn.execute("DELETE FROM settings WHERE key = ?", (key,))
+
+
+async def audit(
+    conn: aiosqlite.Connection,
+    *,
+    at: str,
+    actor: str,
+    action: str,
+    target: str | None = None,
+    old: str | None = None,
+    new: str | None = None,
+    note: str | None = None,
+) -> None:
+    await conn.execute(
+        "INSERT INTO audit_log (at, actor, action, target, old_value, new_value, note)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (at, actor, action, target, old, new, note),
+    )
+
+
+async def recent_audit(db: Database, limit: int = 10) -> list[AuditEntry]:
+    rows = await db.fetchall("SELECT * FROM audit_log ORDER BY id DESC LIMIT ?", (limit,))
+    return [
+        AuditEntry(r["id"], r["at"], r["actor"], r["action"], r["target"], r["old_value"],
+                   r["new_value"], r["note"])
+        for r in rows
+    ]
+
+
+@dataclass(frozen=True, slots=True)
+class Budgets:
+    """The limits in force: the environment's defaults unless an admin has set them."""
+
+    default_user_micros: int
+    workspace_micros: int | None
+    paused_reason: str | None  # None = accepting requests
+
+    @property
+    def paused(self) -> bool:
+        return self.paused_reason is not None
+
+
+async def effective_budgets(
+    conn: aiosqlite.Connection, *, env_default_micros: int, env_workspace_micros: int | None
+) -> Budgets:
+    default = await get_setting(conn, DEFAULT_BUDGET)
+    workspace = await get_setting(conn, WORKSPACE_BUDGET)
+    paused = await get_setting(conn, PAUSED_REASON)
+    return Budgets(
+        default_user_micros=int(default.value) if default and default.value else env_default_micros,
+        workspace_micros=(
+            (int(workspace.value) if workspace.value else None) if workspace else env_workspace_micros
+        ),
+        paused_reason=(paused.value or "") if paused else None,
+    )
