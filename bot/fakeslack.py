@@ -1,4 +1,8 @@
-"""An in-memory fake of the Slack Web API parts the bot uses, for `sora-bot demo` and the tests."""
+"""An in-memory fake of the Slack Web API parts the bot uses, for `sora-bot demo` and the tests.
+
+It also plays Slack's side of Socket Mode: `apps.connections.open` hands out a WebSocket URL
+on the same server, and the tests push envelopes down that socket and read back the acks.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ import hashlib
 import itertools
 import json
 import math
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -14,7 +19,7 @@ from datetime import datetime, timezone
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from aiohttp import BodyPartReader, web
+from aiohttp import BodyPartReader, WSCloseCode, WSMsgType, web
 
 # Slack's documented limits, enforced so the bot meets the same walls it would in production.
 MAX_TEXT_CHARS = 40_000
@@ -28,6 +33,9 @@ _VIDEO_SUFFIXES = (".mp4", ".mov", ".webm", ".m4v", ".mkv", ".avi", ".gif")
 # Upload POSTs and response_url POSTs are recorded under these pseudo method names.
 UPLOAD = "upload"
 RESPOND = "respond"
+
+# The envelope types Slack sends over a Socket Mode connection that carry a payload to ack.
+ENVELOPE_TYPES = ("slash_commands", "events_api", "interactive")
 
 
 @dataclass
@@ -141,6 +149,20 @@ class FakeSlack:
         self._runner: web.AppRunner | None = None
         self._port: int | None = None
 
+        # Socket Mode: what went down the sockets, what came back, and the sockets themselves
+        self.envelopes: list[dict[str, Any]] = []
+        self.socket_acks: dict[str, dict[str, Any]] = {}
+        self.ack_seconds: dict[str, float] = {}
+        self.socket_messages: list[Any] = []
+        self.socket_connects = 0
+        self._sockets: list[web.WebSocketResponse] = []
+        self._sent_at: dict[str, float] = {}
+        # a ticket is good for one WebSocket upgrade, as with Slack's wss URLs
+        self._tickets: set[str] = set()
+        self._ticket_ids = itertools.count(1)
+        self._envelope_ids = itertools.count(1)
+        self._next_socket = 0
+
     # ------------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
@@ -151,6 +173,7 @@ class FakeSlack:
         app.router.add_route("*", "/api/{method}", self._handle_api)
         app.router.add_post("/upload/{file_id}", self._handle_upload)
         app.router.add_post("/respond/{n}", self._handle_respond)
+        app.router.add_get("/socket", self._handle_socket)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -162,6 +185,8 @@ class FakeSlack:
         if self._runner is None:
             return
         runner, self._runner = self._runner, None
+        # close frames first, so connected clients see a clean close rather than a reset
+        await self.close_sockets(code=WSCloseCode.GOING_AWAY)
         await runner.cleanup()
 
     async def __aenter__(self) -> FakeSlack:
@@ -180,6 +205,75 @@ class FakeSlack:
     @property
     def api_url(self) -> str:
         return f"{self.base_url}/api/"
+
+    @property
+    def socket_url(self) -> str:
+        """The WebSocket URL without a ticket; `apps.connections.open` adds one."""
+        return self.base_url.replace("http://", "ws://", 1) + "/socket"
+
+    # ------------------------------------------------------------------ Socket Mode
+
+    @property
+    def socket_connected(self) -> int:
+        """How many Socket Mode connections are open now (truthy when at least one is)."""
+        return sum(1 for ws in self._sockets if not ws.closed)
+
+    async def wait_for_socket(self, timeout: float = 10.0, *, count: int = 1) -> None:
+        """Wait until `count` Socket Mode connections are open and have been sent their hello."""
+        await self.wait_for(lambda: self.socket_connected >= count, timeout)
+
+    async def send_envelope(
+        self,
+        type_: str,
+        payload: dict[str, Any],
+        *,
+        retry_attempt: int = 0,
+        retry_reason: str = "",
+        accepts_response_payload: bool | None = None,
+    ) -> str:
+        """Send one envelope down one open connection (round robin, as Slack picks any) and return its id."""
+        if type_ not in ENVELOPE_TYPES:
+            raise ValueError(f"envelope type must be one of {ENVELOPE_TYPES}, got {type_!r}")
+        open_sockets = [ws for ws in self._sockets if not ws.closed]
+        if not open_sockets:
+            raise RuntimeError("no Socket Mode connection is open")
+        envelope_id = f"env-{next(self._envelope_ids):06d}"
+        if accepts_response_payload is None:
+            # slash commands (and view submissions) may answer in the ack; events never can
+            accepts_response_payload = type_ != "events_api"
+        envelope: dict[str, Any] = {
+            "envelope_id": envelope_id,
+            "type": type_,
+            "payload": payload,
+            "accepts_response_payload": accepts_response_payload,
+        }
+        # only Events API envelopes carry retry fields in Slack; others get them only when asked for
+        if type_ == "events_api" or retry_attempt or retry_reason:
+            envelope["retry_attempt"] = retry_attempt
+            envelope["retry_reason"] = retry_reason
+        ws = open_sockets[self._next_socket % len(open_sockets)]
+        self._next_socket += 1
+        self.envelopes.append(envelope)
+        self._sent_at[envelope_id] = time.monotonic()
+        await ws.send_json(envelope)
+        return envelope_id
+
+    async def wait_for_ack(self, envelope_id: str, timeout: float = 10.0) -> dict[str, Any]:
+        """The ack the client sent for `envelope_id`: `{"envelope_id": ..., "payload"?: {...}}`."""
+        await self.wait_for(lambda: envelope_id in self.socket_acks, timeout)
+        return self.socket_acks[envelope_id]
+
+    async def send_disconnect(self, reason: str = "refresh_requested") -> None:
+        """Ask every connected client to reconnect, as Slack does before it recycles a connection."""
+        message = {"type": "disconnect", "reason": reason, "debug_info": {"host": "fake-slack"}}
+        for ws in [ws for ws in self._sockets if not ws.closed]:
+            await ws.send_json(message)
+
+    async def close_sockets(self, *, code: int = WSCloseCode.GOING_AWAY) -> None:
+        """Close every Socket Mode connection from the server side."""
+        for ws in list(self._sockets):
+            if not ws.closed:
+                await ws.close(code=code, message=b"fake-slack closing")
 
     # ------------------------------------------------------------------ world setup
 
@@ -331,6 +425,11 @@ class FakeSlack:
 
         if token is None:
             return web.json_response({"ok": False, "error": "not_authed"})
+        if method == "apps.connections.open":
+            # only an app-level token may open a Socket Mode connection
+            if not token.startswith("xapp-"):
+                return web.json_response({"ok": False, "error": "invalid_auth"})
+            return web.json_response({"ok": True, "url": self._issue_socket_url()})
         if not token.startswith("xox"):
             return web.json_response({"ok": False, "error": "invalid_auth"})
 
@@ -381,6 +480,50 @@ class FakeSlack:
             return web.Response(status=400, text="invalid_payload")
         self.responses[url].append(body)
         return web.Response(text="ok")
+
+    def _issue_socket_url(self) -> str:
+        ticket = str(next(self._ticket_ids))
+        self._tickets.add(ticket)
+        return f"{self.socket_url}?ticket={ticket}"
+
+    async def _handle_socket(self, request: web.Request) -> web.StreamResponse:
+        ticket = request.query.get("ticket", "")
+        if ticket not in self._tickets:
+            return web.Response(status=401, text="invalid_ticket")
+        # autoping answers the client's pings; the SDK counts a connection stale without pongs
+        ws = web.WebSocketResponse(autoping=True, timeout=2.0)
+        await ws.prepare(request)
+        self._tickets.discard(ticket)
+        self.socket_connects += 1
+        hello = {
+            "type": "hello",
+            "num_connections": self.socket_connected + 1,
+            "debug_info": {"host": "fake-slack", "build_number": 1, "approximate_connection_time": 18060},
+            "connection_info": {"app_id": "A1"},
+        }
+        await ws.send_json(hello)
+        # counted as connected only after the hello, so wait_for_socket means "ready for envelopes"
+        self._sockets.append(ws)
+        try:
+            async for msg in ws:
+                if msg.type != WSMsgType.TEXT:
+                    continue
+                try:
+                    data = json.loads(msg.data)
+                except ValueError:
+                    self.socket_messages.append(msg.data)
+                    continue
+                envelope_id = data.get("envelope_id") if isinstance(data, dict) else None
+                if isinstance(envelope_id, str) and envelope_id in self._sent_at:
+                    # the first ack counts, as with Slack; a late duplicate is kept as a plain message
+                    if envelope_id not in self.socket_acks:
+                        self.socket_acks[envelope_id] = data
+                        self.ack_seconds[envelope_id] = time.monotonic() - self._sent_at[envelope_id]
+                        continue
+                self.socket_messages.append(data)
+        finally:
+            self._sockets.remove(ws)
+        return ws
 
     def _take_fault(self, method: str) -> _Fault | None:
         queue = self._faults.get(method)
@@ -627,6 +770,76 @@ class FakeSlack:
             raise _SlackError("thread_not_found")
         # replying to a reply lands in the same thread in Slack
         return parent.thread_ts or parent.ts
+
+
+# ---------------------------------------------------------------------- Socket Mode payloads
+
+_triggers = itertools.count(1)
+_event_ids = itertools.count(1)
+
+
+def slash_command_payload(
+    text: str,
+    *,
+    user: str = "U1",
+    channel: str = "C1",
+    team: str = "T0001",
+    trigger_id: str | None = None,
+    response_url: str = "",
+    command: str = "/sora",
+) -> dict[str, Any]:
+    """A `slash_commands` envelope payload: the same string fields Slack would form-post."""
+    return {
+        "token": "legacy",
+        "team_id": team,
+        "team_domain": "fake-workspace",
+        "channel_id": channel,
+        "channel_name": channel.lower(),
+        "user_id": user,
+        "user_name": user.lower(),
+        "command": command,
+        "text": text,
+        "api_app_id": "A1",
+        "is_enterprise_install": "false",
+        "response_url": response_url,
+        # Slack makes every trigger_id unique; the bot keys command dedupe on it
+        "trigger_id": trigger_id or f"trigger.{next(_triggers)}",
+    }
+
+
+def app_mention_payload(
+    text: str,
+    *,
+    user: str = "U1",
+    channel: str = "C1",
+    ts: str = "1700000000.000001",
+    thread_ts: str | None = None,
+    event_id: str | None = None,
+    team: str = "T0001",
+    bot_user_id: str = "UBOT",
+) -> dict[str, Any]:
+    """An `events_api` envelope payload for an app_mention, in the Events API callback shape."""
+    event: dict[str, Any] = {
+        "type": "app_mention",
+        "user": user,
+        "text": text,
+        "ts": ts,
+        "channel": channel,
+        "event_ts": ts,
+    }
+    if thread_ts:
+        event["thread_ts"] = thread_ts
+    return {
+        "token": "legacy",
+        "team_id": team,
+        "api_app_id": "A1",
+        "type": "event_callback",
+        "event_id": event_id or f"Ev{next(_event_ids):08d}",
+        "event_time": int(time.time()),
+        "event": event,
+        "authorizations": [{"team_id": team, "user_id": bot_user_id, "is_bot": True}],
+        "is_ext_shared_channel": False,
+    }
 
 
 # ---------------------------------------------------------------------- request parsing
