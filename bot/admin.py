@@ -30,7 +30,7 @@ ADMIN_HELP = "\n".join([
     "• `admins`: who may use these commands",
 ])
 
-_USER_ARG = re.compile(r"^<@([UW][A-Z0-9]+)(?:\|[^>]*)?>$|^([UW][A-Z0-9]{2,})$")
+_USER_ARG = re.compile(r"^<@([UW][A-Z0-9]+)(?:\|[^>]*)?>$|^([UW][A-Z0-9]+)$")
 
 
 @dataclass(frozen=True, slots=True)

@@ -157,8 +157,22 @@ async def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
             from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
 
             assert settings.slack_app_token is not None
-            handler = AsyncSocketModeHandler(runtime.app, settings.slack_app_token.get_secret_value())
-            await handler.connect_async()
+            app_token = settings.slack_app_token.get_secret_value()
+            # slack_sdk's connect() retries a refused token forever: check it once first
+            problem = await _check_app_token(runtime.deps.slack, app_token)
+            if problem:
+                print(f"SLACK_APP_TOKEN: {problem}", file=sys.stderr)
+                return 2
+            handler = AsyncSocketModeHandler(runtime.app, app_token)
+            connect = asyncio.ensure_future(handler.connect_async())
+            stopping = asyncio.ensure_future(stop.wait())
+            await asyncio.wait({connect, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            if not connect.done():  # SIGTERM while still connecting
+                connect.cancel()
+                await asyncio.gather(connect, return_exceptions=True)
+                return 0
+            stopping.cancel()
+            connect.result()
             log.info("connected in Socket Mode; %d job(s) resumed", resumed)
         else:
             runner = web.AppRunner(make_web_app(runtime), handle_signals=False)
@@ -175,6 +189,20 @@ async def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
             await runner.cleanup()
         await runtime.close()
     return 0
+
+
+async def _check_app_token(slack: Any, app_token: str) -> str | None:
+    """None when apps.connections.open accepts the token; else a one-line reason."""
+    from slack_sdk.errors import SlackApiError
+
+    try:
+        await slack.apps_connections_open(app_token=app_token)
+        return None
+    except SlackApiError as exc:
+        error = exc.response.get("error") if isinstance(exc.response.data, dict) else None
+        return f"Slack refused the app-level token ({error or exc.response.status_code}); it needs connections:write"
+    except Exception as exc:  # unreachable API: report instead of retrying forever
+        return f"cannot reach {slack.base_url} ({type(exc).__name__})"
 
 
 async def cmd_doctor(settings: Settings, args: argparse.Namespace) -> int:

@@ -66,6 +66,15 @@ class Bot:
         kw.setdefault("response_url", self.slack.new_response_url())
         return await post_signed(self.http, self.url, slash_body(text, **kw))
 
+    async def admin(self, text: str, **kw: Any) -> str:
+        """/sora-admin: the answer arrives through response_url, as in Slack."""
+        url = self.slack.new_response_url()
+        kw["response_url"] = url
+        resp = await post_signed(self.http, self.url, slash_body(text, command="/sora-admin", **kw))
+        assert resp.status_code == 200, resp.text
+        await self.slack.wait_for(lambda: bool(self.slack.responses.get(url)), timeout=5)
+        return self.slack.responses[url][-1]["text"]
+
     async def mention(self, text: str, **kw: Any) -> httpx.Response:
         headers = kw.pop("extra_headers", None)
         return await post_signed(self.http, self.url, mention_body(text, **kw), extra_headers=headers)
@@ -88,6 +97,7 @@ async def make_bot(slack: FakeSlack, tmp_path: Path) -> AsyncIterator[BotFactory
         timing: Timing = FAST,
         include_simulator: bool | None = True,
         sim_seconds: float = 0.4,
+        clock: Any = None,
         **settings: Any,
     ) -> Bot:
         values: dict[str, Any] = {
@@ -101,7 +111,8 @@ async def make_bot(slack: FakeSlack, tmp_path: Path) -> AsyncIterator[BotFactory
         s = Settings(_env_file=None, **values)
         provs = dict(providers) if providers is not None else {}
         provs.setdefault("simulator", SimulatorProvider(run_seconds=sim_seconds))
-        runtime = await create_runtime(s, providers=provs, timing=timing, include_simulator=include_simulator)
+        extra = {"clock": clock} if clock is not None else {}
+        runtime = await create_runtime(s, providers=provs, timing=timing, include_simulator=include_simulator, **extra)
         await runtime.start()
         server = TestServer(make_web_app(runtime), host="127.0.0.1")
         await server.start_server()

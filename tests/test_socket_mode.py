@@ -196,7 +196,8 @@ async def bot(fake: FakeSlack, tmp_path: Path) -> AsyncIterator[BotProcess]:
 async def test_run_in_socket_mode_end_to_end(fake: FakeSlack, bot: BotProcess) -> None:
     await bot.start(fake)
     opens = fake.calls_to("apps.connections.open")
-    assert len(opens) == 1 and opens[0].token == APP_TOKEN
+    # one check of the token at start-up, then the SDK's own call for the socket URL
+    assert len(opens) == 2 and all(o.token == APP_TOKEN for o in opens)
 
     # /sora: the refusal-or-acceptance text travels in the ack, inside Slack's 3 s window
     slash = await fake.send_envelope(
@@ -237,3 +238,17 @@ async def test_run_in_socket_mode_end_to_end(fake: FakeSlack, bot: BotProcess) -
     assert "Traceback" not in log, log
     assert BOT_TOKEN not in log and APP_TOKEN not in log
     assert "xoxb-" not in log and "xapp-" not in log
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+async def test_a_refused_app_token_stops_start_up_with_one_line(fake: FakeSlack, bot: BotProcess) -> None:
+    fake.fail_next("apps.connections.open", error="invalid_auth", times=5)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bot.cli", "run", env=bot.env, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE, stdin=subprocess.DEVNULL,
+    )
+    _, err = await asyncio.wait_for(proc.communicate(), timeout=20)
+    assert proc.returncode == 2
+    lines = [line for line in err.decode().splitlines() if line.startswith("SLACK_APP_TOKEN")]
+    assert len(lines) == 1 and "invalid_auth" in lines[0]
+    assert APP_TOKEN not in err.decode()
