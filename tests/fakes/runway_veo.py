@@ -1,0 +1,443 @@
+"""Local fake Runway (ref. §1.3) and Veo-on-Gemini (§1.5) servers, scripted by prompt markers.
+
+Both reuse the lifecycle, counters and poll faults of `tests.fakes.providers` (so `[5xx-poll]`
+and `[malformed]` work here too) and add their own markers:
+
+Runway (`FakeRunwayServer`, base URL = origin; the adapter adds `/v1/...`):
+    [throttled]      THROTTLED for the first two polls, then the task runs
+    [safety-input]   the task ends FAILED with SAFETY.INPUT.TEXT
+    [safety-output]  the task ends FAILED with SAFETY.OUTPUT.VIDEO
+    [internal]       the task ends FAILED with INTERNAL.BAD_OUTPUT.CODE01
+    [429-submit]     the first create for this prompt → 429 (daily quota), no Retry-After
+    [stale-url]      the first download of an output URL → 403; the task then hands out a
+                     fresh URL that works (older URLs stay dead)
+    [expired]        every download → 403
+    [stuck]          RUNNING forever, progress creeping to 0.99
+  Requests without `X-Runway-Version: 2024-11-06` → 400; promptText over 1000 chars → 400.
+
+Veo (`FakeVeoServer`, base URL = origin + `/v1beta`):
+    [rai]            done, no samples, raiMediaFilteredReasons about a celebrity likeness
+    [op-error]       done with error {code: 13}
+    [403-poll]       every operation GET → 403 PERMISSION_DENIED
+    [429-submit]     the first create for this prompt → 429 RESOURCE_EXHAUSTED
+    [stuck]          never done
+  Every route, the download included, needs `x-goog-api-key` (missing → 403, wrong → 400
+  API_KEY_INVALID, echoing the key so tests prove adapters redact it). The video URI answers
+  302 to another path, so the adapter must follow redirects with the key.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import time
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from tests.fakes.providers import FakeJob, _FakeServer, video_bytes
+
+RUNWAY_VERSION = "2024-11-06"
+RUNWAY_RATIOS = ("1280:720", "720:1280")
+RUNWAY_FAILURES = {
+    "[safety-input]": ("SAFETY.INPUT.TEXT", "The prompt text did not pass content moderation."),
+    "[safety-output]": ("SAFETY.OUTPUT.VIDEO", "The output did not pass content moderation."),
+    "[internal]": ("INTERNAL.BAD_OUTPUT.CODE01", "The generation produced an unusable output."),
+}
+THROTTLED_POLLS = 2
+
+VEO_RAI_REASON = (
+    "Unable to generate videos because the prompt contains a celebrity likeness. "
+    "You have not been charged for this request. Support codes: 29310472"
+)
+
+
+def _runway_error(status: int, message: str, **extra: Any) -> web.Response:
+    return web.json_response({"error": message, **extra}, status=status)
+
+
+def _google_error(status: int, code_name: str, message: str, **extra: Any) -> web.Response:
+    error = {"code": status, "message": message, "status": code_name, **extra}
+    return web.json_response({"error": error}, status=status)
+
+
+def _decodes(data: Any) -> bool:
+    if not isinstance(data, str) or not data:
+        return False
+    try:
+        base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError):
+        return False
+    return True
+
+
+async def _json_body(request: web.Request) -> dict[str, Any] | None:
+    try:
+        body = await request.json()
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    return body if isinstance(body, dict) else None
+
+
+class FakeRunwayServer(_FakeServer):
+    """Runway's task API: create, `GET/DELETE /v1/tasks/{id}`, and signed output URLs."""
+
+    def __init__(self, *, run_seconds: float = 0.5) -> None:
+        super().__init__(run_seconds=run_seconds)
+
+    @property
+    def base_url(self) -> str:
+        return self.origin
+
+    def _add_routes(self, app: web.Application) -> None:
+        app.router.add_post("/v1/text_to_video", self._create)
+        app.router.add_post("/v1/image_to_video", self._create)
+        app.router.add_get("/v1/tasks/{id}", self._task)
+        app.router.add_delete("/v1/tasks/{id}", self._delete)
+        app.router.add_get("/outputs/{id}/{version}.mp4", self._output)
+
+    def output_url(self, job: FakeJob) -> str:
+        return f"{self.origin}/outputs/{job.id}/v{job.extra['url_version']}.mp4"
+
+    @web.middleware
+    async def _auth(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.path.startswith("/v1/"):
+            sent = request.headers.get("Authorization", "")
+            refusal: web.Response | None = None
+            if sent != f"Bearer {self.api_key}":
+                shown = sent.removeprefix("Bearer ") or "(none)"
+                refusal = _runway_error(401, f"Invalid API secret: {shown}")
+            elif request.headers.get("X-Runway-Version") != RUNWAY_VERSION:
+                refusal = _runway_error(
+                    400, f"The X-Runway-Version header must be set to {RUNWAY_VERSION}."
+                )
+            if refusal is not None:
+                if request.method == "POST":
+                    self.create_attempts.append({"refused": "headers", "path": request.path})
+                return refusal
+        return await handler(request)
+
+    async def _create(self, request: web.Request) -> web.Response:
+        body = await _json_body(request)
+        if body is None:
+            self.create_attempts.append({"path": request.path})
+            return _runway_error(400, "The request body must be a JSON object.")
+        self.create_attempts.append({**body, "path": request.path})
+        prompt = body.get("promptText", "")
+        prompt = prompt if isinstance(prompt, str) else ""
+        self._creates_per_prompt[prompt] += 1
+        if "[429-submit]" in prompt and self._creates_per_prompt[prompt] == 1:
+            return _runway_error(429, "You have exceeded your daily generation limit.")
+        problem = self._invalid(body, image=request.path == "/v1/image_to_video")
+        if problem is not None:
+            self.create_attempts[-1]["refused"] = problem
+            return _runway_error(
+                400, "Validation of body failed", issues=[{"message": problem}]
+            )
+        job = FakeJob(
+            id=str(uuid.uuid4()),
+            prompt=prompt,
+            model=str(body["model"]),
+            body=body,
+            created_at=time.time(),
+            extra={"path": request.path, "url_version": 1},
+        )
+        self.jobs[job.id] = job
+        self.submits.append(body)
+        return web.json_response({"id": job.id})
+
+    @staticmethod
+    def _invalid(body: dict[str, Any], *, image: bool) -> str | None:
+        prompt = body.get("promptText")
+        if not isinstance(body.get("model"), str) or not body["model"]:
+            return "model is required"
+        if prompt is not None and not isinstance(prompt, str):
+            return "promptText must be a string"
+        if isinstance(prompt, str) and len(prompt) > 1000:
+            return "promptText must be at most 1000 characters"
+        if not image and not prompt:
+            return "promptText is required"
+        if body.get("ratio") not in RUNWAY_RATIOS:
+            return f"ratio must be one of {', '.join(RUNWAY_RATIOS)}"
+        duration = body.get("duration")
+        if isinstance(duration, bool) or not isinstance(duration, int) or not 2 <= duration <= 10:
+            return "duration must be an integer from 2 to 10"
+        if image:
+            uri = body.get("promptImage")
+            if not isinstance(uri, str) or not uri.startswith("data:image/"):
+                return "promptImage must be an image data URI or an HTTPS URL"
+            header, _, data = uri.partition(",")
+            if not header.endswith(";base64") or not _decodes(data):
+                return "promptImage data URI is not valid base64"
+        return None
+
+    def _stage(self, job: FakeJob) -> str:
+        if job.cancelled:
+            return "CANCELLED"
+        if job.has("[throttled]") and job.served_polls <= THROTTLED_POLLS:
+            return "THROTTLED"
+        if job.served_polls <= 1:
+            return "PENDING"
+        elapsed = time.time() - job.created_at
+        share = 1.0 if self.run_seconds <= 0 else elapsed / self.run_seconds
+        if job.has("[stuck]") or share < 1.0:
+            job.progress = max(job.progress, min(99, max(1, int(share * 100))))
+            return "RUNNING"
+        if any(job.has(marker) for marker in RUNWAY_FAILURES):
+            return "FAILED"
+        return "SUCCEEDED"
+
+    def _finished_ok(self, job: FakeJob) -> bool:
+        return (
+            not job.cancelled
+            and not job.has("[stuck]")
+            and not any(job.has(marker) for marker in RUNWAY_FAILURES)
+            and time.time() - job.created_at >= self.run_seconds
+        )
+
+    async def _task(self, request: web.Request) -> web.Response:
+        job_id = request.match_info["id"]
+        fault = self._poll_fault(job_id)
+        if fault is not None:
+            return fault
+        job = self.jobs.get(job_id)
+        if job is None:
+            return _runway_error(404, "Task not found.")
+        stage = self._stage(job)
+        created = datetime.fromtimestamp(job.created_at, tz=UTC).isoformat()
+        task: dict[str, Any] = {"id": job.id, "createdAt": created, "status": stage}
+        if stage == "RUNNING":
+            task["progress"] = job.progress / 100
+        elif stage == "SUCCEEDED":
+            task["output"] = [self.output_url(job)]
+        elif stage == "FAILED":
+            marker = next(m for m in RUNWAY_FAILURES if job.has(m))
+            task["failureCode"], task["failure"] = RUNWAY_FAILURES[marker]
+        return web.json_response(task)
+
+    async def _delete(self, request: web.Request) -> web.Response:
+        job_id = request.match_info["id"]
+        job = self.jobs.get(job_id)
+        if job is None:
+            return _runway_error(404, "Task not found.")
+        self.cancels.append(job_id)
+        if self._stage(job) in ("SUCCEEDED", "FAILED", "CANCELLED"):
+            # Runway's DELETE removes a finished task instead of cancelling it.
+            del self.jobs[job_id]
+        else:
+            job.cancelled = True
+        return web.Response(status=204)
+
+    async def _output(self, request: web.Request) -> web.Response:
+        job_id = request.match_info["id"]
+        self.downloads[job_id] += 1
+        self.download_auth.append(request.headers.get("Authorization"))
+        job = self.jobs.get(job_id)
+        if job is None or not self._finished_ok(job):
+            return web.Response(status=404, text="NoSuchKey")
+        if job.has("[expired]"):
+            return web.Response(status=403, text="AccessDenied: Request has expired")
+        current = f"v{job.extra['url_version']}"
+        if job.has("[stale-url]"):
+            if not job.extra.get("went_stale"):
+                # The link handed out so far expires now; the next task GET signs a new one.
+                job.extra["went_stale"] = True
+                job.extra["url_version"] += 1
+                return web.Response(status=403, text="AccessDenied: Request has expired")
+            if request.match_info["version"] != current:
+                return web.Response(status=403, text="AccessDenied: Request has expired")
+        return web.Response(body=video_bytes(job_id), content_type="video/mp4")
+
+
+class FakeVeoServer(_FakeServer):
+    """The Gemini API's Veo surface: `predictLongRunning`, operations, `:cancel`, file download.
+
+    Job ids (and keys of `.jobs`, `.polls`, `.downloads`) are operation names,
+    "models/{model}/operations/{id}". `.download_auth` records the key sent on each leg of a
+    download (the URI and the redirect target).
+    """
+
+    def __init__(self, *, run_seconds: float = 0.5) -> None:
+        super().__init__(run_seconds=run_seconds)
+        self._files: dict[str, str] = {}  # file id → operation name
+
+    @property
+    def base_url(self) -> str:
+        return f"{self.origin}/v1beta"
+
+    def _add_routes(self, app: web.Application) -> None:
+        app.router.add_post("/v1beta/models/{model}:predictLongRunning", self._create)
+        app.router.add_get("/v1beta/models/{model}/operations/{op}", self._operation)
+        app.router.add_post("/v1beta/models/{model}/operations/{op}:cancel", self._cancel)
+        app.router.add_get("/v1beta/files/{file}:download", self._file)
+        app.router.add_get("/blobs/{file}.mp4", self._blob)
+
+    def video_uri(self, file_id: str) -> str:
+        return f"{self.base_url}/files/{file_id}:download?alt=media"
+
+    @web.middleware
+    async def _auth(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.path.startswith(("/v1beta/", "/blobs/")):
+            sent = request.headers.get("x-goog-api-key")
+            if request.path.startswith(("/v1beta/files/", "/blobs/")):
+                self.download_auth.append(sent)
+            refusal: web.Response | None = None
+            if not sent:
+                refusal = _google_error(
+                    403,
+                    "PERMISSION_DENIED",
+                    "Method doesn't allow unregistered callers (callers without established "
+                    "identity). Please use API Key or other form of API consumer identity.",
+                )
+            elif sent != self.api_key:
+                # Google does not echo the key; this fake does, so tests prove redaction.
+                refusal = _google_error(
+                    400,
+                    "INVALID_ARGUMENT",
+                    f"API key not valid. Please pass a valid API key. (got {sent})",
+                    details=[{"reason": "API_KEY_INVALID", "domain": "googleapis.com"}],
+                )
+            if refusal is not None:
+                if request.path.endswith(":predictLongRunning"):
+                    self.create_attempts.append({"refused": "key"})
+                return refusal
+        return await handler(request)
+
+    async def _create(self, request: web.Request) -> web.Response:
+        body = await _json_body(request)
+        if body is None:
+            self.create_attempts.append({})
+            return _google_error(400, "INVALID_ARGUMENT", "Invalid JSON payload received.")
+        self.create_attempts.append(body)
+        instances = body.get("instances")
+        instance = instances[0] if isinstance(instances, list) and instances else None
+        prompt = instance.get("prompt") if isinstance(instance, dict) else None
+        prompt = prompt if isinstance(prompt, str) else ""
+        self._creates_per_prompt[prompt] += 1
+        if "[429-submit]" in prompt and self._creates_per_prompt[prompt] == 1:
+            return _google_error(
+                429,
+                "RESOURCE_EXHAUSTED",
+                "You exceeded your current quota, please check your plan and billing details.",
+            )
+        problem = self._invalid(instance, body.get("parameters"))
+        if problem is not None:
+            self.create_attempts[-1] = {**body, "refused": problem}
+            return _google_error(400, "INVALID_ARGUMENT", problem)
+        model = request.match_info["model"]
+        op_id = uuid.uuid4().hex[:16]
+        job = FakeJob(
+            id=f"models/{model}/operations/{op_id}",
+            prompt=prompt,
+            model=model,
+            body=body,
+            created_at=time.time(),
+            extra={"path": request.path, "file": f"file-{op_id}"},
+        )
+        self.jobs[job.id] = job
+        self._files[job.extra["file"]] = job.id
+        self.submits.append(body)
+        return web.json_response({"name": job.id})
+
+    @staticmethod
+    def _invalid(instance: Any, parameters: Any) -> str | None:
+        if not isinstance(instance, dict) or not instance.get("prompt"):
+            return "instances[0].prompt is required."
+        params = parameters if isinstance(parameters, dict) else {}
+        if params.get("aspectRatio", "16:9") not in ("16:9", "9:16"):
+            return "aspectRatio must be 16:9 or 9:16."
+        resolution = params.get("resolution", "720p")
+        if resolution not in ("720p", "1080p"):
+            return "resolution must be 720p or 1080p."
+        # Google's docs show durationSeconds as both "8" and 8; accept either.
+        duration = str(params.get("durationSeconds", "8"))
+        if duration not in ("4", "6", "8"):
+            return "durationSeconds must be 4, 6 or 8."
+        if resolution == "1080p" and duration != "8":
+            return "1080p is only supported for 8 second videos."
+        image = instance.get("image")
+        if image is not None:
+            if not isinstance(image, dict) or not _decodes(image.get("bytesBase64Encoded")):
+                return "instances[0].image.bytesBase64Encoded must be base64 image bytes."
+            if not str(image.get("mimeType", "")).startswith("image/"):
+                return "instances[0].image.mimeType must be an image type."
+        return None
+
+    def _done(self, job: FakeJob) -> bool:
+        if job.cancelled:
+            return True
+        return not job.has("[stuck]") and time.time() - job.created_at >= self.run_seconds
+
+    async def _operation(self, request: web.Request) -> web.Response:
+        name = f"models/{request.match_info['model']}/operations/{request.match_info['op']}"
+        fault = self._poll_fault(name)
+        if fault is not None:
+            return fault
+        job = self.jobs.get(name)
+        if job is not None and job.has("[403-poll]"):
+            return _google_error(
+                403, "PERMISSION_DENIED", "The caller does not have permission"
+            )
+        if job is None:
+            return _google_error(404, "NOT_FOUND", f"Operation {name} not found.")
+        if not self._done(job):
+            return web.json_response({"name": name})  # Google leaves `done` out until it is true
+        answer: dict[str, Any] = {"name": name, "done": True}
+        if job.cancelled:
+            answer["error"] = {"code": 1, "message": "Operation was cancelled."}
+        elif job.has("[op-error]"):
+            answer["error"] = {"code": 13, "message": "Video generation failed unexpectedly."}
+        elif job.has("[rai]"):
+            answer["response"] = {
+                "@type": "type.googleapis.com/google.ai.generativelanguage.v1beta."
+                "PredictLongRunningResponse",
+                "generateVideoResponse": {
+                    "raiMediaFilteredCount": 1,
+                    "raiMediaFilteredReasons": [VEO_RAI_REASON],
+                },
+            }
+        else:
+            uri = self.video_uri(job.extra["file"])
+            answer["response"] = {
+                "@type": "type.googleapis.com/google.ai.generativelanguage.v1beta."
+                "PredictLongRunningResponse",
+                "generateVideoResponse": {"generatedSamples": [{"video": {"uri": uri}}]},
+            }
+        return web.json_response(answer)
+
+    async def _cancel(self, request: web.Request) -> web.Response:
+        name = f"models/{request.match_info['model']}/operations/{request.match_info['op']}"
+        job = self.jobs.get(name)
+        if job is None:
+            return _google_error(404, "NOT_FOUND", f"Operation {name} not found.")
+        if self._done(job):
+            return _google_error(400, "FAILED_PRECONDITION", "Operation is already done.")
+        job.cancelled = True
+        self.cancels.append(name)
+        return web.json_response({})
+
+    def _ready_job(self, file_id: str) -> FakeJob | None:
+        job = self.jobs.get(self._files.get(file_id, ""))
+        if job is None or job.cancelled or not self._done(job):
+            return None
+        if job.has("[rai]") or job.has("[op-error]"):
+            return None
+        return job
+
+    async def _file(self, request: web.Request) -> web.Response:
+        file_id = request.match_info["file"]
+        job = self._ready_job(file_id)
+        if job is None:
+            return _google_error(404, "NOT_FOUND", "File not found.")
+        self.downloads[job.id] += 1
+        raise web.HTTPFound(f"/blobs/{file_id}.mp4")
+
+    async def _blob(self, request: web.Request) -> web.Response:
+        job = self._ready_job(request.match_info["file"])
+        if job is None:
+            return web.Response(status=404, text="Not Found")
+        return web.Response(body=video_bytes(job.id), content_type="video/mp4")
