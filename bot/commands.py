@@ -114,8 +114,7 @@ async def status_reply(deps: Deps, user_id: str, job_ref: str | None) -> str:
 
 async def cancel_reply(deps: Deps, user_id: str, job_ref: str) -> str:
     job = await jobstore.find_job(deps.db, job_ref)
-    if job is None or job.user_id != user_id:
-        # Admins cancelling other people's jobs come with the admin commands.
+    if job is None or (job.user_id != user_id and not await deps.authz.is_admin(user_id)):
         return f"I can't find a job `{messages.escape_mrkdwn(job_ref, 20)}` of yours to cancel."
     if job.status.terminal:
         return f"Job `{job.id}` has already {_finished_words(job.status)}; nothing to cancel."

@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 from slack_sdk.errors import SlackApiError
 
-from bot import messages, slack_io
+from bot import incidents, messages, slack_io
 from bot.clock import iso
 from bot.deps import Deps
 from bot.errors import DeliveryError, ProviderError
@@ -39,6 +39,8 @@ async def deliver(deps: Deps, job_id: str) -> None:
                 ts, method = await _post_video(deps, job, delivery.file_path)
             else:
                 ts, method = await _post_failure(deps, job), "message"
+                if job.failure_kind is not None:
+                    await incidents.open_incident(deps, job.provider, job.failure_kind, job_id=job.id)
         except (SlackApiError, httpx.HTTPError) as exc:
             attempt += 1
             error = slack_io.slack_error(exc) if isinstance(exc, SlackApiError) else type(exc).__name__

@@ -546,6 +546,7 @@ class FakeSlack:
             "files.getUploadURLExternal": self._files_get_upload_url,
             "files.completeUploadExternal": self._files_complete_upload,
             "users.info": self._users_info,
+            "users.list": self._users_list,
             "views.open": lambda params: self._views("views.open", params),
             "views.update": lambda params: self._views("views.update", params),
             "views.publish": lambda params: self._views("views.publish", params),
@@ -720,6 +721,11 @@ class FakeSlack:
         if user is None:
             raise _SlackError("user_not_found")
         return {"user": _user_api(user, self.team_id)}
+
+    def _users_list(self, params: dict[str, Any]) -> dict[str, Any]:
+        # one page holds everyone: the fake workspace is small
+        members = [_user_api(u, self.team_id) for u in self._users.values()]
+        return {"members": members, "response_metadata": {"next_cursor": ""}}
 
     def _views(self, method: str, params: dict[str, Any]) -> dict[str, Any]:
         self.views.append({"method": method, "params": params})

@@ -11,7 +11,7 @@ import logging
 import random
 from datetime import datetime, timedelta
 
-from bot import slack_io
+from bot import incidents, slack_io
 from bot.delivery import deliver, ensure_request_message
 from bot.clock import budget_day, iso
 from bot.deps import Deps
@@ -334,6 +334,8 @@ async def finish_success(deps: Deps, job: Job, status: ProviderStatus) -> None:
             await jobstore.add_delivery(conn, job.id, "video", now=now, file_path=str(dest))
     if not moved:
         dest.unlink(missing_ok=True)
+    else:
+        await incidents.close_incidents(deps, job.provider)
 
 
 async def fail_job(

@@ -31,6 +31,9 @@ METHOD_SCOPES: dict[str, set[str]] = {
     "files.completeUploadExternal": {"files:write", "files:read"},
     "files.info": {"files:read"},
     "users.info": {"users:read"},
+    "users.list": {"users:read"},
+    # called with the app-level token (connections:write), not a bot scope
+    "apps.connections.open": set(),
     "views.open": set(),
     "views.update": set(),
     "views.push": set(),
