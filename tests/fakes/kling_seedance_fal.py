@@ -1,0 +1,732 @@
+"""Local fake Kling (reference §1.4), Seedance on ModelArk (§1.7) and fal.ai queue (§1.6).
+
+All three reuse the lifecycle, counters and poll faults of `tests.fakes.providers` (so
+`[5xx-poll]` and `[malformed]` work here too; `.base_url` is the origin, the adapter adds
+the paths) and are scripted by prompt markers:
+
+Kling (`FakeKlingServer`): every `/v1/` route verifies the JWT (HS256 with the secret key,
+`iss` = access key, `exp` and `nbf` against the server's clock): missing → 401 code 1001,
+bad signature or issuer → 401 code 1002, not yet valid → 1003, expired → 1004.
+`expire_tokens_now(n)` makes the next n requests fail with 1004 whatever the token.
+    [1301]        create → 400 code 1301 (content security policy)
+    [1303]        the first create for this prompt → 429 code 1303 (concurrency limit)
+    [1102]        every create → 429 code 1102 (resource pack depleted)
+    [failed-risk] the task ends `failed`, task_status_msg about risk control
+    [stuck]       `processing` forever
+  `duration` must be a string ("5", "10"; "3"-"15" for kling-v3), `external_task_id` unique;
+  `GET /v1/videos/{kind}` lists tasks newest first (`external_task_id=` filters).
+
+Seedance (`FakeSeedanceServer`, Bearer key on `/api/v3/`):
+    [input-sensitive]  create → 400 InputTextSensitiveContentDetected
+    [output-sensitive] the task ends failed with OutputVideoSensitiveContentDetected
+    [expired]          the task ends `expired` (and its video URL is gone)
+    [stuck]            `running` forever
+  `duration` must be an int, `ratio`/`resolution` from the documented sets; DELETE cancels a
+  queued task, deletes a finished one and refuses a running one.
+
+fal (`FakeFalServer`, `Authorization: Key <key>`): POST `/{model path}` queues; status, result
+and cancel live under `/{app id}/requests/{id}` where the app id is the path's first two
+segments (three for `workflows/…`, `comfy/…`).
+    [content-policy]  create → 422 content_policy_violation
+    [retryable-503]   the first status request → 503 with `X-Fal-Retryable: true`
+    [result-422]      COMPLETED, but the result is a 422 content_policy_violation
+    [stuck]           IN_PROGRESS forever
+  `duration` must be "5"/"10" for `fal-ai/kling-video…`, "4s"/"6s"/"8s" for `fal-ai/veo3…`,
+  an int elsewhere. Cancel works only while IN_QUEUE.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import jwt
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from tests.fakes.providers import FakeJob, _FakeServer, video_bytes
+
+KLING_ACCESS_KEY = "test-kling-access-key"
+KLING_SECRET_KEY = "test-kling-secret-key-0123456789abcdef"
+ARK_API_KEY = "test-ark-api-key-0123456789"
+FAL_KEY = "test-fal-key-id:test-fal-key-secret-0123456789"
+
+KLING_RISK_MESSAGE = "Failure to pass the risk control system"
+KLING_RATIOS = ("16:9", "9:16", "1:1")
+KLING_DURATIONS = ("5", "10")
+KLING_V3_DURATIONS = tuple(str(n) for n in range(3, 16))
+
+ARK_RATIOS = ("16:9", "9:16", "1:1", "4:3", "3:4", "21:9", "adaptive")
+ARK_RESOLUTIONS = ("480p", "720p", "1080p")
+ARK_INPUT_SENSITIVE = (
+    "The request failed because the input text may contain sensitive information."
+)
+ARK_OUTPUT_SENSITIVE = (
+    "The request failed because the output video may contain sensitive information."
+)
+
+FAL_CONTENT_POLICY_MESSAGE = (
+    "The content could not be processed because it contained material flagged by a content "
+    "checker."
+)
+FAL_NAMESPACES = ("workflows", "comfy")
+
+
+async def _json_body(request: web.Request) -> dict[str, Any] | None:
+    try:
+        body = await request.json()
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    return body if isinstance(body, dict) else None
+
+
+def _plain_base64(data: Any) -> bool:
+    if not isinstance(data, str) or not data or data.startswith("data:"):
+        return False
+    try:
+        base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError):
+        return False
+    return True
+
+
+def _image_data_uri(uri: Any) -> bool:
+    if not isinstance(uri, str):
+        return False
+    if uri.startswith(("http://", "https://")):
+        return True
+    header, _, data = uri.partition(",")
+    return header.startswith("data:image/") and header.endswith(";base64") and _plain_base64(data)
+
+
+def _stage(server: _FakeServer, job: FakeJob, failure_markers: tuple[str, ...]) -> str:
+    """queued | in_progress | completed | failed | cancelled, with this fake's failure markers."""
+    stage = job.stage(server.run_seconds)
+    if stage == "completed" and any(job.has(m) for m in failure_markers):
+        return "failed"
+    return stage
+
+
+# --- Kling -----------------------------------------------------------------------------------
+
+
+def _kling_error(status: int, code: int, message: str) -> web.Response:
+    return web.json_response(
+        {"code": code, "message": message, "request_id": uuid.uuid4().hex}, status=status
+    )
+
+
+class FakeKlingServer(_FakeServer):
+    """Kling's text2video / image2video task API with JWT checks (see the module docstring)."""
+
+    def __init__(
+        self,
+        *,
+        run_seconds: float = 0.5,
+        slow_seconds: float = 0.5,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        super().__init__(run_seconds=run_seconds, slow_seconds=slow_seconds)
+        self.access_key = KLING_ACCESS_KEY
+        self.secret_key = KLING_SECRET_KEY
+        self.api_key = KLING_ACCESS_KEY  # unused: Kling signs tokens instead
+        self.clock = clock
+        self.tokens: list[str] = []  # every token that passed the check, in order
+        self.auth_failures: list[int] = []  # business codes of refused tokens
+        self.lists: list[dict[str, str]] = []  # query strings of list requests
+        self._force_expired = 0
+        self._external_ids: dict[str, str] = {}
+
+    @property
+    def base_url(self) -> str:
+        return self.origin
+
+    def expire_tokens_now(self, times: int = 1) -> None:
+        """Answer the next `times` requests with 401 code 1004, as if the token had expired."""
+        self._force_expired += times
+
+    def file_url(self, job_id: str) -> str:
+        return f"{self.origin}/files/{job_id}.mp4"
+
+    def _add_routes(self, app: web.Application) -> None:
+        app.router.add_post("/v1/videos/{kind}", self._create)
+        app.router.add_get("/v1/videos/{kind}", self._list)
+        app.router.add_get("/v1/videos/{kind}/{id}", self._query)
+        app.router.add_get("/files/{name}", self._file)
+
+    def _check_token(self, header: str) -> tuple[int, str] | None:
+        """(code, message) of a refused Authorization header; None when the token is good."""
+        if not header.startswith("Bearer ") or not header.removeprefix("Bearer ").strip():
+            return 1001, "Authorization is empty"
+        token = header.removeprefix("Bearer ").strip()
+        if self._force_expired > 0:
+            self._force_expired -= 1
+            return 1004, "Authorization is expired"
+        try:
+            if jwt.get_unverified_header(token).get("typ") != "JWT":
+                return 1002, "Authorization is invalid"
+            # exp/nbf are checked below against this server's (injectable) clock
+            claims = jwt.decode(
+                token,
+                self.secret_key,
+                algorithms=["HS256"],
+                options={
+                    "verify_exp": False,
+                    "verify_nbf": False,
+                    "require": ["iss", "exp", "nbf"],
+                },
+            )
+        except jwt.InvalidTokenError:
+            return 1002, "Authorization is invalid"
+        if claims.get("iss") != self.access_key:
+            return 1002, "Authorization is invalid"
+        now = self.clock()
+        if not isinstance(claims["nbf"], int | float) or claims["nbf"] > now:
+            return 1003, "Authorization is not active"
+        if not isinstance(claims["exp"], int | float) or claims["exp"] <= now:
+            return 1004, "Authorization is expired"
+        self.tokens.append(token)
+        return None
+
+    @web.middleware
+    async def _auth(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.path.startswith("/v1/"):
+            refused = self._check_token(request.headers.get("Authorization", ""))
+            if refused is not None:
+                code, message = refused
+                self.auth_failures.append(code)
+                if request.method == "POST":
+                    self.create_attempts.append({"refused": f"auth {code}"})
+                return _kling_error(401, code, message)
+        return await handler(request)
+
+    def _data(self, job: FakeJob) -> dict[str, Any]:
+        stage = _stage(self, job, ("[failed-risk]",))
+        status = {
+            "queued": "submitted",
+            "in_progress": "processing",
+            "completed": "succeed",
+            "failed": "failed",
+            "cancelled": "failed",
+        }[stage]
+        data: dict[str, Any] = {
+            "task_id": job.id,
+            "task_status": status,
+            "task_status_msg": "",
+            "task_info": {"external_task_id": job.body.get("external_task_id")},
+            "created_at": int(job.created_at * 1000),
+            "updated_at": int(time.time() * 1000),
+        }
+        if status == "succeed":
+            data["final_unit_deduction"] = "1"
+            data["task_result"] = {
+                "videos": [
+                    {
+                        "id": f"v-{job.id}",
+                        "url": self.file_url(job.id),
+                        "duration": job.body.get("duration", "5"),
+                    }
+                ]
+            }
+        elif status == "failed":
+            data["task_status_msg"] = KLING_RISK_MESSAGE
+        return data
+
+    @staticmethod
+    def _invalid(body: dict[str, Any], *, image: bool) -> str | None:
+        model = body.get("model_name")
+        if not isinstance(model, str) or not model:
+            return "model_name is required"
+        prompt = body.get("prompt")
+        if not isinstance(prompt, str) or (not prompt and not image):
+            return "prompt is required"
+        if len(prompt) > 2500:
+            return "prompt must be at most 2500 characters"
+        if body.get("mode", "std") not in ("std", "pro"):
+            return "mode must be std or pro"
+        duration = body.get("duration", "5")
+        allowed = KLING_V3_DURATIONS if model.startswith("kling-v3") else KLING_DURATIONS
+        if not isinstance(duration, str) or duration not in allowed:
+            return f"duration must be a string, one of {', '.join(allowed)}"
+        if image:
+            if not _plain_base64(body.get("image")):
+                return "image must be base64 without a data: prefix, or a URL"
+        elif body.get("aspect_ratio", "16:9") not in KLING_RATIOS:
+            return "aspect_ratio must be 16:9, 9:16 or 1:1"
+        external = body.get("external_task_id")
+        if external is not None and not isinstance(external, str):
+            return "external_task_id must be a string"
+        return None
+
+    async def _create(self, request: web.Request) -> web.Response:
+        kind = request.match_info["kind"]
+        if kind not in ("text2video", "image2video"):
+            return _kling_error(404, 1202, "Invalid request method")
+        body = await _json_body(request)
+        if body is None:
+            self.create_attempts.append({"kind": kind})
+            return _kling_error(400, 1200, "Invalid request parameters")
+        self.create_attempts.append({**body, "kind": kind})
+        prompt = body.get("prompt") if isinstance(body.get("prompt"), str) else ""
+        self._creates_per_prompt[prompt] += 1
+        first = self._creates_per_prompt[prompt] == 1
+        if "[1303]" in prompt and first:
+            return _kling_error(429, 1303, "parallel task over resource pack limit")
+        if "[1102]" in prompt:
+            return _kling_error(429, 1102, "Account resource pack has been depleted")
+        if "[1301]" in prompt:
+            return _kling_error(400, 1301, "Content security policy is triggered")
+        problem = self._invalid(body, image=kind == "image2video")
+        if problem is not None:
+            self.create_attempts[-1]["refused"] = problem
+            return _kling_error(400, 1201, problem)
+        external = body.get("external_task_id")
+        if external and external in self._external_ids:
+            self.create_attempts[-1]["refused"] = "duplicate external_task_id"
+            return _kling_error(400, 1201, "external_task_id already exists")
+        job = FakeJob(
+            id=str(uuid.uuid4().int)[:18],
+            prompt=prompt,
+            model=str(body["model_name"]),
+            body=body,
+            created_at=time.time(),
+            extra={"kind": kind},
+        )
+        self.jobs[job.id] = job
+        if external:
+            self._external_ids[external] = job.id
+        self.submits.append({**body, "kind": kind})
+        await self._slow_if_asked(job)
+        return web.json_response(
+            {
+                "code": 0,
+                "message": "SUCCEED",
+                "request_id": uuid.uuid4().hex,
+                "data": {
+                    "task_id": job.id,
+                    "task_status": "submitted",
+                    "task_info": {"external_task_id": external},
+                    "created_at": int(job.created_at * 1000),
+                    "updated_at": int(job.created_at * 1000),
+                },
+            }
+        )
+
+    async def _query(self, request: web.Request) -> web.Response:
+        kind, job_id = request.match_info["kind"], request.match_info["id"]
+        fault = self._poll_fault(job_id)
+        if fault is not None:
+            return fault
+        job = self.jobs.get(job_id)
+        if job is None or job.extra["kind"] != kind:
+            return _kling_error(404, 1203, "task not found")
+        return web.json_response(
+            {
+                "code": 0,
+                "message": "SUCCEED",
+                "request_id": uuid.uuid4().hex,
+                "data": self._data(job),
+            }
+        )
+
+    async def _list(self, request: web.Request) -> web.Response:
+        kind = request.match_info["kind"]
+        self.lists.append(dict(request.query))
+        try:
+            page = max(1, int(request.query.get("pageNum", "1")))
+            size = min(500, max(1, int(request.query.get("pageSize", "30"))))
+        except ValueError:
+            return _kling_error(400, 1201, "pageNum and pageSize must be integers")
+        jobs = sorted(
+            (j for j in self.jobs.values() if j.extra["kind"] == kind),
+            key=lambda j: j.created_at,
+            reverse=True,
+        )
+        external = request.query.get("external_task_id")
+        if external:
+            jobs = [j for j in jobs if j.body.get("external_task_id") == external]
+        chosen = jobs[(page - 1) * size : page * size]
+        return web.json_response(
+            {
+                "code": 0,
+                "message": "SUCCEED",
+                "request_id": uuid.uuid4().hex,
+                "data": [self._data(j) for j in chosen],
+            }
+        )
+
+    async def _file(self, request: web.Request) -> web.Response:
+        return self._download(request.match_info["name"].removesuffix(".mp4"), request)
+
+
+# --- Seedance on ModelArk --------------------------------------------------------------------
+
+
+def _ark_error(status: int, code: str, message: str, *, param: str = "") -> web.Response:
+    error = {"code": code, "message": message, "param": param, "type": "BadRequest"}
+    return web.json_response({"error": error}, status=status)
+
+
+class FakeSeedanceServer(_FakeServer):
+    """ModelArk's content generation tasks: create, get, delete (see the module docstring)."""
+
+    TASKS = "/api/v3/contents/generations/tasks"
+
+    def __init__(self, *, run_seconds: float = 0.5, slow_seconds: float = 0.5) -> None:
+        super().__init__(run_seconds=run_seconds, slow_seconds=slow_seconds)
+        self.api_key = ARK_API_KEY
+        self.deletes: list[str] = []
+
+    @property
+    def base_url(self) -> str:
+        return self.origin
+
+    def file_url(self, job_id: str) -> str:
+        return f"{self.origin}/files/{job_id}.mp4"
+
+    def _add_routes(self, app: web.Application) -> None:
+        app.router.add_post(self.TASKS, self._create)
+        app.router.add_get(f"{self.TASKS}/{{id}}", self._get)
+        app.router.add_delete(f"{self.TASKS}/{{id}}", self._delete)
+        app.router.add_get("/files/{name}", self._file)
+
+    @web.middleware
+    async def _auth(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.path.startswith("/api/v3/"):
+            sent = request.headers.get("Authorization", "")
+            if sent != f"Bearer {self.api_key}":
+                if request.method == "POST":
+                    self.create_attempts.append({"unauthorized": True})
+                # Echo the key the way careless providers do, so tests prove adapters redact.
+                shown = sent.removeprefix("Bearer ") or "(none)"
+                return web.json_response(
+                    {
+                        "error": {
+                            "code": "AuthenticationError",
+                            "message": f"The API key {shown} in the request is missing or invalid.",
+                            "param": "",
+                            "type": "Unauthorized",
+                        }
+                    },
+                    status=401,
+                )
+        return await handler(request)
+
+    @staticmethod
+    def _invalid(body: dict[str, Any]) -> tuple[str, str] | None:
+        """(param, message) of the first invalid field."""
+        if not isinstance(body.get("model"), str) or not body["model"]:
+            return "model", "model is required"
+        content = body.get("content")
+        if not isinstance(content, list) or not content:
+            return "content", "content must be a non-empty list"
+        texts = [c for c in content if isinstance(c, dict) and c.get("type") == "text"]
+        if not texts or not isinstance(texts[0].get("text"), str):
+            return "content", "content needs a text item"
+        for item in content:
+            if not isinstance(item, dict) or item.get("type") not in ("text", "image_url"):
+                return "content", "content items are text or image_url"
+            if item["type"] == "image_url":
+                holder = item.get("image_url")
+                url = holder.get("url") if isinstance(holder, dict) else None
+                if not _image_data_uri(url):
+                    return "content.image_url", "image_url.url must be a URL or a base64 data URI"
+        if body.get("ratio", "16:9") not in ARK_RATIOS:
+            return "ratio", "ratio is not supported"
+        if body.get("resolution", "720p") not in ARK_RESOLUTIONS:
+            return "resolution", "resolution is not supported"
+        duration = body.get("duration", 5)
+        if isinstance(duration, bool) or not isinstance(duration, int) or not 2 <= duration <= 15:
+            return "duration", "duration must be an integer from 2 to 15"
+        if "generate_audio" in body and not isinstance(body["generate_audio"], bool):
+            return "generate_audio", "generate_audio must be a boolean"
+        return None
+
+    async def _create(self, request: web.Request) -> web.Response:
+        body = await _json_body(request)
+        if body is None:
+            self.create_attempts.append({})
+            return _ark_error(400, "InvalidParameter", "The request body must be a JSON object.")
+        self.create_attempts.append(body)
+        content = body.get("content") if isinstance(body.get("content"), list) else []
+        prompt = next(
+            (
+                c["text"]
+                for c in content
+                if isinstance(c, dict)
+                and c.get("type") == "text"
+                and isinstance(c.get("text"), str)
+            ),
+            "",
+        )
+        self._creates_per_prompt[prompt] += 1
+        if "[input-sensitive]" in prompt:
+            return _ark_error(400, "InputTextSensitiveContentDetected", ARK_INPUT_SENSITIVE)
+        problem = self._invalid(body)
+        if problem is not None:
+            param, message = problem
+            self.create_attempts[-1] = {**body, "refused": param}
+            return _ark_error(400, "InvalidParameter", message, param=param)
+        job = FakeJob(
+            id=f"cgt-{time.strftime('%Y%m%d%H%M%S')}-{uuid.uuid4().hex[:5]}",
+            prompt=prompt,
+            model=str(body["model"]),
+            body=body,
+            created_at=time.time(),
+        )
+        self.jobs[job.id] = job
+        self.submits.append(body)
+        await self._slow_if_asked(job)
+        return web.json_response({"id": job.id})
+
+    def _task(self, job: FakeJob) -> dict[str, Any]:
+        stage = _stage(self, job, ("[output-sensitive]", "[expired]"))
+        status = {
+            "queued": "queued",
+            "in_progress": "running",
+            "completed": "succeeded",
+            "failed": "failed",
+            "cancelled": "cancelled",
+        }[stage]
+        if status == "failed" and job.has("[expired]"):
+            status = "expired"
+        task: dict[str, Any] = {
+            "id": job.id,
+            "model": job.model,
+            "status": status,
+            "error": None,
+            "created_at": int(job.created_at),
+            "updated_at": int(time.time()),
+            "ratio": job.body.get("ratio", "16:9"),
+            "resolution": job.body.get("resolution", "720p"),
+            "duration": job.body.get("duration", 5),
+            "framespersecond": 24,
+        }
+        if status == "succeeded":
+            task["content"] = {"video_url": self.file_url(job.id)}
+        if status == "failed":
+            task["error"] = {
+                "code": "OutputVideoSensitiveContentDetected",
+                "message": ARK_OUTPUT_SENSITIVE,
+            }
+        if status in ("succeeded", "failed"):
+            task["usage"] = {"completion_tokens": 108900, "total_tokens": 108900}
+        return task
+
+    async def _get(self, request: web.Request) -> web.Response:
+        job_id = request.match_info["id"]
+        fault = self._poll_fault(job_id)
+        if fault is not None:
+            return fault
+        job = self.jobs.get(job_id)
+        if job is None:
+            return _ark_error(404, "ResourceNotFound", f"The task {job_id} was not found.")
+        return web.json_response(self._task(job))
+
+    async def _delete(self, request: web.Request) -> web.Response:
+        job_id = request.match_info["id"]
+        job = self.jobs.get(job_id)
+        if job is None:
+            return _ark_error(404, "ResourceNotFound", f"The task {job_id} was not found.")
+        status = self._task(job)["status"]
+        if status == "queued":
+            job.cancelled = True
+            self.cancels.append(job_id)
+        elif status == "running":
+            return _ark_error(
+                400, "InvalidParameter.TaskStatus", "A running task cannot be cancelled."
+            )
+        else:
+            del self.jobs[job_id]
+            self.deletes.append(job_id)
+        return web.json_response({})
+
+    async def _file(self, request: web.Request) -> web.Response:
+        return self._download(request.match_info["name"].removesuffix(".mp4"), request)
+
+
+# --- fal.ai queue ----------------------------------------------------------------------------
+
+
+def fal_app_id(model_path: str) -> str:
+    """The fake's own reading of fal's rule: owner/alias, or namespace/owner/alias."""
+    parts = model_path.split("/")
+    return "/".join(parts[: 3 if parts[0] in FAL_NAMESPACES else 2])
+
+
+def _fal_detail(
+    status: int, msg: str, type_: str, *, retryable: bool | None = None
+) -> web.Response:
+    headers = {} if retryable is None else {"X-Fal-Retryable": "true" if retryable else "false"}
+    body = {"detail": [{"loc": ["body", "prompt"], "msg": msg, "type": type_}]}
+    return web.json_response(body, status=status, headers=headers)
+
+
+class FakeFalServer(_FakeServer):
+    """fal's queue for any model path (see the module docstring)."""
+
+    def __init__(self, *, run_seconds: float = 0.5, slow_seconds: float = 0.5) -> None:
+        super().__init__(run_seconds=run_seconds, slow_seconds=slow_seconds)
+        self.api_key = FAL_KEY
+        self.results: dict[str, int] = {}  # result fetches per request id
+        self.status_requests: list[str] = []  # paths of status requests, to check the URL rule
+
+    @property
+    def base_url(self) -> str:
+        return self.origin
+
+    def file_url(self, job_id: str) -> str:
+        return f"{self.origin}/files/{job_id}.mp4"
+
+    def requests_url(self, job: FakeJob) -> str:
+        return f"{self.origin}/{fal_app_id(job.model)}/requests/{job.id}"
+
+    def _add_routes(self, app: web.Application) -> None:
+        app.router.add_get("/files/{name}", self._file)
+        app.router.add_get("/{app:.+}/requests/{id}/status", self._status)
+        app.router.add_put("/{app:.+}/requests/{id}/cancel", self._cancel)
+        app.router.add_get("/{app:.+}/requests/{id}", self._result)
+        app.router.add_post("/{model:.+}", self._create)
+
+    @web.middleware
+    async def _auth(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        if not request.path.startswith("/files/"):
+            sent = request.headers.get("Authorization", "")
+            if sent != f"Key {self.api_key}":
+                if request.method == "POST":
+                    self.create_attempts.append({"unauthorized": True})
+                shown = sent.removeprefix("Key ") or "(none)"
+                return web.json_response(
+                    {"detail": f"Invalid credentials: {shown}"}, status=401
+                )
+        return await handler(request)
+
+    @staticmethod
+    def _invalid(model: str, body: dict[str, Any]) -> str | None:
+        if not isinstance(body.get("prompt"), str) or not body["prompt"]:
+            return "field required: prompt"
+        duration = body.get("duration")
+        if model.startswith("fal-ai/kling-video"):
+            if duration not in ("5", "10"):
+                return "duration: value is not a valid enumeration member; permitted: '5', '10'"
+        elif model.startswith("fal-ai/veo3"):
+            if duration not in ("4s", "6s", "8s"):
+                return "duration: permitted: '4s', '6s', '8s'"
+        elif isinstance(duration, bool) or not isinstance(duration, int):
+            return "duration: value is not a valid integer"
+        if "image_url" in body and not _image_data_uri(body["image_url"]):
+            return "image_url: not a URL or an image data URI"
+        return None
+
+    async def _create(self, request: web.Request) -> web.Response:
+        model = request.match_info["model"].strip("/")
+        body = await _json_body(request)
+        if body is None:
+            self.create_attempts.append({"model": model})
+            return _fal_detail(422, "body must be a JSON object", "value_error")
+        self.create_attempts.append({**body, "model": model})
+        if len([p for p in model.split("/") if p]) < 2:
+            return web.json_response({"detail": f"Application '{model}' not found"}, status=404)
+        prompt = body.get("prompt") if isinstance(body.get("prompt"), str) else ""
+        self._creates_per_prompt[prompt] += 1
+        if "[content-policy]" in prompt:
+            return _fal_detail(422, FAL_CONTENT_POLICY_MESSAGE, "content_policy_violation")
+        problem = self._invalid(model, body)
+        if problem is not None:
+            self.create_attempts[-1]["refused"] = problem
+            return _fal_detail(422, problem, "value_error")
+        job = FakeJob(
+            id=str(uuid.uuid4()), prompt=prompt, model=model, body=body, created_at=time.time()
+        )
+        self.jobs[job.id] = job
+        self.submits.append({**body, "model": model})
+        await self._slow_if_asked(job)
+        base = self.requests_url(job)
+        return web.json_response(
+            {
+                "request_id": job.id,
+                "response_url": base,
+                "status_url": f"{base}/status",
+                "cancel_url": f"{base}/cancel",
+                "queue_position": 0,
+            }
+        )
+
+    def _job_for(self, request: web.Request) -> FakeJob | None:
+        job = self.jobs.get(request.match_info["id"])
+        if job is None or fal_app_id(job.model) != request.match_info["app"]:
+            return None
+        return job
+
+    async def _status(self, request: web.Request) -> web.Response:
+        job_id = request.match_info["id"]
+        self.status_requests.append(request.path)
+        job = self.jobs.get(job_id)
+        if job is not None and job.has("[retryable-503]") and self.polls[job_id] == 0:
+            self.polls[job_id] += 1
+            return web.json_response(
+                {"detail": "Service temporarily unavailable"},
+                status=503,
+                headers={"X-Fal-Retryable": "true"},
+            )
+        fault = self._poll_fault(job_id)
+        if fault is not None:
+            return fault
+        job = self._job_for(request)
+        if job is None:
+            return web.json_response({"detail": "Request not found"}, status=404)
+        stage = job.stage(self.run_seconds)
+        base = self.requests_url(job)
+        if stage == "queued":
+            waiting = sum(1 for j in self.jobs.values() if j.created_at < job.created_at)
+            return web.json_response(
+                {"status": "IN_QUEUE", "queue_position": waiting, "response_url": base}
+            )
+        if stage == "in_progress":
+            return web.json_response({"status": "IN_PROGRESS", "logs": None, "response_url": base})
+        return web.json_response({"status": "COMPLETED", "logs": None, "response_url": base})
+
+    async def _result(self, request: web.Request) -> web.Response:
+        job = self._job_for(request)
+        if job is None:
+            return web.json_response({"detail": "Request not found"}, status=404)
+        self.results[job.id] = self.results.get(job.id, 0) + 1
+        stage = job.stage(self.run_seconds)
+        if stage == "cancelled":
+            return web.json_response({"detail": "Request was cancelled"}, status=400)
+        if stage not in ("completed", "failed"):
+            return web.json_response({"detail": "Request is still in progress"}, status=400)
+        if job.has("[result-422]"):
+            return _fal_detail(
+                422, FAL_CONTENT_POLICY_MESSAGE, "content_policy_violation", retryable=False
+            )
+        return web.json_response(
+            {
+                "video": {
+                    "url": self.file_url(job.id),
+                    "content_type": "video/mp4",
+                    "file_name": "output.mp4",
+                    "file_size": len(video_bytes(job.id)),
+                },
+                "seed": 42,
+            }
+        )
+
+    async def _cancel(self, request: web.Request) -> web.Response:
+        job = self._job_for(request)
+        if job is None:
+            return web.json_response({"detail": "Request not found"}, status=404)
+        if job.cancelled or job.served_polls > 1:
+            # fal cancels only requests that are still waiting in the queue
+            return web.json_response({"status": "ALREADY_COMPLETED"}, status=400)
+        job.cancelled = True
+        self.cancels.append(job.id)
+        return web.json_response({"status": "CANCELLATION_REQUESTED"}, status=202)
+
+    async def _file(self, request: web.Request) -> web.Response:
+        return self._download(request.match_info["name"].removesuffix(".mp4"), request)
