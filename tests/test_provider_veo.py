@@ -409,3 +409,48 @@ def test_operation_parser_never_crashes(body: object) -> None:
         assert status.video_url
     if status.state is ProviderState.FAILED:
         assert status.error is not None
+
+
+async def test_the_key_header_does_not_follow_a_redirect_to_another_host(tmp_path) -> None:
+    """A cross-host redirect must not carry x-goog-api-key (httpx only strips Authorization)."""
+    import asyncio
+
+    import httpx
+    from aiohttp import web
+
+    from bot.providers.http import stream_to_file
+
+    seen: dict[str, str | None] = {}
+
+    async def other_host(request: web.Request) -> web.Response:
+        seen["key"] = request.headers.get("x-goog-api-key")
+        return web.Response(body=b"video-bytes")
+
+    async def start(app: web.Application) -> tuple[web.AppRunner, int]:
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        return runner, runner.addresses[0][1]
+
+    cdn = web.Application()
+    cdn.router.add_get("/blob", other_host)
+    cdn_runner, cdn_port = await start(cdn)
+
+    async def redirect(request: web.Request) -> web.Response:
+        # "localhost" is a different host name from 127.0.0.1, as a CDN would be
+        raise web.HTTPFound(f"http://localhost:{cdn_port}/blob")
+
+    api = web.Application()
+    api.router.add_get("/file", redirect)
+    api_runner, api_port = await start(api)
+    try:
+        async with httpx.AsyncClient() as client:
+            size = await stream_to_file(
+                client, asyncio.Semaphore(1), f"http://127.0.0.1:{api_port}/file", tmp_path / "v.mp4",
+                label="Veo", headers={"x-goog-api-key": "secret-key"},
+            )
+        assert size == len(b"video-bytes") and seen["key"] is None
+    finally:
+        await api_runner.cleanup()
+        await cdn_runner.cleanup()

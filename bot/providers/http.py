@@ -12,7 +12,8 @@ import logging
 import math
 import re
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any, Literal
@@ -456,9 +457,7 @@ async def stream_to_file(
     written = 0
     async with semaphore:
         try:
-            async with client.stream(
-                "GET", url, headers=headers, follow_redirects=True
-            ) as response:
+            async with _stream_following_redirects(client, url, headers) as response:
                 if not response.is_success:
                     await response.aread()
                     raise _download_error(response, label=label, secrets=secrets)
@@ -482,6 +481,31 @@ async def stream_to_file(
                 "Saving the video failed.", detail=f"{type(exc).__name__}: {exc}"
             ) from exc
     return written
+
+
+MAX_REDIRECTS = 5
+
+
+@asynccontextmanager
+async def _stream_following_redirects(
+    client: httpx.AsyncClient, url: str, headers: Mapping[str, str] | None
+) -> AsyncIterator[httpx.Response]:
+    """GET with redirects followed by hand: httpx strips only Authorization when a redirect
+    leaves the host, so a key in another header (x-goog-api-key) would travel along."""
+    origin = httpx.URL(url).host
+    current = httpx.URL(url)
+    send_headers = dict(headers or {})
+    for _ in range(MAX_REDIRECTS + 1):
+        async with client.stream("GET", current, headers=send_headers, follow_redirects=False) as response:
+            if not response.is_redirect:
+                yield response
+                return
+            await response.aread()
+            location = response.headers.get("location", "")
+        current = current.join(location)
+        if current.host != origin:
+            send_headers = {}
+    raise httpx.TooManyRedirects("too many redirects", request=httpx.Request("GET", current))
 
 
 def _download_error(
