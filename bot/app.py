@@ -10,17 +10,25 @@ from typing import Any
 
 import httpx
 from aiohttp import web
+from pydantic import SecretStr
 from slack_bolt.adapter.aiohttp import to_aiohttp_response, to_bolt_request
 from slack_bolt.async_app import AsyncApp
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.authz import AdminCheck
-from bot.catalog import GATEWAY, OPENAI, SIMULATOR, build_catalog
+from bot.catalog import FAL, GATEWAY, KLING, OPENAI, RUNWAY, SEEDANCE, SIMULATOR, VEO, build_catalog
 from bot.clock import Clock, utcnow
 from bot.config import Settings
 from bot.deps import Deps, Timing
 from bot.poller import Poller
 from bot.providers.base import VideoProvider
+from bot.providers.fal import FalProvider
+from bot.providers.gateway import GatewayProvider
+from bot.providers.kling import KlingProvider
+from bot.providers.openai_videos import OpenAIVideosProvider
+from bot.providers.runway import RunwayProvider
+from bot.providers.seedance import SeedanceProvider
+from bot.providers.veo import VeoProvider
 from bot.providers.simulator import SimulatorProvider
 from bot.slack_io import make_slack_client
 from handlers import admin as admin_handlers
@@ -33,18 +41,29 @@ log = logging.getLogger(__name__)
 def build_providers(settings: Settings) -> dict[str, VideoProvider]:
     """One adapter per configured provider, each with its own HTTP client and limits."""
     providers: dict[str, VideoProvider] = {SIMULATOR: SimulatorProvider(run_seconds=settings.sora_simulator_seconds)}
-    if settings.video_gateway_base_url and settings.video_gateway_api_key:
-        from bot.providers.gateway import GatewayProvider
 
-        providers[GATEWAY] = GatewayProvider(
-            settings.video_gateway_base_url, settings.video_gateway_api_key.get_secret_value()
-        )
-    if settings.openai_api_key:
-        from bot.providers.openai_videos import OpenAIVideosProvider
+    def secret(value: SecretStr | None) -> str:
+        assert value is not None
+        return value.get_secret_value()
 
-        providers[OPENAI] = OpenAIVideosProvider(
-            settings.openai_base_url, settings.openai_api_key.get_secret_value()
+    configured = set(settings.configured_providers)
+    if GATEWAY in configured:
+        assert settings.video_gateway_base_url is not None
+        providers[GATEWAY] = GatewayProvider(settings.video_gateway_base_url, secret(settings.video_gateway_api_key))
+    if OPENAI in configured:
+        providers[OPENAI] = OpenAIVideosProvider(settings.openai_base_url, secret(settings.openai_api_key))
+    if RUNWAY in configured:
+        providers[RUNWAY] = RunwayProvider(secret(settings.runwayml_api_secret), base_url=settings.runway_base_url)
+    if VEO in configured:
+        providers[VEO] = VeoProvider(secret(settings.gemini_api_key), base_url=settings.gemini_base_url)
+    if KLING in configured:
+        providers[KLING] = KlingProvider(
+            secret(settings.kling_access_key), secret(settings.kling_secret_key), base_url=settings.kling_base_url
         )
+    if SEEDANCE in configured:
+        providers[SEEDANCE] = SeedanceProvider(secret(settings.ark_api_key), base_url=settings.ark_base_url)
+    if FAL in configured:
+        providers[FAL] = FalProvider(secret(settings.fal_key), queue_url=settings.fal_queue_url)
     return providers
 
 

@@ -16,6 +16,11 @@ from bot.money import format_usd, usd_to_micros
 SIMULATOR = "simulator"
 GATEWAY = "gateway"
 OPENAI = "openai"
+RUNWAY = "runway"
+VEO = "veo"
+KLING = "kling"
+SEEDANCE = "seedance"
+FAL = "fal"
 
 # Sizes the OpenAI Videos API accepts, by (resolution, aspect ratio).
 OPENAI_SIZES: dict[tuple[str, str], str] = {
@@ -42,16 +47,25 @@ class ModelSpec:
     default_aspect: str = "16:9"
     price_source: str = ""
     retired_note: str | None = None
+    # resolutions that allow fewer lengths than `durations` (Veo: 1080p and 4k only at 8 s)
+    durations_by_resolution: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
+    audio: bool = False
+    image_to_video: bool = False
 
     @property
     def resolutions(self) -> tuple[str, ...]:
         return tuple(self.prices_micros)
 
+    def allowed_durations(self, resolution: str) -> tuple[int, ...]:
+        return self.durations_by_resolution.get(resolution, self.durations)
+
     def cost_micros(self, resolution: str, duration_s: int) -> int:
         return self.prices_micros[resolution] * duration_s
 
-    def durations_text(self) -> str:
-        d = self.durations
+    def durations_text(self, resolution: str | None = None) -> str:
+        d = self.allowed_durations(resolution) if resolution else self.durations
+        if len(d) == 1:
+            return f"{d[0]} s"
         contiguous = len(d) > 2 and list(d) == list(range(d[0], d[-1] + 1))
         return f"{d[0]}–{d[-1]} s" if contiguous else ", ".join(str(x) for x in d) + " s"
 
@@ -126,6 +140,68 @@ SIMULATOR_MODEL = ModelSpec(
     price_source="built-in simulator; priced like sora-2 so budgets show",
 )
 
+# Prices of the models teams moved to, in micro-dollars per second, with where they come
+# from (reference/video-apis.md §5, compiled 2026-11-24). "estimate" marks prices nobody
+# has confirmed from the provider's own list: SORA_PRICES can correct them.
+_PROVIDER_MODELS: tuple[ModelSpec, ...] = (
+    ModelSpec(
+        id="gen4.5", provider=RUNWAY, provider_model="gen4.5", label="Runway Gen-4.5",
+        durations=tuple(range(2, 11)), default_duration=5,
+        prices_micros={"720p": _usd("0.12")}, aspect_ratios=("16:9", "9:16"),
+        price_source="Runway API: 12 credits/s at $0.01 a credit (reference §5, 2026-11-24)",
+        image_to_video=True,
+    ),
+    ModelSpec(
+        id="veo-3.1", provider=VEO, provider_model="veo-3.1-generate-preview", label="Google Veo 3.1",
+        durations=(4, 6, 8), default_duration=8,
+        prices_micros={"720p": _usd("0.40"), "1080p": _usd("0.40"), "4k": _usd("0.60")},
+        aspect_ratios=("16:9", "9:16"), durations_by_resolution={"1080p": (8,), "4k": (8,)},
+        price_source="Gemini API pricing, Veo 3.1 with audio (reference §5, transcribed 2026-09-20)",
+        audio=True, image_to_video=True,
+    ),
+    ModelSpec(
+        id="veo-3.1-fast", provider=VEO, provider_model="veo-3.1-fast-generate-preview",
+        label="Google Veo 3.1 Fast", durations=(4, 6, 8), default_duration=8,
+        prices_micros={"720p": _usd("0.15"), "1080p": _usd("0.15")},
+        aspect_ratios=("16:9", "9:16"), durations_by_resolution={"1080p": (8,)},
+        price_source="estimate: third-party figure for Veo 3.1 Fast (reference §5)",
+        audio=True, image_to_video=True,
+    ),
+    ModelSpec(
+        # kling-v3 takes 3-15 s (third-party sources; Kling's own docs list 5 and 10 for v2)
+        id="kling-3.0", provider=KLING, provider_model="kling-v3", label="Kling 3.0",
+        durations=tuple(range(3, 16)), default_duration=5,
+        prices_micros={"720p": _usd("0.157"), "1080p": _usd("0.235")},
+        aspect_ratios=("16:9", "9:16", "1:1"),
+        price_source="estimate: Kling on fal.ai, $0.157/s 720p, $0.235/s 1080p (reference §5 [F4])",
+        image_to_video=True,
+    ),
+    ModelSpec(
+        # BytePlus's model id as public projects use it; not yet confirmed in Ark's own docs
+        id="seedance-2.0", provider=SEEDANCE, provider_model="dreamina-seedance-2-0-260128",
+        label="ByteDance Seedance 2.0", durations=tuple(range(4, 16)), default_duration=5,
+        prices_micros={"480p": _usd("0.18"), "720p": _usd("0.36"), "1080p": _usd("0.50")},
+        aspect_ratios=("16:9", "9:16", "1:1"),
+        price_source="estimate: Seedance is billed in tokens; 720p from Runway's 36 credits/s resale (reference §5)",
+        audio=True, image_to_video=True,
+    ),
+    ModelSpec(
+        id="fal/fal-ai/kling-video/v2.1/standard/text-to-video", provider=FAL,
+        provider_model="fal-ai/kling-video/v2.1/standard/text-to-video", label="Kling 2.1 on fal.ai",
+        durations=(5, 10), default_duration=5, prices_micros={"720p": _usd("0.157")},
+        aspect_ratios=("16:9", "9:16", "1:1"),
+        price_source="estimate: fal.ai Kling page, $0.157/s at 720p (reference §5 [F4])",
+    ),
+    ModelSpec(
+        id="fal/fal-ai/veo3/fast", provider=FAL, provider_model="fal-ai/veo3/fast",
+        label="Veo 3 Fast on fal.ai", durations=(4, 6, 8), default_duration=8,
+        prices_micros={"720p": _usd("0.25"), "1080p": _usd("0.25")},
+        aspect_ratios=("16:9", "9:16"),
+        price_source="estimate: not on a published list (reference §5); set SORA_PRICES",
+        audio=True,
+    ),
+)
+
 # Preference order for the default model (CONTRACT: SORA_DEFAULT_MODEL).
 DEFAULT_ORDER = ("sora-2", "veo-3.1", "kling-3.0", "gen4.5", "seedance-2.0")
 
@@ -174,6 +250,9 @@ def build_catalog(
                 offered[spec.id] = spec
     if OPENAI in configured:
         for spec in _sora_models(OPENAI):
+            offered.setdefault(spec.id, spec)
+    for spec in _PROVIDER_MODELS:
+        if spec.provider in configured:
             offered.setdefault(spec.id, spec)
     if include_simulator or (include_simulator is None and not offered):
         offered[SIMULATOR_MODEL.id] = SIMULATOR_MODEL

@@ -48,6 +48,17 @@ class Settings(BaseSettings):
     video_gateway_models: str = "sora-2,sora-2-pro"
     openai_api_key: SecretStr | None = None
     openai_base_url: str = "https://api.openai.com/v1"
+    runwayml_api_secret: SecretStr | None = None
+    runway_base_url: str = "https://api.dev.runwayml.com"
+    gemini_api_key: SecretStr | None = None
+    gemini_base_url: str = "https://generativelanguage.googleapis.com/v1beta"
+    kling_access_key: SecretStr | None = None
+    kling_secret_key: SecretStr | None = None
+    kling_base_url: str = "https://api-singapore.klingai.com"
+    ark_api_key: SecretStr | None = None
+    ark_base_url: str = "https://ark.ap-southeast.bytepluses.com"
+    fal_key: SecretStr | None = None
+    fal_queue_url: str = "https://queue.fal.run"
 
     @field_validator("sora_daily_budget_usd", "sora_workspace_daily_budget_usd", mode="before")
     @classmethod
@@ -72,7 +83,10 @@ class Settings(BaseSettings):
             raise ValueError(f"unknown IANA time zone {v!r} (try Europe/Berlin or UTC)") from exc
         return v
 
-    @field_validator("slack_api_url", "video_gateway_base_url", "openai_base_url")
+    @field_validator(
+        "slack_api_url", "video_gateway_base_url", "openai_base_url", "runway_base_url",
+        "gemini_base_url", "kling_base_url", "ark_base_url", "fal_queue_url",
+    )
     @classmethod
     def _url(cls, v: str | None) -> str | None:
         if v is None or v == "":
@@ -97,8 +111,15 @@ class Settings(BaseSettings):
             raise ValueError("SORA_JOB_TIMEOUT must be longer than SORA_POLL_INTERVAL")
         if self.slack_api_url is None:
             self.slack_api_url = "https://slack.com/api/"
-        if self.openai_base_url is None:
-            self.openai_base_url = "https://api.openai.com/v1"
+        # an empty base URL in the environment means "the default", not "no URL"
+        for name, info in type(self).model_fields.items():
+            if name.endswith(("_base_url", "_queue_url")) and name != "video_gateway_base_url":
+                if getattr(self, name) is None:
+                    setattr(self, name, info.default)
+        if self.kling_access_key is not None and self.kling_secret_key is None:
+            raise ValueError("KLING_SECRET_KEY must be set together with KLING_ACCESS_KEY")
+        if self.kling_secret_key is not None and self.kling_access_key is None:
+            raise ValueError("KLING_ACCESS_KEY must be set together with KLING_SECRET_KEY")
         return self
 
     # Derived values, in the units the code uses.
@@ -130,6 +151,16 @@ class Settings(BaseSettings):
             out.append("gateway")
         if self.openai_api_key:
             out.append("openai")
+        if self.runwayml_api_secret:
+            out.append("runway")
+        if self.gemini_api_key:
+            out.append("veo")
+        if self.kling_access_key and self.kling_secret_key:
+            out.append("kling")
+        if self.ark_api_key:
+            out.append("seedance")
+        if self.fal_key:
+            out.append("fal")
         return out
 
 

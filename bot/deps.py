@@ -44,7 +44,11 @@ class Timing:
         )
 
 
-PROVIDER_LABELS = {"simulator": "The simulator", "gateway": "The video gateway", "openai": "OpenAI"}
+PROVIDER_LABELS = {
+    "simulator": "The simulator", "gateway": "The video gateway", "openai": "OpenAI",
+    "runway": "Runway", "veo": "Google Veo", "kling": "Kling", "seedance": "Seedance (BytePlus)",
+    "fal": "fal.ai",
+}
 
 
 @dataclass(slots=True)

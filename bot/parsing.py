@@ -66,15 +66,16 @@ class JobRequest(BaseModel):
                 f"I don't know the model `{_short(self.model)}`. Models here: "
                 f"{', '.join(f'`{m}`' for m in catalog.ids())}. `/sora models` shows prices."
             )
-        if self.duration_s not in spec.durations:
-            raise InvalidRequest(
-                f"`{spec.id}` can't make a {self.duration_s} s video. Allowed lengths: "
-                f"{spec.durations_text()}."
-            )
         if self.resolution not in spec.resolutions:
             raise InvalidRequest(
                 f"`{spec.id}` doesn't offer `{_short(self.resolution)}`. Allowed resolutions: "
                 f"{', '.join(spec.resolutions)}."
+            )
+        if self.duration_s not in spec.allowed_durations(self.resolution):
+            at = f" at {self.resolution}" if self.resolution in spec.durations_by_resolution else ""
+            raise InvalidRequest(
+                f"`{spec.id}` can't make a {self.duration_s} s video{at}. Allowed lengths: "
+                f"{spec.durations_text(self.resolution)}."
             )
         if self.aspect_ratio not in spec.aspect_ratios:
             raise InvalidRequest(

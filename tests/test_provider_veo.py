@@ -156,7 +156,8 @@ async def test_1080p_at_8_seconds_is_accepted(server: FakeVeoServer, provider: V
         ({"duration_s": 5}, "4, 6 or 8"),
         ({"duration_s": 10}, "4, 6 or 8"),
         ({"resolution": "1080p", "duration_s": 4}, "only at 8 seconds"),
-        ({"resolution": "4k"}, "720p or 1080p"),
+        ({"resolution": "480p"}, "720p, 1080p or 4k"),
+        ({"resolution": "4k", "duration_s": 6}, "only at 8 seconds"),
         ({"aspect_ratio": "1:1"}, "16:9 or 9:16"),
     ],
 )

@@ -39,8 +39,9 @@ KEY_HEADER = "x-goog-api-key"
 
 VEO_DURATIONS_S = (4, 6, 8)
 VEO_ASPECTS = ("16:9", "9:16")
-VEO_RESOLUTIONS = ("720p", "1080p")
-FULL_HD_DURATION_S = 8  # Veo makes 1080p only for 8-second videos
+# 4k is on Google's Veo 3.1 price list ($0.60/s); like 1080p it comes only at 8 s
+VEO_RESOLUTIONS = ("720p", "1080p", "4k")
+FULL_HD_DURATION_S = 8  # Veo makes 1080p and 4k only for 8-second videos
 
 # Where the operation puts the first video: the Gemini API's REST shape first, then the
 # google-genai SDK's names, so a renamed field does not lose a finished (paid) video.
@@ -79,13 +80,13 @@ def build_predict_request(spec: VideoSpec) -> dict[str, Any]:
         )
     if spec.resolution not in VEO_RESOLUTIONS:
         raise InvalidProviderRequest(
-            f"{LABEL} makes 720p or 1080p videos, not {spec.resolution}.",
+            f"{LABEL} makes 720p, 1080p or 4k videos, not {spec.resolution}.",
             detail=f"resolution {spec.resolution!r} not in {VEO_RESOLUTIONS}",
         )
-    if spec.resolution == "1080p" and spec.duration_s != FULL_HD_DURATION_S:
+    if spec.resolution != "720p" and spec.duration_s != FULL_HD_DURATION_S:
         raise InvalidProviderRequest(
-            f"{LABEL} makes 1080p videos only at 8 seconds. Pick 8 s, or 720p.",
-            detail=f"1080p with durationSeconds {spec.duration_s}",
+            f"{LABEL} makes {spec.resolution} videos only at 8 seconds. Pick 8 s, or 720p.",
+            detail=f"{spec.resolution} with durationSeconds {spec.duration_s}",
         )
     if spec.aspect_ratio not in VEO_ASPECTS:
         raise InvalidProviderRequest(
