@@ -29,6 +29,7 @@ class Case:
     options: str
     blocked_input: str  # marker -> blocked_input
     blocked_output: str  # marker -> blocked_output
+    rate_limited: str = "[429-submit]"  # marker: the first create is refused with a 429
 
 
 CASES = [
@@ -37,7 +38,7 @@ CASES = [
     Case("veo", FakeVeoServer, lambda s, c: VeoProvider(s.api_key, base_url=s.base_url, client=c),
          "veo-3.1", "-d 8 -r 1080p", "[rai-input-unused]", "[rai]"),
     Case("kling", FakeKlingServer, lambda s, c: KlingProvider(s.access_key, s.secret_key, base_url=s.base_url, client=c),
-         "kling-3.0", "-d 5 -a 1:1", "[1301]", "[failed-risk]"),
+         "kling-3.0", "-d 5 -a 1:1", "[1301]", "[failed-risk]", "[1303]"),
     Case("seedance", FakeSeedanceServer, lambda s, c: SeedanceProvider(s.api_key, base_url=s.base_url, client=c),
          "seedance-2.0", "-d 5", "[input-sensitive]", "[output-sensitive]"),
     Case("fal", FakeFalServer, lambda s, c: FalProvider(s.api_key, queue_url=s.base_url, client=c),
@@ -94,3 +95,19 @@ async def test_models_offered_are_only_those_of_configured_providers(world, slac
     case, server, bot = world
     offered = bot.deps.catalog.ids()
     assert case.model in offered and all(bot.deps.catalog.get(m).provider == case.provider for m in offered)
+
+
+async def test_a_429_at_submit_is_retried_and_makes_one_job(world, slack) -> None:
+    case, server, bot = world
+    job = await _one_job(bot, f"{case.options} {case.rate_limited} a windmill at dusk")
+    assert job["status"] == "succeeded", job
+    assert len(server.create_attempts) == 2 and len(server.submits) == 1
+
+
+async def test_a_failed_download_is_retried_without_a_second_submit(world, slack) -> None:
+    case, server, bot = world
+    job = await _one_job(bot, f"{case.options} [download-502] a harbour at night")
+    assert job["status"] == "succeeded", job
+    assert len(server.submits) == 1 and sum(server.downloads.values()) >= 2
+    replies = slack.thread(job["channel_id"], job["thread_ts"])[1:]
+    assert len(replies) == 1 and replies[0].files

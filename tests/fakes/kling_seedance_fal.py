@@ -367,9 +367,11 @@ class FakeKlingServer(_FakeServer):
 # --- Seedance on ModelArk --------------------------------------------------------------------
 
 
-def _ark_error(status: int, code: str, message: str, *, param: str = "") -> web.Response:
+def _ark_error(
+    status: int, code: str, message: str, *, param: str = "", headers: dict[str, str] | None = None
+) -> web.Response:
     error = {"code": code, "message": message, "param": param, "type": "BadRequest"}
-    return web.json_response({"error": error}, status=status)
+    return web.json_response({"error": error}, status=status, headers=headers)
 
 
 class FakeSeedanceServer(_FakeServer):
@@ -465,6 +467,9 @@ class FakeSeedanceServer(_FakeServer):
             "",
         )
         self._creates_per_prompt[prompt] += 1
+        if "[429-submit]" in prompt and self._creates_per_prompt[prompt] == 1:
+            return _ark_error(429, "RateLimitExceeded.EndpointRPMExceeded", "Request rate limit exceeded.",
+                              headers={"Retry-After": "1"})
         if "[input-sensitive]" in prompt:
             return _ark_error(400, "InputTextSensitiveContentDetected", ARK_INPUT_SENSITIVE)
         problem = self._invalid(body)
@@ -634,6 +639,8 @@ class FakeFalServer(_FakeServer):
             return web.json_response({"detail": f"Application '{model}' not found"}, status=404)
         prompt = body.get("prompt") if isinstance(body.get("prompt"), str) else ""
         self._creates_per_prompt[prompt] += 1
+        if "[429-submit]" in prompt and self._creates_per_prompt[prompt] == 1:
+            return web.json_response({"detail": "Too many requests"}, status=429, headers={"Retry-After": "1"})
         if "[content-policy]" in prompt:
             return _fal_detail(422, FAL_CONTENT_POLICY_MESSAGE, "content_policy_violation")
         problem = self._invalid(model, body)

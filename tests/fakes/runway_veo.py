@@ -241,6 +241,8 @@ class FakeRunwayServer(_FakeServer):
             return web.Response(status=404, text="NoSuchKey")
         if job.has("[expired]"):
             return web.Response(status=403, text="AccessDenied: Request has expired")
+        if job.has("[download-502]") and self.downloads[job_id] == 1:
+            return web.Response(status=502, text="Bad Gateway")
         current = f"v{job.extra['url_version']}"
         if job.has("[stale-url]"):
             if not job.extra.get("went_stale"):
@@ -434,6 +436,8 @@ class FakeVeoServer(_FakeServer):
         if job is None:
             return _google_error(404, "NOT_FOUND", "File not found.")
         self.downloads[job.id] += 1
+        if job.has("[download-502]") and self.downloads[job.id] == 1:
+            return _google_error(502, "UNAVAILABLE", "Bad Gateway")
         raise web.HTTPFound(f"/blobs/{file_id}.mp4")
 
     async def _blob(self, request: web.Request) -> web.Response:
