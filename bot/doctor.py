@@ -1,14 +1,18 @@
-"""`sora-bot doctor`: one line per check (config, database, Slack token, providers)."""
+"""`sora-bot doctor`: one line per check (config, database, Slack token, each provider)."""
 
 from __future__ import annotations
 
-import httpx
+import asyncio
+
 from slack_sdk.errors import SlackApiError
 
 from bot.catalog import CatalogError, build_catalog
 from bot.config import Settings
+from bot.errors import ProviderError
 from bot.slack_io import make_slack_client, slack_error
 from storage.db import Database
+
+CHECK_TIMEOUT_S = 20.0
 
 
 def _line(ok: bool | None, name: str, detail: str) -> str:
@@ -17,73 +21,62 @@ def _line(ok: bool | None, name: str, detail: str) -> str:
 
 
 async def run_checks(settings: Settings) -> int:
-    failures = 0
-    results: list[str] = []
+    """Print one line per check; 1 if any failed."""
+    from bot.app import build_providers
 
+    results: list[tuple[bool | None, str, str]] = []
     try:
         catalog = build_catalog(
             providers=settings.configured_providers, gateway_models=settings.gateway_models,
             default_model=settings.sora_default_model, prices_file=settings.sora_prices,
         )
-        results.append(_line(True, "config", f"models {', '.join(catalog.ids())}; default {catalog.default_model}"))
+        results.append((True, "config", f"models {', '.join(catalog.ids())}; default {catalog.default_model}"))
     except CatalogError as exc:
-        failures += 1
-        results.append(_line(False, "config", str(exc)))
+        results.append((False, "config", str(exc)))
 
     try:
         db = await Database(settings.sora_db_path).open()
         row = await db.fetchone("SELECT COUNT(*) FROM jobs WHERE status IN ('queued','submitted','running')")
         await db.close()
-        results.append(_line(True, "database", f"{settings.sora_db_path} ({row[0] if row else 0} unfinished jobs)"))
+        results.append((True, "database", f"{settings.sora_db_path} ({row[0] if row else 0} unfinished jobs)"))
     except Exception as exc:  # any failure to open is the finding itself
-        failures += 1
-        results.append(_line(False, "database", f"{settings.sora_db_path}: {type(exc).__name__}: {exc}"))
+        results.append((False, "database", f"{settings.sora_db_path}: {type(exc).__name__}: {exc}"))
 
-    if settings.slack_bot_token is None:
-        failures += 1
-        results.append(_line(False, "slack", "SLACK_BOT_TOKEN is not set"))
-    else:
-        client = make_slack_client(settings.slack_bot_token.get_secret_value(), settings.slack_api_url)
-        try:
-            auth = await client.auth_test()
-            results.append(_line(True, "slack", f"auth.test ok: bot {auth.get('user_id')} in team {auth.get('team')}"))
-        except SlackApiError as exc:
-            failures += 1
-            results.append(_line(False, "slack", f"auth.test failed: {slack_error(exc)}"))
-        except Exception as exc:  # network errors of any library
-            failures += 1
-            results.append(_line(False, "slack", f"cannot reach {settings.slack_api_url}: {type(exc).__name__}"))
+    results.append(await _check_slack(settings))
 
-    checks: list[tuple[str, str | None, str | None]] = [
-        ("gateway", settings.video_gateway_base_url,
-         settings.video_gateway_api_key.get_secret_value() if settings.video_gateway_api_key else None),
-        ("openai", settings.openai_base_url,
-         settings.openai_api_key.get_secret_value() if settings.openai_api_key else None),
-    ]
-    async with httpx.AsyncClient(timeout=15) as http:
-        for name, base, key in checks:
-            if not base or not key:
-                results.append(_line(None, name, "not configured"))
-                continue
-            ok, detail = await _check_openai_style(http, base, key)
-            failures += 0 if ok else 1
-            results.append(_line(ok, name, detail))
-    results.append(_line(True, "simulator", "built in"))
-
-    for line in results:
-        print(line)
-    return 1 if failures else 0
-
-
-async def _check_openai_style(http: httpx.AsyncClient, base: str, key: str) -> tuple[bool, str]:
-    """GET {base}/models: cheap, authenticated, and served by OpenAI-compatible gateways."""
-    url = base.rstrip("/") + "/models"
+    providers = build_providers(settings)
     try:
-        r = await http.get(url, headers={"Authorization": f"Bearer {key}"})
-    except httpx.HTTPError as exc:
-        return False, f"cannot reach {base}: {type(exc).__name__}"
-    if r.status_code in (401, 403):
-        return False, f"{base} refused the API key (HTTP {r.status_code})"
-    if r.status_code >= 500:
-        return False, f"{base} answered HTTP {r.status_code}"
-    return True, f"{base} reachable, key accepted (HTTP {r.status_code})"
+        for name, provider in providers.items():
+            results.append(await _check_provider(name, provider))
+    finally:
+        for provider in providers.values():
+            await provider.aclose()
+
+    for ok, name, detail in results:
+        print(_line(ok, name, detail))
+    return 1 if any(ok is False for ok, _, _ in results) else 0
+
+
+async def _check_slack(settings: Settings) -> tuple[bool | None, str, str]:
+    if settings.slack_bot_token is None:
+        return False, "slack", "SLACK_BOT_TOKEN is not set"
+    client = make_slack_client(settings.slack_bot_token.get_secret_value(), settings.slack_api_url)
+    try:
+        auth = await client.auth_test()
+        return True, "slack", f"auth.test ok: bot {auth.get('user_id')} in team {auth.get('team')}"
+    except SlackApiError as exc:
+        return False, "slack", f"auth.test failed: {slack_error(exc)}"
+    except Exception as exc:  # network errors of any library
+        return False, "slack", f"cannot reach {settings.slack_api_url}: {type(exc).__name__}"
+
+
+async def _check_provider(name: str, provider: object) -> tuple[bool, str, str]:
+    try:
+        async with asyncio.timeout(CHECK_TIMEOUT_S):
+            detail = await provider.check()  # type: ignore[attr-defined]
+        return True, name, detail
+    except ProviderError as exc:
+        # user_message() is written for people and never holds a key
+        return False, name, f"{exc.kind.value}: {exc.user_message()}"
+    except TimeoutError:
+        return False, name, f"no answer within {CHECK_TIMEOUT_S:.0f} s"

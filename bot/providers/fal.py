@@ -328,6 +328,19 @@ class FalProvider:
             )
         return job_id_for(model_path, request_id)
 
+    async def check(self) -> str:
+        """fal has no free listing call: ask for the status of a request that doesn't exist.
+
+        A refused key answers 401/403; a valid one gets 404 (no such request).
+        """
+        url = self._request_url("fal-ai/kling-video", "00000000-0000-0000-0000-000000000000") + "/status"
+        response = await self._request("GET", url, op="call")
+        if response.status_code in (401, 403):
+            raise self._error(response, op="call")
+        if response.status_code >= 500:
+            raise self._error(response, op="call")
+        return "key accepted"
+
     async def poll(self, provider_job_id: str) -> ProviderStatus:
         """The queue status; once COMPLETED, the result decides success or failure."""
         base = self._request_url(*split_job_id(provider_job_id))

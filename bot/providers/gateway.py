@@ -212,6 +212,12 @@ class GatewayProvider:
             return retired_error(LABEL, detail)
         return InvalidProviderRequest(f"{LABEL} did not accept the request.", detail=detail)
 
+    async def check(self) -> str:
+        """A cheap authenticated call: OpenAI-compatible gateways serve GET /models."""
+        await send(self._client, self._sem, "GET", f"{self._base}/models", op="call", label=LABEL,
+                   secrets=self._secrets, headers=bearer(self._key))
+        return f"{self._base} answered; key accepted"
+
     async def poll(self, provider_job_id: str) -> ProviderStatus:
         """One status call; malformed answers and 5xx are transient (ProviderUnavailable)."""
         response = await send(

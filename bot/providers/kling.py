@@ -364,6 +364,11 @@ class KlingProvider:
             )
         return job_id_for(key, task_id)
 
+    async def check(self) -> str:
+        """List one task: proves the JWT (keys) and the account without creating anything."""
+        await self._call("GET", "/v1/videos/text2video", op="call", params={"pageNum": 1, "pageSize": 1})
+        return "keys accepted (signed token verified)"
+
     async def poll(self, provider_job_id: str) -> ProviderStatus:
         """One task query; transient trouble raises ProviderUnavailable / RateLimited."""
         endpoint, task_id = split_job_id(provider_job_id)

@@ -164,6 +164,12 @@ class OpenAIVideosProvider:
             )
         return job_id
 
+    async def check(self) -> str:
+        """GET /models: cheap and authenticated (the Videos API itself is shut down)."""
+        await send(self._client, self._sem, "GET", f"{self._base}/models", op="call", label=LABEL,
+                   secrets=self._secrets, headers=bearer(self._key))
+        return f"{self._base} answered; key accepted"
+
     async def poll(self, provider_job_id: str) -> ProviderStatus:
         """One status call; `openai-poll-after-ms` becomes the retry_after_s hint."""
         response = await send(

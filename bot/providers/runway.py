@@ -214,6 +214,13 @@ class RunwayProvider:
             )
         return task_id
 
+    async def check(self) -> str:
+        """GET /v1/organization: authenticated, free, and tells the credit balance."""
+        response = await send(self._client, self._sem, "GET", f"{self._base}/v1/organization",
+                              op="call", label=LABEL, secrets=self._secrets, headers=self._headers)
+        balance = json_object(response, op="call", label=LABEL).get("creditBalance")
+        return f"key accepted; {balance} credits left" if balance is not None else "key accepted"
+
     async def poll(self, provider_job_id: str) -> ProviderStatus:
         """One status call; malformed answers and 5xx are transient (ProviderUnavailable)."""
         response = await send(

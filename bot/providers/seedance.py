@@ -208,6 +208,11 @@ class SeedanceProvider:
             )
         return task_id
 
+    async def check(self) -> str:
+        """List one task: authenticated and free."""
+        await self._send("GET", f"{self._tasks_url}?page_num=1&page_size=1", op="call")
+        return "key accepted"
+
     async def poll(self, provider_job_id: str) -> ProviderStatus:
         """One task query; 5xx and malformed answers are transient (ProviderUnavailable)."""
         response = await self._send("GET", f"{self._tasks_url}/{provider_job_id}", op="poll")

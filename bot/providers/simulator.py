@@ -77,6 +77,9 @@ class SimulatorProvider:
         except ValueError as exc:
             raise InvalidProviderRequest("unknown simulator job", detail=job_id) from exc
 
+    async def check(self) -> str:
+        return "built in"
+
     async def poll(self, provider_job_id: str) -> ProviderStatus:
         started, run_s, flags = self._decode(provider_job_id)
         if provider_job_id in self._cancelled:

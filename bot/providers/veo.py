@@ -250,6 +250,11 @@ class VeoProvider:
             )
         return name
 
+    async def check(self) -> str:
+        """GET /models?pageSize=1 with the key: free and authenticated."""
+        await self._send("GET", f"{self._base}/models?pageSize=1", op="call")
+        return "key accepted"
+
     async def poll(self, provider_job_id: str) -> ProviderStatus:
         """One operation GET. A 403 here is AuthFailed (Google reports PERMISSION_DENIED)."""
         response = await self._send("GET", self._operation_url(provider_job_id), op="poll")

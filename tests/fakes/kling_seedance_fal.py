@@ -379,6 +379,9 @@ class FakeSeedanceServer(_FakeServer):
 
     TASKS = "/api/v3/contents/generations/tasks"
 
+    async def _list_tasks(self, request: web.Request) -> web.Response:
+        return web.json_response({"items": [], "total": len(self.jobs)})
+
     def __init__(self, *, run_seconds: float = 0.5, slow_seconds: float = 0.5) -> None:
         super().__init__(run_seconds=run_seconds, slow_seconds=slow_seconds)
         self.api_key = ARK_API_KEY
@@ -393,6 +396,7 @@ class FakeSeedanceServer(_FakeServer):
 
     def _add_routes(self, app: web.Application) -> None:
         app.router.add_post(self.TASKS, self._create)
+        app.router.add_get(self.TASKS, self._list_tasks)
         app.router.add_get(f"{self.TASKS}/{{id}}", self._get)
         app.router.add_delete(f"{self.TASKS}/{{id}}", self._delete)
         app.router.add_get("/files/{name}", self._file)

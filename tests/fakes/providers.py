@@ -194,6 +194,10 @@ class _FakeServer:
     def _add_routes(self, app: web.Application) -> None:
         raise NotImplementedError
 
+    async def _models(self, request: web.Request) -> web.Response:
+        """The cheap authenticated call `sora-bot doctor` makes (auth is checked upstream)."""
+        return web.json_response({"object": "list", "data": [{"id": "sora-2"}, {"id": "sora-2-pro"}]})
+
     # --- shared behaviour ---
 
     @web.middleware
@@ -341,6 +345,7 @@ class FakeGatewayServer(_FakeServer):
         self.supports_cancel = supports_cancel
 
     def _add_routes(self, app: web.Application) -> None:
+        app.router.add_get("/v1/models", self._models)
         app.router.add_post("/v1/videos/generations", self._create)
         app.router.add_get("/v1/videos/generations/{id}", self._poll)
         app.router.add_post("/v1/videos/generations/{id}/cancel", self._cancel)
@@ -429,6 +434,7 @@ class FakeOpenAIServer(_FakeServer):
         self.deletes: list[str] = []
 
     def _add_routes(self, app: web.Application) -> None:
+        app.router.add_get("/v1/models", self._models)
         app.router.add_post("/v1/videos", self._create)
         app.router.add_get("/v1/videos", self._list)
         app.router.add_get("/v1/videos/{id}", self._retrieve)

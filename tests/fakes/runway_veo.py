@@ -94,6 +94,7 @@ class FakeRunwayServer(_FakeServer):
         return self.origin
 
     def _add_routes(self, app: web.Application) -> None:
+        app.router.add_get("/v1/organization", self._organization)
         app.router.add_post("/v1/text_to_video", self._create)
         app.router.add_post("/v1/image_to_video", self._create)
         app.router.add_get("/v1/tasks/{id}", self._task)
@@ -232,6 +233,9 @@ class FakeRunwayServer(_FakeServer):
             job.cancelled = True
         return web.Response(status=204)
 
+    async def _organization(self, request: web.Request) -> web.Response:
+        return web.json_response({"creditBalance": 1234, "tier": {"maxMonthlyCreditSpend": 100000}})
+
     async def _output(self, request: web.Request) -> web.Response:
         job_id = request.match_info["id"]
         self.downloads[job_id] += 1
@@ -272,6 +276,7 @@ class FakeVeoServer(_FakeServer):
         return f"{self.origin}/v1beta"
 
     def _add_routes(self, app: web.Application) -> None:
+        app.router.add_get("/v1beta/models", self._models)
         app.router.add_post("/v1beta/models/{model}:predictLongRunning", self._create)
         app.router.add_get("/v1beta/models/{model}/operations/{op}", self._operation)
         app.router.add_post("/v1beta/models/{model}/operations/{op}:cancel", self._cancel)
