@@ -49,7 +49,9 @@ def build_providers(settings: Settings) -> dict[str, VideoProvider]:
     configured = set(settings.configured_providers)
     if GATEWAY in configured:
         assert settings.video_gateway_base_url is not None
-        providers[GATEWAY] = GatewayProvider(settings.video_gateway_base_url, secret(settings.video_gateway_api_key))
+        providers[GATEWAY] = GatewayProvider(
+            settings.video_gateway_base_url, secret(settings.video_gateway_api_key), style=settings.video_gateway_style
+        )
     if OPENAI in configured:
         providers[OPENAI] = OpenAIVideosProvider(settings.openai_base_url, secret(settings.openai_api_key))
     if RUNWAY in configured:

@@ -248,6 +248,11 @@ def build_catalog(
         for spec in _sora_models(GATEWAY):
             if spec.id in gateway_set:
                 offered[spec.id] = spec
+    price_table = _read_price_file(prices_file) if prices_file is not None else {}
+    if GATEWAY in configured:
+        sora_ids = {spec.id for spec in _sora_models(GATEWAY)}
+        for model_id in sorted(gateway_set - sora_ids):
+            offered[model_id] = _gateway_model(model_id, price_table)
     if OPENAI in configured:
         for spec in _sora_models(OPENAI):
             offered.setdefault(spec.id, spec)
@@ -257,7 +262,7 @@ def build_catalog(
     if include_simulator or (include_simulator is None and not offered):
         offered[SIMULATOR_MODEL.id] = SIMULATOR_MODEL
     if prices_file is not None:
-        offered = _apply_price_overrides(offered, prices_file)
+        offered = _apply_price_overrides(offered, price_table, prices_file)
 
     if default_model:
         if default_model not in offered:
@@ -271,13 +276,39 @@ def build_catalog(
     return Catalog(models=offered, default_model=chosen)
 
 
-def _apply_price_overrides(models: dict[str, ModelSpec], path: Path) -> dict[str, ModelSpec]:
+def _gateway_model(model_id: str, price_table: dict[str, object]) -> ModelSpec:
+    """A model the gateway serves: a known one keeps its limits, any other needs a price."""
+    known = next((m for m in _PROVIDER_MODELS if m.id == model_id), None)
+    if known is not None:
+        return replace(known, provider=GATEWAY, provider_model=model_id,
+                       label=f"{known.label} (through the gateway)")
+    table = price_table.get(model_id)
+    if not isinstance(table, dict) or not table:
+        raise CatalogError(
+            f"VIDEO_GATEWAY_MODELS: {model_id!r} has no price; add it to the SORA_PRICES file, "
+            f'e.g. ["{model_id}"] 720p = 0.10'
+        )
+    return ModelSpec(
+        id=model_id, provider=GATEWAY, provider_model=model_id, label=f"{model_id} (through the gateway)",
+        durations=tuple(range(4, 21)), default_duration=8,
+        prices_micros={str(res): 0 for res in table},  # filled in from the price file below
+        aspect_ratios=("16:9", "9:16", "1:1"),
+        default_resolution="720p" if "720p" in table else str(next(iter(table))),
+    )
+
+
+def _read_price_file(path: Path) -> dict[str, object]:
     try:
-        data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        return tomllib.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError as exc:
         raise CatalogError(f"SORA_PRICES: file not found: {path}") from exc
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise CatalogError(f"SORA_PRICES: not valid TOML: {exc}") from exc
+
+
+def _apply_price_overrides(
+    models: dict[str, ModelSpec], data: dict[str, object], path: Path
+) -> dict[str, ModelSpec]:
     out = dict(models)
     for model_id, table in data.items():
         if not isinstance(table, dict):

@@ -46,6 +46,8 @@ class Settings(BaseSettings):
     video_gateway_base_url: str | None = None
     video_gateway_api_key: SecretStr | None = None
     video_gateway_models: str = "sora-2,sora-2-pro"
+    # Not in the contract: which request style the gateway speaks
+    video_gateway_style: str = "seed"
     openai_api_key: SecretStr | None = None
     openai_base_url: str = "https://api.openai.com/v1"
     runwayml_api_secret: SecretStr | None = None
@@ -94,6 +96,14 @@ class Settings(BaseSettings):
         if not v.startswith(("http://", "https://")):
             raise ValueError(f"must be an http(s) URL, got {v!r}")
         return v
+
+    @field_validator("video_gateway_style")
+    @classmethod
+    def _style(cls, v: str) -> str:
+        style = v.strip().lower()
+        if style not in ("seed", "newapi"):
+            raise ValueError("must be seed (POST /videos/generations) or newapi (POST /video/generations)")
+        return style
 
     @field_validator("sora_log_level")
     @classmethod

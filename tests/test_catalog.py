@@ -69,3 +69,20 @@ def test_run_refuses_a_bad_catalog_with_one_line(monkeypatch, capsys, tmp_path) 
     assert cli.main(["run"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "SORA_PRICES" in err
+
+
+def test_any_model_the_gateway_serves_can_be_routed_through_it(tmp_path) -> None:
+    prices = tmp_path / "prices.toml"
+    prices.write_text('["hailuo-02"]\n720p = 0.045\n1080p = 0.08\n')
+    catalog = build_catalog(providers=["gateway"], gateway_models=["sora-2", "veo-3.1", "hailuo-02"],
+                            prices_file=prices)
+    veo = catalog.get("veo-3.1")
+    assert veo.provider == "gateway" and veo.provider_model == "veo-3.1" and veo.durations == (4, 6, 8)
+    hailuo = catalog.get("hailuo-02")
+    assert hailuo.provider == "gateway" and hailuo.prices_micros == {"720p": 45_000, "1080p": 80_000}
+    assert hailuo.cost_micros("1080p", 10) == 800_000
+
+
+def test_a_gateway_model_without_a_price_stops_start_up() -> None:
+    with pytest.raises(CatalogError, match="VIDEO_GATEWAY_MODELS: 'hailuo-02' has no price"):
+        build_catalog(providers=["gateway"], gateway_models=["hailuo-02"])

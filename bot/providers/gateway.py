@@ -1,7 +1,10 @@
-"""The adapter for OpenAI-compatible reseller gateways in the "seed shape" (reference §1.2).
+"""The adapter for OpenAI-compatible reseller gateways (reference §1.2).
 
-`POST {base}/videos/generations` creates, `GET {base}/videos/generations/{id}` polls. Gateways
-differ in where they put ids, statuses, URLs and errors, so answers are read loosely.
+Two request styles: the "seed" shape (`POST {base}/videos/generations` with
+`{model, prompt, duration, resolution}`) and new-api's task style (`POST
+{base}/video/generations` with `{model, prompt, duration, width, height}`); both poll
+`…/{id}`. Gateways differ in where they put ids, statuses, URLs and errors, so answers
+are read loosely whatever the style.
 """
 
 from __future__ import annotations
@@ -48,6 +51,15 @@ from bot.providers.http import (
 log = logging.getLogger(__name__)
 
 LABEL = "The video gateway"
+
+STYLES = {"seed": "videos/generations", "newapi": "video/generations"}
+# new-api's task style takes pixel sizes instead of a resolution name
+SIZES: dict[tuple[str, str], tuple[int, int]] = {
+    ("480p", "16:9"): (854, 480), ("480p", "9:16"): (480, 854), ("480p", "1:1"): (480, 480),
+    ("720p", "16:9"): (1280, 720), ("720p", "9:16"): (720, 1280), ("720p", "1:1"): (720, 720),
+    ("1024p", "16:9"): (1792, 1024), ("1024p", "9:16"): (1024, 1792),
+    ("1080p", "16:9"): (1920, 1080), ("1080p", "9:16"): (1080, 1920), ("1080p", "1:1"): (1080, 1080),
+}
 
 ID_PATHS = ("data.id", "data.task_id", "id", "task_id", "request_id")
 STATUS_PATHS = ("data.status", "status")
@@ -147,8 +159,13 @@ class GatewayProvider:
         *,
         client: httpx.AsyncClient | None = None,
         max_concurrency: int = 8,
+        style: str = "seed",
     ) -> None:
+        if style not in STYLES:
+            raise ValueError(f"unknown gateway style {style!r} (use {' or '.join(STYLES)})")
+        self.style = style
         self._base = base_url.rstrip("/")
+        self._jobs_url = f"{self._base}/{STYLES[style]}"
         self._host = httpx.URL(self._base).host
         self._key = api_key
         self._secrets = (api_key,)
@@ -158,18 +175,27 @@ class GatewayProvider:
 
     async def submit(self, spec: VideoSpec) -> str:
         """Create the job. Never retried here: the caller decides, by the error's class."""
-        payload = {
+        payload: dict[str, Any] = {
             "model": spec.provider_model,
             "prompt": spec.prompt,
             "duration": int(spec.duration_s),
-            "resolution": spec.resolution,
-            "aspect_ratio": spec.aspect_ratio,
         }
+        if self.style == "newapi":
+            size = SIZES.get((spec.resolution, spec.aspect_ratio))
+            if size is None:
+                raise InvalidProviderRequest(
+                    f"{LABEL} can't make {spec.resolution} at {spec.aspect_ratio}.",
+                    detail=f"no pixel size for ({spec.resolution!r}, {spec.aspect_ratio!r})",
+                )
+            payload["width"], payload["height"] = size
+        else:
+            payload["resolution"] = spec.resolution
+            payload["aspect_ratio"] = spec.aspect_ratio
         response = await send(
             self._client,
             self._sem,
             "POST",
-            f"{self._base}/videos/generations",
+            self._jobs_url,
             op="submit",
             label=LABEL,
             secrets=self._secrets,
@@ -224,7 +250,7 @@ class GatewayProvider:
             self._client,
             self._sem,
             "GET",
-            f"{self._base}/videos/generations/{provider_job_id}",
+            f"{self._jobs_url}/{provider_job_id}",
             op="poll",
             label=LABEL,
             secrets=self._secrets,
@@ -245,7 +271,7 @@ class GatewayProvider:
                 self._client,
                 self._sem,
                 "POST",
-                f"{self._base}/videos/generations/{provider_job_id}/cancel",
+                f"{self._jobs_url}/{provider_job_id}/cancel",
                 op="call",
                 label=LABEL,
                 secrets=self._secrets,

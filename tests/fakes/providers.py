@@ -338,17 +338,20 @@ class FakeGatewayServer(_FakeServer):
         status_style: str = "simple",
         files_host: str = "127.0.0.1",
         supports_cancel: bool = True,
+        api_style: str = "seed",
     ) -> None:
         super().__init__(run_seconds=run_seconds, slow_seconds=slow_seconds)
+        self.api_style = api_style  # "seed": /videos/generations; "newapi": /video/generations
         self.status_style = status_style
         self.files_host = files_host
         self.supports_cancel = supports_cancel
 
     def _add_routes(self, app: web.Application) -> None:
         app.router.add_get("/v1/models", self._models)
-        app.router.add_post("/v1/videos/generations", self._create)
-        app.router.add_get("/v1/videos/generations/{id}", self._poll)
-        app.router.add_post("/v1/videos/generations/{id}/cancel", self._cancel)
+        jobs = "/v1/video/generations" if self.api_style == "newapi" else "/v1/videos/generations"
+        app.router.add_post(jobs, self._create)
+        app.router.add_get(f"{jobs}/{{id}}", self._poll)
+        app.router.add_post(f"{jobs}/{{id}}/cancel", self._cancel)
         app.router.add_get("/files/{name}", self._file)
 
     def file_url(self, job_id: str) -> str:
@@ -361,8 +364,16 @@ class FakeGatewayServer(_FakeServer):
         if isinstance(body.get("duration"), bool) or not isinstance(body.get("duration"), int):
             self.create_attempts[-1] = {**body, "refused": "duration"}
             return _error(400, "duration must be an integer number of seconds")
+        if self.api_style == "newapi" and not all(
+            isinstance(body.get(k), int) and not isinstance(body.get(k), bool) for k in ("width", "height")
+        ):
+            self.create_attempts[-1] = {**body, "refused": "size"}
+            return _error(400, "width and height must be integers")
         job = self._new_job("task_", body)
         await self._slow_if_asked(job)
+        if self.api_style == "newapi":
+            # new-api answers with an OpenAI-style object carrying both ids
+            return web.json_response({"id": job.id, "task_id": job.id, "object": "video", "status": "queued"})
         return web.json_response(
             {"code": "success", "message": "", "data": {"id": job.id, "status": "queued"}}
         )
