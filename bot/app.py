@@ -31,6 +31,7 @@ from bot.providers.seedance import SeedanceProvider
 from bot.providers.veo import VeoProvider
 from bot.providers.simulator import SimulatorProvider
 from bot.slack_io import make_slack_client
+from handlers import actions as action_handlers
 from handlers import admin as admin_handlers
 from handlers import commands as command_handlers
 from storage.db import Database
@@ -90,6 +91,7 @@ def build_app(deps: Deps, *, signing_secret: str | None) -> AsyncApp:
 
     command_handlers.register(app)
     admin_handlers.register(app)
+    action_handlers.register(app)
     return app
 
 

@@ -62,6 +62,35 @@ def status_line(job: Job, *, tz: ZoneInfo, give_up_at: datetime | None = None) -
     return f":x: Failed (`{kind}`). Not charged. Details in the thread."
 
 
+# action ids of the request message's buttons (handlers/actions.py listens for them)
+CANCEL_ACTION = "sora_cancel"
+RETRY_ACTION = "sora_retry"
+EDIT_ACTION = "sora_edit"
+EDIT_MODAL = "sora_edit_modal"
+
+# Failures where sending the same request again is pointless: only "edit" is offered.
+_EDIT_ONLY = {FailureKind.BLOCKED_INPUT, FailureKind.BLOCKED_OUTPUT, FailureKind.INVALID_REQUEST,
+              FailureKind.PROVIDER_RETIRED}
+
+
+def _button(text: str, action_id: str, value: str, *, style: str | None = None) -> dict[str, Any]:
+    button: dict[str, Any] = {"type": "button", "text": {"type": "plain_text", "text": text},
+                              "action_id": action_id, "value": value}
+    if style:
+        button["style"] = style
+    return button
+
+
+def job_buttons(job: Job) -> list[dict[str, Any]]:
+    """Cancel while a job runs; retry choices once it failed or was cancelled."""
+    if not job.status.terminal:
+        return [_button("Cancel", CANCEL_ACTION, job.id, style="danger")]
+    if job.status in (JobStatus.FAILED, JobStatus.CANCELLED):
+        buttons = [] if job.failure_kind in _EDIT_ONLY else [_button("Try again", RETRY_ACTION, job.id, style="primary")]
+        return buttons + [_button("Edit prompt & retry", EDIT_ACTION, job.id)]
+    return []
+
+
 def request_message(job: Job, *, tz: ZoneInfo, give_up_at: datetime | None = None) -> tuple[str, Blocks]:
     """The visible request message the job's thread hangs off (also its live status)."""
     header = f"<@{job.user_id}> asked for a video:"
@@ -71,7 +100,42 @@ def request_message(job: Job, *, tz: ZoneInfo, give_up_at: datetime | None = Non
         {"type": "context", "elements": [{"type": "mrkdwn", "text": job_facts(job)}]},
         {"type": "context", "elements": [{"type": "mrkdwn", "text": status_line(job, tz=tz, give_up_at=give_up_at)}]},
     ]
+    buttons = job_buttons(job)
+    if buttons:
+        blocks.append({"type": "actions", "block_id": f"job_{job.id}", "elements": buttons})
     return text, blocks
+
+
+# Slack's plain_text_input holds at most 3,000 characters.
+MODAL_PROMPT_CHARS = 3000
+
+
+def edit_modal(job: Job) -> dict[str, Any]:
+    """The "Edit prompt & retry" modal, prefilled; the job id rides in private_metadata."""
+    return {
+        "type": "modal",
+        "callback_id": EDIT_MODAL,
+        "private_metadata": job.id,
+        "title": {"type": "plain_text", "text": "Edit and retry"},
+        "submit": {"type": "plain_text", "text": "Generate"},
+        "close": {"type": "plain_text", "text": "Cancel"},
+        "blocks": [
+            {
+                "type": "input",
+                "block_id": "prompt",
+                "label": {"type": "plain_text", "text": "Prompt"},
+                "element": {
+                    "type": "plain_text_input",
+                    "action_id": "value",
+                    "multiline": True,
+                    "max_length": MODAL_PROMPT_CHARS,
+                    "initial_value": job.prompt[:MODAL_PROMPT_CHARS],
+                },
+            },
+            {"type": "context", "elements": [{"type": "mrkdwn", "text": job_facts(job).rsplit(" · job ", 1)[0]
+                                                + " · same options as before"}]},
+        ],
+    }
 
 
 def success_comment(job: Job) -> str:

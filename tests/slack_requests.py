@@ -53,3 +53,28 @@ async def post_signed(http: httpx.AsyncClient, url: str, body: str, *, content_t
     headers = signed_headers(body, secret=secret, timestamp=timestamp, content_type=ctype)
     headers.update(extra_headers or {})
     return await http.post(url, content=body.encode(), headers=headers)
+
+
+def action_body(action_id: str, value: str, *, user: str = "U1", channel: str = "C1",
+                message_ts: str = "1700000000.000100", response_url: str = "",
+                trigger_id: str | None = None, team: str = "T0001") -> str:
+    payload = {
+        "type": "block_actions", "team": {"id": team}, "user": {"id": user}, "api_app_id": "A1",
+        "trigger_id": trigger_id or f"trigger.{next(_triggers)}", "response_url": response_url,
+        "container": {"type": "message", "message_ts": message_ts, "channel_id": channel},
+        "channel": {"id": channel}, "message": {"ts": message_ts},
+        "actions": [{"type": "button", "action_id": action_id, "block_id": "b", "value": value,
+                     "action_ts": str(time.time())}],
+    }
+    return urlencode({"payload": json.dumps(payload)})
+
+
+def view_submission_body(callback_id: str, *, private_metadata: str, values: dict[str, Any],
+                         user: str = "U1", view_id: str = "V0001", team: str = "T0001") -> str:
+    payload = {
+        "type": "view_submission", "team": {"id": team}, "user": {"id": user}, "api_app_id": "A1",
+        "trigger_id": f"trigger.{next(_triggers)}",
+        "view": {"id": view_id, "type": "modal", "callback_id": callback_id,
+                 "private_metadata": private_metadata, "state": {"values": values}},
+    }
+    return urlencode({"payload": json.dumps(payload)})

@@ -1,0 +1,74 @@
+"""Listeners for the request message's buttons and the edit modal: ack, unpack, call bot.actions."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from slack_bolt.async_app import AsyncAck, AsyncApp, AsyncBoltContext, AsyncRespond
+from slack_sdk.errors import SlackApiError
+
+from bot import actions, messages
+from bot.deps import Deps
+
+log = logging.getLogger(__name__)
+
+
+def _action(body: dict[str, Any]) -> tuple[str, str]:
+    action = (body.get("actions") or [{}])[0]
+    return str(action.get("value") or ""), str((body.get("user") or {}).get("id") or "")
+
+
+async def on_cancel_clicked(ack: AsyncAck, body: dict[str, Any], respond: AsyncRespond, context: AsyncBoltContext) -> None:
+    await ack()
+    job_id, user_id = _action(body)
+    result = await actions.cancel_clicked(context["deps"], job_id, user_id)
+    await respond(text=result.text, response_type="ephemeral", replace_original=False)
+
+
+async def on_retry_clicked(ack: AsyncAck, body: dict[str, Any], respond: AsyncRespond, context: AsyncBoltContext) -> None:
+    await ack()
+    job_id, user_id = _action(body)
+    # one retry per failed job and person: a double click finds the first one
+    result = await actions.retry(context["deps"], job_id, user_id, prompt=None, dedupe_key=f"retry:{job_id}:{user_id}")
+    await respond(text=result.text, response_type="ephemeral", replace_original=False)
+
+
+async def on_edit_clicked(ack: AsyncAck, body: dict[str, Any], respond: AsyncRespond, context: AsyncBoltContext) -> None:
+    await ack()
+    deps: Deps = context["deps"]
+    job_id, user_id = _action(body)
+    view, refusal = await actions.edit_modal_for(deps, job_id, user_id)
+    if view is None:
+        await respond(text=refusal or "You can't edit this one.", response_type="ephemeral", replace_original=False)
+        return
+    try:
+        # trigger_id lives 3 s and works once: open right after the ack
+        await deps.slack.views_open(trigger_id=body.get("trigger_id"), view=view)
+    except SlackApiError as exc:
+        log.info("views.open failed: %s", exc.response.get("error"))
+        await respond(text="I couldn't open the form (it took too long); please click again.",
+                      response_type="ephemeral", replace_original=False)
+
+
+async def on_edit_submitted(ack: AsyncAck, body: dict[str, Any], view: dict[str, Any], context: AsyncBoltContext) -> None:
+    """Validation and reservation run before the ack so problems show inline on the field."""
+    deps: Deps = context["deps"]
+    user_id = str((body.get("user") or {}).get("id") or "")
+    values = (view.get("state") or {}).get("values") or {}
+    prompt = ((values.get("prompt") or {}).get("value") or {}).get("value")
+    result = await actions.edit_submitted(
+        deps, job_id=str(view.get("private_metadata") or ""), user_id=user_id,
+        prompt=prompt if isinstance(prompt, str) else None, view_id=str(view.get("id") or ""),
+    )
+    if not result.ok:
+        await ack(response_action="errors", errors={"prompt": result.text[:300]})
+        return
+    await ack()
+
+
+def register(app: AsyncApp) -> None:
+    app.action(messages.CANCEL_ACTION)(on_cancel_clicked)
+    app.action(messages.RETRY_ACTION)(on_retry_clicked)
+    app.action(messages.EDIT_ACTION)(on_edit_clicked)
+    app.view(messages.EDIT_MODAL)(on_edit_submitted)
