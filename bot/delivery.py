@@ -36,7 +36,7 @@ async def deliver(deps: Deps, job_id: str) -> None:
             if job.thread_ts is None:
                 job = await ensure_request_message(deps, job)
             if delivery.kind == "video":
-                ts, method = await _post_video(deps, job, delivery.file_path)
+                ts, method = await _post_video(deps, job, delivery)
             else:
                 ts, method = await _post_failure(deps, job), "message"
                 if job.failure_kind is not None:
@@ -56,14 +56,24 @@ async def deliver(deps: Deps, job_id: str) -> None:
         return
 
 
-async def _post_video(deps: Deps, job: Job, file_path: str | None) -> tuple[str | None, str]:
+async def _post_video(deps: Deps, job: Job, delivery: jobstore.Delivery) -> tuple[str | None, str]:
+    if delivery.upload_file_id:
+        # a previous attempt got as far as uploading: did its share reach the thread?
+        ts = await slack_io.shared_ts(deps, delivery.upload_file_id, job.channel_id)
+        if ts is not None:
+            log.info("job %s: the video was already shared (%s); not posting again", job.id, ts)
+            return ts, "upload"
+    file_path = delivery.file_path
     path = Path(file_path) if file_path else None
     if path is None or not path.exists():
         path = await _download_again(deps, job)
     why = "the file was no longer available"
     if path is not None:
         try:
-            ts = await slack_io.upload_video(deps, job, path, messages.success_comment(job))
+            async def remember(file_id: str) -> None:
+                await jobstore.note_upload_file(deps.db, job.id, file_id, iso(deps.clock()))
+
+            ts = await slack_io.upload_video(deps, job, path, messages.success_comment(job), on_uploaded=remember)
             return ts, "upload"
         except SlackApiError as exc:
             why = f"Slack said `{slack_io.slack_error(exc)}`"

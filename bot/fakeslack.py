@@ -90,6 +90,18 @@ class Upload:
 
 
 @dataclass
+class Hold:
+    """A call kept waiting by `FakeSlack.hold_next`; `reached` is set once it arrived."""
+
+    after: bool
+    reached: asyncio.Event = field(default_factory=asyncio.Event)
+    released: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def release(self) -> None:
+        self.released.set()
+
+
+@dataclass
 class _Channel:
     id: str
     name: str
@@ -142,6 +154,8 @@ class FakeSlack:
         # files.getUploadURLExternal hands these out; the byte upload and completion look them up
         self._pending_uploads: dict[str, tuple[str, int]] = {}
         self._shared_files: set[str] = set()
+        self._file_shares: dict[str, list[Message]] = {}
+        self._holds: dict[str, deque[Hold]] = {}
         # one counter for every ts so they are strictly increasing across channels and kinds
         self._ts_micros = itertools.count(1_700_000_000_000_100, 100)
         self._ids = itertools.count(1)
@@ -320,6 +334,16 @@ class FakeSlack:
         queue = self._faults.setdefault(method, deque())
         queue.extend(_Fault(status, error, retry_after) for _ in range(times))
 
+    def hold_next(self, method: str, *, after: bool = False) -> "Hold":
+        """Keep the next call to `method` waiting until `release()` (or until the caller dies).
+
+        `after=False` holds it before Slack acts; `after=True` acts (posts, shares) and then
+        holds the answer, the window in which a client crash leaves it unsure what happened.
+        """
+        hold = Hold(after=after)
+        self._holds.setdefault(method, deque()).append(hold)
+        return hold
+
     # ------------------------------------------------------------------ recording / queries
 
     def calls_to(self, method: str) -> list[Call]:
@@ -433,11 +457,22 @@ class FakeSlack:
         if not token.startswith("xox"):
             return web.json_response({"ok": False, "error": "invalid_auth"})
 
+        holds = self._holds.get(method)
+        hold = holds.popleft() if holds else None
+        if hold is not None and not hold.after:
+            hold.reached.set()
+            await hold.released.wait()
+            if request.transport is None or request.transport.is_closing():
+                # the caller died while held: Slack never got the request, so nothing happens
+                return web.json_response({"ok": False, "error": "request_abandoned"})
         handler = self._methods().get(method)
         try:
             body = handler(params) if handler is not None else {}
         except _SlackError as exc:
             return web.json_response({"ok": False, "error": exc.error})
+        if hold is not None and hold.after:
+            hold.reached.set()
+            await hold.released.wait()
         return web.json_response({"ok": True, **body})
 
     async def _handle_upload(self, request: web.Request) -> web.Response:
@@ -545,6 +580,7 @@ class FakeSlack:
             "conversations.info": self._conversations_info,
             "files.getUploadURLExternal": self._files_get_upload_url,
             "files.completeUploadExternal": self._files_complete_upload,
+            "files.info": self._files_info,
             "users.info": self._users_info,
             "users.list": self._users_list,
             "views.open": lambda params: self._views("views.open", params),
@@ -710,7 +746,22 @@ class FakeSlack:
                 files=[dict(f) for f in files],
             )
             self.messages.append(message)
+            for f in files:
+                self._file_shares.setdefault(f["id"], []).append(message)
         return {"files": [{"id": f["id"], "title": f["title"], "name": f["name"], "size": f["size"]} for f in files]}
+
+    def _files_info(self, params: dict[str, Any]) -> dict[str, Any]:
+        file_id = str(params.get("file") or "")
+        upload = self.uploads.get(file_id)
+        if upload is None:
+            raise _SlackError("file_not_found")
+        shares: dict[str, dict[str, list[dict[str, str]]]] = {}
+        for message in self._file_shares.get(file_id, []):
+            channel = self._channels.get(message.channel)
+            scope = "private" if (channel is not None and channel.private) or message.channel.startswith("D") else "public"
+            entry = {"ts": message.ts, **({"thread_ts": message.thread_ts} if message.thread_ts else {})}
+            shares.setdefault(scope, {}).setdefault(message.channel, []).append(entry)
+        return {"file": {"id": file_id, "name": upload.filename, "size": upload.size, "shares": shares}}
 
     def _users_info(self, params: dict[str, Any]) -> dict[str, Any]:
         user_id = str(params.get("user") or "")

@@ -7,6 +7,7 @@ retried by the client's retry handlers) and degrades to what still reaches the u
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -138,11 +139,14 @@ async def post_ephemeral(deps: Deps, *, channel: str, user: str, text: str, thre
         log.info("ephemeral to %s failed: %s", user, slack_error(exc))
 
 
-async def upload_video(deps: Deps, job: Job, path: Path, comment: str) -> str | None:
+async def upload_video(
+    deps: Deps, job: Job, path: Path, comment: str, *, on_uploaded: Callable[[str], Awaitable[None]]
+) -> str | None:
     """The v2 upload into the job's thread; streams the file. Returns the shared message ts if known.
 
-    Raises SlackApiError / httpx.HTTPError when the upload is impossible; the caller then
-    posts the link instead.
+    `on_uploaded(file_id)` runs after the bytes are up and before the share, so a crash in
+    between can be checked with `shared_ts`. Raises SlackApiError / httpx.HTTPError when the
+    upload is impossible; the caller then posts the link instead.
     """
     size = path.stat().st_size
     filename = f"sora-{job.id}.mp4"
@@ -152,6 +156,7 @@ async def upload_video(deps: Deps, job: Job, path: Path, comment: str) -> str | 
         r = await deps.http.post(upload_url, content=_chunks(fh), headers={"Content-Length": str(size)})
     if r.status_code >= 400:
         raise httpx.HTTPStatusError(f"upload answered {r.status_code}", request=r.request, response=r)
+    await on_uploaded(file_id)
     files = [{"id": file_id, "title": f"{job.model}: {job.prompt[:80]}"}]
     try:
         done = await _complete(deps, job, files, comment)
@@ -168,6 +173,17 @@ async def _complete(deps: Deps, job: Job, files: list[dict[str, str]], comment: 
         files=files, channel_id=job.channel_id, thread_ts=job.thread_ts,
         initial_comment=comment,
     )
+
+
+async def shared_ts(deps: Deps, file_id: str, channel: str) -> str | None:
+    """The ts of the message that shared `file_id` into `channel`, or None if it wasn't."""
+    try:
+        info = await deps.slack.files_info(file=file_id)
+    except SlackApiError as exc:
+        log.info("files.info %s: %s", file_id, slack_error(exc))
+        return None
+    shares = (info.get("file") or {}).get("shares")
+    return _share_ts(shares, channel)
 
 
 def _share_ts(shares: Any, channel: str) -> str | None:

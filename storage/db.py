@@ -134,6 +134,14 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
         CREATE INDEX audit_at ON audit_log(at);
         """,
     ),
+    (
+        "the uploaded file of a delivery",
+        """
+        -- Set before files.completeUploadExternal: after a crash, files.info on it tells
+        -- whether the video was already shared, so it is never posted twice.
+        ALTER TABLE deliveries ADD COLUMN upload_file_id TEXT;
+        """,
+    ),
 )
 
 

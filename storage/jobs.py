@@ -250,6 +250,7 @@ class Delivery:
     message_ts: str | None
     method: str | None
     attempts: int
+    upload_file_id: str | None = None
 
 
 async def add_delivery(
@@ -268,7 +269,14 @@ async def get_delivery(db: Database, job_id: str) -> Delivery | None:
         return None
     return Delivery(
         row["job_id"], row["kind"], row["state"], row["file_path"], row["message_ts"],
-        row["method"], int(row["attempts"]),
+        row["method"], int(row["attempts"]), row["upload_file_id"],
+    )
+
+
+async def note_upload_file(db: Database, job_id: str, file_id: str, now: str) -> None:
+    await db.execute(
+        "UPDATE deliveries SET upload_file_id = ?, updated_at = ? WHERE job_id = ? AND state = 'pending'",
+        (file_id, now, job_id),
     )
 
 
