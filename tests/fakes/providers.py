@@ -17,6 +17,10 @@ scripted by markers in the prompt:
     [retired]         create → 404 model_not_found
     [no-url]          (gateway) succeeds without a URL
     [download-502]    the first download → 502, later ones succeed
+    [429-always] / [503-always]   every create → 429 / 503
+    [401] / [400]     create → 401 invalid key / 400 invalid value
+    [cancelled]       the job is reported cancelled after its first poll
+    [download-502-always]  every download → 502
     [expired]         every download → 404
 
 Timeline: the first poll of a job says queued, later polls say in_progress with rising
@@ -95,7 +99,7 @@ class FakeJob:
 
     def stage(self, run_seconds: float, *, now: float | None = None) -> str:
         """queued | in_progress | completed | failed | cancelled, updating `progress`."""
-        if self.cancelled:
+        if self.cancelled or (self.has("[cancelled]") and self.served_polls > 1):
             return "cancelled"
         if self.served_polls <= 1:
             return "queued"
@@ -242,6 +246,16 @@ class _FakeServer:
             return body, web.Response(
                 status=503, text="Service Unavailable", content_type="text/html"
             )
+        if "[429-always]" in prompt:
+            return body, _error(429, "Rate limit reached for requests.", code="rate_limit_exceeded",
+                                type_="requests", headers={"Retry-After": "1"})
+        if "[503-always]" in prompt:
+            return body, web.Response(status=503, text="Service Unavailable", content_type="text/html")
+        if "[401]" in prompt:
+            return body, _error(401, "Incorrect API key provided.", code="invalid_api_key")
+        if "[400]" in prompt:
+            return body, _error(400, "Invalid value: 'x'. Supported values are: '4', '8', and '12'.",
+                                code="invalid_value")
         if "[quota]" in prompt:
             return body, _error(
                 429,
@@ -296,7 +310,7 @@ class _FakeServer:
         job = self.jobs.get(job_id)
         if job is None or job.has("[expired]"):
             return _error(404, "Not found.", code="not_found")
-        if job.has("[download-502]") and self.downloads[job_id] == 1:
+        if job.has("[download-502-always]") or (job.has("[download-502]") and self.downloads[job_id] == 1):
             return web.Response(
                 status=502, text="<html>502 Bad Gateway</html>", content_type="text/html"
             )
