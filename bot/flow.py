@@ -317,7 +317,9 @@ async def finish_success(deps: Deps, job: Job, status: ProviderStatus) -> None:
             await asyncio.sleep(delay)
 
     cost = job.estimate_micros
-    if status.cost_micros is not None and 0 <= status.cost_micros < cost:
+    # a provider's own figure wins when it is lower; zero or less reads as "unknown", since
+    # gateways fill the field with 0 when they don't know
+    if status.cost_micros is not None and 0 < status.cost_micros < cost:
         cost = status.cost_micros
     elif status.cost_micros is not None and status.cost_micros > cost:
         log.warning("job %s: provider reports %d micros, above the %d reserved; charging the reservation",
