@@ -121,7 +121,8 @@ async def cancel_reply(deps: Deps, user_id: str, job_ref: str) -> str:
     if await flow.cancel_job(deps, job, by_user=user_id):
         if deps.poller is not None:
             deps.poller.restart(job.id)
-        return f"Cancelled job `{job.id}`. Your {format_usd(job.estimate_micros)} reservation is released."
+        whose = "Your" if job.user_id == user_id else f"<@{job.user_id}>'s"
+        return f"Cancelled job `{job.id}`. {whose} {format_usd(job.estimate_micros)} reservation is released."
     return f"Job `{job.id}` finished before I could cancel it."
 
 

@@ -30,7 +30,7 @@ class Settings(BaseSettings):
 
     sora_db_path: Path = Path("./sora-bot.db")
     sora_default_model: str | None = None
-    sora_daily_budget_usd: Decimal = Decimal("5.00")
+    sora_daily_budget_usd: Decimal = Decimal("5.00")  # always set: see _daily
     sora_workspace_daily_budget_usd: Decimal | None = None
     sora_max_concurrent_per_user: int = Field(3, ge=1)
     sora_admin_user_ids: str = ""
@@ -62,7 +62,15 @@ class Settings(BaseSettings):
     fal_key: SecretStr | None = None
     fal_queue_url: str = "https://queue.fal.run"
 
-    @field_validator("sora_daily_budget_usd", "sora_workspace_daily_budget_usd", mode="before")
+    @field_validator("sora_daily_budget_usd", mode="before")
+    @classmethod
+    def _daily(cls, v: object) -> object:
+        # everyone has a daily budget: "off" here would be a typo, not "unlimited"
+        if v is None or (isinstance(v, str) and not v.strip()):
+            raise ValueError("must be an amount of dollars, e.g. 5.00")
+        return cls._dollars(v)
+
+    @field_validator("sora_workspace_daily_budget_usd", mode="before")
     @classmethod
     def _dollars(cls, v: object) -> object:
         if v is None or (isinstance(v, str) and v.strip().lower() in ("", "off", "none")):
@@ -115,8 +123,6 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _timeouts(self) -> "Settings":
-        if self.sora_daily_budget_usd is None:
-            self.sora_daily_budget_usd = Decimal("5.00")
         if self.sora_job_timeout <= self.sora_poll_interval:
             raise ValueError("SORA_JOB_TIMEOUT must be longer than SORA_POLL_INTERVAL")
         if self.slack_api_url is None:

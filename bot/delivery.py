@@ -83,7 +83,7 @@ async def _post_video(deps: Deps, job: Job, delivery: jobstore.Delivery) -> tupl
             log.info("job %s: upload failed (%s); posting the link", job.id, type(exc).__name__)
     provider = deps.providers.get(job.provider)
     url = job.video_url if getattr(provider, "shareable_urls", False) else None
-    text = messages.link_message(job, url, expires=None, why=why)
+    text = messages.link_message(job, url, expires=messages.LINK_LIFETIME.get(job.provider), why=why)
     return await slack_io.post_in_thread(deps, job, text), "link"
 
 

@@ -145,6 +145,13 @@ def success_comment(job: Job) -> str:
     )
 
 
+# How long a provider keeps a finished video downloadable (reference/video-apis.md §3).
+LINK_LIFETIME = {
+    "openai": "within an hour", "seedance": "in about a day", "runway": "within 24–48 hours",
+    "veo": "in 2 days", "fal": "in 7 days or more", "kling": "in 30 days",
+}
+
+
 def link_message(job: Job, url: str | None, *, expires: str | None, why: str) -> str:
     base = f"Your video is ready, <@{job.user_id}>, but I couldn't upload it here ({why})."
     if url and url.startswith(("http://", "https://")):

@@ -23,6 +23,8 @@ USAGE_FIELDS = {"user_id", "date", "limit_usd", "spent_usd", "reserved_usd", "re
     [
         ("SORA_DAILY_BUDGET_USD", "-3"),
         ("SORA_DAILY_BUDGET_USD", "lots"),
+        ("SORA_DAILY_BUDGET_USD", "off"),
+        ("SORA_DAILY_BUDGET_USD", ""),
         ("SORA_TIMEZONE", "Mars/Olympus"),
         ("SORA_MAX_CONCURRENT_PER_USER", "0"),
         ("SORA_POLL_INTERVAL", "soon"),

@@ -28,7 +28,7 @@ async def test_a_refused_upload_falls_back_to_one_link_message(make_bot, slack) 
     replies = slack.thread("C1", job["thread_ts"])[1:]
     assert len(replies) == 1
     assert "couldn't upload" in replies[0].text and "file_upload_size_restricted" in replies[0].text
-    assert job["video_url"] in replies[0].text
+    assert job["video_url"] in replies[0].text and "Provider links expire" in replies[0].text
 
 
 async def test_a_public_channel_the_bot_is_not_in_is_joined_for_the_upload(make_bot, slack) -> None:
