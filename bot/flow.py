@@ -218,7 +218,7 @@ async def watch(deps: Deps, job: Job, throttle: EditThrottle) -> None:
         if hint:
             delay = max(delay, hint)
         delay = min(delay, max(0.0, (give_up_at - now).total_seconds()) + 0.01)
-        await asyncio.sleep(delay)
+        await _nap(deps, job.id, delay)
         assert job.provider_job_id is not None
         try:
             status = await provider.poll(job.provider_job_id)
@@ -239,6 +239,19 @@ async def watch(deps: Deps, job: Job, throttle: EditThrottle) -> None:
         transient_errors = hard_errors = 0
         hint = status.retry_after_s
         job = await _apply_status(deps, job, status, throttle)
+
+
+async def _nap(deps: Deps, job_id: str, delay: float) -> None:
+    """Sleep until the next poll, or less when a provider callback pokes the job."""
+    if deps.poller is None:
+        await asyncio.sleep(delay)
+        return
+    wake = deps.poller.wake_event(job_id)
+    try:
+        await asyncio.wait_for(wake.wait(), timeout=delay)
+    except TimeoutError:
+        pass
+    wake.clear()
 
 
 async def _apply_status(deps: Deps, job: Job, status: ProviderStatus, throttle: EditThrottle) -> Job:

@@ -27,6 +27,7 @@ class Poller:
         self.throttle = EditThrottle(per_job_s=deps.timing.progress_edit_interval_s)
         self._closing = False
         self._crashes: dict[str, int] = {}
+        self._wake: dict[str, asyncio.Event] = {}
 
     def watch(self, job_id: str) -> None:
         if self._closing:
@@ -45,10 +46,26 @@ class Poller:
             task.cancel()
         self.watch(job_id)
 
+    def wake_event(self, job_id: str) -> asyncio.Event:
+        """What a job's watcher naps on between polls (see `poke`)."""
+        return self._wake.setdefault(job_id, asyncio.Event())
+
+    def poke(self, job_id: str) -> bool:
+        """Poll this job now (a provider said it changed). False if nobody is watching it.
+
+        A poke is a hint: the watcher still asks the provider before acting, so a forged
+        or replayed callback can at most cause one extra status call.
+        """
+        if job_id not in self.tasks:
+            return False
+        self.wake_event(job_id).set()
+        return True
+
     def _reap(self, job_id: str, task: asyncio.Task[None]) -> None:
         if self.tasks.get(job_id) is task:
             del self.tasks[job_id]
         self.throttle.forget(job_id)
+        self._wake.pop(job_id, None)
 
     async def _guard(self, job_id: str) -> None:
         while not self._closing:

@@ -31,3 +31,22 @@ async def test_slash_command_ends_with_the_video_in_the_thread(make_bot, slack) 
     usage = json.loads(await usage_json(bot.deps, None))
     assert usage == [{"user_id": "U1", "date": job["created_at"][:10], "limit_usd": 5.0,
                       "spent_usd": 0.8, "reserved_usd": 0.0, "remaining_usd": 4.2}]
+
+
+async def test_a_poke_makes_the_watcher_poll_at_once(make_bot, slack) -> None:
+    from dataclasses import replace
+
+    from tests.conftest import FAST
+
+    # a long first delay: without the poke, the video would not arrive for a minute
+    bot = await make_bot(timing=replace(FAST, poll_interval_s=60.0, max_poll_interval_s=60.0), sim_seconds=0.3)
+    job_id = (await bot.slash("a fast one")).json()["text"].split("`")[1]
+    await slack.wait_for(lambda: len(slack.roots("C1")) == 1)
+    import asyncio
+
+    await asyncio.sleep(0.5)  # the simulated render is done by now
+    assert bot.runtime.poller.poke(job_id)
+    await slack.wait_for(lambda: any(m.files for m in slack.messages), timeout=5)
+    await bot.runtime.poller.idle(5)
+    assert not bot.runtime.poller.poke(job_id)  # finished: nobody watches it any more
+    assert not bot.runtime.poller.poke("nosuchjob")
