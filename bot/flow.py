@@ -9,7 +9,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import secrets
 from datetime import datetime, timedelta
+from pathlib import Path
 
 from bot import incidents, slack_io
 from bot.delivery import deliver, ensure_request_message
@@ -18,11 +20,21 @@ from bot.deps import Deps
 from bot.errors import (
     AmbiguousSubmit,
     DeliveryError,
+    InvalidRequest,
     ProviderError,
     RateLimited,
     ResultExpired,
 )
-from bot.models import UNFINISHED, FailureKind, Job, JobStatus, ProviderState, ProviderStatus, VideoSpec
+from bot.models import (
+    UNFINISHED,
+    FailureKind,
+    Job,
+    JobStatus,
+    ProviderState,
+    ProviderStatus,
+    ReferenceImage,
+    VideoSpec,
+)
 from bot.parsing import JobRequest
 from bot.providers.base import VideoProvider
 from bot.throttle import EditThrottle
@@ -47,13 +59,20 @@ async def accept_request(
     thread_ts: str | None = None,
     response_url: str | None = None,
     dedupe_key: str | None = None,
+    image: ReferenceImage | None = None,
 ) -> tuple[Job, bool]:
     """Reserve the budget and store the job (one transaction), then hand it to the poller.
 
-    Raises BudgetExceeded / TooManyJobs with nothing stored. Returns (job, created); a
-    repeated dedupe key returns the first job and starts nothing new.
+    Raises BudgetExceeded / TooManyJobs / InvalidRequest with nothing stored (and nothing
+    charged). Returns (job, created); a repeated dedupe key returns the first job and
+    starts nothing new. `image` must already be checked and sized for the model.
     """
     spec = request.spec(deps.catalog)
+    if image is not None and not spec.image_to_video:
+        able = [m.id for m in deps.catalog if m.image_to_video]
+        hint = f" Models that can: {', '.join(f'`{m}`' for m in able)}." if able else ""
+        raise InvalidRequest(f"`{spec.id}` can't start from an image.{hint} Nothing was charged.")
+    image_path = _store_image(deps, image) if image is not None else None
     now = deps.clock()
     new = NewJob(
         user_id=user_id, team_id=team_id, channel_id=channel_id, source=source,
@@ -62,18 +81,48 @@ async def accept_request(
         resolution=request.resolution, aspect_ratio=request.aspect_ratio,
         estimate_micros=spec.cost_micros(request.resolution, request.duration_s),
         thread_ts=thread_ts, response_url=response_url, dedupe_key=dedupe_key,
+        reference_image_path=str(image_path) if image_path else None,
+        reference_image_mime=image.mime_type if image else None,
     )
     limits = Limits(
         user_limit_micros=deps.settings.daily_budget_micros,
         workspace_limit_micros=deps.settings.workspace_budget_micros,
         max_unfinished_per_user=deps.settings.sora_max_concurrent_per_user,
     )
-    job, created = await jobstore.reserve_and_insert(
-        deps.db, new, limits=limits, day=budget_day(now, deps.settings.tz), now=iso(now)
-    )
+    try:
+        job, created = await jobstore.reserve_and_insert(
+            deps.db, new, limits=limits, day=budget_day(now, deps.settings.tz), now=iso(now)
+        )
+    except BaseException:
+        if image_path is not None:
+            image_path.unlink(missing_ok=True)
+        raise
+    if not created and image_path is not None:
+        image_path.unlink(missing_ok=True)  # the first delivery of this request kept its own
     if created and deps.poller is not None:
         deps.poller.watch(job.id)
     return job, created
+
+
+def _store_image(deps: Deps, image: ReferenceImage) -> Path:
+    folder = deps.media_dir / "images"
+    folder.mkdir(parents=True, exist_ok=True)
+    ext = {"image/png": ".png", "image/jpeg": ".jpg", "image/webp": ".webp"}.get(image.mime_type, ".img")
+    path = folder / f"{secrets.token_hex(8)}{ext}"
+    path.write_bytes(image.data)
+    return path
+
+
+def _load_image(job: Job) -> ReferenceImage | None:
+    if not job.reference_image_path:
+        return None
+    from PIL import Image  # imported lazily: only image jobs need Pillow
+
+    path = Path(job.reference_image_path)
+    data = path.read_bytes()
+    with Image.open(path) as img:
+        width, height = img.size
+    return ReferenceImage(data=data, mime_type=job.reference_image_mime or "image/png", width=width, height=height)
 
 
 def _provider(deps: Deps, job: Job) -> VideoProvider:
@@ -90,6 +139,7 @@ def _spec_for(deps: Deps, job: Job) -> VideoSpec:
         resolution=job.resolution,
         aspect_ratio=job.aspect_ratio,
         external_id=job.id,
+        image=_load_image(job),
     )
 
 

@@ -126,3 +126,5 @@ class Job:
     stall_notified: bool
     finished_at: datetime | None
     budget_day: str
+    reference_image_path: str | None = None
+    reference_image_mime: str | None = None

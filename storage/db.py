@@ -142,6 +142,14 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
         ALTER TABLE deliveries ADD COLUMN upload_file_id TEXT;
         """,
     ),
+    (
+        "reference images for image-to-video",
+        """
+        -- A prepared image file beside the database; it outlives restarts like the job does.
+        ALTER TABLE jobs ADD COLUMN reference_image_path TEXT;
+        ALTER TABLE jobs ADD COLUMN reference_image_mime TEXT
+        """,
+    ),
 )
 
 

@@ -41,6 +41,8 @@ class NewJob:
     thread_ts: str | None = None
     response_url: str | None = None
     dedupe_key: str | None = None
+    reference_image_path: str | None = None
+    reference_image_mime: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,13 +138,14 @@ async def _insert_job(conn: aiosqlite.Connection, new: NewJob, *, day: str, now:
         """INSERT INTO jobs (id, dedupe_key, user_id, team_id, channel_id, thread_ts, source,
                response_url, model, provider, provider_model, prompt, duration_seconds,
                resolution, aspect_ratio, status, estimate_micros, budget_day, created_at,
-               updated_at, last_progress_at)
-           VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,'queued',?,?,?,?,?)""",
+               updated_at, last_progress_at, reference_image_path, reference_image_mime)
+           VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,'queued',?,?,?,?,?,?,?)""",
         (
             job_id, new.dedupe_key, new.user_id, new.team_id, new.channel_id, new.thread_ts,
             new.source, new.response_url, new.model, new.provider, new.provider_model,
             new.prompt, new.duration_seconds, new.resolution, new.aspect_ratio,
-            new.estimate_micros, day, now, now, now,
+            new.estimate_micros, day, now, now, now, new.reference_image_path,
+            new.reference_image_mime,
         ),
     )
     return job_id
@@ -178,6 +181,8 @@ def row_to_job(row: aiosqlite.Row) -> Job:
         stall_notified=bool(row["stall_notified"]),
         finished_at=parse_iso(row["finished_at"]),
         budget_day=row["budget_day"],
+        reference_image_path=row["reference_image_path"],
+        reference_image_mime=row["reference_image_mime"],
     )
 
 
