@@ -60,7 +60,8 @@ async def retry(deps: Deps, job_id: str, user_id: str, *, prompt: str | None, de
         request = _request_like(deps, old, prompt)
         job, created = await flow.accept_request(
             deps, request, user_id=user_id, team_id=old.team_id, channel_id=old.channel_id,
-            source=old.source, thread_ts=old.thread_ts if old.source == "mention" else None,
+            # a job that lives in someone's thread retries there; a request message starts anew
+            source=old.source, thread_ts=old.thread_ts if old.source in ("mention", "shortcut", "dm") else None,
             dedupe_key=dedupe_key,
         )
     except (InvalidRequest, NotAllowed, BudgetExceeded) as exc:

@@ -34,6 +34,7 @@ from bot.slack_io import make_slack_client
 from handlers import actions as action_handlers
 from handlers import admin as admin_handlers
 from handlers import commands as command_handlers
+from handlers import modals as modal_handlers
 from storage.db import Database
 
 log = logging.getLogger(__name__)
@@ -92,6 +93,7 @@ def build_app(deps: Deps, *, signing_secret: str | None) -> AsyncApp:
     command_handlers.register(app)
     admin_handlers.register(app)
     action_handlers.register(app)
+    modal_handlers.register(app)
     return app
 
 

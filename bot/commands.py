@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 from bot import flow, messages
 from bot.clock import budget_day, next_reset
@@ -11,7 +12,7 @@ from bot.deps import Deps
 from bot.errors import BudgetExceeded, InvalidRequest, NotAllowed
 from bot.models import JobStatus
 from bot.money import format_usd
-from bot.parsing import Budget, Cancel, Command, Generate, Help, Models, Status, parse_command
+from bot.parsing import Budget, Cancel, Command, Generate, Help, JobRequest, Models, Status, parse_command
 from storage import jobs as jobstore
 from storage import admin as admin_store
 from storage import ledger
@@ -37,15 +38,28 @@ class Origin:
     thread_ts: str | None = None
     response_url: str | None = None
     dedupe_key: str | None = None
+    image_file: dict[str, Any] | None = None  # a Slack file to animate (mentions, DMs)
+    like: JobRequest | None = None  # a previous request whose options are the defaults
 
 
 async def handle_text(deps: Deps, text: str, origin: Origin) -> Reply:
     """Parse and run one request; refusals come back as text, never as exceptions."""
     try:
-        command = parse_command(text, deps.catalog)
+        command = parse_command(text, deps.catalog, like=origin.like)
         return await run_command(deps, command, origin)
     except (InvalidRequest, BudgetExceeded, NotAllowed) as exc:
         return Reply(exc.user_message())
+
+
+async def request_like(deps: Deps, channel_id: str, thread_ts: str | None) -> JobRequest | None:
+    """The options of the last video in this thread, for a follow-up like "again but at night"."""
+    if not thread_ts:
+        return None
+    job = await jobstore.latest_job_in_thread(deps.db, channel_id, thread_ts)
+    if job is None or deps.catalog.get(job.model) is None:
+        return None
+    return JobRequest.model_construct(prompt=job.prompt, model=job.model, duration_s=job.duration_seconds,
+                                      resolution=job.resolution, aspect_ratio=job.aspect_ratio)
 
 
 async def run_command(deps: Deps, command: Command, origin: Origin) -> Reply:
@@ -61,10 +75,23 @@ async def run_command(deps: Deps, command: Command, origin: Origin) -> Reply:
         case Cancel(job_ref):
             return Reply(await cancel_reply(deps, origin.user_id, job_ref))
         case Generate(request):
+            image = None
+            if origin.image_file is not None:
+                from bot import images
+
+                spec = request.spec(deps.catalog)
+                if not spec.image_to_video:
+                    able = ", ".join(f"`{m.id}`" for m in deps.catalog if m.image_to_video) or "none here"
+                    raise InvalidRequest(f"`{spec.id}` can't start from an image (models that can: {able}). Nothing was charged.")
+                f = origin.image_file
+                data, _ = await images.fetch_slack_file(deps, file_id=f.get("id"),
+                                                        url=f.get("url_private_download") or f.get("url_private"))
+                image = await images.prepare_image_async(data, spec=spec, resolution=request.resolution,
+                                                         aspect=request.aspect_ratio)
             job, created = await flow.accept_request(
                 deps, request, user_id=origin.user_id, team_id=origin.team_id,
                 channel_id=origin.channel_id, source=origin.source, thread_ts=origin.thread_ts,
-                response_url=origin.response_url, dedupe_key=origin.dedupe_key,
+                response_url=origin.response_url, dedupe_key=origin.dedupe_key, image=image,
             )
             if not created:
                 return Reply(f"Already on it: job `{job.id}` ({job.status.value}).", job.id, False)

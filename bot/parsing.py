@@ -134,8 +134,11 @@ def clean_text(text: str) -> str:
     return _CONTROL.sub("", html.unescape(text or ""))
 
 
-def parse_command(text: str, catalog: Catalog) -> Command:
-    """Parse what followed `/sora` (or a mention). Raises InvalidRequest with a clear message."""
+def parse_command(text: str, catalog: Catalog, *, like: "JobRequest | None" = None) -> Command:
+    """Parse what followed `/sora` (or a mention). Raises InvalidRequest with a clear message.
+
+    `like`: a previous request whose options are the defaults ("again but at night").
+    """
     cleaned = clean_text(text).strip()
     words = cleaned.split()
     if words:
@@ -154,16 +157,20 @@ def parse_command(text: str, catalog: Catalog) -> Command:
             raise InvalidRequest("Which job? Use `/sora cancel <job>`; `/sora status` lists yours.")
     if not words:
         return Help()
-    return Generate(parse_request(cleaned, catalog))
+    return Generate(parse_request(cleaned, catalog, like=like))
 
 
-def parse_request(cleaned: str, catalog: Catalog) -> JobRequest:
+def parse_request(cleaned: str, catalog: Catalog, *, like: "JobRequest | None" = None) -> JobRequest:
     options, prompt = _split_options(cleaned)
-    model = options.get("model", catalog.default_model).strip().lower()
+    same_model = like is not None and "model" not in options and catalog.get(like.model) is not None
+    model = options.get("model", like.model if same_model and like else catalog.default_model).strip().lower()
     spec = catalog.get(model)  # None: the validator names the unknown model
-    duration = _parse_duration(options["duration"]) if "duration" in options else (spec.default_duration if spec else 0)
-    resolution = _parse_resolution(options["resolution"]) if "resolution" in options else (spec.default_resolution if spec else "")
-    aspect = _parse_aspect(options["aspect"]) if "aspect" in options else (spec.default_aspect if spec else "")
+    duration = _parse_duration(options["duration"]) if "duration" in options else (
+        like.duration_s if same_model and like else spec.default_duration if spec else 0)
+    resolution = _parse_resolution(options["resolution"]) if "resolution" in options else (
+        like.resolution if same_model and like else spec.default_resolution if spec else "")
+    aspect = _parse_aspect(options["aspect"]) if "aspect" in options else (
+        like.aspect_ratio if same_model and like else spec.default_aspect if spec else "")
     try:
         return JobRequest.model_validate(
             {"prompt": prompt, "model": model, "duration_s": duration, "resolution": resolution,

@@ -60,13 +60,23 @@ async def post_request_message(deps: Deps, job: Job) -> tuple[str, str, str]:
     """
     tz = deps.settings.tz
     text, blocks = messages.request_message(job, tz=tz)
+    thread_ts = job.thread_ts
     try:
-        resp = await deps.slack.chat_postMessage(
-            channel=job.channel_id, text=text, blocks=blocks, thread_ts=job.thread_ts,
-            unfurl_links=False, unfurl_media=False,
-        )
+        try:
+            resp = await deps.slack.chat_postMessage(
+                channel=job.channel_id, text=text, blocks=blocks, thread_ts=thread_ts,
+                unfurl_links=False, unfurl_media=False,
+            )
+        except SlackApiError as exc:
+            if slack_error(exc) != "thread_not_found" or thread_ts is None:
+                raise
+            # the message it answered was deleted: start a thread of its own instead
+            thread_ts = None
+            resp = await deps.slack.chat_postMessage(
+                channel=job.channel_id, text=text, blocks=blocks, unfurl_links=False, unfurl_media=False,
+            )
         ts = str(resp["ts"])
-        return job.channel_id, job.thread_ts or ts, ts
+        return job.channel_id, thread_ts or ts, ts
     except SlackApiError as exc:
         error = slack_error(exc)
         if error not in NO_ACCESS:
@@ -126,9 +136,17 @@ async def update_status(deps: Deps, job: Job, *, give_up_at: Any = None) -> None
 
 
 async def post_in_thread(deps: Deps, job: Job, text: str) -> str:
-    resp = await deps.slack.chat_postMessage(
-        channel=job.channel_id, thread_ts=job.thread_ts, text=text, unfurl_links=False, unfurl_media=False
-    )
+    try:
+        resp = await deps.slack.chat_postMessage(
+            channel=job.channel_id, thread_ts=job.thread_ts, text=text, unfurl_links=False, unfurl_media=False
+        )
+    except SlackApiError as exc:
+        if slack_error(exc) != "thread_not_found":
+            raise
+        # someone deleted the request message: say it in the channel rather than never
+        resp = await deps.slack.chat_postMessage(
+            channel=job.channel_id, text=f"(job `{job.id}`) {text}", unfurl_links=False, unfurl_media=False
+        )
     return str(resp["ts"])
 
 

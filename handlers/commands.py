@@ -6,21 +6,30 @@ import logging
 import re
 from typing import Any
 
-from slack_bolt.async_app import AsyncAck, AsyncApp, AsyncBoltContext
+from slack_bolt.async_app import AsyncAck, AsyncApp, AsyncBoltContext, AsyncRespond
 
 from bot import commands, slack_io
 from bot.commands import Origin
 from bot.deps import Deps
+from bot.messages import help_text
+from handlers.modals import open_modal
 
 log = logging.getLogger(__name__)
 
 _MENTION = re.compile(r"<@[UW][A-Z0-9]+(?:\|[^>]*)?>")
 
 
-async def on_sora_command(ack: AsyncAck, command: dict[str, Any], context: AsyncBoltContext) -> None:
+async def on_sora_command(ack: AsyncAck, command: dict[str, Any], respond: AsyncRespond, context: AsyncBoltContext) -> None:
     """Validation and the budget reservation are fast local work, so they run before the ack
     and refusals travel in the ack itself; everything slow happens in the job's task."""
     deps: Deps = context["deps"]
+    text = command.get("text") or ""
+    if not text.strip():
+        # no text: the form, for people who don't read help texts
+        await ack()
+        if not await open_modal(deps, command.get("trigger_id"), command["user_id"]):
+            await respond(text=help_text(deps.catalog), response_type="ephemeral")
+        return
     # Slack doesn't retry slash commands, but proxies and replays do: trigger_id is unique.
     trigger = command.get("trigger_id")
     origin = Origin(
@@ -29,7 +38,7 @@ async def on_sora_command(ack: AsyncAck, command: dict[str, Any], context: Async
         response_url=command.get("response_url"),
         dedupe_key=f"cmd:{command.get('team_id')}:{trigger}" if trigger else None,
     )
-    reply = await commands.handle_text(deps, command.get("text") or "", origin)
+    reply = await commands.handle_text(deps, text, origin)
     await ack(text=reply.text, response_type="ephemeral")
 
 
@@ -38,21 +47,37 @@ async def on_app_mention(ack: AsyncAck, event: dict[str, Any], body: dict[str, A
     deps: Deps = context["deps"]
     if event.get("bot_id") or event.get("subtype"):
         return
+    await _request_from_message(deps, event, body, source="mention")
+
+
+async def on_direct_message(ack: AsyncAck, event: dict[str, Any], body: dict[str, Any], context: AsyncBoltContext) -> None:
+    """A DM to the bot is a request; the reply thread hangs off the person's message."""
+    await ack()
+    if event.get("channel_type") != "im" or event.get("bot_id") or event.get("subtype") not in (None, "file_share"):
+        return
+    await _request_from_message(context["deps"], event, body, source="dm")
+
+
+async def _request_from_message(deps: Deps, event: dict[str, Any], body: dict[str, Any], *, source: str) -> None:
     text = _MENTION.sub(" ", event.get("text") or "").strip()
     channel = event["channel"]
     thread_ts = event.get("thread_ts") or event.get("ts")
     event_id = body.get("event_id")
+    images = [f for f in event.get("files") or [] if str(f.get("mimetype", "")).startswith("image/")]
     origin = Origin(
         user_id=event["user"], team_id=body.get("team_id"), channel_id=channel,
-        source="mention", thread_ts=thread_ts,
+        source=source, thread_ts=thread_ts,
         # Slack retries unacknowledged events with the same event_id
         dedupe_key=f"evt:{event_id}" if event_id else None,
+        image_file=images[0] if images else None,
+        # inside a thread that already has a video, its options are the defaults
+        like=await commands.request_like(deps, channel, event.get("thread_ts")),
     )
     reply = await commands.handle_text(deps, text, origin)
     if reply.job_id and reply.created:
         return  # the status reply in the thread says it all
     if reply.job_id and not reply.created:
-        log.info("mention %s repeated (job %s); ignored", event_id, reply.job_id)
+        log.info("%s %s repeated (job %s); ignored", source, event_id, reply.job_id)
         return
     await slack_io.post_ephemeral(deps, channel=channel, user=event["user"], text=reply.text, thread_ts=thread_ts)
 
@@ -60,3 +85,4 @@ async def on_app_mention(ack: AsyncAck, event: dict[str, Any], body: dict[str, A
 def register(app: AsyncApp) -> None:
     app.command("/sora")(on_sora_command)
     app.event("app_mention")(on_app_mention)
+    app.event("message")(on_direct_message)

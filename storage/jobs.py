@@ -314,3 +314,51 @@ async def find_job(db: Database, ref: str) -> Job | None:
     if not cleaned:
         return None
     return await get_job(db, cleaned)
+
+
+async def latest_job_in_thread(db: Database, channel_id: str, thread_ts: str) -> Job | None:
+    """The newest job whose result lives in this thread (for "again, but at night")."""
+    row = await db.fetchone(
+        "SELECT * FROM jobs WHERE channel_id = ? AND thread_ts = ? ORDER BY created_at DESC, rowid DESC LIMIT 1",
+        (channel_id, thread_ts),
+    )
+    return row_to_job(row) if row else None
+
+
+# --- provider callbacks -------------------------------------------------------------------
+
+
+async def find_by_provider_job(db: Database, provider: str, provider_job_id: str) -> Job | None:
+    """The unfinished job of `provider` with this provider job id, or one ending in it.
+
+    Adapters may wrap the provider's id (Kling stores "t2v:<task id>", fal "<model
+    path>|<request id>") while a callback names the bare id, so a ":<id>" or "|<id>"
+    suffix matches too.
+    """
+    if not provider_job_id:
+        return None
+    placeholders = ",".join("?" for _ in UNFINISHED)
+    row = await db.fetchone(
+        f"""SELECT * FROM jobs WHERE provider = ? AND status IN ({placeholders})
+              AND (provider_job_id = ? OR substr(provider_job_id, -?) IN (?, ?))
+            ORDER BY created_at DESC LIMIT 1""",
+        (provider, *UNFINISHED, provider_job_id, len(provider_job_id) + 1,
+         f":{provider_job_id}", f"|{provider_job_id}"),
+    )
+    return row_to_job(row) if row else None
+
+
+async def note_callback_delivery(
+    db: Database, provider: str, delivery_id: str, *, now: str, forget_before: str
+) -> bool:
+    """Record a callback delivery; False when it was recorded already (a retry or a replay).
+
+    Records older than `forget_before` are dropped in the same transaction.
+    """
+    async with db.write_txn() as conn:
+        await conn.execute("DELETE FROM webhook_deliveries WHERE received_at < ?", (forget_before,))
+        cur = await conn.execute(
+            "INSERT OR IGNORE INTO webhook_deliveries (provider, delivery_id, received_at) VALUES (?, ?, ?)",
+            (provider, delivery_id, now),
+        )
+        return cur.rowcount == 1

@@ -42,7 +42,7 @@ METHOD_SCOPES: dict[str, set[str]] = {
 
 REQUIRED_SCOPES = {
     "app_mentions:read", "channels:join", "chat:write", "chat:write.public", "commands",
-    "files:read", "files:write", "im:write", "users:read",
+    "files:read", "files:write", "im:history", "im:write", "users:read",
 }
 
 # `deps.slack.chat_postMessage(`, `client.files_completeUploadExternal(`, `api_call("x.y"`
@@ -140,3 +140,14 @@ def test_http_mode_instructions_stay_in_the_file() -> None:
     text = MANIFEST.read_text(encoding="utf-8")
     assert "socket_mode_enabled" in text
     assert text.count("# request_url: https://YOUR-HOST/slack/events") >= 4
+
+
+def test_every_listener_the_app_registers_is_declared(manifest: dict[str, Any]) -> None:
+    """Shortcuts, slash commands and events the code listens for must exist in the manifest."""
+    from handlers.modals import GLOBAL_SHORTCUT, MESSAGE_SHORTCUT
+
+    shortcuts = {(s["callback_id"], s["type"]) for s in manifest["features"]["shortcuts"]}
+    assert {(GLOBAL_SHORTCUT, "global"), (MESSAGE_SHORTCUT, "message")} <= shortcuts
+    events = set(manifest["settings"]["event_subscriptions"]["bot_events"])
+    assert {"app_mention", "app_home_opened", "message.im"} <= events
+    assert "im:history" in manifest["oauth_config"]["scopes"]["bot"]

@@ -1,0 +1,296 @@
+"""The request modal: building it, reading its state, and turning a submission into a job.
+
+The selects dispatch actions so that changing the model refreshes the lengths, resolutions
+and aspect ratios it allows, and the cost line, with `views.update`. Block ids of the
+dependent selects carry the model (and resolution), so Slack drops a choice that the new
+model doesn't offer instead of keeping it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from bot.catalog import ModelSpec
+from bot.clock import budget_day
+from bot.deps import Deps
+from bot.money import format_usd
+from storage import admin as admin_store
+from storage import ledger
+
+MODAL = "sora_request_modal"
+MODEL_ACTION = "sora_modal_model"
+DURATION_ACTION = "sora_modal_duration"
+RESOLUTION_ACTION = "sora_modal_resolution"
+ASPECT_ACTION = "sora_modal_aspect"
+OPEN_ACTION = "sora_open_request_modal"  # the App Home button
+PROMPT_LIMIT = 3000  # plain_text_input's own maximum
+
+
+@dataclass(frozen=True, slots=True)
+class Choices:
+    model: str
+    duration_s: int
+    resolution: str
+    aspect: str
+    prompt: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """Where the result goes: a fixed conversation/thread (message shortcut) or a picker."""
+
+    channel: str | None = None
+    thread_ts: str | None = None
+
+    def dump(self) -> str:
+        return json.dumps({"channel": self.channel, "thread_ts": self.thread_ts})
+
+    @classmethod
+    def load(cls, text: str | None) -> "Target":
+        try:
+            data = json.loads(text or "{}")
+        except ValueError:
+            return cls()
+        if not isinstance(data, dict):
+            return cls()
+        channel = data.get("channel") if isinstance(data.get("channel"), str) else None
+        thread_ts = data.get("thread_ts") if isinstance(data.get("thread_ts"), str) else None
+        return cls(channel, thread_ts)
+
+
+def _option(text: str, value: str) -> dict[str, Any]:
+    return {"text": {"type": "plain_text", "text": text[:75]}, "value": value}
+
+
+def _select(block_id: str, label: str, action_id: str, options: list[dict[str, Any]], initial: str | None) -> dict[str, Any]:
+    element: dict[str, Any] = {"type": "static_select", "action_id": action_id, "options": options}
+    chosen = next((o for o in options if o["value"] == initial), None)
+    if chosen is not None:
+        element["initial_option"] = chosen
+    return {"type": "input", "block_id": block_id, "dispatch_action": True,
+            "label": {"type": "plain_text", "text": label}, "element": element}
+
+
+def normalize(deps: Deps, choices: Choices) -> Choices:
+    """Snap choices onto what the model allows (a model change may invalidate the others)."""
+    spec = deps.catalog.get(choices.model) or deps.catalog.get(deps.catalog.default_model)
+    assert spec is not None
+    resolution = choices.resolution if choices.resolution in spec.resolutions else spec.default_resolution
+    allowed = spec.allowed_durations(resolution)
+    duration = choices.duration_s if choices.duration_s in allowed else (
+        spec.default_duration if spec.default_duration in allowed else allowed[0])
+    aspect = choices.aspect if choices.aspect in spec.aspect_ratios else spec.default_aspect
+    return Choices(spec.id, duration, resolution, aspect, choices.prompt)
+
+
+def defaults(deps: Deps, prompt: str = "") -> Choices:
+    spec = deps.catalog.get(deps.catalog.default_model)
+    assert spec is not None
+    return normalize(deps, Choices(spec.id, spec.default_duration, spec.default_resolution, spec.default_aspect, prompt))
+
+
+async def cost_line(deps: Deps, user_id: str, spec: ModelSpec, choices: Choices) -> str:
+    now = deps.clock()
+    budgets = await admin_store.effective_budgets(
+        deps.db.reader, env_default_micros=deps.settings.daily_budget_micros,
+        env_workspace_micros=deps.settings.workspace_budget_micros,
+    )
+    limit, totals = await ledger.totals_for(deps.db, user_id, budget_day(now, deps.settings.tz), budgets.default_user_micros)
+    per_s = spec.prices_micros[choices.resolution]
+    total = per_s * choices.duration_s
+    left = max(0, limit - totals.used_micros)
+    warn = " · :warning: more than you have left" if total > left else ""
+    return f"{choices.duration_s} s × {format_usd(per_s)} = *{format_usd(total)}* · you have {format_usd(left)} left today{warn}"
+
+
+async def build_view(deps: Deps, user_id: str, choices: Choices, target: Target, *, title: str = "Generate a video") -> dict[str, Any]:
+    choices = normalize(deps, choices)
+    spec = deps.catalog.get(choices.model)
+    assert spec is not None
+    models = [_option(f"{m.label} · {m.prices_text()}", m.id) for m in list(deps.catalog)[:100]]
+    durations = [_option(f"{d} s", str(d)) for d in spec.allowed_durations(choices.resolution)][:100]
+    resolutions = [_option(r, r) for r in spec.resolutions]
+    aspects = [_option(a, a) for a in spec.aspect_ratios]
+    blocks: list[dict[str, Any]] = [
+        {
+            "type": "input", "block_id": "prompt",
+            "label": {"type": "plain_text", "text": "What should the video show?"},
+            "element": {"type": "plain_text_input", "action_id": "value", "multiline": True,
+                        "max_length": PROMPT_LIMIT,
+                        **({"initial_value": choices.prompt[:PROMPT_LIMIT]} if choices.prompt else {}),
+                        "placeholder": {"type": "plain_text", "text": "A golden retriever running through autumn leaves"}},
+        },
+        _select("model", "Model", MODEL_ACTION, models, spec.id),
+        # these ids change with the model so Slack forgets choices the new model lacks
+        _select(f"resolution:{spec.id}", "Resolution", RESOLUTION_ACTION, resolutions, choices.resolution),
+        _select(f"duration:{spec.id}:{choices.resolution}", "Length", DURATION_ACTION, durations, str(choices.duration_s)),
+        _select(f"aspect:{spec.id}", "Aspect ratio", ASPECT_ACTION, aspects, choices.aspect),
+    ]
+    if spec.image_to_video:
+        blocks.append({
+            "type": "input", "block_id": "image", "optional": True,
+            "label": {"type": "plain_text", "text": "Start from an image (optional)"},
+            "element": {"type": "file_input", "action_id": "value", "filetypes": ["png", "jpg", "jpeg", "webp"], "max_files": 1},
+        })
+    if target.channel is None:
+        blocks.append({
+            "type": "input", "block_id": "channel",
+            "label": {"type": "plain_text", "text": "Post it in"},
+            "element": {"type": "conversations_select", "action_id": "value", "default_to_current_conversation": True,
+                        "filter": {"include": ["public", "private", "im"], "exclude_bot_users": True}},
+        })
+    else:
+        where = f"<#{target.channel}>" if target.channel.startswith(("C", "G")) else "this conversation"
+        blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text": f"The video goes into the thread of that message in {where}."}]})
+    blocks.append({"type": "context", "block_id": "cost", "elements": [{"type": "mrkdwn", "text": await cost_line(deps, user_id, spec, choices)}]})
+    return {
+        "type": "modal", "callback_id": MODAL, "private_metadata": target.dump(),
+        "title": {"type": "plain_text", "text": title[:24]},
+        "submit": {"type": "plain_text", "text": "Generate"},
+        "close": {"type": "plain_text", "text": "Cancel"},
+        "blocks": blocks,
+    }
+
+
+def _selected(values: dict[str, Any], prefix: str, action: str) -> str | None:
+    for block_id, actions in values.items():
+        if block_id == prefix or block_id.startswith(prefix + ":"):
+            option = ((actions or {}).get(action) or {}).get("selected_option") or {}
+            value = option.get("value")
+            if isinstance(value, str):
+                return value
+    return None
+
+
+def read_state(deps: Deps, view: dict[str, Any]) -> tuple[Choices, dict[str, Any]]:
+    """The choices in a submitted or changing view, snapped to what the model allows."""
+    values = ((view.get("state") or {}).get("values")) or {}
+    prompt = (((values.get("prompt") or {}).get("value")) or {}).get("value")
+    base = defaults(deps)
+    model = _selected(values, "model", MODEL_ACTION) or base.model
+    duration_text = _selected(values, "duration", DURATION_ACTION)
+    raw = Choices(
+        model=model,
+        duration_s=int(duration_text) if duration_text and duration_text.isdigit() else -1,
+        resolution=_selected(values, "resolution", RESOLUTION_ACTION) or "",
+        aspect=_selected(values, "aspect", ASPECT_ACTION) or "",
+        prompt=prompt if isinstance(prompt, str) else "",
+    )
+    return raw, values
+
+
+def picked_channel(values: dict[str, Any]) -> str | None:
+    selected = (((values.get("channel") or {}).get("value")) or {}).get("selected_conversation")
+    return selected if isinstance(selected, str) and selected else None
+
+
+def picked_files(values: dict[str, Any]) -> list[dict[str, Any]]:
+    files = (((values.get("image") or {}).get("value")) or {}).get("files")
+    return [f for f in files if isinstance(f, dict)] if isinstance(files, list) else []
+
+
+def field_for_error(message: str) -> str:
+    """Which input an error belongs on, so it shows next to what to change."""
+    lowered = message.lower()
+    for needle, block in (("aspect", "aspect"), ("resolution", "resolution"), ("can't make a", "duration"),
+                          ("length", "duration"), ("model", "model"), ("image", "image")):
+        if needle in lowered:
+            return block
+    return "prompt"
+
+
+def block_id_for(values: dict[str, Any], field: str) -> str:
+    """The submitted view's real block id for a logical field (ids carry the model)."""
+    for block_id in values:
+        if block_id == field or block_id.startswith(field + ":"):
+            return block_id
+    return "prompt"
+
+
+def done_view(text: str) -> dict[str, Any]:
+    """What the modal turns into once the request is on its way (or failed after the ack)."""
+    return {"type": "modal", "title": {"type": "plain_text", "text": "Generate a video"},
+            "close": {"type": "plain_text", "text": "Close"},
+            "blocks": [{"type": "section", "text": {"type": "mrkdwn", "text": text[:2900]}}]}
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """errors: inline errors for the ack; job_id when a job was made; image: a file to fetch first."""
+
+    errors: dict[str, str] | None = None
+    text: str = ""
+    job_id: str | None = None
+    image_file: dict[str, Any] | None = None
+    pending: tuple[Any, ...] | None = None  # (request, channel, thread_ts, source, dedupe_key)
+
+
+async def submit(deps: Deps, *, user_id: str, team_id: str | None, view: dict[str, Any]) -> Outcome:
+    """Validate a submission; without an image, reserve and create the job before the ack."""
+    from pydantic import ValidationError
+
+    from bot import flow
+    from bot.errors import BudgetExceeded, InvalidRequest, NotAllowed
+    from bot.parsing import JobRequest, clean_text
+
+    raw, values = read_state(deps, view)
+    target = Target.load(view.get("private_metadata"))
+    channel = target.channel or picked_channel(values)
+    if channel is None:
+        return Outcome(errors={"channel": "Pick where the video should be posted."})
+    spec = deps.catalog.get(raw.model)
+    if spec is None:
+        return Outcome(errors={block_id_for(values, "model"): "That model isn't offered any more; pick another."})
+    try:
+        request = JobRequest.model_validate(
+            {"prompt": clean_text(raw.prompt), "model": spec.id, "duration_s": raw.duration_s,
+             "resolution": raw.resolution, "aspect_ratio": raw.aspect},
+            context={"catalog": deps.catalog},
+        )
+    except InvalidRequest as exc:
+        message = exc.user_message()
+        return Outcome(errors={block_id_for(values, field_for_error(message)): message[:300]})
+    except ValidationError as exc:
+        return Outcome(errors={"prompt": f"That request isn't valid: {exc.errors()[0]['msg']}"[:300]})
+    source = "shortcut" if target.thread_ts else "modal"
+    dedupe = f"modal:{view.get('id') or ''}" if view.get("id") else None
+    pending = (request, channel, target.thread_ts, source, dedupe)
+    files = picked_files(values)
+    if files:
+        if not spec.image_to_video:
+            return Outcome(errors={"image": f"`{spec.id}` can't start from an image; remove it or pick another model."})
+        return Outcome(image_file=files[0], pending=pending)
+    try:
+        job, created = await flow.accept_request(
+            deps, request, user_id=user_id, team_id=team_id, channel_id=channel, source=source,
+            thread_ts=target.thread_ts, dedupe_key=dedupe,
+        )
+    except BudgetExceeded as exc:
+        return Outcome(errors={block_id_for(values, "duration"): exc.user_message()[:300]})
+    except (InvalidRequest, NotAllowed) as exc:
+        return Outcome(errors={"prompt": exc.user_message()[:300]})
+    return Outcome(text=f"Got it: job `{job.id}`, {format_usd(job.estimate_micros)} reserved.", job_id=job.id)
+
+
+async def finish_with_image(deps: Deps, *, user_id: str, team_id: str | None, outcome: Outcome) -> str:
+    """After the ack: fetch and prepare the image, then reserve and create the job."""
+    from bot import flow, images
+    from bot.errors import BudgetExceeded, InvalidRequest, NotAllowed
+
+    assert outcome.pending is not None and outcome.image_file is not None
+    request, channel, thread_ts, source, dedupe = outcome.pending
+    file = outcome.image_file
+    try:
+        data, _mime = await images.fetch_slack_file(
+            deps, file_id=file.get("id"), url=file.get("url_private_download") or file.get("url_private"))
+        image = await images.prepare_image_async(data, spec=request.spec(deps.catalog),
+                                                 resolution=request.resolution, aspect=request.aspect_ratio)
+        job, _ = await flow.accept_request(
+            deps, request, user_id=user_id, team_id=team_id, channel_id=channel, source=source,
+            thread_ts=thread_ts, dedupe_key=dedupe, image=image,
+        )
+    except (InvalidRequest, BudgetExceeded, NotAllowed) as exc:
+        return f":warning: {exc.user_message()} Nothing was charged."
+    return f"Got it: job `{job.id}`, {format_usd(job.estimate_micros)} reserved. The video will appear in the conversation you picked."

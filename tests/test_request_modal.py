@@ -1,0 +1,233 @@
+"""The request modal, shortcuts, DMs and follow-up mentions, through the real app."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+from urllib.parse import urlencode
+
+import httpx
+import pytest
+
+from bot import request_modal as rm
+from bot.cli import jobs_json
+from bot.providers.veo import VeoProvider
+from tests.fakes.runway_veo import FakeVeoServer
+from tests.slack_requests import mention_body, post_signed, view_submission_body
+
+MODAL_BLOCKS = {"input", "context", "section", "actions", "divider", "header"}
+INPUT_ELEMENTS = {"plain_text_input", "static_select", "file_input", "conversations_select"}
+
+
+def assert_valid_modal(view: dict[str, Any]) -> None:
+    """The Block Kit rules the bot's modals rely on (Slack rejects views that break them)."""
+    assert view["type"] == "modal" and len(view["blocks"]) <= 100
+    assert len(view["title"]["text"]) <= 24 and len(view.get("private_metadata", "")) <= 3000
+    ids = [b.get("block_id") for b in view["blocks"] if b.get("block_id")]
+    assert len(ids) == len(set(ids)) and all(len(i) <= 255 for i in ids)
+    for block in view["blocks"]:
+        assert block["type"] in MODAL_BLOCKS, block
+        if block["type"] == "input":
+            element = block["element"]
+            assert element["type"] in INPUT_ELEMENTS and len(block["label"]["text"]) <= 2000
+            if element["type"] == "static_select":
+                assert 1 <= len(element["options"]) <= 100
+                assert all(len(o["text"]["text"]) <= 75 and len(o["value"]) <= 150 for o in element["options"])
+                if "initial_option" in element:
+                    assert element["initial_option"] in element["options"]
+        if block["type"] == "context":
+            assert all(len(e["text"]) <= 3000 for e in block["elements"])
+
+
+def _form(body: dict[str, Any]) -> str:
+    return urlencode({"payload": json.dumps(body)})
+
+
+def _shortcut(callback_id: str, *, kind: str, user: str = "U1", message: dict | None = None, channel: str = "C1") -> str:
+    body: dict[str, Any] = {"type": kind, "callback_id": callback_id, "trigger_id": "trig.sc", "user": {"id": user},
+                            "team": {"id": "T0001"}, "api_app_id": "A1", "token": "x"}
+    if kind == "message_action":
+        body.update(message=message, channel={"id": channel}, response_url="", message_ts=message["ts"])
+    return _form(body)
+
+
+def _values(view: dict[str, Any], *, prompt: str | None = "a koi pond in the rain", channel: str | None = "C1",
+            **picks: str) -> dict[str, Any]:
+    """State values as Slack would send them for this view, with chosen options."""
+    values: dict[str, Any] = {}
+    for block in view["blocks"]:
+        if block["type"] != "input":
+            continue
+        bid, element = block["block_id"], block["element"]
+        if element["type"] == "plain_text_input":
+            values[bid] = {"value": {"type": "plain_text_input", "value": prompt}}
+        elif element["type"] == "static_select":
+            name = bid.split(":")[0]
+            chosen = picks.get(name) or (element.get("initial_option") or {}).get("value")
+            values[bid] = {element["action_id"]: {"type": "static_select",
+                                                  "selected_option": {"value": chosen} if chosen else None}}
+        elif element["type"] == "conversations_select":
+            values[bid] = {"value": {"type": "conversations_select", "selected_conversation": channel}}
+        elif element["type"] == "file_input":
+            values[bid] = {"value": {"type": "file_input", "files": []}}
+    return values
+
+
+async def _opened(slack, before: int) -> dict[str, Any]:
+    await slack.wait_for(lambda: len(slack.views) > before, timeout=5)
+    return slack.views[-1]["params"]["view"]
+
+
+@pytest.fixture
+async def two_models(make_bot, slack):
+    """The simulator (4–20 s) and Veo 3.1 (4/6/8 s; 1080p only at 8 s)."""
+    async with FakeVeoServer(run_seconds=0.3) as veo, httpx.AsyncClient() as client:
+        bot = await make_bot(providers={"veo": VeoProvider(veo.api_key, base_url=veo.base_url, client=client)},
+                             include_simulator=True)
+        yield bot
+
+
+async def test_sora_with_no_text_opens_the_form(make_bot, slack) -> None:
+    bot = await make_bot()
+    resp = await bot.slash("")
+    assert resp.status_code == 200
+    view = await _opened(slack, 0)
+    assert_valid_modal(view)
+    assert view["callback_id"] == rm.MODAL
+    cost = next(b for b in view["blocks"] if b.get("block_id") == "cost")["elements"][0]["text"]
+    assert cost == "8 s × $0.10 = *$0.80* · you have $5.00 left today"
+
+
+async def test_changing_the_model_updates_the_choices_and_the_cost(two_models, slack) -> None:
+    bot = two_models
+    await post_signed(bot.http, bot.url, _shortcut("sora_generate", kind="shortcut"))
+    view = await _opened(slack, 0)
+    models = next(b for b in view["blocks"] if b.get("block_id") == "model")["element"]["options"]
+    assert {o["value"] for o in models} == {"simulator", "veo-3.1", "veo-3.1-fast"}
+    state = {"values": _values(view, model="veo-3.1")}
+    action = {"type": "block_actions", "user": {"id": "U1"}, "team": {"id": "T0001"}, "api_app_id": "A1",
+              "trigger_id": "t", "view": {**view, "id": "V42", "hash": "h1", "state": state},
+              "actions": [{"action_id": rm.MODEL_ACTION, "block_id": "model", "type": "static_select",
+                           "selected_option": {"value": "veo-3.1"}}]}
+    await post_signed(bot.http, bot.url, _form(action))
+    await slack.wait_for(lambda: any(v["method"] == "views.update" for v in slack.views), timeout=5)
+    update = next(v for v in slack.views if v["method"] == "views.update")["params"]
+    assert update["view_id"] == "V42" and update["hash"] == "h1"
+    new = update["view"]
+    assert_valid_modal(new)
+    lengths = next(b for b in new["blocks"] if b["block_id"].startswith("duration:"))["element"]["options"]
+    assert [o["value"] for o in lengths] == ["4", "6", "8"]
+    cost = next(b for b in new["blocks"] if b.get("block_id") == "cost")["elements"][0]["text"]
+    assert cost.startswith("8 s × $0.40 = *$3.20*")
+    assert any(b.get("block_id") == "image" for b in new["blocks"])  # Veo can start from an image
+
+
+async def test_submissions_show_problems_on_the_field(two_models, slack) -> None:
+    bot = two_models
+    view = await rm.build_view(bot.deps, "U1", rm.defaults(bot.deps), rm.Target())
+
+    async def submit(values: dict[str, Any], view_id: str = "V1") -> dict[str, Any]:
+        resp = await post_signed(bot.http, bot.url, view_submission_body(rm.MODAL, private_metadata="{}", values=values, view_id=view_id))
+        return resp.json() if resp.content else {}
+
+    empty = await submit(_values(view, prompt="  "))
+    assert empty["response_action"] == "errors" and "what to make" in empty["errors"]["prompt"]
+    nowhere = await submit(_values(view, channel=None))
+    assert "Pick where" in nowhere["errors"]["channel"]
+    # Veo at 1080p allows only 8 s: the error lands on the length field of that view
+    veo_view = await rm.build_view(bot.deps, "U1", rm.Choices("veo-3.1", 8, "1080p", "16:9"), rm.Target())
+    values = _values(veo_view)
+    duration_block = next(k for k in values if k.startswith("duration:"))
+    values[duration_block][rm.DURATION_ACTION]["selected_option"] = {"value": "4"}
+    too_short = await submit(values)
+    assert too_short["errors"] == {duration_block: too_short["errors"][duration_block]}
+    assert "at 1080p" in too_short["errors"][duration_block]
+    # over budget: said on the length field, with what is left
+    big = _values(veo_view)
+    await bot.slash("-m simulator -d 20 something that takes most of the budget")
+    over = await submit(big)
+    assert "left of your $5.00" in next(iter(over["errors"].values()))
+    assert len(json.loads(await jobs_json(bot.deps.db))) == 1
+
+
+async def test_a_valid_submission_makes_one_job_in_the_picked_channel(two_models, slack) -> None:
+    bot = two_models
+    slack.add_channel("C9", name="videos", member=True)
+    view = await rm.build_view(bot.deps, "U1", rm.defaults(bot.deps), rm.Target())
+    values = _values(view, channel="C9", model="simulator", duration="6", aspect="9:16")
+    body = view_submission_body(rm.MODAL, private_metadata="{}", values=values, view_id="V77")
+    first = await post_signed(bot.http, bot.url, body)
+    again = await post_signed(bot.http, bot.url, body)  # a double submit
+    assert first.status_code == 200 and not first.content and again.status_code == 200
+    await bot.runtime.poller.idle(10)
+    jobs = json.loads(await jobs_json(bot.deps.db))
+    assert len(jobs) == 1
+    job = jobs[0]
+    assert (job["channel_id"], job["duration_seconds"], job["aspect_ratio"]) == ("C9", 6, "9:16")
+    assert job["status"] == "succeeded" and slack.thread("C9", job["thread_ts"])[-1].files
+
+
+async def test_a_message_shortcut_prefills_and_answers_in_that_thread(make_bot, slack) -> None:
+    bot = await make_bot()
+    msg = slack.add_message("C1", "a lighthouse &amp; a storm at dusk", user="U2")
+    await post_signed(bot.http, bot.url, _shortcut("sora_from_message", kind="message_action",
+                                                     message={"ts": msg.ts, "text": msg.text, "user": "U2"}))
+    view = await _opened(slack, 0)
+    assert_valid_modal(view)
+    assert view["blocks"][0]["element"]["initial_value"] == "a lighthouse & a storm at dusk"
+    assert not any(b.get("block_id") == "channel" for b in view["blocks"])  # the target is fixed
+    values = _values(view, prompt="a lighthouse & a storm at dusk")
+    body = view_submission_body(rm.MODAL, private_metadata=view["private_metadata"], values=values, view_id="V5")
+    await post_signed(bot.http, bot.url, body)
+    await bot.runtime.poller.idle(10)
+    job = json.loads(await jobs_json(bot.deps.db))[0]
+    assert job["thread_ts"] == msg.ts and job["status"] == "succeeded"
+    assert any(m.files for m in slack.thread("C1", msg.ts))
+
+
+async def test_a_direct_message_is_a_request_answered_in_its_thread(make_bot, slack) -> None:
+    bot = await make_bot()
+    dm = slack.add_message("DU1", "-d 4 a snowy owl", user="U1")
+    event = {"type": "message", "channel": "DU1", "channel_type": "im", "user": "U1",
+             "text": dm.text, "ts": dm.ts}
+    body = json.dumps({"token": "x", "team_id": "T0001", "api_app_id": "A1", "type": "event_callback",
+                       "event_id": "EvDM1", "event_time": 1, "event": event})
+    await post_signed(bot.http, bot.url, body)
+    await slack.wait_for(lambda: any(m.files for m in slack.messages if m.channel == "DU1"), timeout=10)
+    await bot.runtime.poller.idle(10)
+    job = json.loads(await jobs_json(bot.deps.db))[0]
+    assert (job["channel_id"], job["thread_ts"], job["duration_seconds"]) == ("DU1", dm.ts, 4)
+    assert any(m.files for m in slack.messages if m.channel == "DU1")
+    # the bot's own DM posts are not requests
+    own = {**event, "user": "UBOT", "bot_id": "BBOT", "text": "Here is your video", "ts": "1700000099.000001"}
+    await post_signed(bot.http, bot.url, json.dumps({"token": "x", "team_id": "T0001", "api_app_id": "A1",
+                                                      "type": "event_callback", "event_id": "EvDM2",
+                                                      "event_time": 1, "event": own}))
+    await bot.runtime.poller.idle(5)
+    assert len(json.loads(await jobs_json(bot.deps.db))) == 1
+
+
+async def test_again_in_a_thread_reuses_the_previous_options(make_bot, slack) -> None:
+    bot = await make_bot()
+    root = slack.add_message("C1", "<@UBOT> -d 6 -a 9:16 a city street", user="U1")
+    await post_signed(bot.http, bot.url, mention_body(root.text, ts=root.ts, event_id="EvA1"))
+    await slack.wait_for(lambda: sum(1 for m in slack.messages if m.files) == 1, timeout=10)
+    follow = slack.add_message("C1", "<@UBOT> again but at night", user="U1", thread_ts=root.ts)
+    await post_signed(bot.http, bot.url, mention_body(follow.text, ts=follow.ts, thread_ts=root.ts, event_id="EvA2"))
+    await slack.wait_for(lambda: sum(1 for m in slack.messages if m.files) == 2, timeout=10)
+    jobs = json.loads(await jobs_json(bot.deps.db))
+    assert len(jobs) == 2
+    newest = jobs[0]
+    assert newest["prompt"] == "again but at night"
+    assert (newest["duration_seconds"], newest["aspect_ratio"], newest["thread_ts"]) == (6, "9:16", root.ts)
+
+
+async def test_a_deleted_thread_parent_does_not_lose_the_video(make_bot, slack) -> None:
+    bot = await make_bot()
+    # a mention whose message Slack no longer knows (deleted before the bot answered)
+    await post_signed(bot.http, bot.url, mention_body("<@UBOT> a red kite", ts="1600000000.000001", event_id="EvGone"))
+    await slack.wait_for(lambda: any(m.files for m in slack.messages), timeout=10)
+    await bot.runtime.poller.idle(10)
+    job = json.loads(await jobs_json(bot.deps.db))[0]
+    assert job["status"] == "succeeded" and job["thread_ts"] != "1600000000.000001"
+    assert sum(1 for m in slack.messages if m.files) == 1
