@@ -1,0 +1,60 @@
+"""docs/*.json show what the bot's views look like; they must match what the code builds.
+
+Regenerate after changing a builder: `UPDATE_DOCS=1 pytest tests/test_docs_views.py`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from datetime import UTC, datetime
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+from bot import messages
+from bot import request_modal as rm
+from bot.models import FailureKind, Job, JobStatus
+
+DOCS = Path(__file__).resolve().parent.parent / "docs"
+WHEN = datetime(2026, 11, 25, 14, 0, tzinfo=UTC)
+
+
+def _job(**kw) -> Job:
+    base = dict(
+        id="k7f3q2mz", user_id="U0ALICE", team_id="T1", channel_id="C0VIDEOS", thread_ts="1764079200.000100",
+        status_ts="1764079200.000100", source="command", model="veo-3.1", provider="veo",
+        prompt="a golden retriever running through autumn leaves", duration_seconds=8, resolution="720p",
+        aspect_ratio="16:9", status=JobStatus.RUNNING, failure_kind=None, failure_detail=None, progress=40,
+        provider_job_id="models/veo/operations/abc", estimate_micros=3_200_000, cost_micros=0, video_url=None,
+        response_url=None, created_at=WHEN, submit_started_at=WHEN, last_progress_at=WHEN, stall_notified=False,
+        finished_at=None, budget_day="2026-11-25",
+    )
+    base.update(kw)
+    return Job(**base)
+
+
+def _check(name: str, payload: dict) -> None:
+    path = DOCS / name
+    text = json.dumps(payload, indent=2, ensure_ascii=False) + "\n"
+    if os.environ.get("UPDATE_DOCS"):
+        path.write_text(text, encoding="utf-8")
+    assert path.read_text(encoding="utf-8") == text, f"{name} is stale: rerun with UPDATE_DOCS=1"
+
+
+def test_request_message_examples() -> None:
+    tz = ZoneInfo("Europe/Berlin")
+    _, running = messages.request_message(_job(), tz=tz)
+    _, failed = messages.request_message(
+        _job(status=JobStatus.FAILED, failure_kind=FailureKind.STUCK, progress=99), tz=tz)
+    _check("request-message-running.json", {"blocks": running})
+    _check("request-message-failed.json", {"blocks": failed})
+
+
+def test_edit_modal_example() -> None:
+    _check("edit-modal.json", messages.edit_modal(_job(status=JobStatus.FAILED, failure_kind=FailureKind.BLOCKED_INPUT)))
+
+
+async def test_request_modal_example(make_bot) -> None:
+    bot = await make_bot()
+    view = await rm.build_view(bot.deps, "U0ALICE", rm.defaults(bot.deps, "a paper boat in the rain"), rm.Target())
+    _check("request-modal.json", view)
