@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
+from urllib.parse import quote
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from aiohttp import BodyPartReader, WSCloseCode, WSMsgType, web
@@ -33,6 +34,21 @@ _VIDEO_SUFFIXES = (".mp4", ".mov", ".webm", ".m4v", ".mkv", ".avi", ".gif")
 # Upload POSTs and response_url POSTs are recorded under these pseudo method names.
 UPLOAD = "upload"
 RESPOND = "respond"
+# GETs of a user's private file (`url_private` / `url_private_download`), recorded under this name.
+FILE_DOWNLOAD = "file_download"
+
+# What Slack serves for a private file URL fetched without a valid token: its sign-in page, 200.
+_SIGN_IN_PAGE = "<!DOCTYPE html><html><head><title>Slack</title></head><body>Sign in to Slack</body></html>"
+_FILETYPES = {
+    "image/png": ("png", "PNG"),
+    "image/jpeg": ("jpg", "JPEG"),
+    "image/webp": ("webp", "WebP"),
+    "image/gif": ("gif", "GIF"),
+    "image/heic": ("heic", "HEIC"),
+    "text/plain": ("text", "Plain Text"),
+    "application/pdf": ("pdf", "PDF"),
+    "video/mp4": ("mp4", "MPEG 4 Video"),
+}
 
 # The envelope types Slack sends over a Socket Mode connection that carry a payload to ack.
 ENVELOPE_TYPES = ("slash_commands", "events_api", "interactive")
@@ -155,6 +171,8 @@ class FakeSlack:
         self._pending_uploads: dict[str, tuple[str, int]] = {}
         self._shared_files: set[str] = set()
         self._file_shares: dict[str, list[Message]] = {}
+        # files users uploaded (add_file): id -> (Slack file object, bytes)
+        self._private_files: dict[str, tuple[dict[str, Any], bytes]] = {}
         self._holds: dict[str, deque[Hold]] = {}
         # one counter for every ts so they are strictly increasing across channels and kinds
         self._ts_micros = itertools.count(1_700_000_000_000_100, 100)
@@ -187,6 +205,7 @@ class FakeSlack:
         app.router.add_route("*", "/api/{method}", self._handle_api)
         app.router.add_post("/upload/{file_id}", self._handle_upload)
         app.router.add_post("/respond/{n}", self._handle_respond)
+        app.router.add_get("/files-pri/{team_file}/{tail:.+}", self._handle_file_download)
         app.router.add_get("/socket", self._handle_socket)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
@@ -310,6 +329,40 @@ class FakeSlack:
         message = Message(channel=channel, ts=self._next_ts(), thread_ts=thread_ts, text=text, user=user)
         self.messages.append(message)
         return message
+
+    def add_file(
+        self, file_id: str, data: bytes, *, name: str, mimetype: str, user: str = "U1"
+    ) -> dict[str, Any]:
+        """A file a user uploaded to Slack; returns its file object (as in events and files.info).
+
+        Its `url_private` / `url_private_download` point at this fake and serve the bytes only
+        with `Authorization: Bearer xox…`; without one they answer Slack's sign-in page (HTML,
+        status 200), as Slack does. `files.info` returns the same object.
+        """
+        filetype, pretty = _FILETYPES.get(mimetype, (mimetype.rpartition("/")[2] or "binary", mimetype))
+        base = f"{self.base_url}/files-pri/{self.team_id}-{file_id}"
+        now = int(time.time())
+        info: dict[str, Any] = {
+            "id": file_id,
+            "created": now,
+            "timestamp": now,
+            "name": name,
+            "title": name,
+            "mimetype": mimetype,
+            "filetype": filetype,
+            "pretty_type": pretty,
+            "user": user,
+            "mode": "hosted",
+            "is_external": False,
+            "is_public": False,
+            "size": len(data),
+            "url_private": f"{base}/{quote(name)}",
+            "url_private_download": f"{base}/download/{quote(name)}",
+            "permalink": f"https://fake-workspace.slack.com/files/{user}/{file_id}/{quote(name)}",
+            "shares": {},
+        }
+        self._private_files[file_id] = (info, bytes(data))
+        return dict(info)
 
     def new_response_url(self) -> str:
         url = f"{self.base_url}/respond/{next(self._response_urls)}"
@@ -515,6 +568,25 @@ class FakeSlack:
             return web.Response(status=400, text="invalid_payload")
         self.responses[url].append(body)
         return web.Response(text="ok")
+
+    async def _handle_file_download(self, request: web.Request) -> web.Response:
+        file_id = request.match_info["team_file"].partition("-")[2]
+        token = _token(request, {})
+        call = Call(FILE_DOWNLOAD, {"file_id": file_id, "path": request.path}, 200, token)
+        self.calls.append(call)
+        fault = self._take_fault(FILE_DOWNLOAD)
+        if fault is not None:
+            response = _fault_response(fault, json_body=False)
+            call.http_status = response.status
+            return response
+        if token is None or not token.startswith("xox"):
+            return web.Response(text=_SIGN_IN_PAGE, content_type="text/html")
+        entry = self._private_files.get(file_id)
+        if entry is None:
+            call.http_status = 404
+            return web.Response(status=404, text="file_not_found")
+        info, data = entry
+        return web.Response(body=data, headers={"Content-Type": str(info["mimetype"])})
 
     def _issue_socket_url(self) -> str:
         ticket = str(next(self._ticket_ids))
@@ -752,6 +824,9 @@ class FakeSlack:
 
     def _files_info(self, params: dict[str, Any]) -> dict[str, Any]:
         file_id = str(params.get("file") or "")
+        private = self._private_files.get(file_id)
+        if private is not None:
+            return {"file": dict(private[0])}
         upload = self.uploads.get(file_id)
         if upload is None:
             raise _SlackError("file_not_found")

@@ -7,6 +7,7 @@ it, so a "model not found" answer is reported as ProviderRetired.
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 from pathlib import Path
 from typing import Any
@@ -137,13 +138,20 @@ class OpenAIVideosProvider:
         self._sem = asyncio.Semaphore(max_concurrency)
 
     async def submit(self, spec: VideoSpec) -> str:
-        """Create the job. `seconds` must be a string: OpenAI rejects an integer."""
-        payload = {
+        """Create the job. `seconds` must be a string: OpenAI rejects an integer.
+
+        A reference image goes as `input_reference: {image_url: <data URL>}` (the JSON form);
+        it must already be exactly `size` (bot.images pads it), or OpenAI answers 400.
+        """
+        payload: dict[str, Any] = {
             "model": spec.provider_model,
             "prompt": spec.prompt,
             "seconds": str(spec.duration_s),
             "size": openai_size(spec.resolution, spec.aspect_ratio),
         }
+        if spec.image is not None:
+            encoded = base64.b64encode(spec.image.data).decode("ascii")
+            payload["input_reference"] = {"image_url": f"data:{spec.image.mime_type};base64,{encoded}"}
         response = await send(
             self._client,
             self._sem,

@@ -31,7 +31,10 @@ creation, so a restarted bot sees the same timeline.
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import hashlib
+import io
 import json
 import struct
 import threading
@@ -43,6 +46,7 @@ from typing import Any, ClassVar, Self
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
+from PIL import Image, UnidentifiedImageError
 
 from bot.models import ProviderState, ProviderStatus, VideoSpec
 from bot.providers.base import VideoProvider
@@ -57,6 +61,36 @@ MODERATION_OUTPUT = "Your request was blocked by our moderation system."
 RETIRED_MESSAGE = "The model 'sora-2' does not exist or you do not have access to it."
 OPENAI_SECONDS = ("4", "8", "12", "16", "20")
 OPENAI_SIZES = ("720x1280", "1280x720", "1024x1792", "1792x1024", "1920x1080", "1080x1920")
+INPAINT_MISMATCH = "Inpaint image must match the requested width and height"
+MAX_IMAGE_URL_CHARS = 20 * 1024 * 1024  # "max 20 MB string" (reference §1.1)
+_IMAGE_FORMATS = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp"}
+
+
+def decode_data_url_image(url: Any) -> tuple[int, int] | str:
+    """(width, height) of a `data:image/...;base64,` jpeg/png/webp; otherwise why not, as text."""
+    if not isinstance(url, str) or not url.startswith("data:"):
+        return "must be a data URL"
+    if len(url) > MAX_IMAGE_URL_CHARS:
+        return "is longer than 20 MB"
+    header, sep, payload = url.partition(",")
+    if not sep or not header.endswith(";base64"):
+        return "must be a base64 data URL"
+    mime = header[len("data:") : -len(";base64")]
+    try:
+        raw = base64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError):
+        return "is not valid base64"
+    try:
+        with Image.open(io.BytesIO(raw)) as img:
+            img.load()
+            fmt, size = img.format, img.size
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+        return "is not an image"
+    if fmt not in _IMAGE_FORMATS:
+        return f"must be jpeg, png or webp, not {str(fmt).lower()}"
+    if _IMAGE_FORMATS[fmt] != mime:
+        return f"declares {mime} but holds {_IMAGE_FORMATS[fmt]}"
+    return size
 
 
 def video_bytes(job_id: str, size: int = 4096) -> bytes:
@@ -324,7 +358,9 @@ class FakeGatewayServer(_FakeServer):
 
     `status_style="simple"` answers queued/processing/succeeded/failed; `"raw"` answers new-api's
     SUBMITTED/IN_PROGRESS/SUCCESS/FAILURE. `files_host="localhost"` serves video URLs from
-    another host name than the API, to check the key is not sent there.
+    another host name than the API, to check the key is not sent there. An optional `image`
+    (a URL or data URL) is accepted and kept in the submit; a data URL's decoded size is
+    recorded as `submits[-1]["_image_size"]`.
     """
 
     _WORDS: ClassVar[dict[str, dict[str, str]]] = {
@@ -383,6 +419,18 @@ class FakeGatewayServer(_FakeServer):
         ):
             self.create_attempts[-1] = {**body, "refused": "size"}
             return _error(400, "width and height must be integers")
+        image = body.get("image")
+        if image is not None:
+            # new-api's task shape: `image` is a URL or a data URL (the first frame)
+            if not isinstance(image, str) or not image:
+                self.create_attempts[-1] = {**body, "refused": "image"}
+                return _error(400, "image must be a URL or a data URL")
+            if image.startswith("data:"):
+                decoded = decode_data_url_image(image)
+                if isinstance(decoded, str):
+                    self.create_attempts[-1] = {**body, "refused": "image"}
+                    return _error(400, f"image {decoded}")
+                body = {**body, "_image_size": decoded}
         job = self._new_job("task_", body)
         await self._slow_if_asked(job)
         if self.api_style == "newapi":
@@ -444,7 +492,10 @@ class FakeGatewayServer(_FakeServer):
 class FakeOpenAIServer(_FakeServer):
     """The OpenAI Videos API: create, retrieve, list, content, delete (reference §1.1).
 
-    `poll_after_ms` adds an `openai-poll-after-ms` header to retrieve answers.
+    `poll_after_ms` adds an `openai-poll-after-ms` header to retrieve answers. A create with
+    `input_reference: {image_url: <data URL>}` is decoded; unless the image is exactly `size`
+    the answer is 400 "Inpaint image must match the requested width and height", and an
+    accepted one records the decoded size as `submits[-1]["_image_size"]`.
     """
 
     def __init__(
@@ -513,9 +564,34 @@ class FakeOpenAIServer(_FakeServer):
         if size not in OPENAI_SIZES:
             self.create_attempts[-1] = {**body, "refused": "size"}
             return _error(400, f"Invalid value: '{size}' for 'size'.", code="invalid_value")
-        job = self._new_job("video_", {**body, "seconds": seconds, "size": size})
+        extra: dict[str, Any] = {}
+        if "input_reference" in body:
+            checked = self._check_reference(body["input_reference"], size)
+            if isinstance(checked, web.Response):
+                self.create_attempts[-1] = {**body, "refused": "input_reference"}
+                return checked
+            extra["_image_size"] = checked
+        job = self._new_job("video_", {**body, "seconds": seconds, "size": size, **extra})
         await self._slow_if_asked(job)
         return web.json_response(self._video(job, "queued"))
+
+    @staticmethod
+    def _check_reference(ref: Any, size: str) -> tuple[int, int] | web.Response:
+        """The JSON `input_reference`: `{image_url}` as a data URL, exactly `size` (§1.1).
+
+        `{file_id}` and remote URLs are refused: this fake has no Files API and fetches nothing.
+        """
+        if not isinstance(ref, dict) or len([k for k in ("file_id", "image_url") if k in ref]) != 1:
+            return _error(400, "input_reference must have exactly one of 'file_id' or 'image_url'.",
+                          code="invalid_value")
+        if "file_id" in ref:
+            return _error(400, "This fake does not serve uploaded files; send image_url.", code="invalid_value")
+        decoded = decode_data_url_image(ref["image_url"])
+        if isinstance(decoded, str):
+            return _error(400, f"Invalid input_reference.image_url: it {decoded}.", code="invalid_value")
+        if f"{decoded[0]}x{decoded[1]}" != size:
+            return _error(400, INPAINT_MISMATCH)
+        return decoded
 
     async def _retrieve(self, request: web.Request) -> web.Response:
         job_id = request.match_info["id"]
