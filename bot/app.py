@@ -34,6 +34,7 @@ from bot.slack_io import make_slack_client
 from handlers import actions as action_handlers
 from handlers import admin as admin_handlers
 from handlers import commands as command_handlers
+from handlers import home as home_handlers
 from handlers import modals as modal_handlers
 from storage.db import Database
 
@@ -93,6 +94,7 @@ def build_app(deps: Deps, *, signing_secret: str | None) -> AsyncApp:
     command_handlers.register(app)
     admin_handlers.register(app)
     action_handlers.register(app)
+    home_handlers.register(app)
     modal_handlers.register(app)
     return app
 

@@ -111,6 +111,8 @@ def _sora_models(provider: str) -> list[ModelSpec]:
             aspect_ratios=("16:9", "9:16"),
             price_source=_SORA_SOURCE,
             retired_note=_SORA_NOTE if provider == OPENAI else None,
+            # the OpenAI shape takes input_reference; the seed gateway shape has no image field
+            image_to_video=provider == OPENAI,
         ),
         ModelSpec(
             id="sora-2-pro",
@@ -123,6 +125,8 @@ def _sora_models(provider: str) -> list[ModelSpec]:
             aspect_ratios=("16:9", "9:16"),
             price_source=_SORA_SOURCE,
             retired_note=_SORA_NOTE if provider == OPENAI else None,
+            # the OpenAI shape takes input_reference; the seed gateway shape has no image field
+            image_to_video=provider == OPENAI,
         ),
     ]
 

@@ -84,8 +84,8 @@ async def run_command(deps: Deps, command: Command, origin: Origin) -> Reply:
                     able = ", ".join(f"`{m.id}`" for m in deps.catalog if m.image_to_video) or "none here"
                     raise InvalidRequest(f"`{spec.id}` can't start from an image (models that can: {able}). Nothing was charged.")
                 f = origin.image_file
-                data, _ = await images.fetch_slack_file(deps, file_id=f.get("id"),
-                                                        url=f.get("url_private_download") or f.get("url_private"))
+                # by id only: files.info checks the type and size before anything is downloaded
+                data, _ = await images.fetch_slack_file(deps, file_id=f.get("id"))
                 image = await images.prepare_image_async(data, spec=spec, resolution=request.resolution,
                                                          aspect=request.aspect_ratio)
             job, created = await flow.accept_request(

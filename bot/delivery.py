@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 from slack_sdk.errors import SlackApiError
 
-from bot import incidents, messages, slack_io
+from bot import home, incidents, messages, slack_io
 from bot.clock import iso
 from bot.deps import Deps
 from bot.errors import DeliveryError, ProviderError
@@ -50,6 +50,7 @@ async def deliver(deps: Deps, job_id: str) -> None:
             await asyncio.sleep(delay)
             continue
         await jobstore.mark_delivered(deps.db, job_id, message_ts=ts, method=method, now=iso(deps.clock()))
+        await home.refresh_after_job(deps, job.user_id)  # best effort; never raises
         if delivery.file_path:
             Path(delivery.file_path).unlink(missing_ok=True)
         await slack_io.update_status(deps, job)

@@ -283,8 +283,8 @@ async def finish_with_image(deps: Deps, *, user_id: str, team_id: str | None, ou
     request, channel, thread_ts, source, dedupe = outcome.pending
     file = outcome.image_file
     try:
-        data, _mime = await images.fetch_slack_file(
-            deps, file_id=file.get("id"), url=file.get("url_private_download") or file.get("url_private"))
+        # by id only: files.info checks the type and size before anything is downloaded
+        data, _mime = await images.fetch_slack_file(deps, file_id=file.get("id"))
         image = await images.prepare_image_async(data, spec=request.spec(deps.catalog),
                                                  resolution=request.resolution, aspect=request.aspect_ratio)
         job, _ = await flow.accept_request(

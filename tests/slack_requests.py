@@ -78,3 +78,16 @@ def view_submission_body(callback_id: str, *, private_metadata: str, values: dic
                  "private_metadata": private_metadata, "state": {"values": values}},
     }
     return urlencode({"payload": json.dumps(payload)})
+
+
+def app_home_opened_body(user: str = "U1", *, tab: str = "home", channel: str = "D0HOME",
+                         event_id: str | None = None, team: str = "T0001") -> str:
+    """The event Slack sends each time a person opens the app's Home (or Messages) tab."""
+    ts = f"{time.time():.6f}"
+    event: dict[str, Any] = {"type": "app_home_opened", "user": user, "channel": channel, "tab": tab,
+                             "event_ts": ts}
+    return json.dumps({
+        "token": "legacy", "team_id": team, "api_app_id": "A1", "type": "event_callback",
+        "event_id": event_id or f"Ev{next(_events):06d}", "event_time": int(time.time()),
+        "event": event, "authorizations": [{"team_id": team, "user_id": "UBOT", "is_bot": True}],
+    })
