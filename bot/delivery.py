@@ -50,10 +50,10 @@ async def deliver(deps: Deps, job_id: str) -> None:
             await asyncio.sleep(delay)
             continue
         await jobstore.mark_delivered(deps.db, job_id, message_ts=ts, method=method, now=iso(deps.clock()))
-        await home.refresh_after_job(deps, job.user_id)  # best effort; never raises
         if delivery.file_path:
             Path(delivery.file_path).unlink(missing_ok=True)
         await slack_io.update_status(deps, job)
+        await home.refresh_after_job(deps, job.user_id)  # best effort; never raises
         return
 
 

@@ -240,7 +240,7 @@ async def _provider_health(deps: Deps) -> list[ProviderHealth]:
         found = []
         for kind in incidents.ALERT_KINDS:
             # the keys bot.incidents opens and closes
-            setting = await settings_store.read_setting(deps.db, f"incident.{name}.{kind.value}")
+            setting = await settings_store.read_setting(deps.db, incidents.incident_key(name, kind))
             if setting is not None:
                 found.append((kind, setting.value))
         out.append(ProviderHealth(name, deps.provider_label(name), tuple(found)))

@@ -20,7 +20,8 @@ log = logging.getLogger(__name__)
 ALERT_KINDS = (FailureKind.QUOTA_EXHAUSTED, FailureKind.AUTH_FAILED)
 
 
-def _key(provider: str, kind: FailureKind) -> str:
+def incident_key(provider: str, kind: FailureKind) -> str:
+    """The settings key an open incident is kept under (App Home shows them too)."""
     return f"incident.{provider}.{kind.value}"
 
 
@@ -30,9 +31,9 @@ async def open_incident(deps: Deps, provider: str, kind: FailureKind, *, job_id:
         return False
     now = iso(deps.clock())
     async with deps.db.write_txn() as conn:
-        if await settings_store.get_setting(conn, _key(provider, kind)) is not None:
+        if await settings_store.get_setting(conn, incident_key(provider, kind)) is not None:
             return False
-        await settings_store.put_setting(conn, _key(provider, kind), job_id, at=now, by="bot")
+        await settings_store.put_setting(conn, incident_key(provider, kind), job_id, at=now, by="bot")
     label = deps.provider_label(provider)
     what = (
         f"{label}'s credits are used up" if kind is FailureKind.QUOTA_EXHAUSTED
@@ -59,7 +60,7 @@ async def open_incident(deps: Deps, provider: str, kind: FailureKind, *, job_id:
 
 async def close_incidents(deps: Deps, provider: str) -> None:
     """The provider works again: the next failure is news."""
-    keys = [_key(provider, k) for k in ALERT_KINDS]
+    keys = [incident_key(provider, k) for k in ALERT_KINDS]
     async with deps.db.write_txn() as conn:
         for key in keys:
             await settings_store.delete_setting(conn, key)
