@@ -15,6 +15,7 @@ from slack_bolt.adapter.aiohttp import to_aiohttp_response, to_bolt_request
 from slack_bolt.async_app import AsyncApp
 from slack_sdk.web.async_client import AsyncWebClient
 
+from bot import callbacks
 from bot.authz import AdminCheck
 from bot.catalog import FAL, GATEWAY, KLING, OPENAI, RUNWAY, SEEDANCE, SIMULATOR, VEO, build_catalog
 from bot.clock import Clock, utcnow
@@ -63,12 +64,19 @@ def build_providers(settings: Settings) -> dict[str, VideoProvider]:
         providers[VEO] = VeoProvider(secret(settings.gemini_api_key), base_url=settings.gemini_base_url)
     if KLING in configured:
         providers[KLING] = KlingProvider(
-            secret(settings.kling_access_key), secret(settings.kling_secret_key), base_url=settings.kling_base_url
+            secret(settings.kling_access_key), secret(settings.kling_secret_key), base_url=settings.kling_base_url,
+            callback_url_for=callbacks.url_builder(settings, KLING),
         )
     if SEEDANCE in configured:
-        providers[SEEDANCE] = SeedanceProvider(secret(settings.ark_api_key), base_url=settings.ark_base_url)
+        providers[SEEDANCE] = SeedanceProvider(
+            secret(settings.ark_api_key), base_url=settings.ark_base_url,
+            callback_url_for=callbacks.url_builder(settings, SEEDANCE),
+        )
     if FAL in configured:
-        providers[FAL] = FalProvider(secret(settings.fal_key), queue_url=settings.fal_queue_url)
+        providers[FAL] = FalProvider(
+            secret(settings.fal_key), queue_url=settings.fal_queue_url,
+            callback_url_for=callbacks.url_builder(settings, FAL),
+        )
     return providers
 
 
@@ -158,7 +166,8 @@ async def create_runtime(
 
 
 def make_web_app(runtime: Runtime) -> web.Application:
-    """HTTP mode: events, commands and interactivity at POST /slack/events; GET /healthz."""
+    """HTTP mode: events, commands and interactivity at POST /slack/events; GET /healthz;
+    provider callbacks at POST /callbacks/{openai,kling,seedance,fal}."""
 
     async def slack_events(request: web.Request) -> web.Response:
         bolt_request = await to_bolt_request(request)
@@ -173,4 +182,5 @@ def make_web_app(runtime: Runtime) -> web.Application:
     web_app = web.Application(client_max_size=1 << 20)
     web_app.router.add_post("/slack/events", slack_events)
     web_app.router.add_get("/healthz", healthz)
+    callbacks.add_routes(web_app, runtime.deps)
     return web_app

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 from decimal import Decimal
 from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -61,6 +62,10 @@ class Settings(BaseSettings):
     ark_base_url: str = "https://ark.ap-southeast.bytepluses.com"
     fal_key: SecretStr | None = None
     fal_queue_url: str = "https://queue.fal.run"
+    # Not in the contract: provider callbacks (HTTP mode). The public base URL is where
+    # providers reach this bot (unset = no callbacks); the whsec_ key verifies OpenAI's.
+    sora_public_base_url: str | None = None
+    openai_webhook_secret: SecretStr | None = None
 
     @field_validator("sora_daily_budget_usd", mode="before")
     @classmethod
@@ -95,7 +100,7 @@ class Settings(BaseSettings):
 
     @field_validator(
         "slack_api_url", "video_gateway_base_url", "openai_base_url", "runway_base_url",
-        "gemini_base_url", "kling_base_url", "ark_base_url", "fal_queue_url",
+        "gemini_base_url", "kling_base_url", "ark_base_url", "fal_queue_url", "sora_public_base_url",
     )
     @classmethod
     def _url(cls, v: str | None) -> str | None:
@@ -104,6 +109,22 @@ class Settings(BaseSettings):
         if not v.startswith(("http://", "https://")):
             raise ValueError(f"must be an http(s) URL, got {v!r}")
         return v
+
+    @field_validator("openai_webhook_secret")
+    @classmethod
+    def _whsec(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is None or not v.get_secret_value().strip():
+            return None
+        key = v.get_secret_value().strip()
+        body = key.removeprefix("whsec_").rstrip("=")
+        try:
+            padded = body + "=" * (-len(body) % 4)
+            ok = key.startswith("whsec_") and len(base64.b64decode(padded, validate=True)) > 0
+        except ValueError:
+            ok = False
+        if not ok:
+            raise ValueError("must be the whsec_<base64> signing secret of the webhook endpoint")
+        return SecretStr(key)
 
     @field_validator("video_gateway_style")
     @classmethod

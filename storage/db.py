@@ -150,6 +150,22 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
         ALTER TABLE jobs ADD COLUMN reference_image_mime TEXT
         """,
     ),
+    (
+        "provider callbacks",
+        """
+        -- Callbacks name the provider's job id; this finds our job from it.
+        CREATE INDEX jobs_provider_job ON jobs(provider, provider_job_id);
+
+        -- Deliveries already acted on: providers retry, attackers replay.
+        CREATE TABLE webhook_deliveries (
+            provider    TEXT NOT NULL,
+            delivery_id TEXT NOT NULL,
+            received_at TEXT NOT NULL,
+            PRIMARY KEY (provider, delivery_id)
+        );
+        CREATE INDEX webhook_deliveries_received ON webhook_deliveries(received_at);
+        """,
+    ),
 )
 
 

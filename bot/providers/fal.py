@@ -5,10 +5,11 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlencode
 
 import httpx
 
@@ -245,8 +246,10 @@ class FalProvider:
         queue_url: str = "https://queue.fal.run",
         client: httpx.AsyncClient | None = None,
         max_concurrency: int = 2,
+        callback_url_for: Callable[[str], str] | None = None,
     ) -> None:
         self._queue = queue_url.rstrip("/")
+        self._callback_url_for = callback_url_for  # our job id -> where fal reports back
         self._key = api_key
         # fal keys are "<key id>:<key secret>": hide either half if echoed on its own.
         self._secrets = (api_key, *(p for p in api_key.split(":") if len(p) >= 8))
@@ -311,9 +314,10 @@ class FalProvider:
         if spec.image is not None:
             encoded = base64.b64encode(spec.image.data).decode("ascii")
             payload["image_url"] = f"data:{spec.image.mime_type};base64,{encoded}"
-        response = await self._send(
-            "POST", f"{self._queue}/{model_path}", op="submit", json=payload
-        )
+        url = f"{self._queue}/{model_path}"
+        if self._callback_url_for is not None:
+            url += "?" + urlencode({"fal_webhook": self._callback_url_for(spec.external_id)})
+        response = await self._send("POST", url, op="submit", json=payload)
         body = json_object(response, op="submit", label=LABEL)
         request_id = first_text(body, ("request_id",))
         if request_id is None:

@@ -235,8 +235,10 @@ class KlingProvider:
         client: httpx.AsyncClient | None = None,
         max_concurrency: int = 4,
         clock: Callable[[], float] = time.time,
+        callback_url_for: Callable[[str], str] | None = None,
     ) -> None:
         self._base = base_url.rstrip("/")
+        self._callback_url_for = callback_url_for  # our job id -> where Kling reports back
         self._access_key = access_key
         self._secret_key = secret_key
         self._clock = clock
@@ -346,6 +348,8 @@ class KlingProvider:
             "duration": str(spec.duration_s),
             "external_task_id": spec.external_id,
         }
+        if self._callback_url_for is not None:
+            payload["callback_url"] = self._callback_url_for(spec.external_id)
         if spec.image is not None:
             key = "i2v"
             # Plain base64: Kling rejects a `data:` prefix; the image's shape sets the aspect.

@@ -6,7 +6,7 @@ import asyncio
 import base64
 import logging
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -141,8 +141,10 @@ class SeedanceProvider:
         base_url: str = "https://ark.ap-southeast.bytepluses.com",
         client: httpx.AsyncClient | None = None,
         max_concurrency: int = 4,
+        callback_url_for: Callable[[str], str] | None = None,
     ) -> None:
         self._tasks_url = f"{base_url.rstrip('/')}/api/v3/contents/generations/tasks"
+        self._callback_url_for = callback_url_for  # our job id -> where Ark reports back
         self._key = api_key
         self._secrets = (api_key,)
         self._owns_client = client is None
@@ -200,6 +202,8 @@ class SeedanceProvider:
         }
         if spec.audio is not None:
             payload["generate_audio"] = spec.audio
+        if self._callback_url_for is not None:
+            payload["callback_url"] = self._callback_url_for(spec.external_id)
         response = await self._send("POST", self._tasks_url, op="submit", json=payload)
         task_id = first_text(json_object(response, op="submit", label=LABEL), ("id",))
         if task_id is None:

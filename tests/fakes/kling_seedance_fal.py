@@ -33,6 +33,11 @@ segments (three for `workflows/…`, `comfy/…`).
     [stuck]           IN_PROGRESS forever
   `duration` must be "5"/"10" for `fal-ai/kling-video…`, "4s"/"6s"/"8s" for `fal-ai/veo3…`,
   an int elsewhere. Cancel works only while IN_QUEUE.
+
+Callbacks: each fake's `send_callback(job_id)` posts what that provider sends to the URL it
+got at submit (Kling and Seedance: `callback_url` in the body, fal: `?fal_webhook=`): Kling
+and Seedance the task object as their query answers it, fal `{request_id, gateway_request_id,
+status, payload, error}`. `body=` sends something else to that URL instead.
 """
 
 from __future__ import annotations
@@ -360,6 +365,14 @@ class FakeKlingServer(_FakeServer):
             }
         )
 
+    async def send_callback(self, job_id: str, *, body: bytes | None = None) -> int:
+        """POST the task object to the job's `callback_url`; the receiver's HTTP status."""
+        job = self.jobs[job_id]
+        self._skip_queue(job)
+        return await self._post_callback(
+            job.body["callback_url"], json.dumps(self._data(job)).encode() if body is None else body
+        )
+
     async def _file(self, request: web.Request) -> web.Response:
         return self._download(request.match_info["name"].removesuffix(".mp4"), request)
 
@@ -555,6 +568,14 @@ class FakeSeedanceServer(_FakeServer):
             self.deletes.append(job_id)
         return web.json_response({})
 
+    async def send_callback(self, job_id: str, *, body: bytes | None = None) -> int:
+        """POST the task object to the job's `callback_url`; the receiver's HTTP status."""
+        job = self.jobs[job_id]
+        self._skip_queue(job)
+        return await self._post_callback(
+            job.body["callback_url"], json.dumps(self._task(job)).encode() if body is None else body
+        )
+
     async def _file(self, request: web.Request) -> web.Response:
         return self._download(request.match_info["name"].removesuffix(".mp4"), request)
 
@@ -652,7 +673,8 @@ class FakeFalServer(_FakeServer):
             self.create_attempts[-1]["refused"] = problem
             return _fal_detail(422, problem, "value_error")
         job = FakeJob(
-            id=str(uuid.uuid4()), prompt=prompt, model=model, body=body, created_at=time.time()
+            id=str(uuid.uuid4()), prompt=prompt, model=model, body=body, created_at=time.time(),
+            extra={"fal_webhook": request.query.get("fal_webhook")},
         )
         self.jobs[job.id] = job
         self.submits.append({**body, "model": model})
@@ -738,6 +760,22 @@ class FakeFalServer(_FakeServer):
         job.cancelled = True
         self.cancels.append(job.id)
         return web.json_response({"status": "CANCELLATION_REQUESTED"}, status=202)
+
+    async def send_callback(self, job_id: str, *, body: bytes | None = None) -> int:
+        """POST fal's webhook body to the job's `?fal_webhook=` URL; the receiver's HTTP status."""
+        job = self.jobs[job_id]
+        self._skip_queue(job)
+        ok = job.finished_ok(self.run_seconds) and not job.has("[result-422]")
+        event = {
+            "request_id": job.id,
+            "gateway_request_id": job.id,
+            "status": "OK" if ok else "ERROR",
+            "payload": {"video": {"url": self.file_url(job.id), "content_type": "video/mp4"}} if ok else None,
+            "error": None if ok else "Request failed",
+        }
+        return await self._post_callback(
+            job.extra["fal_webhook"], json.dumps(event).encode() if body is None else body
+        )
 
     async def _file(self, request: web.Request) -> web.Response:
         return self._download(request.match_info["name"].removesuffix(".mp4"), request)

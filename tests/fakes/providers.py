@@ -26,6 +26,12 @@ scripted by markers in the prompt:
 Timeline: the first poll of a job says queued, later polls say in_progress with rising
 progress, and the job is finished once `run_seconds` of wall-clock time have passed since its
 creation, so a restarted bot sees the same timeline.
+
+Callbacks: webhooks are set per account, as in OpenAI's dashboard:
+`FakeOpenAIServer.configure_webhooks(url, secret)`, then `send_callback(job_id)` posts a
+Standard-Webhooks-signed `video.completed` / `video.failed` event. A job a provider calls
+back about has left its queue, so from then on its first poll no longer says queued.
+`callbacks_sent` records (url, HTTP status) of each delivery.
 """
 
 from __future__ import annotations
@@ -42,10 +48,13 @@ import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, ClassVar, Self
 
+import httpx
 from aiohttp import web
 from aiohttp.typedefs import Handler
+from standardwebhooks import Webhook
 from PIL import Image, UnidentifiedImageError
 
 from bot.models import ProviderState, ProviderStatus, VideoSpec
@@ -172,6 +181,7 @@ class _FakeServer:
         self.download_auth: list[str | None] = []  # Authorization header of each download
         self.cancels: list[str] = []
         self.jobs: dict[str, FakeJob] = {}
+        self.callbacks_sent: list[tuple[str, int]] = []  # (url, HTTP status) per callback
         self._creates_per_prompt: Counter[str] = Counter()
         self._runner: web.AppRunner | None = None
         self._port: int | None = None
@@ -338,6 +348,23 @@ class _FakeServer:
         job.served_polls += 1
         return None
 
+    # --- callbacks ---
+
+    @staticmethod
+    def _skip_queue(job: FakeJob) -> None:
+        """A provider calls back about a job that has left its queue: from now on its stage
+        follows the clock alone (the next poll no longer answers "queued")."""
+        job.served_polls = max(job.served_polls, 2)
+
+    async def _post_callback(self, url: str, body: bytes, headers: dict[str, str] | None = None) -> int:
+        """POST a callback the way a provider does; the receiver's HTTP status."""
+        async with httpx.AsyncClient(timeout=10) as client:
+            response = await client.post(
+                url, content=body, headers={"Content-Type": "application/json", **(headers or {})}
+            )
+        self.callbacks_sent.append((url, response.status_code))
+        return response.status_code
+
     def _download(self, job_id: str, request: web.Request) -> web.Response:
         self.downloads[job_id] += 1
         self.download_auth.append(request.headers.get("Authorization"))
@@ -489,6 +516,13 @@ class FakeGatewayServer(_FakeServer):
         return self._download(request.match_info["name"].removesuffix(".mp4"), request)
 
 
+def sign_webhook(secret: str, webhook_id: str, timestamp: int, body: bytes) -> dict[str, str]:
+    """Standard Webhooks headers for `body`: v1,<base64 HMAC-SHA256 of "{id}.{timestamp}.{body}">."""
+    when = datetime.fromtimestamp(timestamp, tz=UTC)
+    signature = Webhook(secret).sign(webhook_id, when, body.decode())
+    return {"webhook-id": webhook_id, "webhook-timestamp": str(timestamp), "webhook-signature": signature}
+
+
 class FakeOpenAIServer(_FakeServer):
     """The OpenAI Videos API: create, retrieve, list, content, delete (reference §1.1).
 
@@ -508,6 +542,53 @@ class FakeOpenAIServer(_FakeServer):
         super().__init__(run_seconds=run_seconds, slow_seconds=slow_seconds)
         self.poll_after_ms = poll_after_ms
         self.deletes: list[str] = []
+        self.webhook_url: str | None = None
+        self.webhook_secret: str | None = None
+
+    def configure_webhooks(self, url: str, secret: str) -> None:
+        """The endpoint and its whsec_ signing secret, as set up in OpenAI's dashboard."""
+        self.webhook_url, self.webhook_secret = url, secret
+
+    async def send_callback(
+        self,
+        job_id: str,
+        *,
+        event_type: str | None = None,
+        webhook_id: str | None = None,
+        timestamp: int | None = None,
+        secret: str | None = None,
+        body: bytes | None = None,
+    ) -> int:
+        """Deliver a signed event about `job_id` to the configured URL; the receiver's status.
+
+        By default the event tells the truth (`video.completed` once the video exists, else
+        `video.failed`). The keywords forge or replay one: another `event_type`, a reused
+        `webhook_id`, an old `timestamp`, the wrong `secret`, or a `body` other than the
+        one signed.
+        """
+        if self.webhook_url is None or self.webhook_secret is None:
+            raise RuntimeError("configure_webhooks(url, secret) first")
+        job = self.jobs.get(job_id)
+        if event_type is None:
+            if job is None:
+                raise KeyError(f"no job {job_id!r}: pass event_type to send one about it anyway")
+            self._skip_queue(job)
+            event_type = "video.completed" if job.finished_ok(self.run_seconds) else "video.failed"
+        event = {
+            "id": f"evt_{uuid.uuid4().hex[:24]}",
+            "object": "event",
+            "created_at": int(time.time()),
+            "type": event_type,
+            "data": {"id": job_id},
+        }
+        signed = json.dumps(event).encode()
+        headers = sign_webhook(
+            secret or self.webhook_secret,
+            webhook_id or f"wh_{uuid.uuid4().hex}",
+            int(time.time()) if timestamp is None else timestamp,
+            signed,
+        )
+        return await self._post_callback(self.webhook_url, signed if body is None else body, headers)
 
     def _add_routes(self, app: web.Application) -> None:
         app.router.add_get("/v1/models", self._models)
