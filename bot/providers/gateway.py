@@ -27,6 +27,7 @@ from bot.errors import (
 )
 from bot.models import FailureKind, ProviderErrorInfo, ProviderState, ProviderStatus, VideoSpec
 from bot.providers.http import (
+    video_url_or_poll,
     bearer,
     build_client,
     error_parts,
@@ -284,18 +285,7 @@ class GatewayProvider:
 
     async def download(self, provider_job_id: str, video_url: str | None, dest: Path) -> None:
         """Stream the video; the key goes only to the gateway's own host, never to a CDN."""
-        url = video_url
-        if url is None:
-            try:
-                url = (await self.poll(provider_job_id)).video_url
-            except ProviderError as exc:
-                raise DeliveryError(
-                    f"{LABEL} did not say where the video is.", detail=exc.detail
-                ) from exc
-            if url is None:
-                raise DeliveryError(
-                    f"{LABEL} did not say where the video is.", detail="no video URL"
-                )
+        url = await video_url_or_poll(video_url, lambda: self.poll(provider_job_id), label=LABEL)
         try:
             same_host = httpx.URL(url).host == self._host
         except httpx.InvalidURL as exc:

@@ -12,7 +12,7 @@ import logging
 import math
 import re
 import time
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -481,6 +481,24 @@ async def stream_to_file(
                 "Saving the video failed.", detail=f"{type(exc).__name__}: {exc}"
             ) from exc
     return written
+
+
+async def video_url_or_poll(
+    video_url: str | None, poll: Callable[[], Awaitable[Any]], *, label: str
+) -> str:
+    """The URL to download: the one we have, else one status call to get it (after a restart).
+
+    A failed or empty answer is a DeliveryError, so the caller retries the download only.
+    """
+    if video_url is not None:
+        return video_url
+    try:
+        url = (await poll()).video_url
+    except ProviderError as exc:
+        raise DeliveryError(f"{label} did not say where the video is.", detail=exc.detail) from exc
+    if url is None:
+        raise DeliveryError(f"{label} did not say where the video is.", detail="no video URL")
+    return str(url)
 
 
 MAX_REDIRECTS = 5

@@ -16,13 +16,13 @@ import httpx
 from bot.errors import (
     AmbiguousSubmit,
     ContentBlocked,
-    DeliveryError,
     InvalidProviderRequest,
     ProviderError,
     ProviderUnavailable,
 )
 from bot.models import FailureKind, ProviderErrorInfo, ProviderState, ProviderStatus, VideoSpec
 from bot.providers.http import (
+    video_url_or_poll,
     Op,
     bearer,
     build_client,
@@ -233,18 +233,7 @@ class SeedanceProvider:
 
     async def download(self, provider_job_id: str, video_url: str | None, dest: Path) -> None:
         """Stream the signed URL; the key is never sent to the object store."""
-        url = video_url
-        if url is None:
-            try:
-                url = (await self.poll(provider_job_id)).video_url
-            except ProviderError as exc:
-                raise DeliveryError(
-                    f"{LABEL} did not say where the video is.", detail=exc.detail
-                ) from exc
-            if url is None:
-                raise DeliveryError(
-                    f"{LABEL} did not say where the video is.", detail="no video URL"
-                )
+        url = await video_url_or_poll(video_url, lambda: self.poll(provider_job_id), label=LABEL)
         await stream_to_file(self._client, self._sem, url, dest, label=LABEL, secrets=self._secrets)
 
     async def find_existing(self, spec: VideoSpec, *, since_epoch_s: float) -> str | None:

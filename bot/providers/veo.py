@@ -22,6 +22,7 @@ from bot.errors import (
 )
 from bot.models import FailureKind, ProviderErrorInfo, ProviderState, ProviderStatus, VideoSpec
 from bot.providers.http import (
+    video_url_or_poll,
     Op,
     build_client,
     first_non_empty,
@@ -274,18 +275,7 @@ class VeoProvider:
 
         The key goes only to the API's own host; a URI elsewhere is fetched without it.
         """
-        url = video_url
-        if url is None:
-            try:
-                url = (await self.poll(provider_job_id)).video_url
-            except ProviderError as exc:
-                raise DeliveryError(
-                    f"{LABEL} did not say where the video is.", detail=exc.detail
-                ) from exc
-            if url is None:
-                raise DeliveryError(
-                    f"{LABEL} did not say where the video is.", detail="no video URI"
-                )
+        url = await video_url_or_poll(video_url, lambda: self.poll(provider_job_id), label=LABEL)
         try:
             same_host = httpx.URL(url).host == self._host
         except httpx.InvalidURL as exc:
