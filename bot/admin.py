@@ -117,13 +117,6 @@ async def _dispatch(deps: Deps, words: list[str], actor: str) -> str:
     raise InvalidRequest(f"I don't know that admin command.\n{ADMIN_HELP}")
 
 
-async def _budgets(deps: Deps):  # type: ignore[no-untyped-def]
-    return await settings_store.effective_budgets(
-        deps.db.reader, env_default_micros=deps.settings.daily_budget_micros,
-        env_workspace_micros=deps.settings.workspace_budget_micros,
-    )
-
-
 def _money_or_off(micros: int | None) -> str:
     return "off" if micros is None else format_usd(micros)
 
@@ -145,10 +138,7 @@ async def set_user_budget(deps: Deps, actor: str, user: str, amount: int | None)
 async def set_default_budget(deps: Deps, actor: str, amount: int) -> str:
     now = iso(deps.clock())
     async with deps.db.write_txn() as conn:
-        before = await settings_store.effective_budgets(
-            conn, env_default_micros=deps.settings.daily_budget_micros,
-            env_workspace_micros=deps.settings.workspace_budget_micros,
-        )
+        before = await deps.budgets(conn)
         await settings_store.put_setting(conn, settings_store.DEFAULT_BUDGET, str(amount), at=now, by=actor)
         await settings_store.audit(conn, at=now, actor=actor, action="budget.default",
                                    old=str(before.default_user_micros), new=str(amount))
@@ -159,10 +149,7 @@ async def set_default_budget(deps: Deps, actor: str, amount: int) -> str:
 async def set_workspace_budget(deps: Deps, actor: str, amount: int | None) -> str:
     now = iso(deps.clock())
     async with deps.db.write_txn() as conn:
-        before = await settings_store.effective_budgets(
-            conn, env_default_micros=deps.settings.daily_budget_micros,
-            env_workspace_micros=deps.settings.workspace_budget_micros,
-        )
+        before = await deps.budgets(conn)
         await settings_store.put_setting(
             conn, settings_store.WORKSPACE_BUDGET, None if amount is None else str(amount), at=now, by=actor
         )
@@ -190,7 +177,7 @@ def _parse_day(deps: Deps, arg: str | None) -> str:
 
 async def usage_report(deps: Deps, day_arg: str | None) -> str:
     day = _parse_day(deps, day_arg)
-    budgets = await _budgets(deps)
+    budgets = await deps.budgets()
     rows = await ledger.usage_for_day(deps.db, day, budgets.default_user_micros)
     ws = await ledger.workspace_totals(deps.db.reader, day)
     cap = f" of {format_usd(budgets.workspace_micros)}" if budgets.workspace_micros is not None else " (no workspace cap)"

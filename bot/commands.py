@@ -14,7 +14,6 @@ from bot.models import JobStatus
 from bot.money import format_usd
 from bot.parsing import Budget, Cancel, Command, Generate, Help, JobRequest, Models, Status, parse_command
 from storage import jobs as jobstore
-from storage import admin as admin_store
 from storage import ledger
 
 log = logging.getLogger(__name__)
@@ -108,10 +107,7 @@ async def budget_reply(deps: Deps, user_id: str) -> str:
     now = deps.clock()
     tz = deps.settings.tz
     day = budget_day(now, tz)
-    budgets = await admin_store.effective_budgets(
-        deps.db.reader, env_default_micros=deps.settings.daily_budget_micros,
-        env_workspace_micros=deps.settings.workspace_budget_micros,
-    )
+    budgets = await deps.budgets()
     limit, totals = await ledger.totals_for(deps.db, user_id, day, budgets.default_user_micros)
     text = messages.budget_text(
         limit=limit, spent=totals.spent_micros, reserved=totals.reserved_micros,

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import aiosqlite
 import httpx
 from slack_sdk.web.async_client import AsyncWebClient
 
@@ -15,6 +16,7 @@ from bot.catalog import Catalog
 from bot.clock import Clock, utcnow
 from bot.config import Settings
 from bot.providers.base import VideoProvider
+from storage.admin import Budgets, effective_budgets
 from storage.db import Database
 
 if TYPE_CHECKING:
@@ -67,3 +69,14 @@ class Deps:
 
     def provider_label(self, provider: str) -> str:
         return PROVIDER_LABELS.get(provider, provider)
+
+    async def budgets(self, conn: aiosqlite.Connection | None = None) -> Budgets:
+        """The limits in force: what admins set in Slack, else the environment's defaults.
+
+        Pass the write transaction's connection to read them inside it.
+        """
+        return await effective_budgets(
+            conn if conn is not None else self.db.reader,
+            env_default_micros=self.settings.daily_budget_micros,
+            env_workspace_micros=self.settings.workspace_budget_micros,
+        )

@@ -252,10 +252,7 @@ async def home_for(deps: Deps, user_id: str) -> dict[str, Any]:
     now = deps.clock()
     tz = deps.settings.tz
     day = budget_day(now, tz)
-    budgets = await settings_store.effective_budgets(
-        deps.db.reader, env_default_micros=deps.settings.daily_budget_micros,
-        env_workspace_micros=deps.settings.workspace_budget_micros,
-    )
+    budgets = await deps.budgets()
     limit, totals = await ledger.totals_for(deps.db, user_id, day, budgets.default_user_micros)
     jobs = await jobstore.list_jobs(deps.db, user_id=user_id, limit=HOME_JOBS)
     workspace = None

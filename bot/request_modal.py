@@ -16,7 +16,6 @@ from bot.catalog import ModelSpec
 from bot.clock import budget_day
 from bot.deps import Deps
 from bot.money import format_usd
-from storage import admin as admin_store
 from storage import ledger
 
 MODAL = "sora_request_modal"
@@ -93,10 +92,7 @@ def defaults(deps: Deps, prompt: str = "") -> Choices:
 
 async def cost_line(deps: Deps, user_id: str, spec: ModelSpec, choices: Choices) -> str:
     now = deps.clock()
-    budgets = await admin_store.effective_budgets(
-        deps.db.reader, env_default_micros=deps.settings.daily_budget_micros,
-        env_workspace_micros=deps.settings.workspace_budget_micros,
-    )
+    budgets = await deps.budgets()
     limit, totals = await ledger.totals_for(deps.db, user_id, budget_day(now, deps.settings.tz), budgets.default_user_micros)
     per_s = spec.prices_micros[choices.resolution]
     total = per_s * choices.duration_s
