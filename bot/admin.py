@@ -179,7 +179,8 @@ async def usage_report(deps: Deps, day_arg: str | None) -> str:
     day = _parse_day(deps, day_arg)
     budgets = await deps.budgets()
     rows = await ledger.usage_for_day(deps.db, day, budgets.default_user_micros)
-    ws = await ledger.workspace_totals(deps.db.reader, day)
+    async with deps.db.reading() as reader:
+        ws = await ledger.workspace_totals(reader, day)
     cap = f" of {format_usd(budgets.workspace_micros)}" if budgets.workspace_micros is not None else " (no workspace cap)"
     lines = [f"*Usage on {day}* (budget days start at 00:00 {deps.settings.tz.key})"]
     if not rows:

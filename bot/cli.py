@@ -55,10 +55,11 @@ async def jobs_json(db: Database, *, user: str | None = None, status: str | None
 
 async def _usage_rows(db: Database, settings: Settings, day: str | None) -> list[dict[str, Any]]:
     day = day or budget_day(utcnow(), settings.tz)
-    budgets = await admin_store.effective_budgets(
-        db.reader, env_default_micros=settings.daily_budget_micros,
-        env_workspace_micros=settings.workspace_budget_micros,
-    )
+    async with db.reading() as reader:
+        budgets = await admin_store.effective_budgets(
+            reader, env_default_micros=settings.daily_budget_micros,
+            env_workspace_micros=settings.workspace_budget_micros,
+        )
     rows = await ledger.usage_for_day(db, day, budgets.default_user_micros)
     return [
         {

@@ -114,7 +114,8 @@ async def budget_reply(deps: Deps, user_id: str) -> str:
         reset_at=next_reset(now, tz), now=now, tz=tz,
     )
     if budgets.workspace_micros is not None:
-        ws = await ledger.workspace_totals(deps.db.reader, day)
+        async with deps.db.reading() as reader:
+            ws = await ledger.workspace_totals(reader, day)
         left = max(budgets.workspace_micros - ws.used_micros, 0)
         text += f"\nThe whole workspace has {format_usd(left)} left of its {format_usd(budgets.workspace_micros)} daily cap."
     if budgets.paused:

@@ -75,8 +75,13 @@ class Deps:
 
         Pass the write transaction's connection to read them inside it.
         """
+        if conn is not None:
+            return await self._budgets_on(conn)
+        async with self.db.reading() as reader:
+            return await self._budgets_on(reader)
+
+    async def _budgets_on(self, conn: aiosqlite.Connection) -> Budgets:
         return await effective_budgets(
-            conn if conn is not None else self.db.reader,
-            env_default_micros=self.settings.daily_budget_micros,
+            conn, env_default_micros=self.settings.daily_budget_micros,
             env_workspace_micros=self.settings.workspace_budget_micros,
         )

@@ -257,7 +257,8 @@ async def home_for(deps: Deps, user_id: str) -> dict[str, Any]:
     jobs = await jobstore.list_jobs(deps.db, user_id=user_id, limit=HOME_JOBS)
     workspace = None
     if await deps.authz.is_admin(user_id):
-        ws = await ledger.workspace_totals(deps.db.reader, day)
+        async with deps.db.reading() as reader:
+            ws = await ledger.workspace_totals(reader, day)
         workspace = WorkspaceState(
             spent_micros=ws.spent_micros, reserved_micros=ws.reserved_micros, cap_micros=budgets.workspace_micros,
             top=await ledger.usage_for_day(deps.db, day, budgets.default_user_micros),

@@ -195,6 +195,10 @@ class Database:
         self._writer: aiosqlite.Connection | None = None
         self._reader: aiosqlite.Connection | None = None
         self._write_lock = asyncio.Lock()
+        # SQLite keeps a connection's read snapshot while any of its statements is unfinished;
+        # two interleaved reads would share an old snapshot and miss a fresh commit. So reads
+        # on the shared reader take turns (each is short).
+        self._read_lock = asyncio.Lock()
 
     async def open(self) -> "Database":
         _create_private_file(self.path)
@@ -257,20 +261,22 @@ class Database:
             else:
                 await self._writer.execute("COMMIT")
 
-    @property
-    def reader(self) -> aiosqlite.Connection:
-        """The read connection, for helpers written against a connection (they must not write)."""
+    @asynccontextmanager
+    async def reading(self) -> AsyncIterator[aiosqlite.Connection]:
+        """The read connection, held alone, for helpers written against a connection.
+
+        Everything done inside sees one consistent snapshot; they must not write.
+        """
         assert self._reader is not None, "database not open"
-        return self._reader
+        async with self._read_lock:
+            yield self._reader
 
     async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[aiosqlite.Row]:
-        assert self._reader is not None, "database not open"
-        async with self._reader.execute(sql, params) as cur:
+        async with self.reading() as conn, conn.execute(sql, params) as cur:
             return list(await cur.fetchall())
 
     async def fetchone(self, sql: str, params: Sequence[Any] = ()) -> aiosqlite.Row | None:
-        assert self._reader is not None, "database not open"
-        async with self._reader.execute(sql, params) as cur:
+        async with self.reading() as conn, conn.execute(sql, params) as cur:
             return await cur.fetchone()
 
     async def execute(self, sql: str, params: Iterable[Any] = ()) -> int:

@@ -51,7 +51,8 @@ async def test_200_simultaneous_requests_never_overspend(make_bot, slack) -> Non
     usage = json.loads(await usage_json(bot.deps, day))
     for row in usage:
         assert usd_to_micros(row["spent_usd"]) + usd_to_micros(row["reserved_usd"]) <= usd_to_micros(row["limit_usd"])
-    ws = await ledger.workspace_totals(bot.deps.db.reader, day)
+    async with bot.deps.db.reading() as reader:
+        ws = await ledger.workspace_totals(reader, day)
     assert ws.used_micros <= usd_to_micros("9.00")
     per_user: dict[str, int] = {}
     for j in jobs:

@@ -139,3 +139,16 @@ async def test_wal_companions_are_private_too(db, tmp_path) -> None:
     for name in ("jobs.db-wal", "jobs.db-shm"):
         path = tmp_path / name
         assert path.exists() and stat.S_IMODE(path.stat().st_mode) == 0o600, name
+
+
+async def test_a_read_never_misses_a_commit_made_before_it(db) -> None:
+    """Interleaved reads on the shared reader must not share a snapshot older than a commit."""
+    job, _ = await jobstore.reserve_and_insert(db, _new(), limits=LIMITS, day=DAY, now=NOW)
+    for round_ in range(40):
+        # keep the reader busy with other reads while the write commits
+        busy = [asyncio.create_task(db.fetchall("SELECT * FROM jobs")) for _ in range(5)]
+        moved = await jobstore.update(db, job.id, expect=list(JobStatus), now=NOW, progress=round_)
+        assert moved
+        seen = await jobstore.get_job(db, job.id)
+        assert seen.progress == round_
+        await asyncio.gather(*busy)
