@@ -10,10 +10,12 @@ import hashlib
 from dataclasses import dataclass
 
 from pydantic import ValidationError
+from slack_sdk.errors import SlackApiError
 
-from bot import flow, messages
+from bot import flow, messages, slack_io
 from bot.deps import Deps
 from bot.errors import BudgetExceeded, InvalidRequest, NotAllowed
+from bot.fallback import fallback_for
 from bot.models import Job, JobStatus
 from bot.money import format_usd
 from bot.parsing import JobRequest, clean_text
@@ -102,3 +104,34 @@ async def edit_submitted(deps: Deps, *, job_id: str, user_id: str, prompt: str |
         return ActionResult("This form is missing its prompt; please open it again.", ok=False)
     key = "edit:" + hashlib.sha256(f"{view_id}:{job_id}".encode()).hexdigest()[:24]
     return await retry(deps, job_id, user_id, prompt=prompt, dedupe_key=key)
+
+
+async def run_elsewhere(deps: Deps, job_id: str, user_id: str) -> ActionResult:
+    """The failed request on the nearest other model: once per job, under the same budget rules."""
+    try:
+        old = await _owned_job(deps, job_id, user_id, admins_too=False)
+        choice = fallback_for(deps.catalog, old)
+        if choice is None:
+            raise InvalidRequest("There's no other model to run this on here.")
+        request = JobRequest.model_validate(
+            {"prompt": old.prompt, "model": choice.spec.id, "duration_s": choice.duration_s,
+             "resolution": choice.resolution, "aspect_ratio": choice.aspect},
+            context={"catalog": deps.catalog},
+        )
+        job, created = await flow.accept_request(
+            deps, request, user_id=user_id, team_id=old.team_id, channel_id=old.channel_id,
+            source=old.source, thread_ts=old.thread_ts if old.source in ("mention", "shortcut", "dm") else None,
+            dedupe_key=f"fallback:{old.id}",
+        )
+    except (InvalidRequest, NotAllowed, BudgetExceeded) as exc:
+        return ActionResult(exc.user_message(), ok=False)
+    if not created:
+        return ActionResult(f"Already running it on `{job.model}`: job `{job.id}`.", job)
+    kind = old.failure_kind.value if old.failure_kind else "a provider problem"
+    note = (f"Running this on `{job.model}` instead ({job.duration_seconds} s, "
+            f"{format_usd(job.estimate_micros)} reserved), because `{old.model}` failed with `{kind}`: job `{job.id}`.")
+    try:
+        await slack_io.post_in_thread(deps, old, note)
+    except SlackApiError:  # the new job carries on either way; its own message says which model
+        pass
+    return ActionResult(note, job)

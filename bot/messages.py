@@ -67,6 +67,7 @@ CANCEL_ACTION = "sora_cancel"
 RETRY_ACTION = "sora_retry"
 EDIT_ACTION = "sora_edit"
 EDIT_MODAL = "sora_edit_modal"
+FALLBACK_ACTION = "sora_fallback"
 
 # Failures where sending the same request again is pointless: only "edit" is offered.
 _EDIT_ONLY = {FailureKind.BLOCKED_INPUT, FailureKind.BLOCKED_OUTPUT, FailureKind.INVALID_REQUEST,
@@ -81,17 +82,27 @@ def _button(text: str, action_id: str, value: str, *, style: str | None = None) 
     return button
 
 
-def job_buttons(job: Job) -> list[dict[str, Any]]:
-    """Cancel while a job runs; retry choices once it failed or was cancelled."""
+def job_buttons(job: Job, *, fallback: tuple[str, int] | None = None) -> list[dict[str, Any]]:
+    """Cancel while a job runs; retry choices once it failed or was cancelled.
+
+    `fallback`: (model id, cost) of another model to run the same request on.
+    """
     if not job.status.terminal:
         return [_button("Cancel", CANCEL_ACTION, job.id, style="danger")]
     if job.status in (JobStatus.FAILED, JobStatus.CANCELLED):
-        buttons = [] if job.failure_kind in _EDIT_ONLY else [_button("Try again", RETRY_ACTION, job.id, style="primary")]
+        buttons = []
+        if fallback is not None:
+            buttons.append(_button(f"Run on {fallback[0]} ({format_usd(fallback[1])})"[:75], FALLBACK_ACTION,
+                                   job.id, style="primary"))
+        if job.failure_kind not in _EDIT_ONLY:
+            buttons.append(_button("Try again", RETRY_ACTION, job.id, style=None if buttons else "primary"))
         return buttons + [_button("Edit prompt & retry", EDIT_ACTION, job.id)]
     return []
 
 
-def request_message(job: Job, *, tz: ZoneInfo, give_up_at: datetime | None = None) -> tuple[str, Blocks]:
+def request_message(
+    job: Job, *, tz: ZoneInfo, give_up_at: datetime | None = None, fallback: tuple[str, int] | None = None
+) -> tuple[str, Blocks]:
     """The visible request message the job's thread hangs off (also its live status)."""
     header = f"<@{job.user_id}> asked for a video:"
     text = f"{header} {escape_mrkdwn(job.prompt, 200)}"
@@ -100,7 +111,7 @@ def request_message(job: Job, *, tz: ZoneInfo, give_up_at: datetime | None = Non
         {"type": "context", "elements": [{"type": "mrkdwn", "text": job_facts(job)}]},
         {"type": "context", "elements": [{"type": "mrkdwn", "text": status_line(job, tz=tz, give_up_at=give_up_at)}]},
     ]
-    buttons = job_buttons(job)
+    buttons = job_buttons(job, fallback=fallback)
     if buttons:
         blocks.append({"type": "actions", "block_id": f"job_{job.id}", "elements": buttons})
     return text, blocks

@@ -21,6 +21,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from bot import messages
 from bot.deps import Deps
+from bot.fallback import fallback_for
 from bot.models import Job
 
 log = logging.getLogger(__name__)
@@ -128,7 +129,9 @@ async def update_status(deps: Deps, job: Job, *, give_up_at: Any = None) -> None
     """Re-render the request message with the job's current status. Best effort."""
     if not job.status_ts:
         return
-    text, blocks = messages.request_message(job, tz=deps.settings.tz, give_up_at=give_up_at)
+    choice = fallback_for(deps.catalog, job)
+    offer = (choice.spec.id, choice.cost_micros) if choice else None
+    text, blocks = messages.request_message(job, tz=deps.settings.tz, give_up_at=give_up_at, fallback=offer)
     try:
         await deps.slack.chat_update(channel=job.channel_id, ts=job.status_ts, text=text, blocks=blocks)
     except SlackApiError as exc:

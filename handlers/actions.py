@@ -67,8 +67,16 @@ async def on_edit_submitted(ack: AsyncAck, body: dict[str, Any], view: dict[str,
     await ack()
 
 
+async def on_fallback_clicked(ack: AsyncAck, body: dict[str, Any], respond: AsyncRespond, context: AsyncBoltContext) -> None:
+    await ack()
+    job_id, user_id = _action(body)
+    result = await actions.run_elsewhere(context["deps"], job_id, user_id)
+    await respond(text=result.text, response_type="ephemeral", replace_original=False)
+
+
 def register(app: AsyncApp) -> None:
     app.action(messages.CANCEL_ACTION)(on_cancel_clicked)
     app.action(messages.RETRY_ACTION)(on_retry_clicked)
     app.action(messages.EDIT_ACTION)(on_edit_clicked)
+    app.action(messages.FALLBACK_ACTION)(on_fallback_clicked)
     app.view(messages.EDIT_MODAL)(on_edit_submitted)
