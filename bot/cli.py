@@ -241,6 +241,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
     logging.basicConfig(level=settings.sora_log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # httpx logs every request at INFO: thousands of lines a minute with many jobs, and it
+    # measurably costs CPU per status call; keep it for DEBUG runs
+    if settings.sora_log_level != "DEBUG":
+        logging.getLogger("httpx").setLevel(logging.WARNING)
     if args.command == "jobs" and args.limit < 0:
         print("--limit: must be 0 (all) or more", file=sys.stderr)
         return 2

@@ -18,6 +18,9 @@ from storage import ledger
 
 log = logging.getLogger(__name__)
 
+# How long a request that must be answered in Slack's 3 s may wait for the database writer.
+ACK_WAIT_S = 2.0
+
 
 @dataclass(frozen=True, slots=True)
 class Reply:
@@ -91,6 +94,8 @@ async def run_command(deps: Deps, command: Command, origin: Origin) -> Reply:
                 deps, request, user_id=origin.user_id, team_id=origin.team_id,
                 channel_id=origin.channel_id, source=origin.source, thread_ts=origin.thread_ts,
                 response_url=origin.response_url, dedupe_key=origin.dedupe_key, image=image,
+                # a slash command must be answered within Slack's 3 s: don't queue forever
+                wait_s=ACK_WAIT_S if origin.source == "command" else None,
             )
             if not created:
                 return Reply(f"Already on it: job `{job.id}` ({job.status.value}).", job.id, False)

@@ -40,6 +40,16 @@ class NotAllowed(SoraError):
     kind = FailureKind.INVALID_REQUEST
 
 
+class Busy(InvalidRequest):
+    """The request could not be stored in time for Slack's 3-second answer."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "The bot is very busy right now and couldn't take your request in time. Nothing was "
+            "stored or charged; please try again in a moment."
+        )
+
+
 class RequestsPaused(NotAllowed):
     """An admin paused new requests; running jobs continue."""
 

@@ -228,6 +228,7 @@ async def submit(deps: Deps, *, user_id: str, team_id: str | None, view: dict[st
     from pydantic import ValidationError
 
     from bot import flow
+    from bot.commands import ACK_WAIT_S
     from bot.errors import BudgetExceeded, InvalidRequest, NotAllowed
     from bot.parsing import JobRequest, clean_text
 
@@ -261,7 +262,7 @@ async def submit(deps: Deps, *, user_id: str, team_id: str | None, view: dict[st
     try:
         job, created = await flow.accept_request(
             deps, request, user_id=user_id, team_id=team_id, channel_id=channel, source=source,
-            thread_ts=target.thread_ts, dedupe_key=dedupe,
+            thread_ts=target.thread_ts, dedupe_key=dedupe, wait_s=ACK_WAIT_S,
         )
     except BudgetExceeded as exc:
         return Outcome(errors={block_id_for(values, "duration"): exc.user_message()[:300]})

@@ -248,10 +248,19 @@ class Database:
                 raise
 
     @asynccontextmanager
-    async def write_txn(self) -> AsyncIterator[aiosqlite.Connection]:
-        """One serialised BEGIN IMMEDIATE transaction; commits on success, rolls back on error."""
+    async def write_txn(self, *, wait_s: float | None = None) -> AsyncIterator[aiosqlite.Connection]:
+        """One serialised BEGIN IMMEDIATE transaction; commits on success, rolls back on error.
+
+        `wait_s` bounds only the wait for the writer (TimeoutError): once the transaction has
+        begun it runs to its end, so a deadline can never leave half a job behind.
+        """
         assert self._writer is not None, "database not open"
-        async with self._write_lock:
+        if wait_s is None:
+            await self._write_lock.acquire()
+        else:
+            async with asyncio.timeout(wait_s):
+                await self._write_lock.acquire()
+        try:
             await self._writer.execute("BEGIN IMMEDIATE")
             try:
                 yield self._writer
@@ -260,6 +269,8 @@ class Database:
                 raise
             else:
                 await self._writer.execute("COMMIT")
+        finally:
+            self._write_lock.release()
 
     @asynccontextmanager
     async def reading(self) -> AsyncIterator[aiosqlite.Connection]:

@@ -10,7 +10,7 @@ from typing import Any
 import aiosqlite
 
 from bot.clock import parse_iso
-from bot.errors import BudgetExceeded, InvalidRequest, RequestsPaused
+from bot.errors import BudgetExceeded, Busy, InvalidRequest, RequestsPaused
 from bot.models import UNFINISHED, FailureKind, Job, JobStatus
 from bot.money import format_usd
 from storage import admin, ledger
@@ -62,68 +62,78 @@ class TooManyJobs(InvalidRequest):
 
 
 async def reserve_and_insert(
-    db: Database, new: NewJob, *, limits: Limits, day: str, now: str
+    db: Database, new: NewJob, *, limits: Limits, day: str, now: str, wait_s: float | None = None
 ) -> tuple[Job, bool]:
     """Check the caps and budget, then insert the job and its reservation: one transaction.
 
     Returns (job, created). A request whose dedupe key was seen already returns the
     existing job with created=False, so a retried Slack delivery never makes a second job.
-    Raises BudgetExceeded / TooManyJobs with nothing written.
+    Raises BudgetExceeded / TooManyJobs with nothing written, and Busy when the writer was
+    not free within `wait_s`.
     """
-    async with db.write_txn() as conn:
-        if new.dedupe_key is not None:
-            row = await fetchone_in(conn, "SELECT * FROM jobs WHERE dedupe_key = ?", (new.dedupe_key,))
-            if row is not None:
-                return row_to_job(row), False
-        placeholders = ",".join("?" for _ in UNFINISHED)
-        row = await fetchone_in(
-            conn,
-            f"SELECT COUNT(*) FROM jobs WHERE user_id = ? AND status IN ({placeholders})",
-            (new.user_id, *UNFINISHED),
-        )
-        running = int(row[0])
-        if running >= limits.max_unfinished_per_user:
-            raise TooManyJobs(running, limits.max_unfinished_per_user)
+    try:
+        async with db.write_txn(wait_s=wait_s) as conn:
+            return await _reserve_in(conn, new, limits=limits, day=day, now=now)
+    except TimeoutError:
+        raise Busy() from None
 
-        budgets = await admin.effective_budgets(
-            conn, env_default_micros=limits.user_limit_micros,
-            env_workspace_micros=limits.workspace_limit_micros,
+
+async def _reserve_in(
+    conn: aiosqlite.Connection, new: NewJob, *, limits: Limits, day: str, now: str
+) -> tuple[Job, bool]:
+    if new.dedupe_key is not None:
+        row = await fetchone_in(conn, "SELECT * FROM jobs WHERE dedupe_key = ?", (new.dedupe_key,))
+        if row is not None:
+            return row_to_job(row), False
+    placeholders = ",".join("?" for _ in UNFINISHED)
+    row = await fetchone_in(
+        conn,
+        f"SELECT COUNT(*) FROM jobs WHERE user_id = ? AND status IN ({placeholders})",
+        (new.user_id, *UNFINISHED),
+    )
+    running = int(row[0])
+    if running >= limits.max_unfinished_per_user:
+        raise TooManyJobs(running, limits.max_unfinished_per_user)
+
+    budgets = await admin.effective_budgets(
+        conn, env_default_micros=limits.user_limit_micros,
+        env_workspace_micros=limits.workspace_limit_micros,
+    )
+    if budgets.paused:
+        why = f" ({budgets.paused_reason})" if budgets.paused_reason else ""
+        raise RequestsPaused(
+            f"New video requests are paused by an admin{why}. Jobs already running "
+            "will finish; please try again later."
         )
-        if budgets.paused:
-            why = f" ({budgets.paused_reason})" if budgets.paused_reason else ""
-            raise RequestsPaused(
-                f"New video requests are paused by an admin{why}. Jobs already running "
-                "will finish; please try again later."
-            )
-        limit = await ledger.user_limit(conn, new.user_id, budgets.default_user_micros)
-        totals = await ledger.user_totals(conn, new.user_id, day)
-        remaining = limit - totals.used_micros
-        if new.estimate_micros > remaining:
+    limit = await ledger.user_limit(conn, new.user_id, budgets.default_user_micros)
+    totals = await ledger.user_totals(conn, new.user_id, day)
+    remaining = limit - totals.used_micros
+    if new.estimate_micros > remaining:
+        raise BudgetExceeded(
+            f"This video would cost {format_usd(new.estimate_micros)}, but you have "
+            f"{format_usd(max(remaining, 0))} left of your {format_usd(limit)} daily budget. "
+            "`/sora budget` shows when it resets; a shorter video may fit.",
+            remaining_micros=max(remaining, 0),
+        )
+    if budgets.workspace_micros is not None:
+        ws = await ledger.workspace_totals(conn, day)
+        ws_remaining = budgets.workspace_micros - ws.used_micros
+        if new.estimate_micros > ws_remaining:
             raise BudgetExceeded(
-                f"This video would cost {format_usd(new.estimate_micros)}, but you have "
-                f"{format_usd(max(remaining, 0))} left of your {format_usd(limit)} daily budget. "
-                "`/sora budget` shows when it resets; a shorter video may fit.",
-                remaining_micros=max(remaining, 0),
+                f"This video would cost {format_usd(new.estimate_micros)}, but the "
+                f"workspace has {format_usd(max(ws_remaining, 0))} left of its "
+                f"{format_usd(budgets.workspace_micros)} daily cap. Ask an admin, or try "
+                "again after the budget day resets.",
+                remaining_micros=max(ws_remaining, 0),
+                scope="workspace",
             )
-        if budgets.workspace_micros is not None:
-            ws = await ledger.workspace_totals(conn, day)
-            ws_remaining = budgets.workspace_micros - ws.used_micros
-            if new.estimate_micros > ws_remaining:
-                raise BudgetExceeded(
-                    f"This video would cost {format_usd(new.estimate_micros)}, but the "
-                    f"workspace has {format_usd(max(ws_remaining, 0))} left of its "
-                    f"{format_usd(budgets.workspace_micros)} daily cap. Ask an admin, or try "
-                    "again after the budget day resets.",
-                    remaining_micros=max(ws_remaining, 0),
-                    scope="workspace",
-                )
 
-        job_id = await _insert_job(conn, new, day=day, now=now)
-        await ledger.add_reservation(
-            conn, job_id=job_id, user_id=new.user_id, day=day, amount_micros=new.estimate_micros, at=now
-        )
-        row = await fetchone_in(conn, "SELECT * FROM jobs WHERE id = ?", (job_id,))
-        return row_to_job(row), True
+    job_id = await _insert_job(conn, new, day=day, now=now)
+    await ledger.add_reservation(
+        conn, job_id=job_id, user_id=new.user_id, day=day, amount_micros=new.estimate_micros, at=now
+    )
+    row = await fetchone_in(conn, "SELECT * FROM jobs WHERE id = ?", (job_id,))
+    return row_to_job(row), True
 
 
 async def _insert_job(conn: aiosqlite.Connection, new: NewJob, *, day: str, now: str) -> str:

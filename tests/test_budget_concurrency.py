@@ -39,9 +39,10 @@ async def test_200_simultaneous_requests_never_overspend(make_bot, slack) -> Non
         if text.startswith("Got it"):
             accepted[f"request number {i}"] = user
         else:
-            # every refusal names the limit that was hit
+            # every refusal names the limit that was hit, or says the bot was too busy to
+            # store it within Slack's 3 s (nothing stored then either)
             assert ("your $2.00 daily budget" in text or "workspace has" in text
-                    or "unfinished video jobs" in text), text
+                    or "unfinished video jobs" in text or "Nothing was stored or charged" in text), text
     assert accepted, "some requests must fit"
 
     jobs = json.loads(await jobs_json(bot.deps.db, limit=0))

@@ -170,3 +170,16 @@ async def test_no_secret_reaches_the_logs(make_bot, slack, caplog) -> None:
     await bot.runtime.poller.idle(10)
     assert "xoxb-test-token" not in caplog.text
     assert SIGNING_SECRET not in caplog.text
+
+
+async def test_a_command_that_cannot_be_stored_in_time_says_so_and_stores_nothing(make_bot, slack) -> None:
+    bot = await make_bot()
+    lock = bot.deps.db._write_lock
+    await lock.acquire()  # the writer is tied up (e.g. a burst of other requests)
+    try:
+        resp = await bot.slash("a dog on a skateboard")
+    finally:
+        lock.release()
+    text = resp.json()["text"]
+    assert "very busy" in text and "Nothing was stored or charged" in text
+    assert await _jobs(bot) == [] and _sim(bot).submits == []
