@@ -37,6 +37,7 @@ from bot.providers.fal import (
 )
 from tests.fakes.kling_seedance_fal import FakeFalServer, fal_app_id
 from tests.fakes.providers import make_spec, poll_until_terminal, video_bytes
+from tests.provider_checks import json_like
 
 RUN_S = 0.05
 KLING_T2V = "fal-ai/kling-video/v2.1/standard/text-to-video"
@@ -374,15 +375,7 @@ _WORDS = st.sampled_from(
         "https://v3.fal.media/v.mp4",
     ]
 )
-_SCALARS = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20) | _WORDS
-_JSON = st.recursive(
-    _SCALARS,
-    lambda children: (
-        st.lists(children, max_size=4)
-        | st.dictionaries(_WORDS | st.text(max_size=8), children, max_size=5)
-    ),
-    max_leaves=25,
-)
+_JSON = json_like(_WORDS)
 
 
 def _check(status: ProviderStatus | None) -> None:

@@ -28,7 +28,6 @@ from bot.errors import (
     QuotaExhausted,
     RateLimited,
     ResultExpired,
-    SoraError,
 )
 from bot.models import FailureKind, ProviderState, ProviderStatus
 from bot.providers.base import VideoProvider
@@ -48,6 +47,7 @@ from tests.fakes.providers import (
     poll_until_terminal,
     video_bytes,
 )
+from tests.provider_checks import assert_key_hidden, json_like
 
 RUN_S = 0.1
 
@@ -63,11 +63,6 @@ async def provider(server: FakeGatewayServer) -> AsyncIterator[GatewayProvider]:
     gateway = GatewayProvider(server.base_url, server.api_key)
     yield gateway
     await gateway.aclose()
-
-
-def assert_key_hidden(exc: SoraError, key: str) -> None:
-    for text in (str(exc), repr(exc), exc.message, exc.detail, getattr(exc, "reason", None)):
-        assert key not in (text or "")
 
 
 def free_port() -> int:
@@ -714,15 +709,7 @@ _WORDS = st.sampled_from(
         "100%",
     ]
 )
-_SCALARS = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20) | _WORDS
-_JSON = st.recursive(
-    _SCALARS,
-    lambda children: (
-        st.lists(children, max_size=4)
-        | st.dictionaries(_WORDS | st.text(max_size=8), children, max_size=5)
-    ),
-    max_leaves=25,
-)
+_JSON = json_like(_WORDS)
 
 
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])

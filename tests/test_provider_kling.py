@@ -40,6 +40,7 @@ from bot.providers.kling import (
 )
 from tests.fakes.kling_seedance_fal import KLING_RISK_MESSAGE, FakeKlingServer
 from tests.fakes.providers import make_spec, poll_until_terminal, video_bytes
+from tests.provider_checks import json_like
 
 RUN_S = 0.05
 SK = "sk-0123456789-0123456789-0123456789"  # HS256 keys under 32 bytes draw warnings
@@ -546,15 +547,7 @@ _WORDS = st.sampled_from(
         "9999-12-31T00:00:00",
     ]
 )
-_SCALARS = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20) | _WORDS
-_JSON = st.recursive(
-    _SCALARS,
-    lambda children: (
-        st.lists(children, max_size=4)
-        | st.dictionaries(_WORDS | st.text(max_size=8), children, max_size=5)
-    ),
-    max_leaves=25,
-)
+_JSON = json_like(_WORDS)
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -26,13 +26,13 @@ from bot.errors import (
     QuotaExhausted,
     RateLimited,
     ResultExpired,
-    SoraError,
 )
 from bot.models import FailureKind, ProviderState, ProviderStatus
 from bot.providers.base import VideoProvider
 from bot.providers.http import error_for_response
 from bot.providers.openai_videos import OpenAIVideosProvider, matches_spec, parse_video
 from tests.fakes.providers import FakeOpenAIServer, make_spec, poll_until_terminal, video_bytes
+from tests.provider_checks import assert_key_hidden
 
 RUN_S = 0.1
 
@@ -48,11 +48,6 @@ async def provider(server: FakeOpenAIServer) -> AsyncIterator[OpenAIVideosProvid
     openai = OpenAIVideosProvider(server.base_url, server.api_key)
     yield openai
     await openai.aclose()
-
-
-def assert_key_hidden(exc: SoraError, key: str) -> None:
-    for text in (str(exc), repr(exc), exc.message, exc.detail, getattr(exc, "reason", None)):
-        assert key not in (text or "")
 
 
 async def test_openai_is_a_video_provider(provider: OpenAIVideosProvider) -> None:

@@ -19,7 +19,6 @@ from bot.errors import (
     ProviderUnavailable,
     RateLimited,
     ResultExpired,
-    SoraError,
 )
 from bot.models import FailureKind, ProviderState, ProviderStatus, ReferenceImage, VideoSpec
 from bot.providers.base import VideoProvider
@@ -33,6 +32,7 @@ from bot.providers.runway import (
 )
 from tests.fakes.providers import poll_until_terminal, video_bytes
 from tests.fakes.runway_veo import FakeRunwayServer
+from tests.provider_checks import assert_key_hidden, json_like
 
 RUN_S = 0.05
 PNG = ReferenceImage(
@@ -58,11 +58,6 @@ def spec(
         external_id="job-1",
         image=image,
     )
-
-
-def assert_key_hidden(exc: SoraError, key: str) -> None:
-    for text in (str(exc), repr(exc), exc.message, exc.detail, getattr(exc, "reason", None)):
-        assert key not in (text or "")
 
 
 @pytest.fixture
@@ -417,15 +412,7 @@ _WORDS = st.sampled_from(
      "THROTTLED", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED", "SAFETY.INPUT.TEXT",
      "SAFETY.OUTPUT.VIDEO", "INTERNAL", "ASSET.INVALID", "https://cdn.example/v.mp4"]
 )
-_SCALARS = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20) | _WORDS
-_JSON = st.recursive(
-    _SCALARS,
-    lambda children: (
-        st.lists(children, max_size=4)
-        | st.dictionaries(_WORDS | st.text(max_size=8), children, max_size=5)
-    ),
-    max_leaves=25,
-)
+_JSON = json_like(_WORDS)
 
 
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -28,6 +28,7 @@ from bot.providers.base import VideoProvider
 from bot.providers.seedance import SeedanceProvider, failure_for_code, parse_task
 from tests.fakes.kling_seedance_fal import FakeSeedanceServer
 from tests.fakes.providers import make_spec, poll_until_terminal, video_bytes
+from tests.provider_checks import json_like
 
 RUN_S = 0.05
 MODEL = "dreamina-seedance-2-0-260128"
@@ -294,15 +295,7 @@ _WORDS = st.sampled_from(
         "9999-12-31T00:00:00",
     ]
 )
-_SCALARS = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20) | _WORDS
-_JSON = st.recursive(
-    _SCALARS,
-    lambda children: (
-        st.lists(children, max_size=4)
-        | st.dictionaries(_WORDS | st.text(max_size=8), children, max_size=5)
-    ),
-    max_leaves=25,
-)
+_JSON = json_like(_WORDS)
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -20,13 +20,13 @@ from bot.errors import (
     ProviderUnavailable,
     RateLimited,
     ResultExpired,
-    SoraError,
 )
 from bot.models import FailureKind, ProviderState, ProviderStatus, ReferenceImage, VideoSpec
 from bot.providers.base import VideoProvider
 from bot.providers.veo import VeoProvider, parse_operation, rai_reason
 from tests.fakes.providers import poll_until_terminal, video_bytes
 from tests.fakes.runway_veo import VEO_RAI_REASON, FakeVeoServer
+from tests.provider_checks import assert_key_hidden, json_like
 
 RUN_S = 0.05
 MODEL = "veo-3.1-generate-preview"
@@ -53,11 +53,6 @@ def spec(
         external_id="job-1",
         image=image,
     )
-
-
-def assert_key_hidden(exc: SoraError, key: str) -> None:
-    for text in (str(exc), repr(exc), exc.message, exc.detail, getattr(exc, "reason", None)):
-        assert key not in (text or "")
 
 
 @pytest.fixture
@@ -360,15 +355,7 @@ _WORDS = st.sampled_from(
      "generatedSamples", "video", "uri", "raiMediaFilteredCount", "raiMediaFilteredReasons",
      "generatedVideos", "INVALID_ARGUMENT", "RESOURCE_EXHAUSTED", "https://g.example/v"]
 )
-_SCALARS = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20) | _WORDS
-_JSON = st.recursive(
-    _SCALARS,
-    lambda children: (
-        st.lists(children, max_size=4)
-        | st.dictionaries(_WORDS | st.text(max_size=8), children, max_size=5)
-    ),
-    max_leaves=25,
-)
+_JSON = json_like(_WORDS)
 
 # Operation-shaped bodies, so the fuzz also reaches the nested sample and filter fields.
 _SHAPED = st.fixed_dictionaries(
