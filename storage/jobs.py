@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
 from typing import Any
 
 import aiosqlite
 
-from bot.clock import parse_iso
+from bot.clock import iso, parse_iso
 from bot.errors import BudgetExceeded, Busy, InvalidRequest, RequestsPaused
 from bot.models import UNFINISHED, FailureKind, Job, JobStatus
 from bot.money import format_usd
@@ -43,6 +44,7 @@ class NewJob:
     dedupe_key: str | None = None
     reference_image_path: str | None = None
     reference_image_mime: str | None = None
+    fallback_of: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +52,18 @@ class Limits:
     user_limit_micros: int  # the default; an override in user_limits wins
     workspace_limit_micros: int | None
     max_unfinished_per_user: int
+    approval_over_micros: int | None = None  # the environment's threshold; an admin's setting wins
+    approval_ttl_s: float = 24 * 3600
+
+
+@dataclass(frozen=True, slots=True)
+class Reserved:
+    """What one accepted request stored: its jobs (several for a compare) and whether new."""
+
+    jobs: list[Job]
+    created: bool
+    compare_id: str | None = None
+    approval_key: str | None = None
 
 
 class TooManyJobs(InvalidRequest):
@@ -71,25 +85,48 @@ async def reserve_and_insert(
     Raises BudgetExceeded / TooManyJobs with nothing written, and Busy when the writer was
     not free within `wait_s`.
     """
+    got = await reserve_request(db, [new], limits=limits, day=day, now=now, wait_s=wait_s)
+    return got.jobs[0], got.created
+
+
+async def reserve_request(
+    db: Database, news: list[NewJob], *, limits: Limits, day: str, now: str,
+    wait_s: float | None = None, compare_prompt: str | None = None,
+) -> Reserved:
+    """One request: a single job, or the jobs of a compare (`compare_prompt` set).
+
+    The request is checked and reserved as a whole (one budget check for the total, one
+    slot of the concurrency cap) and each job gets its own ledger row, so each model's part
+    is charged or released on its own. Over the approval threshold, the jobs are stored
+    waiting for an admin. The dedupe key is the first job's.
+    """
     try:
         async with db.write_txn(wait_s=wait_s) as conn:
-            return await _reserve_in(conn, new, limits=limits, day=day, now=now)
+            return await _reserve_in(conn, news, limits=limits, day=day, now=now, compare_prompt=compare_prompt)
     except TimeoutError:
         raise Busy() from None
 
 
 async def _reserve_in(
-    conn: aiosqlite.Connection, new: NewJob, *, limits: Limits, day: str, now: str
-) -> tuple[Job, bool]:
-    if new.dedupe_key is not None:
-        row = await fetchone_in(conn, "SELECT * FROM jobs WHERE dedupe_key = ?", (new.dedupe_key,))
+    conn: aiosqlite.Connection, news: list[NewJob], *, limits: Limits, day: str, now: str,
+    compare_prompt: str | None,
+) -> Reserved:
+    first = news[0]
+    if first.dedupe_key is not None:
+        row = await fetchone_in(conn, "SELECT * FROM jobs WHERE dedupe_key = ?", (first.dedupe_key,))
         if row is not None:
-            return row_to_job(row), False
+            job = row_to_job(row)
+            if job.compare_id is None:
+                return Reserved([job], False, None, job.approval_key)
+            rows = await conn.execute_fetchall(
+                "SELECT * FROM jobs WHERE compare_id = ? ORDER BY rowid", (job.compare_id,))
+            return Reserved([row_to_job(r) for r in rows], False, job.compare_id, job.approval_key)
     placeholders = ",".join("?" for _ in UNFINISHED)
+    # a compare is one request: its jobs take one slot of the cap together
     row = await fetchone_in(
         conn,
-        f"SELECT COUNT(*) FROM jobs WHERE user_id = ? AND status IN ({placeholders})",
-        (new.user_id, *UNFINISHED),
+        f"SELECT COUNT(DISTINCT COALESCE(compare_id, id)) FROM jobs WHERE user_id = ? AND status IN ({placeholders})",
+        (first.user_id, *UNFINISHED),
     )
     running = int(row[0])
     if running >= limits.max_unfinished_per_user:
@@ -98,6 +135,7 @@ async def _reserve_in(
     budgets = await admin.effective_budgets(
         conn, env_default_micros=limits.user_limit_micros,
         env_workspace_micros=limits.workspace_limit_micros,
+        env_approval_micros=limits.approval_over_micros,
     )
     if budgets.paused:
         why = f" ({budgets.paused_reason})" if budgets.paused_reason else ""
@@ -105,12 +143,14 @@ async def _reserve_in(
             f"New video requests are paused by an admin{why}. Jobs already running "
             "will finish; please try again later."
         )
-    limit = await ledger.user_limit(conn, new.user_id, budgets.default_user_micros)
-    totals = await ledger.user_totals(conn, new.user_id, day)
+    total = sum(n.estimate_micros for n in news)
+    what = "This video" if len(news) == 1 else f"These {len(news)} videos"
+    limit = await ledger.user_limit(conn, first.user_id, budgets.default_user_micros)
+    totals = await ledger.user_totals(conn, first.user_id, day)
     remaining = limit - totals.used_micros
-    if new.estimate_micros > remaining:
+    if total > remaining:
         raise BudgetExceeded(
-            f"This video would cost {format_usd(new.estimate_micros)}, but you have "
+            f"{what} would cost {format_usd(total)}, but you have "
             f"{format_usd(max(remaining, 0))} left of your {format_usd(limit)} daily budget. "
             "`/sora budget` shows when it resets; a shorter video may fit.",
             remaining_micros=max(remaining, 0),
@@ -118,9 +158,9 @@ async def _reserve_in(
     if budgets.workspace_micros is not None:
         ws = await ledger.workspace_totals(conn, day)
         ws_remaining = budgets.workspace_micros - ws.used_micros
-        if new.estimate_micros > ws_remaining:
+        if total > ws_remaining:
             raise BudgetExceeded(
-                f"This video would cost {format_usd(new.estimate_micros)}, but the "
+                f"{what} would cost {format_usd(total)}, but the "
                 f"workspace has {format_usd(max(ws_remaining, 0))} left of its "
                 f"{format_usd(budgets.workspace_micros)} daily cap. Ask an admin, or try "
                 "again after the budget day resets.",
@@ -128,34 +168,65 @@ async def _reserve_in(
                 scope="workspace",
             )
 
-    job_id = await _insert_job(conn, new, day=day, now=now)
-    await ledger.add_reservation(
-        conn, job_id=job_id, user_id=new.user_id, day=day, amount_micros=new.estimate_micros, at=now
-    )
-    row = await fetchone_in(conn, "SELECT * FROM jobs WHERE id = ?", (job_id,))
-    return row_to_job(row), True
+    compare_id = None
+    if compare_prompt is not None:
+        compare_id = await _free_id(conn, "compares")
+        await conn.execute(
+            "INSERT INTO compares (id, user_id, channel_id, thread_ts, prompt, created_at) VALUES (?,?,?,?,?,?)",
+            (compare_id, first.user_id, first.channel_id, first.thread_ts, compare_prompt, now),
+        )
+    job_ids = []
+    for i, new in enumerate(news):
+        job_id = await _insert_job(conn, new if i == 0 else _without_dedupe(new), day=day, now=now,
+                                   compare_id=compare_id)
+        await ledger.add_reservation(
+            conn, job_id=job_id, user_id=new.user_id, day=day, amount_micros=new.estimate_micros, at=now
+        )
+        job_ids.append(job_id)
+    approval_key = None
+    if budgets.approval_over_micros is not None and total > budgets.approval_over_micros:
+        approval_key = compare_id or job_ids[0]  # a compare is approved as a whole
+        expires = datetime.fromisoformat(now) + timedelta(seconds=limits.approval_ttl_s)
+        await conn.execute(
+            "INSERT INTO approvals (key, user_id, amount_micros, threshold_micros, state, created_at, expires_at)"
+            " VALUES (?, ?, ?, ?, 'pending', ?, ?)",
+            (approval_key, first.user_id, total, budgets.approval_over_micros, now, iso(expires)),
+        )
+        await conn.executemany("UPDATE jobs SET approval_key = ? WHERE id = ?", [(approval_key, j) for j in job_ids])
+    marks = ",".join("?" for _ in job_ids)
+    rows = await conn.execute_fetchall(f"SELECT * FROM jobs WHERE id IN ({marks}) ORDER BY rowid", job_ids)
+    return Reserved([row_to_job(r) for r in rows], True, compare_id, approval_key)
 
 
-async def _insert_job(conn: aiosqlite.Connection, new: NewJob, *, day: str, now: str) -> str:
+def _without_dedupe(new: NewJob) -> NewJob:
+    return replace(new, dedupe_key=None)
+
+
+async def _free_id(conn: aiosqlite.Connection, table: str) -> str:
     for _ in range(5):
-        job_id = new_job_id()
-        exists = await fetchone_in(conn, "SELECT 1 FROM jobs WHERE id = ?", (job_id,))
-        if exists is None:
-            break
-    else:  # pragma: no cover - 31^8 ids
-        raise RuntimeError("could not pick a free job id")
+        candidate = new_job_id()
+        if await fetchone_in(conn, f"SELECT 1 FROM {table} WHERE id = ?", (candidate,)) is None:
+            return candidate
+    raise RuntimeError("could not pick a free id")  # pragma: no cover - 31^8 ids
+
+
+async def _insert_job(
+    conn: aiosqlite.Connection, new: NewJob, *, day: str, now: str, compare_id: str | None = None
+) -> str:
+    job_id = await _free_id(conn, "jobs")
     await conn.execute(
         """INSERT INTO jobs (id, dedupe_key, user_id, team_id, channel_id, thread_ts, source,
                response_url, model, provider, provider_model, prompt, duration_seconds,
                resolution, aspect_ratio, status, estimate_micros, budget_day, created_at,
-               updated_at, last_progress_at, reference_image_path, reference_image_mime)
-           VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,'queued',?,?,?,?,?,?,?)""",
+               updated_at, last_progress_at, reference_image_path, reference_image_mime,
+               compare_id, fallback_of)
+           VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,'queued',?,?,?,?,?,?,?,?,?)""",
         (
             job_id, new.dedupe_key, new.user_id, new.team_id, new.channel_id, new.thread_ts,
             new.source, new.response_url, new.model, new.provider, new.provider_model,
             new.prompt, new.duration_seconds, new.resolution, new.aspect_ratio,
             new.estimate_micros, day, now, now, now, new.reference_image_path,
-            new.reference_image_mime,
+            new.reference_image_mime, compare_id, new.fallback_of,
         ),
     )
     return job_id
@@ -193,12 +264,38 @@ def row_to_job(row: aiosqlite.Row) -> Job:
         budget_day=row["budget_day"],
         reference_image_path=row["reference_image_path"],
         reference_image_mime=row["reference_image_mime"],
+        compare_id=row["compare_id"],
+        fallback_of=row["fallback_of"],
+        approval_key=row["approval_key"],
     )
 
 
 async def get_job(db: Database, job_id: str) -> Job | None:
     row = await db.fetchone("SELECT * FROM jobs WHERE id = ?", (job_id,))
     return row_to_job(row) if row else None
+
+
+async def find_by_dedupe(db: Database, key: str) -> Job | None:
+    row = await db.fetchone("SELECT * FROM jobs WHERE dedupe_key = ?", (key,))
+    return row_to_job(row) if row else None
+
+
+async def fallback_chain_models(db: Database, job: Job) -> set[str]:
+    """The models this request already ran on: the job and the jobs it replaced."""
+    models = {job.model}
+    parent, hops = job.fallback_of, 0
+    while parent and hops < 20:
+        row = await db.fetchone("SELECT model, fallback_of FROM jobs WHERE id = ?", (parent,))
+        if row is None:
+            break
+        models.add(row[0])
+        parent, hops = row[1], hops + 1
+    return models
+
+
+async def jobs_for_approval(db: Database, key: str) -> list[Job]:
+    rows = await db.fetchall("SELECT * FROM jobs WHERE approval_key = ? ORDER BY rowid", (key,))
+    return [row_to_job(r) for r in rows]
 
 
 async def list_jobs(
