@@ -239,8 +239,9 @@ def _describe(e: settings_store.AuditEntry) -> str:
             return "resumed requests"
         case "approval.threshold":
             return f"set the approval threshold {money(e.old_value)} → {money(e.new_value)}"
-        case "approval.approve" | "approval.deny" | "approval.expire":
-            verb = {"approval.approve": "approved", "approval.deny": "denied", "approval.expire": "let expire"}[e.action]
+        case "approval.approve" | "approval.deny" | "approval.expire" | "approval.withdraw":
+            verb = {"approval.approve": "approved", "approval.deny": "denied", "approval.expire": "let expire",
+                    "approval.withdraw": "withdrew"}[e.action]
             return f"{verb} request `{e.target}` ({money(e.new_value)})"
         case "fallback.models":
             return f"set automatic fallback to {e.new_value or 'off'} (was {e.old_value or 'off'})"

@@ -188,11 +188,16 @@ async def summarize_compare(deps: Deps, compare_id: str) -> None:
         if row is None or row.summary_state == "done" or not await compares.all_delivered(deps.db, compare_id):
             return
         jobs = await compares.jobs_of(deps.db, compare_id)
-        try:
-            ts = await slack_io.post_in_thread(deps, jobs[0], messages.compare_summary(jobs))
-        except (SlackApiError, httpx.HTTPError) as exc:
-            # stays owed: the set is watched again on the next start
-            log.warning("compare %s: summary not posted: %s", compare_id, type(exc).__name__)
-            return
+        attempt = 0
+        while True:
+            try:
+                ts = await slack_io.post_in_thread(deps, jobs[0], messages.compare_summary(jobs))
+                break
+            except (SlackApiError, httpx.HTTPError) as exc:
+                attempt += 1
+                if attempt >= 8:  # still owed: the set is watched again on the next start
+                    log.warning("compare %s: summary not posted: %s", compare_id, type(exc).__name__)
+                    return
+                await asyncio.sleep(min(deps.timing.delivery_retry_max_s, deps.timing.poll_interval_s * 2 ** attempt))
         await compares.mark_summarized(deps.db, compare_id, ts)
     await slack_io.update_status(deps, jobs[0])

@@ -524,6 +524,9 @@ async def cancel_job(deps: Deps, job: Job, *, by_user: str | None, provider_side
             await jobstore.add_delivery(conn, job.id, "cancelled", now=now)
     if moved and not provider_side and job.provider_job_id:
         await _cancel_at_provider(deps, job, job.provider_job_id)
+    if moved and job.approval_key is not None:
+        # nothing left to decide once every part is cancelled: the admins' DMs say so
+        await approval.settle(deps, job.approval_key, state="withdrawn", by=by_user or "bot")
     return moved
 
 

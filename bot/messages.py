@@ -439,6 +439,7 @@ def approval_decided_message(
         "approved": f":white_check_mark: Approved by <@{by}>",
         "denied": f":no_entry: Denied by <@{by}>; the reservation was released",
         "expired": ":hourglass: Expired without an answer; the reservation was released",
+        "withdrawn": f":leftwards_arrow_with_hook: Cancelled by <@{by}> before anyone decided; nothing to do",
     }[state]
     text = f"{verdict}: {who} request for {format_usd(amount_micros)}."
     prompt = quote(first.prompt) if first else ""

@@ -25,7 +25,7 @@ class Approval:
     user_id: str
     amount_micros: int
     threshold_micros: int
-    state: str  # pending | approved | denied | expired
+    state: str  # pending | approved | denied | expired | withdrawn (its owner cancelled it)
     decided_by: str | None
     decided_at: datetime | None
     created_at: datetime
@@ -46,7 +46,8 @@ async def get(db: Database, key: str) -> Approval | None:
     return _row(row) if row else None
 
 
-_AUDIT_ACTIONS = {"approved": "approval.approve", "denied": "approval.deny", "expired": "approval.expire"}
+_AUDIT_ACTIONS = {"approved": "approval.approve", "denied": "approval.deny", "expired": "approval.expire",
+                  "withdrawn": "approval.withdraw"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,20 +62,22 @@ async def decide(db: Database, key: str, *, state: str, by: str, now: str) -> De
 
     None when there is no such request. The audit line is written in the same transaction.
     """
-    assert state in ("approved", "denied", "expired")
+    assert state in ("approved", "denied", "expired", "withdrawn")
     async with db.write_txn() as conn:
-        cur = await conn.execute(
-            "UPDATE approvals SET state = ?, decided_by = ?, decided_at = ? WHERE key = ? AND state = 'pending'",
-            (state, by, now, key),
-        )
-        moved = cur.rowcount == 1
-        row = await fetchone_in(conn, "SELECT * FROM approvals WHERE key = ?", (key,))
-        if row is None:
-            return None
         rows = await conn.execute_fetchall(
             "SELECT id FROM jobs WHERE approval_key = ? AND status = 'queued' ORDER BY rowid", (key,))
         waiting = [r[0] for r in rows]
-        if moved and state != "approved":
+        moved = False
+        if state != "withdrawn" or not waiting:  # withdrawn only once no part still waits
+            cur = await conn.execute(
+                "UPDATE approvals SET state = ?, decided_by = ?, decided_at = ? WHERE key = ? AND state = 'pending'",
+                (state, by, now, key),
+            )
+            moved = cur.rowcount == 1
+        row = await fetchone_in(conn, "SELECT * FROM approvals WHERE key = ?", (key,))
+        if row is None:
+            return None
+        if moved and state in ("denied", "expired"):
             detail = f"approval {state}" + (f" by {by}" if state == "denied" else "")
             for job_id in waiting:
                 await conn.execute(
@@ -84,14 +87,13 @@ async def decide(db: Database, key: str, *, state: str, by: str, now: str) -> De
                 )
                 await ledger.release(conn, job_id, now)
                 await add_delivery(conn, job_id, "cancelled", now=now)
+        approval = _row(row)
         if moved:
-            approval = _row(row)
             await admin.audit(
-                conn, at=now, actor=by, action=_AUDIT_ACTIONS[state],
-                target=key, new=str(approval.amount_micros),
+                conn, at=now, actor=by, action=_AUDIT_ACTIONS[state], target=key, new=str(approval.amount_micros),
                 note=f"request by {approval.user_id}; {len(waiting)} job(s)",
             )
-        return Decision(moved, _row(row), waiting)
+        return Decision(moved, approval, waiting)
 
 
 async def add_message(db: Database, key: str, channel_id: str, ts: str) -> None:

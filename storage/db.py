@@ -194,7 +194,7 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
             user_id      TEXT NOT NULL,
             amount_micros INTEGER NOT NULL CHECK (amount_micros >= 0),
             threshold_micros INTEGER NOT NULL,
-            state        TEXT NOT NULL CHECK (state IN ('pending','approved','denied','expired')),
+            state        TEXT NOT NULL CHECK (state IN ('pending','approved','denied','expired','withdrawn')),
             decided_by   TEXT,
             decided_at   TEXT,
             created_at   TEXT NOT NULL,

@@ -155,3 +155,28 @@ async def test_a_compare_over_the_threshold_is_approved_as_one_request(make_bot,
         root = slack.roots("C1")[0]
         await slack.wait_for(lambda: any(m.text.startswith("*Side by side*") for m in slack.thread("C1", root.ts)), timeout=10)
         assert await _usage(bot) == (1.6, 0.0) and len(gateway.submits) == 1
+
+
+async def test_a_waiting_request_survives_a_restart_and_its_owner_can_withdraw_it(make_bot, slack) -> None:
+    bot = await make_bot(sora_approval_over_usd="1.00", sora_admin_user_ids=ADMIN)
+    job_id = await _expensive(bot, slack)
+    expires = (await bot.deps.db.fetchone("SELECT expires_at FROM approvals WHERE key = ?", (job_id,)))[0]
+    await bot.runtime.close()  # a stop while it waits
+
+    again = await make_bot(sora_approval_over_usd="1.00", sora_admin_user_ids=ADMIN)  # the same database
+    await slack.wait_for(lambda: len(slack.calls_to("conversations.open")) >= 2, timeout=5)
+    assert len([m for m in slack.messages if m.channel == DM]) == 1  # the admin is not asked twice
+    assert (await again.deps.db.fetchone("SELECT expires_at FROM approvals WHERE key = ?", (job_id,)))[0] == expires
+    assert (await _job(again, job_id))["status"] == "queued"
+
+    url = slack.new_response_url()
+    await post_signed(again.http, again.url, action_body("sora_cancel", job_id, response_url=url))
+    await slack.wait_for(lambda: bool(slack.responses.get(url)), timeout=5)
+    assert "Cancelled job" in slack.responses[url][-1]["text"]
+    dm = next(m for m in slack.messages if m.channel == DM)
+    await slack.wait_for(lambda: "Cancelled by <@U1> before anyone decided" in dm.text, timeout=5)
+    assert "already withdrawn by <@U1>" in await _click(again, slack, APPROVE_ACTION, job_id)
+    await again.runtime.poller.idle(10)
+    assert await _usage(again) == (0.0, 0.0)
+    assert (await _job(again, job_id))["provider_job_id"] is None
+    assert [a for a in await _audit(again) if a[1].startswith("approval.")] == [("U1", "approval.withdraw", job_id)]

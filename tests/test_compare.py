@@ -154,3 +154,27 @@ def test_planning_picks_models_that_make_the_length_and_refuses_odd_sets() -> No
         with pytest.raises(InvalidRequest) as err:
             parse_command(text, catalog)
         assert words in err.value.user_message(), (text, err.value.user_message())
+
+
+async def test_a_summary_still_owed_at_a_stop_is_posted_after_the_restart(world, make_bot, slack) -> None:
+    bot, gateway, veo = world
+    await bot.slash("compare -m sora-2,veo-3.1-fast -d 8 a lighthouse")
+    root_ts = None
+
+    def summarized() -> bool:
+        nonlocal root_ts
+        roots = slack.roots("C1")
+        root_ts = roots[0].ts if roots else None
+        return bool(root_ts) and len(_summaries(slack, root_ts)) == 1
+
+    await slack.wait_for(summarized, timeout=15)
+    await bot.runtime.poller.idle(10)
+    # as if the process stopped after the last result, before the summary was recorded
+    await bot.deps.db.execute("UPDATE compares SET summary_state = 'owed', summary_ts = NULL")
+    await bot.runtime.close()
+    again = await make_bot(providers=dict(bot.deps.providers), sora_default_model="sora-2")
+    await slack.wait_for(lambda: len(_summaries(slack, root_ts)) == 2, timeout=10)
+    await again.runtime.poller.idle(10)
+    row = await again.deps.db.fetchone("SELECT summary_state, summary_ts FROM compares")
+    assert row[0] == "done" and row[1] == _summaries(slack, root_ts)[-1].ts
+    assert len(gateway.submits) == 1 and len(veo.submits) == 1  # nothing ran again
