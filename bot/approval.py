@@ -53,9 +53,7 @@ async def wait_for_decision(deps: Deps, job: Job, nap: Nap) -> Job:
 
 
 async def _reload(deps: Deps, job: Job) -> Job:
-    fresh = await jobstore.get_job(deps.db, job.id)
-    assert fresh is not None
-    return fresh
+    return await jobstore.must_get_job(deps.db, job.id)
 
 
 async def notify_admins(deps: Deps, key: str) -> int:

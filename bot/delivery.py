@@ -156,9 +156,7 @@ async def ensure_request_message(deps: Deps, job: Job) -> Job:
         deps.db, job.id, expect=UNFINISHED, now=now,
         channel_id=channel, thread_ts=thread_ts, status_ts=status_ts,
     )
-    updated = await jobstore.get_job(deps.db, job.id)
-    assert updated is not None
-    return updated
+    return await jobstore.must_get_job(deps.db, job.id)
 
 
 # --- /sora compare: the set shares one request message and one summary ------------------------
@@ -176,9 +174,7 @@ async def _ensure_compare_message(deps: Deps, job: Job) -> Job:
             channel, thread_ts, status_ts = await slack_io.post_request_message(deps, job)
             await compares.set_message(deps.db, job.compare_id, channel_id=channel, thread_ts=thread_ts,
                                        status_ts=status_ts, now=iso(deps.clock()))
-    updated = await jobstore.get_job(deps.db, job.id)
-    assert updated is not None
-    return updated
+    return await jobstore.must_get_job(deps.db, job.id)
 
 
 async def summarize_compare(deps: Deps, compare_id: str) -> None:

@@ -12,6 +12,7 @@ import random
 import secrets
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from bot import approval, fallback, incidents, slack_io
 from bot.delivery import deliver, ensure_request_message
@@ -49,32 +50,15 @@ log = logging.getLogger(__name__)
 MAX_HARD_POLL_ERRORS = 5
 
 
-async def accept_request(
-    deps: Deps,
-    request: JobRequest,
-    *,
-    user_id: str,
-    team_id: str | None,
-    channel_id: str,
-    source: str,
-    thread_ts: str | None = None,
-    response_url: str | None = None,
-    dedupe_key: str | None = None,
-    image: ReferenceImage | None = None,
-    wait_s: float | None = None,
-    fallback_of: str | None = None,
-) -> tuple[Job, bool]:
+async def accept_request(deps: Deps, request: JobRequest, **options: Any) -> tuple[Job, bool]:
     """Reserve the budget and store the job (one transaction), then hand it to the poller.
 
     Raises BudgetExceeded / TooManyJobs / InvalidRequest with nothing stored (and nothing
     charged). Returns (job, created); a repeated dedupe key returns the first job and
-    starts nothing new. `image` must already be checked and sized for the model.
+    starts nothing new. `image` must already be checked and sized for the model. The
+    options are `accept_requests`'s.
     """
-    got = await accept_requests(
-        deps, [request], user_id=user_id, team_id=team_id, channel_id=channel_id, source=source,
-        thread_ts=thread_ts, response_url=response_url, dedupe_key=dedupe_key, image=image,
-        wait_s=wait_s, fallback_of=fallback_of,
-    )
+    got = await accept_requests(deps, [request], **options)
     return got.jobs[0], got.created
 
 
@@ -182,9 +166,7 @@ def _spec_for(deps: Deps, job: Job) -> VideoSpec:
 
 
 async def _reload(deps: Deps, job_id: str) -> Job:
-    job = await jobstore.get_job(deps.db, job_id)
-    assert job is not None, f"job {job_id} vanished"
-    return job
+    return await jobstore.must_get_job(deps.db, job_id)
 
 
 async def run_job(deps: Deps, job_id: str, throttle: EditThrottle) -> None:

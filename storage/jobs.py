@@ -275,6 +275,13 @@ async def get_job(db: Database, job_id: str) -> Job | None:
     return row_to_job(row) if row else None
 
 
+async def must_get_job(db: Database, job_id: str) -> Job:
+    """A job that exists (rows are never deleted): its current row."""
+    job = await get_job(db, job_id)
+    assert job is not None, f"job {job_id} vanished"
+    return job
+
+
 async def find_by_dedupe(db: Database, key: str) -> Job | None:
     row = await db.fetchone("SELECT * FROM jobs WHERE dedupe_key = ?", (key,))
     return row_to_job(row) if row else None

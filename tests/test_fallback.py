@@ -116,6 +116,7 @@ async def test_automatic_fallback_runs_the_next_listed_model_once_and_says_so(ma
             sora_default_model="sora-2", sora_fallback_models="sora-2,veo-3.1-fast,veo-3.1",
         )
         old_id = (await bot.slash("-d 8 a heron at dawn")).json()["text"].split("`")[1]
+        await slack.wait_for(lambda: bool(slack.roots("C1")), timeout=5)
         root = slack.roots("C1")[0]
         await slack.wait_for(lambda: any(m.files for m in slack.thread("C1", root.ts)), timeout=10)
         await bot.runtime.poller.idle(10)
