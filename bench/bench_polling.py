@@ -9,11 +9,12 @@ Two ways, for jobs that render for 30 s, 2 min and 10 min:
     lucky alignment between the schedule and the finish time cannot flatter a result.
     Beside it: a naive client polling every 5 s; the sparsest schedule that keeps every
     finish within the lateness bound without knowing when the job ends; and a
-    progress-aware schedule (a proposal, not the bot's code).
+    progress-aware schedule (the proposal the bot's schedule grew from), and the bot's
+    schedule against a provider that reports no progress.
   * measured: the real app (HTTP command, real GatewayProvider, fake gateway and fake Slack
     on 127.0.0.1) at 1/10 time scale: every delay in Timing is divided by 10 and the renders
-    take 3 s, 12 s and 60 s. next_poll_delay grows with 10% of the age, so the schedule is
-    the same shape scaled down; the status-call counts compare directly, lateness is
+    take 3 s, 12 s and 60 s. Every delay of next_poll_delay is a Timing field or a share
+    of the job's age or render time, so the schedule is the same shape scaled down; the status-call counts compare directly, lateness is
     scaled back up (x10) and the fixed delivery time (download + upload) added unscaled.
 
 Targets: for the 2-minute job, <= 1/3 of the naive client's calls; for every length, the
@@ -50,22 +51,33 @@ def bound(age_s: float) -> float:
 # --------------------------------------------------------------------------- schedules (simulated clock)
 
 
-def simulate_current(length: float, rng: random.Random) -> tuple[int, float]:
-    """flow.watch's loop with the bot's next_poll_delay; returns (status calls, lateness s)."""
+def simulate_current(length: float, rng: random.Random, *, progress: bool = True) -> tuple[int, float]:
+    """flow.watch's loop with the bot's next_poll_delay and PollTrack, against a provider
+    like the fakes: the first poll says queued (progress 0), later ones report
+    int(100 * elapsed / length) (or no progress at all with progress=False, like Veo or
+    Kling); returns (status calls, lateness s)."""
     from bot.deps import Timing
     from bot.flow import next_poll_delay
+    from bot.schedule import PollTrack
 
     random.seed(rng.random())  # next_poll_delay draws its jitter from the module-level random
-    deps = SimpleNamespace(timing=Timing())
+    timing = Timing()
     t0 = datetime(2026, 1, 1, tzinfo=UTC)
-    job = SimpleNamespace(created_at=t0, stall_notified=False)
+    job = SimpleNamespace(created_at=t0, stall_notified=False, progress=None, last_progress_at=None)
+    track = PollTrack()
     finish = SUBMIT_AFTER_S + length
     t, calls = SUBMIT_AFTER_S, 0
     while True:
-        t += next_poll_delay(deps, job, t0 + timedelta(seconds=t))  # type: ignore[arg-type]
+        t += next_poll_delay(timing, job, t0 + timedelta(seconds=t), track)  # type: ignore[arg-type]
         calls += 1
         if t >= finish:
             return calls, t - finish
+        seen = 0 if calls == 1 else (int(100 * (t - SUBMIT_AFTER_S) / length) if progress else None)
+        track.saw(t0 + timedelta(seconds=t), seen)
+
+
+def simulate_current_no_progress(length: float, rng: random.Random) -> tuple[int, float]:
+    return simulate_current(length, rng, progress=False)
 
 
 def simulate_naive(length: float, rng: random.Random) -> tuple[int, float]:
@@ -121,7 +133,8 @@ def simulated(report: Report) -> dict[str, dict[str, float]]:
     out: dict[str, dict[str, float]] = {}
     for label, nominal in LENGTHS.items():
         row: dict[str, float] = {}
-        for name, fn in (("current", simulate_current), ("naive", simulate_naive), ("progress", simulate_progress)):
+        for name, fn in (("current", simulate_current), ("naive", simulate_naive), ("progress", simulate_progress),
+                         ("noprogress", simulate_current_no_progress)):
             calls, late_ratio, worst_late, ok = [], [], 0.0, 0
             for _ in range(TRIALS):
                 length = nominal * rng.uniform(0.9, 1.1)
@@ -146,6 +159,10 @@ def simulated(report: Report) -> dict[str, dict[str, float]]:
                       round(row["current_worst_late_s"], 1), "s")
         report.figure(f"sim {label}: current on time", round(100 * row["current_on_time"], 1), "% of jobs")
         report.figure(f"sim {label}: sparsest blind schedule on time", row["sparsest_blind_calls"], "calls")
+        report.figure(f"sim {label}: current, provider without progress: calls (mean / max)",
+                      f"{row['noprogress_calls']:.1f} / {row['noprogress_calls_max']}")
+        report.figure(f"sim {label}: current, provider without progress: worst lateness",
+                      round(row["noprogress_worst_late_s"], 1), "s")
         report.figure(f"sim {label}: progress-aware proposal calls (mean / max)",
                       f"{row['progress_calls']:.1f} / {row['progress_calls_max']}")
         report.figure(f"sim {label}: progress-aware worst lateness", round(row["progress_worst_late_s"], 1), "s")
@@ -178,7 +195,7 @@ async def measured(report: Report) -> dict[str, dict[str, float]]:
         stall_timeout_s=d.stall_timeout_s / SCALE, job_timeout_s=d.job_timeout_s / SCALE,
         progress_edit_interval_s=d.progress_edit_interval_s / SCALE,
         submit_retry_window_s=d.submit_retry_window_s / SCALE, download_attempts=d.download_attempts,
-        delivery_retry_max_s=d.delivery_retry_max_s / SCALE,
+        delivery_retry_max_s=d.delivery_retry_max_s / SCALE, lateness_floor_s=d.lateness_floor_s / SCALE,
     )
     settings = Settings(_env_file=None, slack_bot_token=BOT_TOKEN, slack_signing_secret=SIGNING_SECRET,
                         slack_api_url=slack.api_url, sora_db_path=tmp / "bot.db", sora_default_model="sora-2",

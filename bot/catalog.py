@@ -51,6 +51,10 @@ class ModelSpec:
     durations_by_resolution: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
     audio: bool = False
     image_to_video: bool = False
+    # The fewest seconds a render takes, as far as anyone has published one; the poller
+    # waits that long before looking closely (bot/schedule.py). 0 = unknown. Too high a
+    # value makes videos late, so only documented minimums go here.
+    min_render_s: float = 0.0
 
     @property
     def resolutions(self) -> tuple[str, ...]:
@@ -144,6 +148,9 @@ SIMULATOR_MODEL = ModelSpec(
     price_source="built-in simulator; priced like sora-2 so budgets show",
 )
 
+# Google documents Veo's latency as 11 s to 6 min (reference §1.5).
+_VEO_MIN_RENDER_S = 11.0
+
 # Prices of the models teams moved to, in micro-dollars per second, with where they come
 # from (reference/video-apis.md §5, compiled 2026-11-24). "estimate" marks prices nobody
 # has confirmed from the provider's own list: SORA_PRICES can correct them.
@@ -161,7 +168,7 @@ _PROVIDER_MODELS: tuple[ModelSpec, ...] = (
         prices_micros={"720p": _usd("0.40"), "1080p": _usd("0.40"), "4k": _usd("0.60")},
         aspect_ratios=("16:9", "9:16"), durations_by_resolution={"1080p": (8,), "4k": (8,)},
         price_source="Gemini API pricing, Veo 3.1 with audio (reference §5, transcribed 2026-09-20)",
-        audio=True, image_to_video=True,
+        audio=True, image_to_video=True, min_render_s=_VEO_MIN_RENDER_S,
     ),
     ModelSpec(
         id="veo-3.1-fast", provider=VEO, provider_model="veo-3.1-fast-generate-preview",
@@ -169,7 +176,7 @@ _PROVIDER_MODELS: tuple[ModelSpec, ...] = (
         prices_micros={"720p": _usd("0.15"), "1080p": _usd("0.15")},
         aspect_ratios=("16:9", "9:16"), durations_by_resolution={"1080p": (8,)},
         price_source="estimate: third-party figure for Veo 3.1 Fast (reference §5)",
-        audio=True, image_to_video=True,
+        audio=True, image_to_video=True, min_render_s=_VEO_MIN_RENDER_S,
     ),
     ModelSpec(
         # kling-v3 takes 3-15 s (third-party sources; Kling's own docs list 5 and 10 for v2)

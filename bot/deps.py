@@ -36,6 +36,9 @@ class Timing:
     download_attempts: int = 5
     delivery_retry_max_s: float = 300.0
     approval_ttl_s: float = 24 * 3600.0  # an unanswered approval request expires after this
+    # a video may reach the thread this late (or 10% of the job's age, if more): the
+    # polling schedule's target (bot/schedule.py)
+    lateness_floor_s: float = 2.0
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "Timing":

@@ -38,6 +38,7 @@ from bot.models import (
     VideoSpec,
 )
 from bot.parsing import JobRequest
+from bot.schedule import PollTrack, next_poll_delay
 from bot.providers.base import VideoProvider
 from bot.throttle import EditThrottle
 from storage import jobs as jobstore
@@ -169,9 +170,17 @@ async def _reload(deps: Deps, job_id: str) -> Job:
     return await jobstore.must_get_job(deps.db, job_id)
 
 
-async def run_job(deps: Deps, job_id: str, throttle: EditThrottle) -> None:
-    """Drive one job from wherever it stands to its final message. Safe to call again."""
-    job = await jobstore.get_job(deps.db, job_id)
+async def run_job(
+    deps: Deps, job_id: str, throttle: EditThrottle, *, job: Job | None = None, first_delay_s: float | None = None
+) -> None:
+    """Drive one job from wherever it stands to its final message. Safe to call again.
+
+    `job` is its row when the caller has just read it (a restart loads every unfinished
+    job in one query); `first_delay_s` replaces the first poll's delay (a restart spreads
+    the first polls of many jobs).
+    """
+    if job is None:
+        job = await jobstore.get_job(deps.db, job_id)
     if job is None:
         return
     if not job.status.terminal and job.status_ts is None:
@@ -181,7 +190,7 @@ async def run_job(deps: Deps, job_id: str, throttle: EditThrottle) -> None:
     if job.status is JobStatus.QUEUED:
         job = await submit(deps, job)
     if job.status in (JobStatus.SUBMITTED, JobStatus.RUNNING):
-        await watch(deps, job, throttle)
+        await watch(deps, job, throttle, first_delay_s=first_delay_s)
         job = await _reload(deps, job.id)
     if job.status is JobStatus.FAILED:
         await start_automatic_fallback(deps, job)
@@ -296,23 +305,16 @@ def _backoff(deps: Deps, attempt: int, hint_s: float | None) -> float:
     return max(delay, hint_s or 0.0)
 
 
-def next_poll_delay(deps: Deps, job: Job, now: datetime) -> float:
-    """Start at SORA_POLL_INTERVAL and grow with the job's age (≈10% of it), up to the cap.
+async def watch(deps: Deps, job: Job, throttle: EditThrottle, *, first_delay_s: float | None = None) -> None:
+    """Poll until the job is terminal (its final message then waits in the outbox).
 
-    Polling at a tenth of the age keeps the video's extra wait under ~10% of its render
-    time while a 10-minute job costs a few dozen calls instead of 120.
+    The delays come from `bot.schedule.next_poll_delay`; `first_delay_s` replaces the
+    first one.
     """
-    t = deps.timing
-    age = max(0.0, (now - job.created_at).total_seconds())
-    delay = min(t.max_poll_interval_s, max(t.poll_interval_s, age * 0.1))
-    if job.stall_notified:
-        delay = min(t.max_poll_interval_s * 2, delay * 2)
-    return delay * random.uniform(0.9, 1.1)
-
-
-async def watch(deps: Deps, job: Job, throttle: EditThrottle) -> None:
-    """Poll until the job is terminal (its final message then waits in the outbox)."""
     provider = _provider(deps, job)
+    spec = deps.catalog.get(job.model)
+    min_render_s = spec.min_render_s if spec else 0.0
+    track = PollTrack.from_job(job)
     transient_errors = 0
     hard_errors = 0
     hint: float | None = None
@@ -323,7 +325,10 @@ async def watch(deps: Deps, job: Job, throttle: EditThrottle) -> None:
         if now >= give_up_at:
             await give_up(deps, job)
             return
-        delay = next_poll_delay(deps, job, now)
+        if first_delay_s is not None:
+            delay, first_delay_s = first_delay_s, None
+        else:
+            delay = next_poll_delay(t, job, now, track, min_render_s=min_render_s)
         if transient_errors:
             delay = _backoff(deps, transient_errors, None)
         if hint:
@@ -349,7 +354,13 @@ async def watch(deps: Deps, job: Job, throttle: EditThrottle) -> None:
             continue
         transient_errors = hard_errors = 0
         hint = status.retry_after_s
+        # a queued job has not started rendering, whatever progress figure came with it
+        track.saw(deps.clock(), 0 if status.state is ProviderState.QUEUED else _percent(status.progress))
         job = await _apply_status(deps, job, status, throttle)
+
+
+def _percent(progress: int | float | None) -> int | None:
+    return None if progress is None else max(0, min(100, int(progress)))
 
 
 async def _nap(deps: Deps, job_id: str, delay: float) -> None:
@@ -392,9 +403,8 @@ async def _apply_status(deps: Deps, job: Job, status: ProviderStatus, throttle: 
     if state in (ProviderState.RUNNING, ProviderState.UNKNOWN) and job.status is JobStatus.SUBMITTED:
         fields["status"] = JobStatus.RUNNING
         force_edit = True
-    progress = status.progress
+    progress = _percent(status.progress)
     if progress is not None:
-        progress = max(0, min(100, int(progress)))
         if progress != job.progress:
             fields["progress"] = progress
             fields["last_progress_at"] = iso(now)

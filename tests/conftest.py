@@ -41,6 +41,7 @@ FAST = Timing(
     submit_retry_window_s=20.0,
     download_attempts=4,
     delivery_retry_max_s=0.5,
+    lateness_floor_s=0.05,
 )
 
 
