@@ -4,13 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 
 from bot import flow
 from bot.deps import Deps
+from bot.models import Job
 from bot.throttle import EditThrottle
 from storage import jobs as jobstore
 
 log = logging.getLogger(__name__)
+
+# After a restart the first polls of the resumed jobs are spread over about this many
+# jobs a second (within [SORA_POLL_INTERVAL, the max poll interval]): 10,000 jobs polled
+# at once would queue for the provider's connections and the event loop.
+RESUME_POLLS_PER_S = 200.0
 
 
 class Poller:
@@ -28,13 +35,22 @@ class Poller:
         self._closing = False
         self._crashes: dict[str, int] = {}
         self._wake: dict[str, asyncio.Event] = {}
+        # rows read by `resume`, each used once by its task's first run
+        self._loaded: dict[str, tuple[Job, float | None]] = {}
 
-    def watch(self, job_id: str) -> None:
+    def watch(self, job_id: str, *, row: Job | None = None, first_delay_s: float | None = None) -> None:
+        """Run the job's steps in a task of its own, unless one is running already.
+
+        `row` is the job as just read (the task then doesn't read it again) and
+        `first_delay_s` the delay before its first poll.
+        """
         if self._closing:
             return
         task = self.tasks.get(job_id)
         if task is not None and not task.done():
             return
+        if row is not None:
+            self._loaded[job_id] = (row, first_delay_s)
         task = asyncio.create_task(self._guard(job_id), name=f"job:{job_id}")
         self.tasks[job_id] = task
         task.add_done_callback(lambda t, j=job_id: self._reap(j, t))
@@ -42,6 +58,7 @@ class Poller:
     def restart(self, job_id: str) -> None:
         """Stop the job's current task and start again from the database (after a cancel)."""
         task = self.tasks.pop(job_id, None)
+        self._loaded.pop(job_id, None)
         if task is not None and not task.done() and task is not asyncio.current_task():
             task.cancel()
         self.watch(job_id)
@@ -66,11 +83,15 @@ class Poller:
             del self.tasks[job_id]
         self.throttle.forget(job_id)
         self._wake.pop(job_id, None)
+        if job_id not in self.tasks:
+            self._loaded.pop(job_id, None)
 
     async def _guard(self, job_id: str) -> None:
         while not self._closing:
+            # the row from `resume` serves the first run only: a run after a crash reads afresh
+            row, first_delay_s = self._loaded.pop(job_id, (None, None))
             try:
-                await flow.run_job(self.deps, job_id, self.throttle)
+                await flow.run_job(self.deps, job_id, self.throttle, job=row, first_delay_s=first_delay_s)
                 self._crashes.pop(job_id, None)
                 return
             except asyncio.CancelledError:
@@ -83,14 +104,19 @@ class Poller:
                 await asyncio.sleep(delay)
 
     async def resume(self) -> int:
-        """On start: watch every unfinished job and every final message still owed."""
-        ids = await jobstore.unfinished_job_ids(self.deps.db)
-        ids += [j for j in await jobstore.pending_delivery_ids(self.deps.db) if j not in ids]
-        for job_id in ids:
-            self.watch(job_id)
-        if ids:
-            log.info("resumed %d job(s) from the database", len(ids))
-        return len(ids)
+        """On start: watch every unfinished job and every final message still owed.
+
+        One query loads them all and each task gets its row; their first polls are spread
+        at random over a window that grows with their number.
+        """
+        jobs = await jobstore.jobs_to_resume(self.deps.db)
+        t = self.deps.timing
+        window = min(t.max_poll_interval_s, max(t.poll_interval_s, len(jobs) / RESUME_POLLS_PER_S))
+        for job in jobs:
+            self.watch(job.id, row=job, first_delay_s=random.uniform(0.0, window))
+        if jobs:
+            log.info("resumed %d job(s) from the database; first polls spread over %.0f s", len(jobs), window)
+        return len(jobs)
 
     async def close(self) -> None:
         """Stop new work, cancel every task, wait for them all."""
