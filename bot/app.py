@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import httpx
 from aiohttp import web
 from pydantic import SecretStr
@@ -31,7 +32,7 @@ from bot.providers.runway import RunwayProvider
 from bot.providers.seedance import SeedanceProvider
 from bot.providers.veo import VeoProvider
 from bot.providers.simulator import SimulatorProvider
-from bot.slack_io import make_slack_client
+from bot.slack_io import SLACK_TIMEOUT_S, make_slack_client
 from handlers import actions as action_handlers
 from handlers import admin as admin_handlers
 from handlers import commands as command_handlers
@@ -115,6 +116,8 @@ class Runtime:
     deps: Deps
     app: AsyncApp
     poller: Poller
+    # the Slack client's connections, when this runtime made the client
+    slack_session: aiohttp.ClientSession | None = None
 
     async def start(self) -> int:
         resumed = await self.poller.resume()
@@ -128,6 +131,8 @@ class Runtime:
         for provider in self.deps.providers.values():
             await provider.aclose()
         await self.deps.http.aclose()
+        if self.slack_session is not None:
+            await self.slack_session.close()
         await self.deps.db.close()
 
 
@@ -156,7 +161,12 @@ async def create_runtime(
         )
     db = await Database(settings.sora_db_path).open()
     token = settings.slack_bot_token.get_secret_value() if settings.slack_bot_token else None
-    slack = slack or make_slack_client(token, settings.slack_api_url)
+    slack_session: aiohttp.ClientSession | None = None
+    if slack is None:
+        # one session for every Web API call: without it slack_sdk opens (and closes) a
+        # session, so a TCP and TLS handshake, per call
+        slack_session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=SLACK_TIMEOUT_S))
+        slack = make_slack_client(token, settings.slack_api_url, session=slack_session)
     deps = Deps(
         settings=settings,
         db=db,
@@ -172,7 +182,7 @@ async def create_runtime(
     poller = Poller(deps)
     deps.poller = poller
     secret = settings.slack_signing_secret.get_secret_value() if settings.slack_signing_secret else None
-    return Runtime(deps=deps, app=build_app(deps, signing_secret=secret), poller=poller)
+    return Runtime(deps=deps, app=build_app(deps, signing_secret=secret), poller=poller, slack_session=slack_session)
 
 
 def make_web_app(runtime: Runtime) -> web.Application:

@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import httpx
 from slack_sdk.errors import SlackApiError
 from slack_sdk.http_retry.builtin_async_handlers import (
@@ -33,12 +34,23 @@ NO_ACCESS = {"channel_not_found", "not_in_channel", "is_archived", "restricted_a
              "team_access_not_granted", "access_denied", "method_not_supported_for_channel_type"}
 
 
-def make_slack_client(token: str | None, base_url: str) -> AsyncWebClient:
-    """The one Web API client: Slack's own retry handlers for 429 (Retry-After) and resets."""
+# seconds for one Web API call
+SLACK_TIMEOUT_S = 30
+
+
+def make_slack_client(
+    token: str | None, base_url: str, *, session: aiohttp.ClientSession | None = None
+) -> AsyncWebClient:
+    """The one Web API client: Slack's own retry handlers for 429 (Retry-After) and resets.
+
+    Pass `session` (made inside the running loop, closed by its owner) to reuse connections;
+    without one slack_sdk opens a session per call. A session's own timeout then applies.
+    """
     return AsyncWebClient(
         token=token,
         base_url=base_url,
-        timeout=30,
+        timeout=SLACK_TIMEOUT_S,
+        session=session,
         retry_handlers=[
             AsyncConnectionErrorRetryHandler(max_retry_count=2),
             AsyncRateLimitErrorRetryHandler(max_retry_count=5),
