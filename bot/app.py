@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,9 @@ from aiohttp import web
 from pydantic import SecretStr
 from slack_bolt.adapter.aiohttp import to_aiohttp_response, to_bolt_request
 from slack_bolt.async_app import AsyncApp
+from slack_bolt.listener.async_listener_start_handler import AsyncListenerStartHandler
+from slack_bolt.request.async_request import AsyncBoltRequest
+from slack_bolt.response import BoltResponse
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot import callbacks
@@ -42,6 +46,10 @@ from storage import compares
 from storage.db import Database
 
 log = logging.getLogger(__name__)
+
+# On shutdown, how long listeners still working after their ack may take to finish before
+# they are cancelled (SIGTERM's grace period is often 10 s in all).
+LISTENER_DRAIN_S = 5.0
 
 
 def build_providers(settings: Settings) -> dict[str, VideoProvider]:
@@ -82,7 +90,37 @@ def build_providers(settings: Settings) -> dict[str, VideoProvider]:
     return providers
 
 
-def build_app(deps: Deps, *, signing_secret: str | None) -> AsyncApp:
+class ListenerTasks(AsyncListenerStartHandler):
+    """The listeners still running. With process_before_response=False Bolt runs each one in
+    a task of its own that outlives the HTTP request (it acks, then goes on working), so
+    stopping the server does not wait for them; shutdown waits here before closing the
+    database and clients they use."""
+
+    def __init__(self) -> None:
+        self.tasks: set[asyncio.Task[Any]] = set()
+
+    async def handle(self, request: AsyncBoltRequest, response: BoltResponse | None) -> None:
+        # Bolt calls this first thing inside the listener's own task
+        task = asyncio.current_task()
+        if task is not None:
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+
+    async def drain(self, timeout_s: float) -> None:
+        """Wait up to `timeout_s` for the running listeners, then cancel what is left."""
+        pending = {t for t in self.tasks if t is not asyncio.current_task()}
+        if not pending:
+            return
+        log.info("waiting for %d listener(s) still at work", len(pending))
+        _, late = await asyncio.wait(pending, timeout=timeout_s)
+        if late:
+            log.warning("%d listener(s) still at work after %.0f s; cancelling them", len(late), timeout_s)
+            for task in late:
+                task.cancel()
+            await asyncio.gather(*late, return_exceptions=True)
+
+
+def build_app(deps: Deps, *, signing_secret: str | None, listeners: ListenerTasks | None = None) -> AsyncApp:
     app = AsyncApp(
         client=deps.slack,
         signing_secret=signing_secret,
@@ -90,6 +128,9 @@ def build_app(deps: Deps, *, signing_secret: str | None) -> AsyncApp:
         request_verification_enabled=signing_secret is not None,
         process_before_response=False,
     )
+    if listeners is not None:
+        # AsyncApp takes no start handler; its listener runner (a public property) holds it
+        app.listener_runner.listener_start_handler = listeners
 
     @app.middleware
     async def inject_deps(context: Any, next: Any) -> Any:  # noqa: A002 - Bolt's name
@@ -116,6 +157,7 @@ class Runtime:
     deps: Deps
     app: AsyncApp
     poller: Poller
+    listeners: ListenerTasks = field(default_factory=ListenerTasks)
     # the Slack client's connections, when this runtime made the client
     slack_session: aiohttp.ClientSession | None = None
 
@@ -127,6 +169,12 @@ class Runtime:
         return resumed
 
     async def close(self) -> None:
+        """Shut down in order; the caller has already stopped taking Slack requests.
+
+        Listeners still at work finish first (they use everything below), then the job
+        tasks stop, then the clients, then the database.
+        """
+        await self.listeners.drain(LISTENER_DRAIN_S)
         await self.poller.close()
         for provider in self.deps.providers.values():
             await provider.aclose()
@@ -182,7 +230,9 @@ async def create_runtime(
     poller = Poller(deps)
     deps.poller = poller
     secret = settings.slack_signing_secret.get_secret_value() if settings.slack_signing_secret else None
-    return Runtime(deps=deps, app=build_app(deps, signing_secret=secret), poller=poller, slack_session=slack_session)
+    listeners = ListenerTasks()
+    return Runtime(deps=deps, app=build_app(deps, signing_secret=secret, listeners=listeners), poller=poller,
+                   listeners=listeners, slack_session=slack_session)
 
 
 def make_web_app(runtime: Runtime) -> web.Application:

@@ -23,6 +23,8 @@ from storage.db import Database
 
 log = logging.getLogger("bot")
 
+HTTP_DRAIN_S = 5.0
+
 
 def _job_dict(job: Any) -> dict[str, Any]:
     return {
@@ -180,7 +182,10 @@ async def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
             connect.result()
             log.info("connected in Socket Mode; %d job(s) resumed", resumed)
         else:
-            runner = web.AppRunner(make_web_app(runtime), handle_signals=False)
+            # on stop, requests already in flight get this long to be answered (an ack is
+            # due within Slack's 3 s); the work listeners do after their ack is waited for
+            # in runtime.close()
+            runner = web.AppRunner(make_web_app(runtime), handle_signals=False, shutdown_timeout=HTTP_DRAIN_S)
             await runner.setup()
             await web.TCPSite(runner, settings.host, settings.port).start()
             log.info("listening on http://%s:%d/slack/events; %d job(s) resumed", settings.host, settings.port, resumed)
@@ -188,6 +193,8 @@ async def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
         await stop.wait()
         log.info("stopping: unfinished jobs stay in the database and resume on the next start")
     finally:
+        # stop taking Slack requests first; then runtime.close() lets listeners still at
+        # work finish before it closes the job tasks, clients and database they use
         if handler is not None:
             await handler.close_async()
         if runner is not None:

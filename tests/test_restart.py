@@ -6,7 +6,9 @@ test process, so what they record (submits, final messages) survives the bot's d
 
 from __future__ import annotations
 
+import asyncio
 import signal
+import sqlite3
 import sys
 
 import httpx
@@ -88,3 +90,33 @@ async def test_sigterm_stops_cleanly_and_loses_no_job(world) -> None:
     await wait_until(lambda: sum(1 for m in slack.messages if m.files) == 3, 10, "three uploads")
     assert len(gateway.create_attempts) == 3
     assert await bot.signal(signal.SIGINT) == 0
+
+
+async def test_sigterm_while_a_listener_works_after_its_ack_lets_it_finish(world) -> None:
+    """`/sora-admin` acks at once, then asks Slack whether the caller is an admin and writes
+    the change. A SIGTERM in between must wait for it: the change is stored, the answer
+    sent, and no traceback from a database closed under it."""
+    slack, gateway, bot, db_path = world
+    slack.add_user("UADM", name="ada", is_admin=True)
+    await bot.start()
+    hold = slack.hold_next("users.info")
+    response_url = slack.new_response_url()
+    async with httpx.AsyncClient(timeout=10) as http:
+        body = slash_body("budget set <@U2> 7", user="UADM", command="/sora-admin", response_url=response_url)
+        r = await post_signed(http, f"{bot.url}/slack/events", body)
+        assert r.status_code == 200
+    await asyncio.wait_for(hold.reached.wait(), 5)
+    assert bot.proc is not None
+    bot.proc.send_signal(signal.SIGTERM)
+    await asyncio.sleep(0.5)  # the bot is now shutting down, its listener still held
+    hold.release()
+    assert await asyncio.wait_for(bot.proc.wait(), timeout=15) == 0
+
+    log = bot.log_path.read_text()
+    assert "Traceback" not in log and "no active connection" not in log
+    assert any("daily budget is now" in m["text"] for m in slack.responses[response_url])
+    conn = sqlite3.connect(db_path)
+    try:
+        assert conn.execute("SELECT limit_micros FROM user_limits WHERE user_id = 'U2'").fetchone() == (7_000_000,)
+    finally:
+        conn.close()
