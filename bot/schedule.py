@@ -18,8 +18,8 @@ delay, as the contract says; every delay is capped at `max_poll_interval_s`, so 
 in the thread never goes staler than that; a job reported as stalled is polled half as
 often; jitter only ever shortens a delay, so it can't make a video late.
 
-Provider progress that is not linear (fakes that jump 10 -> 50 -> 100, renders that speed
-up at the end) can make a video later than the target, never later than the cap.
+Provider progress that is not linear (gateways that fake 10 -> 50 -> 100, renders that
+speed up at the end) can make a video later than the target, never later than the cap.
 """
 
 from __future__ import annotations
@@ -48,9 +48,9 @@ ONE_POINT_SHARE = 0.25
 class PollTrack:
     """What one watcher has seen of its job, in memory: enough to estimate the rate.
 
-    `first` is the first observation of a whole percentage >= 1 and `latest` the first
-    observation of the current one; `quiet_at` is the last poll that showed no progress
-    (the render had not visibly started then).
+    `first` is the first observation of a whole percentage >= 1 and `latest` the last poll
+    that reported progress; `quiet_at` is the last poll that showed no progress (the render
+    had not visibly started then).
     """
 
     polls: int = 0
@@ -80,7 +80,7 @@ class PollTrack:
             return
         if self.first is None or progress < self.first[1]:
             self.first = self.latest = (at, progress)
-        elif self.latest is None or progress != self.latest[1]:
+        else:
             self.latest = (at, progress)
 
 
@@ -100,7 +100,8 @@ def earliest_finish_in(
     if first is not None and latest is not None:
         (t1, p1), (t2, p2) = first, latest
         span = (t2 - t1).total_seconds()
-        if p2 > p1 and span > 0:
+        if span > 0:
+            # progress that has not moved for a while bounds the rate too: it is slow
             rate = (p2 + 1 - p1) / span  # percent per second, at most
             bound = max(bound, (99 - p2) / rate - (now - t2).total_seconds())
         else:

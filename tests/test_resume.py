@@ -58,7 +58,7 @@ async def test_jobs_resumed_from_their_rows_finish_once_without_a_second_submit(
         jobs = await jobstore.list_jobs(first.deps.db)
         return len(jobs) == 6 and all(j.status in (JobStatus.SUBMITTED, JobStatus.RUNNING) for j in jobs)
     await wait_until(all_rendering, 10, "six jobs rendering")
-    await first.runtime.poller.close()  # the process "stops" with every job mid-render
+    await first.runtime.close()  # the process stops with every job mid-render
 
     again = SimulatorProvider(run_seconds=1.5)
     second = await make_bot(providers={"simulator": again}, sora_max_concurrent_per_user=10, sora_daily_budget_usd="20")

@@ -139,3 +139,14 @@ def test_veo_models_carry_a_documented_minimum_render_time() -> None:
                             prices_file=None, include_simulator=False)
     assert catalog.get("veo-3.1").min_render_s > 0  # type: ignore[union-attr]
     assert catalog.get("sora-2").min_render_s == 0  # type: ignore[union-attr]
+
+
+def test_progress_that_stands_still_means_a_slow_render_and_polls_back_off_to_the_cap() -> None:
+    timing = Timing()
+    job = _job()
+    track = PollTrack()
+    track.saw(T0 + timedelta(seconds=5), 0)
+    track.saw(T0 + timedelta(seconds=10), 40)
+    track.saw(T0 + timedelta(seconds=70), 40)  # a minute without a change: under 1% a minute
+    delay = next_poll_delay(timing, job, T0 + timedelta(seconds=70), track)  # type: ignore[arg-type]
+    assert delay >= 0.9 * timing.max_poll_interval_s
