@@ -10,7 +10,7 @@ import asyncio
 import logging
 import random
 import secrets
-from datetime import datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -38,8 +38,8 @@ from bot.models import (
     VideoSpec,
 )
 from bot.parsing import JobRequest
-from bot.schedule import PollTrack, next_poll_delay
 from bot.providers.base import VideoProvider
+from bot.schedule import PollTrack, next_poll_delay
 from bot.throttle import EditThrottle
 from storage import jobs as jobstore
 from storage import ledger
