@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
+import sqlite3
 from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -306,7 +308,15 @@ class Database:
             async with asyncio.timeout(wait_s):
                 await self._write_lock.acquire()
         try:
-            await self._writer.execute("BEGIN IMMEDIATE")
+            try:
+                await self._writer.execute("BEGIN IMMEDIATE")
+            except asyncio.CancelledError:
+                # BEGIN runs on aiosqlite's thread even when its caller is cancelled (the
+                # poller cancels a job's task on /sora cancel): end that transaction while
+                # the lock is still held, or every later BEGIN fails
+                with contextlib.suppress(sqlite3.OperationalError):
+                    await self._writer.execute("ROLLBACK")
+                raise
             try:
                 yield self._writer
             except BaseException:

@@ -152,3 +152,20 @@ async def test_a_read_never_misses_a_commit_made_before_it(db) -> None:
         seen = await jobstore.get_job(db, job.id)
         assert seen.progress == round_
         await asyncio.gather(*busy)
+
+
+async def test_a_writer_cancelled_while_its_transaction_begins_leaves_the_database_writable(db) -> None:
+    async def write(n: int) -> None:
+        async with db.write_txn() as conn:
+            await conn.execute("INSERT INTO user_limits (user_id, limit_micros, updated_at) VALUES (?, 1, ?)"
+                               " ON CONFLICT(user_id) DO UPDATE SET limit_micros = excluded.limit_micros",
+                               (f"U{n}", NOW))
+
+    # cancel at each of the first few points a write can be suspended at, BEGIN among them
+    for n in range(30):
+        task = asyncio.create_task(write(n))
+        for _ in range(n % 6):
+            await asyncio.sleep(0)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await asyncio.wait_for(write(1000 + n), 5)
