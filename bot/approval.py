@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 
 _locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
 
-Nap = Callable[[float], Awaitable[None]]
+Nap = Callable[[float], Awaitable[object]]
 
 
 async def wait_for_decision(deps: Deps, job: Job, nap: Nap) -> Job:

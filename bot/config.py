@@ -45,6 +45,8 @@ class Settings(BaseSettings):
     sora_fallback_models: str = ""
     # Not in the contract: how long a simulated video takes, and the log level.
     sora_simulator_seconds: float = Field(12.0, gt=0)
+    # Not in the contract: at most this many status calls a second to any one provider
+    sora_status_calls_per_second: float = Field(10.0, gt=0)
     sora_log_level: str = "INFO"
 
     video_gateway_base_url: str | None = None

@@ -39,6 +39,7 @@ class Timing:
     # a video may reach the thread this late (or 10% of the job's age, if more): the
     # polling schedule's target (bot/schedule.py)
     lateness_floor_s: float = 2.0
+    status_calls_per_s: float = 10.0  # per provider: many waiting jobs share it, never hammer one
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "Timing":
@@ -47,6 +48,7 @@ class Timing:
             stall_timeout_s=settings.sora_stall_timeout,
             job_timeout_s=settings.sora_job_timeout,
             max_poll_interval_s=max(30.0, settings.sora_poll_interval),
+            status_calls_per_s=settings.sora_status_calls_per_second,
         )
 
 

@@ -334,7 +334,9 @@ async def watch(deps: Deps, job: Job, throttle: EditThrottle, *, first_delay_s: 
         if hint:
             delay = max(delay, hint)
         delay = min(delay, max(0.0, (give_up_at - now).total_seconds()) + 0.01)
-        await _nap(deps, job.id, delay)
+        poked = await _nap(deps, job.id, delay)
+        if not poked and deps.poller is not None:
+            await deps.poller.pace(job.provider)  # a callback's poke goes first: it saves polls
         assert job.provider_job_id is not None
         try:
             status = await provider.poll(job.provider_job_id)
@@ -363,19 +365,22 @@ def _percent(progress: int | float | None) -> int | None:
     return None if progress is None else max(0, min(100, int(progress)))
 
 
-async def _nap(deps: Deps, job_id: str, delay: float) -> None:
-    """Sleep until the next poll, or less when a provider callback pokes the job."""
+async def _nap(deps: Deps, job_id: str, delay: float) -> bool:
+    """Sleep until the next poll, or less when a provider callback pokes the job (True)."""
     if deps.poller is None:
         await asyncio.sleep(delay)
-        return
+        return False
     wake = deps.poller.wake_event(job_id)
+    poked = False
     try:
         # asyncio.timeout, unlike wait_for, adds no task per waiting job (10,000 jobs wait here)
         async with asyncio.timeout(delay):
             await wake.wait()
+            poked = True
     except TimeoutError:
         pass
     wake.clear()
+    return poked
 
 
 async def _apply_status(deps: Deps, job: Job, status: ProviderStatus, throttle: EditThrottle) -> Job:

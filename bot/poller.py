@@ -7,6 +7,7 @@ import logging
 import random
 
 from bot import flow
+from bot.catalog import SIMULATOR
 from bot.deps import Deps
 from bot.models import Job
 from bot.throttle import EditThrottle
@@ -35,6 +36,7 @@ class Poller:
         self._closing = False
         self._crashes: dict[str, int] = {}
         self._wake: dict[str, asyncio.Event] = {}
+        self._next_slot: dict[str, float] = {}  # provider -> loop time of its next free status-call slot
         # rows read by `resume`, each used once by its task's first run
         self._loaded: dict[str, tuple[Job, float | None]] = {}
 
@@ -62,6 +64,21 @@ class Poller:
         if task is not None and not task.done() and task is not asyncio.current_task():
             task.cancel()
         self.watch(job_id)
+
+    async def pace(self, provider: str) -> None:
+        """Wait for this provider's next status-call slot: at most `status_calls_per_s`.
+
+        Slots are handed out in arrival order, one interval apart, so with thousands of
+        waiting jobs the provider sees a steady trickle rather than bursts (and the bot's
+        CPU stays flat); each job's polls then come less often than its schedule asks.
+        """
+        if provider == SIMULATOR:
+            return
+        now = asyncio.get_running_loop().time()
+        slot = max(now, self._next_slot.get(provider, 0.0))
+        self._next_slot[provider] = slot + 1.0 / self.deps.timing.status_calls_per_s
+        if slot > now:
+            await asyncio.sleep(slot - now)
 
     def wake_event(self, job_id: str) -> asyncio.Event:
         """What a job's watcher naps on between polls (see `poke`)."""

@@ -42,6 +42,7 @@ FAST = Timing(
     download_attempts=4,
     delivery_retry_max_s=0.5,
     lateness_floor_s=0.05,
+    status_calls_per_s=10_000.0,  # tests that mean to pace set their own
 )
 
 

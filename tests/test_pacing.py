@@ -1,0 +1,32 @@
+"""Status calls to one provider are paced: many waiting jobs never add up to a flood."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import replace
+
+import httpx
+
+from bot.providers.gateway import GatewayProvider
+from tests.conftest import FAST
+from tests.fakes.providers import FakeGatewayServer
+
+
+async def test_many_waiting_jobs_share_one_providers_status_call_rate(make_bot, slack) -> None:
+    async with FakeGatewayServer(run_seconds=60) as gateway, httpx.AsyncClient() as client:
+        bot = await make_bot(
+            providers={"gateway": GatewayProvider(gateway.base_url, gateway.api_key, client=client)},
+            timing=replace(FAST, status_calls_per_s=8.0),
+            sora_default_model="sora-2", sora_max_concurrent_per_user=50, sora_daily_budget_usd="100",
+        )
+        for n in range(12):  # unpaced, each would poll every 0.05-0.2 s: over 60 calls a second
+            await bot.slash(f"-d 4 a slow river {n}", user=f"U{n:02d}")
+        await slack.wait_for(lambda: len(gateway.submits) == 12, timeout=10)
+        start, before = time.monotonic(), sum(gateway.polls.values())
+        await asyncio.sleep(2.0)
+        calls = sum(gateway.polls.values()) - before
+        elapsed = time.monotonic() - start
+        # at most the rate (plus the one slot that may straddle the window), and not starved
+        assert 1 <= calls <= 8.0 * elapsed + 2, (calls, elapsed)
+        assert len({job_id for job_id, n in gateway.polls.items() if n}) == 12  # every job gets its turn
