@@ -5,12 +5,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import AsyncIterator, Iterable, Sequence
+import sqlite3
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiosqlite
+
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
@@ -169,6 +172,22 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
 )
 
 
+def _statements(sql: str) -> Iterator[str]:
+    """A migration's statements. Trigger bodies hold semicolons, so a piece ends a statement
+    only when SQLite says the text so far is complete."""
+    # comments may hold semicolons: drop them before splitting statements
+    code = "\n".join(line for line in sql.splitlines() if not line.strip().startswith("--"))
+    pending = ""
+    for piece in code.split(";"):
+        pending += piece + ";"
+        if sqlite3.complete_statement(pending):
+            if pending.strip(" \t\r\n;"):
+                yield pending
+            pending = ""
+    if pending.strip(" \t\r\n;"):
+        yield pending
+
+
 def _create_private_file(path: Path) -> None:
     """The database holds prompts: create it readable by us only, before SQLite opens it.
 
@@ -236,16 +255,22 @@ class Database:
             log.info("migrating database to schema %d (%s)", number, name)
             await conn.execute("BEGIN IMMEDIATE")
             try:
-                # comments may hold semicolons: drop them before splitting statements
-                code = "\n".join(line for line in sql.splitlines() if not line.strip().startswith("--"))
-                for statement in code.split(";"):
-                    if statement.strip():
-                        await conn.execute(statement)
+                for statement in _statements(sql):
+                    await conn.execute(statement)
                 await conn.execute(f"PRAGMA user_version={number}")
                 await conn.execute("COMMIT")
             except BaseException:
                 await conn.execute("ROLLBACK")
                 raise
+
+    async def _acquire_writer(self, wait_s: float | None) -> aiosqlite.Connection:
+        assert self._writer is not None, "database not open"
+        if wait_s is None:
+            await self._write_lock.acquire()
+        else:
+            async with asyncio.timeout(wait_s):
+                await self._write_lock.acquire()
+        return self._writer
 
     @asynccontextmanager
     async def write_txn(self, *, wait_s: float | None = None) -> AsyncIterator[aiosqlite.Connection]:
@@ -253,22 +278,40 @@ class Database:
 
         `wait_s` bounds only the wait for the writer (TimeoutError): once the transaction has
         begun it runs to its end, so a deadline can never leave half a job behind.
+        Each statement inside is a round trip to the writer's thread while every other write
+        waits: hot paths use `run_write` instead.
         """
-        assert self._writer is not None, "database not open"
-        if wait_s is None:
-            await self._write_lock.acquire()
-        else:
-            async with asyncio.timeout(wait_s):
-                await self._write_lock.acquire()
+        writer = await self._acquire_writer(wait_s)
         try:
-            await self._writer.execute("BEGIN IMMEDIATE")
+            await writer.execute("BEGIN IMMEDIATE")
             try:
-                yield self._writer
+                yield writer
             except BaseException:
-                await self._writer.execute("ROLLBACK")
+                await writer.execute("ROLLBACK")
                 raise
             else:
-                await self._writer.execute("COMMIT")
+                await writer.execute("COMMIT")
+        finally:
+            self._write_lock.release()
+
+    async def run_write(
+        self, fn: Callable[..., T], /, *args: Any, wait_s: float | None = None, **kwargs: Any
+    ) -> T:
+        """`fn(conn, *args, **kwargs)` as one BEGIN IMMEDIATE … COMMIT on the writer's thread.
+
+        `conn` is the writer's plain sqlite3.Connection. The whole transaction is one round
+        trip, where `write_txn` pays one per statement while holding every other write up.
+        An exception from `fn` rolls back and reaches the caller. `wait_s` bounds the wait for
+        the writer exactly as in `write_txn` (TimeoutError, nothing written). `fn` runs off the
+        event loop: it must only talk to SQLite, and must not commit or roll back itself.
+
+        Once handed to the thread the transaction runs to its end even if the caller is
+        cancelled (all or nothing, like a COMMIT already sent); the thread runs its work in
+        order, so no later transaction can interleave with it.
+        """
+        writer = await self._acquire_writer(wait_s)
+        try:
+            return await writer._execute(_in_transaction, writer, fn, args, kwargs)
         finally:
             self._write_lock.release()
 
@@ -282,19 +325,25 @@ class Database:
         async with self._read_lock:
             yield self._reader
 
+    async def run_read(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+        """`fn(conn, *args, **kwargs)` on the reader's thread, in one read transaction.
+
+        One round trip, one snapshot for every statement inside; `fn` must not write.
+        """
+        async with self.reading() as conn:
+            return await conn._execute(_in_read_transaction, conn, fn, args, kwargs)
+
     async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[aiosqlite.Row]:
-        async with self.reading() as conn, conn.execute(sql, params) as cur:
-            return list(await cur.fetchall())
+        async with self.reading() as conn:
+            return await conn._execute(_fetchall, conn, sql, params)
 
     async def fetchone(self, sql: str, params: Sequence[Any] = ()) -> aiosqlite.Row | None:
-        async with self.reading() as conn, conn.execute(sql, params) as cur:
-            return await cur.fetchone()
+        async with self.reading() as conn:
+            return await conn._execute(_fetchone, conn, sql, params)
 
     async def execute(self, sql: str, params: Iterable[Any] = ()) -> int:
         """A single-statement write in its own transaction; returns the rowcount."""
-        async with self.write_txn() as conn:
-            cur = await conn.execute(sql, tuple(params))
-            return cur.rowcount
+        return await self.run_write(execute_sync, sql, tuple(params))
 
     async def close(self) -> None:
         for conn in (self._reader, self._writer):
@@ -304,5 +353,66 @@ class Database:
 
 
 async def fetchone_in(conn: aiosqlite.Connection, sql: str, params: Sequence[Any] = ()) -> Any:
-    async with conn.execute(sql, params) as cur:
-        return await cur.fetchone()
+    return await conn._execute(_fetchone, conn, sql, params)
+
+
+async def run_in(conn: aiosqlite.Connection, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+    """`fn(sqlite3 connection, *args, **kwargs)` on `conn`'s thread, inside whatever
+    transaction `conn` is in: the async helpers share their SQL with the `*_sync` ones this way,
+    one round trip each."""
+    return await conn._execute(_call, conn, fn, args, kwargs)
+
+
+def fetchone_sync(conn: sqlite3.Connection, sql: str, params: Sequence[Any] = ()) -> Any:
+    cur = conn.execute(sql, params)
+    try:
+        return cur.fetchone()
+    finally:
+        # an unfinished statement would pin the connection's read snapshot
+        cur.close()
+
+
+def execute_sync(conn: sqlite3.Connection, sql: str, params: Sequence[Any] = ()) -> int:
+    return conn.execute(sql, params).rowcount
+
+
+# These run on an aiosqlite connection's own thread (handed over by `_execute`), where its
+# sqlite3 connection may be used directly.
+
+
+def _call(conn: aiosqlite.Connection, fn: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str, Any]) -> T:
+    return fn(conn._conn, *args, **kwargs)
+
+
+def _fetchone(conn: aiosqlite.Connection, sql: str, params: Sequence[Any]) -> Any:
+    return fetchone_sync(conn._conn, sql, params)
+
+
+def _fetchall(conn: aiosqlite.Connection, sql: str, params: Sequence[Any]) -> list[Any]:
+    return conn._conn.execute(sql, params).fetchall()
+
+
+def _in_transaction(
+    conn: aiosqlite.Connection, fn: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> T:
+    raw = conn._conn
+    raw.execute("BEGIN IMMEDIATE")
+    try:
+        result = fn(raw, *args, **kwargs)
+        raw.execute("COMMIT")
+    except BaseException:
+        if raw.in_transaction:  # a failed COMMIT may have ended it already
+            raw.execute("ROLLBACK")
+        raise
+    return result
+
+
+def _in_read_transaction(
+    conn: aiosqlite.Connection, fn: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> T:
+    raw = conn._conn
+    raw.execute("BEGIN")
+    try:
+        return fn(raw, *args, **kwargs)
+    finally:
+        raw.execute("COMMIT")

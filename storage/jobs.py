@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+import sqlite3
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -14,7 +15,7 @@ from bot.errors import BudgetExceeded, Busy, InvalidRequest, RequestsPaused
 from bot.models import UNFINISHED, FailureKind, Job, JobStatus
 from bot.money import format_usd
 from storage import admin, ledger
-from storage.db import Database, fetchone_in
+from storage.db import Database, fetchone_sync, run_in
 
 # No 0/o/1/l/i: people type these ids into `/sora cancel`.
 _ID_ALPHABET = "abcdefghjkmnpqrstuvwxyz23456789"
@@ -72,21 +73,21 @@ async def reserve_and_insert(
     not free within `wait_s`.
     """
     try:
-        async with db.write_txn(wait_s=wait_s) as conn:
-            return await _reserve_in(conn, new, limits=limits, day=day, now=now)
+        # the whole check-and-insert is one trip to the writer's thread (see Database.run_write)
+        return await db.run_write(_reserve_in, new, limits=limits, day=day, now=now, wait_s=wait_s)
     except TimeoutError:
         raise Busy() from None
 
 
-async def _reserve_in(
-    conn: aiosqlite.Connection, new: NewJob, *, limits: Limits, day: str, now: str
+def _reserve_in(
+    conn: sqlite3.Connection, new: NewJob, *, limits: Limits, day: str, now: str
 ) -> tuple[Job, bool]:
     if new.dedupe_key is not None:
-        row = await fetchone_in(conn, "SELECT * FROM jobs WHERE dedupe_key = ?", (new.dedupe_key,))
+        row = fetchone_sync(conn, "SELECT * FROM jobs WHERE dedupe_key = ?", (new.dedupe_key,))
         if row is not None:
             return row_to_job(row), False
     placeholders = ",".join("?" for _ in UNFINISHED)
-    row = await fetchone_in(
+    row = fetchone_sync(
         conn,
         f"SELECT COUNT(*) FROM jobs WHERE user_id = ? AND status IN ({placeholders})",
         (new.user_id, *UNFINISHED),
@@ -95,7 +96,7 @@ async def _reserve_in(
     if running >= limits.max_unfinished_per_user:
         raise TooManyJobs(running, limits.max_unfinished_per_user)
 
-    budgets = await admin.effective_budgets(
+    budgets = admin.effective_budgets_sync(
         conn, env_default_micros=limits.user_limit_micros,
         env_workspace_micros=limits.workspace_limit_micros,
     )
@@ -105,8 +106,8 @@ async def _reserve_in(
             f"New video requests are paused by an admin{why}. Jobs already running "
             "will finish; please try again later."
         )
-    limit = await ledger.user_limit(conn, new.user_id, budgets.default_user_micros)
-    totals = await ledger.user_totals(conn, new.user_id, day)
+    limit = ledger.user_limit_sync(conn, new.user_id, budgets.default_user_micros)
+    totals = ledger.user_totals_sync(conn, new.user_id, day)
     remaining = limit - totals.used_micros
     if new.estimate_micros > remaining:
         raise BudgetExceeded(
@@ -116,7 +117,7 @@ async def _reserve_in(
             remaining_micros=max(remaining, 0),
         )
     if budgets.workspace_micros is not None:
-        ws = await ledger.workspace_totals(conn, day)
+        ws = ledger.workspace_totals_sync(conn, day)
         ws_remaining = budgets.workspace_micros - ws.used_micros
         if new.estimate_micros > ws_remaining:
             raise BudgetExceeded(
@@ -128,23 +129,23 @@ async def _reserve_in(
                 scope="workspace",
             )
 
-    job_id = await _insert_job(conn, new, day=day, now=now)
-    await ledger.add_reservation(
+    job_id = _insert_job(conn, new, day=day, now=now)
+    ledger.add_reservation_sync(
         conn, job_id=job_id, user_id=new.user_id, day=day, amount_micros=new.estimate_micros, at=now
     )
-    row = await fetchone_in(conn, "SELECT * FROM jobs WHERE id = ?", (job_id,))
+    row = fetchone_sync(conn, "SELECT * FROM jobs WHERE id = ?", (job_id,))
     return row_to_job(row), True
 
 
-async def _insert_job(conn: aiosqlite.Connection, new: NewJob, *, day: str, now: str) -> str:
+def _insert_job(conn: sqlite3.Connection, new: NewJob, *, day: str, now: str) -> str:
     for _ in range(5):
         job_id = new_job_id()
-        exists = await fetchone_in(conn, "SELECT 1 FROM jobs WHERE id = ?", (job_id,))
+        exists = fetchone_sync(conn, "SELECT 1 FROM jobs WHERE id = ?", (job_id,))
         if exists is None:
             break
     else:  # pragma: no cover - 31^8 ids
         raise RuntimeError("could not pick a free job id")
-    await conn.execute(
+    conn.execute(
         """INSERT INTO jobs (id, dedupe_key, user_id, team_id, channel_id, thread_ts, source,
                response_url, model, provider, provider_model, prompt, duration_seconds,
                resolution, aspect_ratio, status, estimate_micros, budget_day, created_at,
@@ -161,7 +162,7 @@ async def _insert_job(conn: aiosqlite.Connection, new: NewJob, *, day: str, now:
     return job_id
 
 
-def row_to_job(row: aiosqlite.Row) -> Job:
+def row_to_job(row: sqlite3.Row) -> Job:
     return Job(
         id=row["id"],
         user_id=row["user_id"],
@@ -196,6 +197,11 @@ def row_to_job(row: aiosqlite.Row) -> Job:
     )
 
 
+def get_job_sync(conn: sqlite3.Connection, job_id: str) -> Job | None:
+    row = fetchone_sync(conn, "SELECT * FROM jobs WHERE id = ?", (job_id,))
+    return row_to_job(row) if row else None
+
+
 async def get_job(db: Database, job_id: str) -> Job | None:
     row = await db.fetchone("SELECT * FROM jobs WHERE id = ?", (job_id,))
     return row_to_job(row) if row else None
@@ -226,8 +232,8 @@ async def unfinished_job_ids(db: Database) -> list[str]:
     return [r[0] for r in rows]
 
 
-async def update_job(
-    conn: aiosqlite.Connection,
+def update_job_sync(
+    conn: sqlite3.Connection,
     job_id: str,
     *,
     expect: Iterable[JobStatus],
@@ -241,16 +247,42 @@ async def update_job(
     assignments = ", ".join(f"{k} = ?" for k in fields)
     values = [v.value if isinstance(v, (JobStatus, FailureKind)) else v for v in fields.values()]
     placeholders = ",".join("?" for _ in expected)
-    cur = await conn.execute(
+    cur = conn.execute(
         f"UPDATE jobs SET {assignments} WHERE id = ? AND status IN ({placeholders})",
         (*values, job_id, *expected),
     )
     return cur.rowcount == 1
 
 
+async def update_job(
+    conn: aiosqlite.Connection,
+    job_id: str,
+    *,
+    expect: Iterable[JobStatus],
+    set_: dict[str, Any],
+    now: str,
+) -> bool:
+    """UPDATE … WHERE id=? AND status IN (expected). True only if this call moved the row."""
+    return await run_in(conn, update_job_sync, job_id, expect=list(expect), set_=set_, now=now)
+
+
 async def update(db: Database, job_id: str, *, expect: Iterable[JobStatus], now: str, **set_: Any) -> bool:
-    async with db.write_txn() as conn:
-        return await update_job(conn, job_id, expect=expect, set_=set_, now=now)
+    return await db.run_write(update_job_sync, job_id, expect=list(expect), set_=set_, now=now)
+
+
+def _update_and_get(
+    conn: sqlite3.Connection, job_id: str, *, expect: list[JobStatus], set_: dict[str, Any], now: str
+) -> tuple[bool, Job | None]:
+    moved = update_job_sync(conn, job_id, expect=expect, set_=set_, now=now)
+    return moved, get_job_sync(conn, job_id)
+
+
+async def update_and_get(
+    db: Database, job_id: str, *, expect: Iterable[JobStatus], now: str, **set_: Any
+) -> tuple[bool, Job | None]:
+    """`update`, plus the row as it stands after it (moved or not), from the same transaction:
+    no second trip, and no reader snapshot to be older than the write."""
+    return await db.run_write(_update_and_get, job_id, expect=list(expect), set_=set_, now=now)
 
 
 # --- delivery outbox -------------------------------------------------------------------
@@ -268,14 +300,20 @@ class Delivery:
     upload_file_id: str | None = None
 
 
-async def add_delivery(
-    conn: aiosqlite.Connection, job_id: str, kind: str, *, now: str, file_path: str | None = None
+def add_delivery_sync(
+    conn: sqlite3.Connection, job_id: str, kind: str, *, now: str, file_path: str | None = None
 ) -> None:
-    await conn.execute(
+    conn.execute(
         "INSERT OR IGNORE INTO deliveries (job_id, kind, state, file_path, created_at, updated_at)"
         " VALUES (?, ?, 'pending', ?, ?, ?)",
         (job_id, kind, file_path, now, now),
     )
+
+
+async def add_delivery(
+    conn: aiosqlite.Connection, job_id: str, kind: str, *, now: str, file_path: str | None = None
+) -> None:
+    await run_in(conn, add_delivery_sync, job_id, kind, now=now, file_path=file_path)
 
 
 async def get_delivery(db: Database, job_id: str) -> Delivery | None:
@@ -302,13 +340,12 @@ async def pending_delivery_ids(db: Database) -> list[str]:
 
 async def mark_delivered(db: Database, job_id: str, *, message_ts: str | None, method: str, now: str) -> bool:
     """pending -> done, recording the final message's ts. False if it was done already."""
-    async with db.write_txn() as conn:
-        cur = await conn.execute(
-            "UPDATE deliveries SET state='done', message_ts=?, method=?, updated_at=?"
-            " WHERE job_id=? AND state='pending'",
-            (message_ts, method, now, job_id),
-        )
-        return cur.rowcount == 1
+    moved = await db.execute(
+        "UPDATE deliveries SET state='done', message_ts=?, method=?, updated_at=?"
+        " WHERE job_id=? AND state='pending'",
+        (message_ts, method, now, job_id),
+    )
+    return moved == 1
 
 
 async def note_delivery_attempt(db: Database, job_id: str, error: str, now: str) -> None:
@@ -365,10 +402,15 @@ async def note_callback_delivery(
 
     Records older than `forget_before` are dropped in the same transaction.
     """
-    async with db.write_txn() as conn:
-        await conn.execute("DELETE FROM webhook_deliveries WHERE received_at < ?", (forget_before,))
-        cur = await conn.execute(
-            "INSERT OR IGNORE INTO webhook_deliveries (provider, delivery_id, received_at) VALUES (?, ?, ?)",
-            (provider, delivery_id, now),
-        )
-        return cur.rowcount == 1
+    return await db.run_write(_note_callback_delivery, provider, delivery_id, now=now, forget_before=forget_before)
+
+
+def _note_callback_delivery(
+    conn: sqlite3.Connection, provider: str, delivery_id: str, *, now: str, forget_before: str
+) -> bool:
+    conn.execute("DELETE FROM webhook_deliveries WHERE received_at < ?", (forget_before,))
+    cur = conn.execute(
+        "INSERT OR IGNORE INTO webhook_deliveries (provider, delivery_id, received_at) VALUES (?, ?, ?)",
+        (provider, delivery_id, now),
+    )
+    return cur.rowcount == 1
