@@ -169,6 +169,61 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
         CREATE INDEX webhook_deliveries_received ON webhook_deliveries(received_at);
         """,
     ),
+    (
+        "running daily totals of the ledger",
+        """
+        -- The workspace cap is checked inside every reservation; summing the whole day's
+        -- ledger there grew with the day (20,000 rows: ~12 ms). Triggers keep one row per
+        -- budget day in the same transaction as every ledger change, whoever makes it, so the
+        -- total is exact and a crash can't leave it behind the ledger.
+        CREATE TABLE ledger_day_totals (
+            budget_day      TEXT PRIMARY KEY,
+            spent_micros    INTEGER NOT NULL DEFAULT 0,
+            reserved_micros INTEGER NOT NULL DEFAULT 0
+        );
+        INSERT INTO ledger_day_totals (budget_day, spent_micros, reserved_micros)
+            SELECT budget_day,
+                   SUM(CASE WHEN state='charged' THEN charged_micros ELSE 0 END),
+                   SUM(CASE WHEN state='reserved' THEN reserved_micros ELSE 0 END)
+            FROM ledger GROUP BY budget_day;
+
+        CREATE TRIGGER ledger_day_totals_insert AFTER INSERT ON ledger BEGIN
+            INSERT OR IGNORE INTO ledger_day_totals (budget_day) VALUES (new.budget_day);
+            UPDATE ledger_day_totals
+               SET spent_micros = spent_micros
+                       + CASE WHEN new.state='charged' THEN new.charged_micros ELSE 0 END,
+                   reserved_micros = reserved_micros
+                       + CASE WHEN new.state='reserved' THEN new.reserved_micros ELSE 0 END
+             WHERE budget_day = new.budget_day;
+        END;
+
+        CREATE TRIGGER ledger_day_totals_update
+        AFTER UPDATE OF budget_day, state, reserved_micros, charged_micros ON ledger BEGIN
+            UPDATE ledger_day_totals
+               SET spent_micros = spent_micros
+                       - CASE WHEN old.state='charged' THEN old.charged_micros ELSE 0 END,
+                   reserved_micros = reserved_micros
+                       - CASE WHEN old.state='reserved' THEN old.reserved_micros ELSE 0 END
+             WHERE budget_day = old.budget_day;
+            INSERT OR IGNORE INTO ledger_day_totals (budget_day) VALUES (new.budget_day);
+            UPDATE ledger_day_totals
+               SET spent_micros = spent_micros
+                       + CASE WHEN new.state='charged' THEN new.charged_micros ELSE 0 END,
+                   reserved_micros = reserved_micros
+                       + CASE WHEN new.state='reserved' THEN new.reserved_micros ELSE 0 END
+             WHERE budget_day = new.budget_day;
+        END;
+
+        CREATE TRIGGER ledger_day_totals_delete AFTER DELETE ON ledger BEGIN
+            UPDATE ledger_day_totals
+               SET spent_micros = spent_micros
+                       - CASE WHEN old.state='charged' THEN old.charged_micros ELSE 0 END,
+                   reserved_micros = reserved_micros
+                       - CASE WHEN old.state='reserved' THEN old.reserved_micros ELSE 0 END
+             WHERE budget_day = old.budget_day;
+        END;
+        """,
+    ),
 )
 
 

@@ -52,8 +52,11 @@ def user_totals_sync(conn: sqlite3.Connection, user_id: str, day: str) -> Totals
 
 
 def workspace_totals_sync(conn: sqlite3.Connection, day: str) -> Totals:
-    row = fetchone_sync(conn, _TOTALS_SQL.format(user_clause=""), (day,))
-    return Totals(int(row[0]), int(row[1]))
+    # ledger_day_totals is kept by triggers on ledger (migration 6): one row, not the whole day
+    row = fetchone_sync(
+        conn, "SELECT spent_micros, reserved_micros FROM ledger_day_totals WHERE budget_day = ?", (day,)
+    )
+    return Totals(int(row[0]), int(row[1])) if row else Totals(0, 0)
 
 
 def user_limit_sync(conn: sqlite3.Connection, user_id: str, default_micros: int) -> int:
