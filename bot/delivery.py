@@ -125,10 +125,9 @@ async def _post_failure(deps: Deps, job: Job) -> str:
 async def ensure_request_message(deps: Deps, job: Job) -> Job:
     channel, thread_ts, status_ts = await slack_io.post_request_message(deps, job)
     now = iso(deps.clock())
-    await jobstore.update(
+    _, updated = await jobstore.update_and_get(
         deps.db, job.id, expect=UNFINISHED, now=now,
         channel_id=channel, thread_ts=thread_ts, status_ts=status_ts,
     )
-    updated = await jobstore.get_job(deps.db, job.id)
     assert updated is not None
     return updated
