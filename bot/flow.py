@@ -402,18 +402,18 @@ async def finish_success(deps: Deps, job: Job, status: ProviderStatus) -> None:
         log.warning("job %s: provider reports %d micros, above the %d reserved; charging the reservation",
                     job.id, status.cost_micros, cost)
     now = iso(deps.clock())
-    moved = await deps.db.run_write(_succeed_in, job.id, cost, status.video_url, str(dest), now)
+    moved = await deps.db.run_write(_succeed_in, job.id, job.provider, cost, status.video_url, str(dest), now)
     if not moved:
         dest.unlink(missing_ok=True)
-    else:
-        await incidents.close_incidents(deps, job.provider)
 
 
 # The settling transactions below each run as one function on the writer's thread
 # (Database.run_write): job row, ledger and outbox change together or not at all.
 
 
-def _succeed_in(conn: sqlite3.Connection, job_id: str, cost: int, video_url: str | None, dest: str, now: str) -> bool:
+def _succeed_in(
+    conn: sqlite3.Connection, job_id: str, provider: str, cost: int, video_url: str | None, dest: str, now: str
+) -> bool:
     moved = jobstore.update_job_sync(
         conn, job_id, expect=[JobStatus.SUBMITTED, JobStatus.RUNNING], now=now,
         set_={"status": JobStatus.SUCCEEDED, "progress": 100, "cost_micros": cost,
@@ -422,6 +422,7 @@ def _succeed_in(conn: sqlite3.Connection, job_id: str, cost: int, video_url: str
     if moved:
         ledger.charge_sync(conn, job_id, cost, now)
         jobstore.add_delivery_sync(conn, job_id, "video", now=now, file_path=dest)
+        incidents.close_incidents_sync(conn, provider)  # the provider works again
     return moved
 
 

@@ -150,17 +150,12 @@ async def release(conn: aiosqlite.Connection, job_id: str, at: str) -> bool:
 
 
 async def totals_for(db: Database, user_id: str, day: str, default_limit_micros: int) -> tuple[int, Totals]:
-    """(limit, totals) for one user's budget day, read outside any write."""
-    row = await db.fetchone(
-        "SELECT COALESCE(SUM(CASE WHEN state='charged' THEN charged_micros ELSE 0 END), 0),"
-        " COALESCE(SUM(CASE WHEN state='reserved' THEN reserved_micros ELSE 0 END), 0)"
-        " FROM ledger WHERE budget_day = ? AND user_id = ?",
-        (day, user_id),
-    )
-    lim = await db.fetchone("SELECT limit_micros FROM user_limits WHERE user_id = ?", (user_id,))
-    limit = int(lim[0]) if lim else default_limit_micros
-    assert row is not None
-    return limit, Totals(int(row[0]), int(row[1]))
+    """(limit, totals) for one user's budget day, read outside any write (one snapshot)."""
+    return await db.run_read(_totals_for, user_id, day, default_limit_micros)
+
+
+def _totals_for(conn: sqlite3.Connection, user_id: str, day: str, default_limit_micros: int) -> tuple[int, Totals]:
+    return user_limit_sync(conn, user_id, default_limit_micros), user_totals_sync(conn, user_id, day)
 
 
 async def usage_for_day(db: Database, day: str, default_limit_micros: int) -> list[UsageRow]:
