@@ -6,6 +6,7 @@ import asyncio
 import logging
 import os
 import sqlite3
+import time
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -257,22 +258,61 @@ def _create_private_file(path: Path) -> None:
     os.chmod(path, 0o600)
 
 
+class _Gate:
+    """Who may hand work to one connection's thread, and when.
+
+    The thread runs what it is handed one item at a time, in order. One-trip work (a whole
+    transaction or read in one function) therefore needs no lock: it is queued at once, and
+    many can be in flight. Work that spans several trips (`write_txn`, `reading`) takes the
+    lock and closes the gate, so nothing is queued between its steps; one-trip work waits
+    only while the gate is closed. Waiting on a lock for every one-trip item would cost an
+    event-loop turn per hand-over, which under load was most of the time a write took.
+    """
+
+    def __init__(self) -> None:
+        self.lock = asyncio.Lock()
+        self._open = asyncio.Event()
+        self._open.set()
+
+    async def pass_through(self) -> None:
+        while not self._open.is_set():
+            await self._open.wait()
+
+    @asynccontextmanager
+    async def exclusive(self, wait_s: float | None = None) -> AsyncIterator[None]:
+        if wait_s is None:
+            await self.lock.acquire()
+        else:
+            async with asyncio.timeout(wait_s):
+                await self.lock.acquire()
+        self._open.clear()
+        try:
+            yield
+        finally:
+            self._open.set()
+            self.lock.release()
+
+
 class Database:
     """One process's access to the SQLite file.
 
-    Writes go through `write_txn()` (BEGIN IMMEDIATE on the single writer connection, one
-    at a time); reads use a second connection so they never see a half-done transaction.
+    Writes go to the single writer connection as BEGIN IMMEDIATE transactions, whole in
+    one trip to its thread (`run_write`) or step by step (`write_txn`); reads use a second
+    connection so they never see a half-done transaction. Relies on aiosqlite's
+    `Connection._execute` (run a callable on the connection's thread) and `_conn`.
     """
 
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
         self._writer: aiosqlite.Connection | None = None
         self._reader: aiosqlite.Connection | None = None
-        self._write_lock = asyncio.Lock()
+        self._write_gate = _Gate()
+        self._write_lock = self._write_gate.lock
         # SQLite keeps a connection's read snapshot while any of its statements is unfinished;
-        # two interleaved reads would share an old snapshot and miss a fresh commit. So reads
-        # on the shared reader take turns (each is short).
-        self._read_lock = asyncio.Lock()
+        # two interleaved reads would share an old snapshot and miss a fresh commit. One-trip
+        # reads finish their statements inside their trip; `reading()` holds the reader alone.
+        self._read_gate = _Gate()
+        self._read_lock = self._read_gate.lock
 
     async def open(self) -> "Database":
         _create_private_file(self.path)
@@ -318,26 +358,18 @@ class Database:
                 await conn.execute("ROLLBACK")
                 raise
 
-    async def _acquire_writer(self, wait_s: float | None) -> aiosqlite.Connection:
-        assert self._writer is not None, "database not open"
-        if wait_s is None:
-            await self._write_lock.acquire()
-        else:
-            async with asyncio.timeout(wait_s):
-                await self._write_lock.acquire()
-        return self._writer
-
     @asynccontextmanager
     async def write_txn(self, *, wait_s: float | None = None) -> AsyncIterator[aiosqlite.Connection]:
         """One serialised BEGIN IMMEDIATE transaction; commits on success, rolls back on error.
 
         `wait_s` bounds only the wait for the writer (TimeoutError): once the transaction has
         begun it runs to its end, so a deadline can never leave half a job behind.
-        Each statement inside is a round trip to the writer's thread while every other write
-        waits: hot paths use `run_write` instead.
+        Each statement inside is a trip to the writer's thread while every other write waits:
+        frequent transactions use `run_write` instead.
         """
-        writer = await self._acquire_writer(wait_s)
-        try:
+        assert self._writer is not None, "database not open"
+        writer = self._writer
+        async with self._write_gate.exclusive(wait_s):
             await writer.execute("BEGIN IMMEDIATE")
             try:
                 yield writer
@@ -346,29 +378,34 @@ class Database:
                 raise
             else:
                 await writer.execute("COMMIT")
-        finally:
-            self._write_lock.release()
 
     async def run_write(
         self, fn: Callable[..., T], /, *args: Any, wait_s: float | None = None, **kwargs: Any
     ) -> T:
         """`fn(conn, *args, **kwargs)` as one BEGIN IMMEDIATE … COMMIT on the writer's thread.
 
-        `conn` is the writer's plain sqlite3.Connection. The whole transaction is one round
-        trip, where `write_txn` pays one per statement while holding every other write up.
-        An exception from `fn` rolls back and reaches the caller. `wait_s` bounds the wait for
-        the writer exactly as in `write_txn` (TimeoutError, nothing written). `fn` runs off the
-        event loop: it must only talk to SQLite, and must not commit or roll back itself.
+        `conn` is the writer's plain sqlite3.Connection. The whole transaction is one trip,
+        where `write_txn` pays one per statement while holding every other write up. An
+        exception from `fn` rolls back and reaches the caller. `fn` runs off the event loop:
+        it must only talk to SQLite, and must not commit or roll back itself.
+
+        `wait_s` bounds the wait for the writer as in `write_txn`: a transaction that has not
+        begun within `wait_s` (queued behind others, or SQLite busy) writes nothing and raises
+        TimeoutError, so a deadline never leaves a late write behind.
 
         Once handed to the thread the transaction runs to its end even if the caller is
-        cancelled (all or nothing, like a COMMIT already sent); the thread runs its work in
-        order, so no later transaction can interleave with it.
+        cancelled (all or nothing, like a COMMIT already sent).
         """
-        writer = await self._acquire_writer(wait_s)
-        try:
-            return await writer._execute(_in_transaction, writer, fn, args, kwargs)
-        finally:
-            self._write_lock.release()
+        assert self._writer is not None, "database not open"
+        deadline = None if wait_s is None else time.monotonic() + wait_s
+        if wait_s is None:
+            await self._write_gate.pass_through()
+        else:
+            async with asyncio.timeout(wait_s):
+                await self._write_gate.pass_through()
+        writer = self._writer
+        # no await between the gate and the queue: nothing multi-step can begin in between
+        return await writer._execute(_in_transaction, writer, deadline, fn, args, kwargs)
 
     @asynccontextmanager
     async def reading(self) -> AsyncIterator[aiosqlite.Connection]:
@@ -377,7 +414,7 @@ class Database:
         Everything done inside sees one consistent snapshot; they must not write.
         """
         assert self._reader is not None, "database not open"
-        async with self._read_lock:
+        async with self._read_gate.exclusive():
             yield self._reader
 
     async def run_read(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
@@ -385,16 +422,21 @@ class Database:
 
         One round trip, one snapshot for every statement inside; `fn` must not write.
         """
-        async with self.reading() as conn:
-            return await conn._execute(_in_read_transaction, conn, fn, args, kwargs)
+        reader = await self._pass_reader()
+        return await reader._execute(_in_read_transaction, reader, fn, args, kwargs)
+
+    async def _pass_reader(self) -> aiosqlite.Connection:
+        assert self._reader is not None, "database not open"
+        await self._read_gate.pass_through()
+        return self._reader
 
     async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[aiosqlite.Row]:
-        async with self.reading() as conn:
-            return await conn._execute(_fetchall, conn, sql, params)
+        reader = await self._pass_reader()
+        return await reader._execute(_fetchall, reader, sql, params)
 
     async def fetchone(self, sql: str, params: Sequence[Any] = ()) -> aiosqlite.Row | None:
-        async with self.reading() as conn:
-            return await conn._execute(_fetchone, conn, sql, params)
+        reader = await self._pass_reader()
+        return await reader._execute(_fetchone, reader, sql, params)
 
     async def execute(self, sql: str, params: Iterable[Any] = ()) -> int:
         """A single-statement write in its own transaction; returns the rowcount."""
@@ -448,11 +490,17 @@ def _fetchall(conn: aiosqlite.Connection, sql: str, params: Sequence[Any]) -> li
 
 
 def _in_transaction(
-    conn: aiosqlite.Connection, fn: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str, Any]
+    conn: aiosqlite.Connection,
+    deadline: float | None,
+    fn: Callable[..., T],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
 ) -> T:
     raw = conn._conn
     raw.execute("BEGIN IMMEDIATE")
     try:
+        if deadline is not None and time.monotonic() > deadline:
+            raise TimeoutError("the writer was not free in time")
         result = fn(raw, *args, **kwargs)
         raw.execute("COMMIT")
     except BaseException:

@@ -70,6 +70,20 @@ async def test_run_write_refuses_after_wait_s_and_stores_nothing(db, tmp_path) -
     assert _count_settings(tmp_path) == 0
 
 
+async def test_a_transaction_queued_past_wait_s_writes_nothing(db, tmp_path) -> None:
+    import time
+
+    def slow(conn: sqlite3.Connection) -> None:
+        time.sleep(0.2)  # holds the writer's thread (fine in a test: it is not the loop)
+
+    first = asyncio.create_task(db.run_write(slow))
+    await asyncio.sleep(0)
+    with pytest.raises(TimeoutError):
+        await db.run_write(_put, "late", "1", wait_s=0.05)
+    await first
+    assert _count_settings(tmp_path) == 0
+
+
 async def test_a_reservation_that_cannot_get_the_writer_is_busy_and_never_stored_late(db) -> None:
     async with db.write_txn():
         with pytest.raises(Busy):
