@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import httpx
 from aiohttp import web
 from pydantic import SecretStr
@@ -31,7 +32,7 @@ from bot.providers.runway import RunwayProvider
 from bot.providers.seedance import SeedanceProvider
 from bot.providers.veo import VeoProvider
 from bot.providers.simulator import SimulatorProvider
-from bot.slack_io import make_slack_client
+from bot.slack_io import make_slack_client, make_slack_session
 from handlers import actions as action_handlers
 from handlers import admin as admin_handlers
 from handlers import commands as command_handlers
@@ -114,6 +115,7 @@ class Runtime:
     deps: Deps
     app: AsyncApp
     poller: Poller
+    slack_session: aiohttp.ClientSession | None = None  # ours to close (none for a given client)
 
     async def start(self) -> int:
         return await self.poller.resume()
@@ -123,6 +125,8 @@ class Runtime:
         for provider in self.deps.providers.values():
             await provider.aclose()
         await self.deps.http.aclose()
+        if self.slack_session is not None:
+            await self.slack_session.close()
         await self.deps.db.close()
 
 
@@ -146,7 +150,10 @@ async def create_runtime(
     )
     db = await Database(settings.sora_db_path).open()
     token = settings.slack_bot_token.get_secret_value() if settings.slack_bot_token else None
-    slack = slack or make_slack_client(token, settings.slack_api_url)
+    slack_session = None
+    if slack is None:
+        slack_session = make_slack_session()
+        slack = make_slack_client(token, settings.slack_api_url, session=slack_session)
     deps = Deps(
         settings=settings,
         db=db,
@@ -162,7 +169,7 @@ async def create_runtime(
     poller = Poller(deps)
     deps.poller = poller
     secret = settings.slack_signing_secret.get_secret_value() if settings.slack_signing_secret else None
-    return Runtime(deps=deps, app=build_app(deps, signing_secret=secret), poller=poller)
+    return Runtime(deps=deps, app=build_app(deps, signing_secret=secret), poller=poller, slack_session=slack_session)
 
 
 def make_web_app(runtime: Runtime) -> web.Application:
