@@ -273,18 +273,36 @@ class _Gate:
         self.lock = asyncio.Lock()
         self._open = asyncio.Event()
         self._open.set()
+        self._waiting = 0  # one-trip work held at the closed gate
+        self._drained = asyncio.Event()
+
+    @property
+    def is_open(self) -> bool:
+        return self._open.is_set()
 
     async def pass_through(self) -> None:
-        while not self._open.is_set():
-            await self._open.wait()
+        self._waiting += 1
+        try:
+            while not self._open.is_set():
+                await self._open.wait()
+        finally:
+            self._waiting -= 1
+            if not self._waiting:
+                self._drained.set()
 
     @asynccontextmanager
     async def exclusive(self, wait_s: float | None = None) -> AsyncIterator[None]:
-        if wait_s is None:
+        async with asyncio.timeout(wait_s):  # None: no limit
             await self.lock.acquire()
-        else:
-            async with asyncio.timeout(wait_s):
-                await self.lock.acquire()
+            try:
+                # Work held up by the previous holder goes first; else a caller that runs one
+                # multi-step transaction after another would keep the gate shut for good.
+                while self._waiting:
+                    self._drained.clear()
+                    await self._drained.wait()
+            except BaseException:
+                self.lock.release()
+                raise
         self._open.clear()
         try:
             yield
@@ -398,10 +416,8 @@ class Database:
         """
         assert self._writer is not None, "database not open"
         deadline = None if wait_s is None else time.monotonic() + wait_s
-        if wait_s is None:
-            await self._write_gate.pass_through()
-        else:
-            async with asyncio.timeout(wait_s):
+        if not self._write_gate.is_open:
+            async with asyncio.timeout(wait_s):  # None: no limit
                 await self._write_gate.pass_through()
         writer = self._writer
         # no await between the gate and the queue: nothing multi-step can begin in between
@@ -427,7 +443,8 @@ class Database:
 
     async def _pass_reader(self) -> aiosqlite.Connection:
         assert self._reader is not None, "database not open"
-        await self._read_gate.pass_through()
+        if not self._read_gate.is_open:
+            await self._read_gate.pass_through()
         return self._reader
 
     async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[aiosqlite.Row]:

@@ -146,3 +146,26 @@ async def test_run_read_sees_one_snapshot(db) -> None:
 
     await db.run_write(_put, "a", "1")
     assert await db.run_read(both) == (1, 1)
+
+
+async def test_back_to_back_multi_step_transactions_do_not_shut_out_one_trip_writes(db, tmp_path) -> None:
+    stop = asyncio.Event()
+
+    async def busy_admin() -> int:
+        n = 0
+        while not stop.is_set():  # no pause between transactions
+            async with db.write_txn() as conn:
+                await conn.execute("UPDATE settings SET value = value WHERE key = 'nothing'")
+            n += 1
+        return n
+
+    admin = asyncio.create_task(busy_admin())
+    await asyncio.sleep(0.05)  # it is going round: its gate reopens only between two steps
+    writes = [asyncio.create_task(db.run_write(_put, f"k{i}", "1", wait_s=5)) for i in range(20)]
+    try:
+        async with asyncio.timeout(5):
+            await asyncio.gather(*writes)
+    finally:
+        stop.set()
+        await admin
+    assert _count_settings(tmp_path) == 20
