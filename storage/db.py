@@ -325,12 +325,14 @@ class Database:
         self._writer: aiosqlite.Connection | None = None
         self._reader: aiosqlite.Connection | None = None
         self._write_gate = _Gate()
+        # Held alone (without closing the gate) it excludes only other multi-step writers:
+        # enough for a caller that hands the thread one whole transaction, as the benchmark's
+        # prototype does.
         self._write_lock = self._write_gate.lock
         # SQLite keeps a connection's read snapshot while any of its statements is unfinished;
         # two interleaved reads would share an old snapshot and miss a fresh commit. One-trip
         # reads finish their statements inside their trip; `reading()` holds the reader alone.
         self._read_gate = _Gate()
-        self._read_lock = self._read_gate.lock
 
     async def open(self) -> "Database":
         _create_private_file(self.path)
