@@ -121,7 +121,7 @@ async def run_elsewhere(deps: Deps, job_id: str, user_id: str) -> ActionResult:
         job, created = await flow.accept_request(
             deps, request, user_id=user_id, team_id=old.team_id, channel_id=old.channel_id,
             source=old.source, thread_ts=old.thread_ts if old.source in ("mention", "shortcut", "dm") else None,
-            dedupe_key=f"fallback:{old.id}",
+            dedupe_key=f"fallback:{old.id}", fallback_of=old.id,
         )
     except (InvalidRequest, NotAllowed, BudgetExceeded) as exc:
         return ActionResult(exc.user_message(), ok=False)

@@ -27,6 +27,8 @@ ADMIN_HELP = "\n".join([
     "• `usage [YYYY-MM-DD|yesterday]`: spend per person, the workspace total, recent admin actions",
     "• `refund <job> [reason]`: give back a finished video's charge",
     "• `pause [reason]` / `resume`: stop or restart new requests (running jobs continue)",
+    "• `approval over 10` or `approval off`: requests costing more than that wait for an admin's Approve",
+    "• `fallback veo-3.1-fast,gen4.5` or `fallback off`: when a provider fails a job, run it on the first of these",
     "• `admins`: who may use these commands",
 ])
 
@@ -114,6 +116,22 @@ async def _dispatch(deps: Deps, words: list[str], actor: str) -> str:
             return await resume(deps, actor)
         case ["admins"]:
             return admins_text(deps)
+        case ["approval"]:
+            budgets = await deps.budgets()
+            return approval_text(budgets.approval_over_micros)
+        case ["approval", "over"] | ["approval", "off"]:
+            if head[1] == "off" and len(words) == 2:
+                return await set_approval(deps, actor, None)
+            if len(words) != 3:
+                raise InvalidRequest("Use `/sora-admin approval over 10` or `/sora-admin approval off`.")
+            return await set_approval(deps, actor, parse_amount(words[2], allow_off=True))
+        case ["fallback"]:
+            order = await deps.fallback_order()
+            return fallback_text(order)
+        case ["fallback", _]:
+            if len(words) != 2:
+                raise InvalidRequest("Use `/sora-admin fallback model1,model2` (no spaces) or `/sora-admin fallback off`.")
+            return await set_fallback(deps, actor, words[1])
     raise InvalidRequest(f"I don't know that admin command.\n{ADMIN_HELP}")
 
 
@@ -197,7 +215,8 @@ async def usage_report(deps: Deps, day_arg: str | None) -> str:
     if entries:
         lines.append("*Recent admin actions:*")
         for e in entries:
-            lines.append(f"• {e.at[:16].replace('T', ' ')} UTC <@{e.actor}> {_describe(e)}")
+            who = "the bot" if e.actor == "bot" else f"<@{e.actor}>"
+            lines.append(f"• {e.at[:16].replace('T', ' ')} UTC {who} {_describe(e)}")
     return "\n".join(lines)
 
 
@@ -218,7 +237,64 @@ def _describe(e: settings_store.AuditEntry) -> str:
             return "paused requests" + (f": {messages.escape_mrkdwn(e.note, 100)}" if e.note else "")
         case "resume":
             return "resumed requests"
+        case "approval.threshold":
+            return f"set the approval threshold {money(e.old_value)} → {money(e.new_value)}"
+        case "approval.approve" | "approval.deny" | "approval.expire" | "approval.withdraw":
+            verb = {"approval.approve": "approved", "approval.deny": "denied", "approval.expire": "let expire",
+                    "approval.withdraw": "withdrew"}[e.action]
+            return f"{verb} request `{e.target}` ({money(e.new_value)})"
+        case "fallback.models":
+            return f"set automatic fallback to {e.new_value or 'off'} (was {e.old_value or 'off'})"
     return e.action
+
+
+def approval_text(threshold: int | None) -> str:
+    if threshold is None:
+        return "Approval is off: every request within the budgets runs at once. `/sora-admin approval over 10` turns it on."
+    return (f"Requests costing more than {format_usd(threshold)} wait for an admin's approval "
+            "(admins get a DM with Approve / Deny; unanswered requests expire after 24 hours).")
+
+
+async def set_approval(deps: Deps, actor: str, amount: int | None) -> str:
+    now = iso(deps.clock())
+    async with deps.db.write_txn() as conn:
+        before = await deps.budgets(conn)
+        await settings_store.put_setting(
+            conn, settings_store.APPROVAL_OVER, None if amount is None else str(amount), at=now, by=actor)
+        await settings_store.audit(
+            conn, at=now, actor=actor, action="approval.threshold",
+            old=None if before.approval_over_micros is None else str(before.approval_over_micros),
+            new=None if amount is None else str(amount),
+        )
+    return approval_text(amount) + f" (was {_money_or_off(before.approval_over_micros)}.) Requests already waiting still need a decision."
+
+
+def fallback_text(order: list[str]) -> str:
+    if not order:
+        return ("Automatic fallback is off: a job its provider fails offers a button to run it elsewhere. "
+                "`/sora-admin fallback veo-3.1-fast,gen4.5` turns it on.")
+    return ("When a provider fails a job (model retired, provider down, credits used up), I run it on the "
+            f"first model that can of: {', '.join(f'`{m}`' for m in order)}, once, under the same budget rules.")
+
+
+async def set_fallback(deps: Deps, actor: str, arg: str) -> str:
+    if arg.lower() in ("off", "none"):
+        order: list[str] = []
+    else:
+        order = [m.strip().lower() for m in arg.split(",") if m.strip()]
+        unknown = [m for m in order if deps.catalog.get(m) is None]
+        if unknown or not order:
+            raise InvalidRequest(
+                f"I don't offer {', '.join(f'`{messages.escape_mrkdwn(m, 40)}`' for m in unknown) or 'those'}. "
+                f"Models here: {', '.join(f'`{m}`' for m in deps.catalog.ids())}."
+            )
+    now = iso(deps.clock())
+    before = await deps.fallback_order()
+    async with deps.db.write_txn() as conn:
+        await settings_store.put_setting(conn, settings_store.FALLBACK_MODELS, ",".join(order), at=now, by=actor)
+        await settings_store.audit(conn, at=now, actor=actor, action="fallback.models",
+                                   old=",".join(before) or None, new=",".join(order) or None)
+    return fallback_text(order)
 
 
 async def refund_job(deps: Deps, actor: str, job_ref: str, reason: str | None) -> str:

@@ -18,7 +18,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from bot import callbacks
 from bot.authz import AdminCheck
-from bot.catalog import FAL, GATEWAY, KLING, OPENAI, RUNWAY, SEEDANCE, SIMULATOR, VEO, build_catalog
+from bot.catalog import FAL, GATEWAY, KLING, OPENAI, RUNWAY, SEEDANCE, SIMULATOR, VEO, CatalogError, build_catalog
 from bot.clock import Clock, utcnow
 from bot.config import Settings
 from bot.deps import Deps, Timing
@@ -38,6 +38,7 @@ from handlers import admin as admin_handlers
 from handlers import commands as command_handlers
 from handlers import home as home_handlers
 from handlers import modals as modal_handlers
+from storage import compares
 from storage.db import Database
 
 log = logging.getLogger(__name__)
@@ -118,7 +119,11 @@ class Runtime:
     slack_session: aiohttp.ClientSession | None = None  # ours to close (none for a given client)
 
     async def start(self) -> int:
-        return await self.poller.resume()
+        resumed = await self.poller.resume()
+        # a compare whose last model answered just before a stop still owes its summary
+        for job_id in await compares.owed_summaries(self.deps.db):
+            self.poller.watch(job_id)
+        return resumed
 
     async def close(self) -> None:
         await self.poller.close()
@@ -148,6 +153,11 @@ async def create_runtime(
         prices_file=settings.sora_prices,
         include_simulator=include_simulator,
     )
+    unknown = [m for m in settings.fallback_models if catalog.get(m) is None]
+    if unknown:
+        raise CatalogError(
+            f"SORA_FALLBACK_MODELS: {', '.join(map(repr, unknown))} not offered here (offered: {', '.join(catalog.ids())})"
+        )
     db = await Database(settings.sora_db_path).open()
     token = settings.slack_bot_token.get_secret_value() if settings.slack_bot_token else None
     slack_session = None

@@ -45,6 +45,10 @@ def _job_dict(job: Any) -> dict[str, Any]:
         "video_url": job.video_url,
         "created_at": iso(job.created_at),
         "finished_at": iso(job.finished_at) if job.finished_at else None,
+        # beyond the contract's fields: a compare's jobs share compare_id; a fallback names the job it replaced
+        "compare_id": job.compare_id,
+        "fallback_of": job.fallback_of,
+        "approval_key": job.approval_key,
     }
 
 

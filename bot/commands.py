@@ -6,13 +6,13 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from bot import flow, messages
+from bot import compare, flow, messages
 from bot.clock import budget_day, next_reset
 from bot.deps import Deps
 from bot.errors import BudgetExceeded, InvalidRequest, NotAllowed
 from bot.models import JobStatus
 from bot.money import format_usd
-from bot.parsing import Budget, Cancel, Command, Generate, Help, JobRequest, Models, Status, parse_command
+from bot.parsing import Budget, Cancel, Command, Compare, Generate, Help, JobRequest, Models, Status, parse_command
 from storage import jobs as jobstore
 from storage import ledger
 
@@ -76,6 +76,12 @@ async def run_command(deps: Deps, command: Command, origin: Origin) -> Reply:
             return Reply(await status_reply(deps, origin.user_id, job_ref))
         case Cancel(job_ref):
             return Reply(await cancel_reply(deps, origin.user_id, job_ref))
+        case Compare(requests):
+            return Reply(await compare.start(
+                deps, requests, user_id=origin.user_id, team_id=origin.team_id, channel_id=origin.channel_id,
+                source=origin.source, thread_ts=origin.thread_ts, response_url=origin.response_url,
+                dedupe_key=origin.dedupe_key, wait_s=ACK_WAIT_S if origin.source == "command" else None,
+            ))
         case Generate(request):
             image = None
             if origin.image_file is not None:
@@ -99,9 +105,10 @@ async def run_command(deps: Deps, command: Command, origin: Origin) -> Reply:
             )
             if not created:
                 return Reply(f"Already on it: job `{job.id}` ({job.status.value}).", job.id, False)
+            wait = " It needs an admin's approval first; I'll ask them." if job.approval_key else ""
             return Reply(
                 f"Got it: job `{job.id}`, {format_usd(job.estimate_micros)} reserved. "
-                "Watch the thread for the video.",
+                f"Watch the thread for the video.{wait}",
                 job.id,
                 True,
             )

@@ -40,6 +40,9 @@ class Settings(BaseSettings):
     sora_stall_timeout: float = Field(600.0, gt=0)
     sora_job_timeout: float = Field(1800.0, gt=0)
     sora_prices: Path | None = None
+    # requests costing more than this wait for an admin; models to run on when a provider fails
+    sora_approval_over_usd: Decimal | None = None
+    sora_fallback_models: str = ""
     # Not in the contract: how long a simulated video takes, and the log level.
     sora_simulator_seconds: float = Field(12.0, gt=0)
     sora_log_level: str = "INFO"
@@ -75,7 +78,7 @@ class Settings(BaseSettings):
             raise ValueError("must be an amount of dollars, e.g. 5.00")
         return cls._dollars(v)
 
-    @field_validator("sora_workspace_daily_budget_usd", mode="before")
+    @field_validator("sora_workspace_daily_budget_usd", "sora_approval_over_usd", mode="before")
     @classmethod
     def _dollars(cls, v: object) -> object:
         if v is None or (isinstance(v, str) and v.strip().lower() in ("", "off", "none")):
@@ -168,6 +171,15 @@ class Settings(BaseSettings):
     def workspace_budget_micros(self) -> int | None:
         v = self.sora_workspace_daily_budget_usd
         return None if v is None else usd_to_micros(v)
+
+    @property
+    def approval_over_micros(self) -> int | None:
+        v = self.sora_approval_over_usd
+        return None if v is None else usd_to_micros(v)
+
+    @property
+    def fallback_models(self) -> list[str]:
+        return [m.strip().lower() for m in self.sora_fallback_models.split(",") if m.strip()]
 
     @property
     def admin_user_ids(self) -> frozenset[str]:

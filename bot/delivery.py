@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import defaultdict
 from pathlib import Path
 
 import httpx
@@ -18,18 +19,27 @@ from bot.clock import iso
 from bot.deps import Deps
 from bot.errors import DeliveryError, ProviderError
 from bot.models import UNFINISHED, Job, JobStatus
+from bot.money import format_usd
+from storage import compares
 from storage import jobs as jobstore
 
 log = logging.getLogger(__name__)
 
 
 async def deliver(deps: Deps, job_id: str) -> None:
-    """Post the job's final message if it is still owed; retry Slack trouble with backoff."""
+    """Post the job's final message if it is still owed; then a compare's summary if now due."""
+    job = await _deliver_final(deps, job_id)
+    if job is not None and job.compare_id is not None:
+        await summarize_compare(deps, job.compare_id)
+
+
+async def _deliver_final(deps: Deps, job_id: str) -> Job | None:
+    """The job's one final message, retrying Slack trouble with backoff."""
     attempt = 0
     while True:
         delivery = await jobstore.get_delivery(deps.db, job_id)
         if delivery is None or delivery.state == "done":
-            return
+            return await jobstore.get_job(deps.db, job_id)
         job = await jobstore.get_job(deps.db, job_id)
         assert job is not None
         try:
@@ -54,7 +64,7 @@ async def deliver(deps: Deps, job_id: str) -> None:
             Path(delivery.file_path).unlink(missing_ok=True)
         await slack_io.update_status(deps, job)
         await home.refresh_after_job(deps, job.user_id)  # best effort; never raises
-        return
+        return job
 
 
 async def _post_video(deps: Deps, job: Job, delivery: jobstore.Delivery) -> tuple[str | None, str]:
@@ -85,6 +95,8 @@ async def _post_video(deps: Deps, job: Job, delivery: jobstore.Delivery) -> tupl
     provider = deps.providers.get(job.provider)
     url = job.video_url if getattr(provider, "shareable_urls", False) else None
     text = messages.link_message(job, url, expires=messages.LINK_LIFETIME.get(job.provider), why=why)
+    if job.compare_id:
+        text = f"*`{job.model}`*: {text}"
     return await slack_io.post_in_thread(deps, job, text), "link"
 
 
@@ -103,6 +115,11 @@ async def _download_again(deps: Deps, job: Job) -> Path | None:
 
 
 async def _post_failure(deps: Deps, job: Job) -> str:
+    if job.failure_detail and job.failure_detail.startswith(("approval denied", "approval expired")):
+        denied = job.failure_detail.startswith("approval denied")
+        by = job.failure_detail.removeprefix("approval denied by ").strip() if denied else None
+        return await slack_io.post_in_thread(
+            deps, job, messages.approval_outcome_text(job, state="denied" if denied else "expired", by=by or None))
     spec = deps.catalog.get(job.model)
     waited = None
     if job.finished_at is not None:
@@ -119,15 +136,65 @@ async def _post_failure(deps: Deps, job: Job) -> str:
         minutes_waited=waited,
         cancelled_by=cancelled_by,
     )
+    if job.compare_id:
+        text = f"*`{job.model}`*: {text}"
+    replacement = await jobstore.find_by_dedupe(deps.db, f"fallback:{job.id}")
+    if replacement is not None:
+        # started automatically before this message (a click can only come after it)
+        text += (f"\n:twisted_rightwards_arrows: Automatic fallback is on, so I'm running it on `{replacement.model}` "
+                 f"instead ({replacement.duration_seconds} s, {format_usd(replacement.estimate_micros)} reserved): "
+                 f"job `{replacement.id}`. Its video will land in this thread.")
     return await slack_io.post_in_thread(deps, job, f"<@{job.user_id}> {text}")
 
 
 async def ensure_request_message(deps: Deps, job: Job) -> Job:
+    if job.compare_id is not None:
+        return await _ensure_compare_message(deps, job)
     channel, thread_ts, status_ts = await slack_io.post_request_message(deps, job)
     now = iso(deps.clock())
     _, updated = await jobstore.update_and_get(
         deps.db, job.id, expect=UNFINISHED, now=now,
         channel_id=channel, thread_ts=thread_ts, status_ts=status_ts,
     )
-    assert updated is not None
+    assert updated is not None, f"job {job.id} vanished"
     return updated
+
+
+# --- /sora compare: the set shares one request message and one summary ------------------------
+
+# The set's jobs run side by side; in one process they take turns on the set's messages.
+_compare_locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+
+
+async def _ensure_compare_message(deps: Deps, job: Job) -> Job:
+    """Post the set's request message once; every job of the set then lives in its thread."""
+    assert job.compare_id is not None
+    async with _compare_locks[job.compare_id]:
+        row = await compares.get(deps.db, job.compare_id)
+        if row is not None and row.status_ts is None:
+            channel, thread_ts, status_ts = await slack_io.post_request_message(deps, job)
+            await compares.set_message(deps.db, job.compare_id, channel_id=channel, thread_ts=thread_ts,
+                                       status_ts=status_ts, now=iso(deps.clock()))
+    return await jobstore.must_get_job(deps.db, job.id)
+
+
+async def summarize_compare(deps: Deps, compare_id: str) -> None:
+    """Once every model has answered in the thread: the side-by-side summary, once."""
+    async with _compare_locks[compare_id]:
+        row = await compares.get(deps.db, compare_id)
+        if row is None or row.summary_state == "done" or not await compares.all_delivered(deps.db, compare_id):
+            return
+        jobs = await compares.jobs_of(deps.db, compare_id)
+        attempt = 0
+        while True:
+            try:
+                ts = await slack_io.post_in_thread(deps, jobs[0], messages.compare_summary(jobs))
+                break
+            except (SlackApiError, httpx.HTTPError) as exc:
+                attempt += 1
+                if attempt >= 8:  # still owed: the set is watched again on the next start
+                    log.warning("compare %s: summary not posted: %s", compare_id, type(exc).__name__)
+                    return
+                await asyncio.sleep(min(deps.timing.delivery_retry_max_s, deps.timing.poll_interval_s * 2 ** attempt))
+        await compares.mark_summarized(deps.db, compare_id, ts)
+    await slack_io.update_status(deps, jobs[0])

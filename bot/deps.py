@@ -16,7 +16,7 @@ from bot.catalog import Catalog
 from bot.clock import Clock, utcnow
 from bot.config import Settings
 from bot.providers.base import VideoProvider
-from storage.admin import Budgets, effective_budgets
+from storage.admin import FALLBACK_MODELS, Budgets, effective_budgets
 from storage.db import Database
 
 if TYPE_CHECKING:
@@ -35,6 +35,7 @@ class Timing:
     submit_retry_window_s: float = 600.0
     download_attempts: int = 5
     delivery_retry_max_s: float = 300.0
+    approval_ttl_s: float = 24 * 3600.0  # an unanswered approval request expires after this
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "Timing":
@@ -80,8 +81,16 @@ class Deps:
         async with self.db.reading() as reader:
             return await self._budgets_on(reader)
 
+    async def fallback_order(self) -> list[str]:
+        """Models to run a request on when its provider fails: an admin's list, else the environment's."""
+        row = await self.db.fetchone("SELECT value FROM settings WHERE key = ?", (FALLBACK_MODELS,))
+        if row is None:
+            return self.settings.fallback_models
+        return [m for m in (row[0] or "").split(",") if m]
+
     async def _budgets_on(self, conn: aiosqlite.Connection) -> Budgets:
         return await effective_budgets(
             conn, env_default_micros=self.settings.daily_budget_micros,
             env_workspace_micros=self.settings.workspace_budget_micros,
+            env_approval_micros=self.settings.approval_over_micros,
         )

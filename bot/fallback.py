@@ -28,21 +28,49 @@ class FallbackChoice:
         return self.spec.cost_micros(self.resolution, self.duration_s)
 
 
+def choice_on(spec: ModelSpec, job: Job) -> FallbackChoice:
+    """The job's request as `spec` can make it: same resolution, length and aspect where allowed."""
+    resolution = job.resolution if job.resolution in spec.resolutions else spec.default_resolution
+    allowed = spec.allowed_durations(resolution)
+    duration = min(allowed, key=lambda d: (abs(d - job.duration_seconds), d))
+    aspect = job.aspect_ratio if job.aspect_ratio in spec.aspect_ratios else spec.default_aspect
+    return FallbackChoice(spec, duration, resolution, aspect)
+
+
+def _can_fall_back(job: Job) -> bool:
+    # a compare's models stand side by side; one failing is a result, not something to replace
+    return job.status is JobStatus.FAILED and job.failure_kind in FALLBACK_KINDS and job.compare_id is None
+
+
 def fallback_for(catalog: Catalog, job: Job) -> FallbackChoice | None:
     """The nearest offered model on another provider: same length where allowed, closest price."""
-    if job.status is not JobStatus.FAILED or job.failure_kind not in FALLBACK_KINDS:
+    if not _can_fall_back(job):
         return None
     best: tuple[tuple[int, int, str], FallbackChoice] | None = None
     for spec in catalog:
         # another provider (this one is down); never play money for a real request
         if spec.provider == job.provider or (spec.id == SIMULATOR and job.model != SIMULATOR):
             continue
-        resolution = job.resolution if job.resolution in spec.resolutions else spec.default_resolution
-        allowed = spec.allowed_durations(resolution)
-        duration = min(allowed, key=lambda d: (abs(d - job.duration_seconds), d))
-        aspect = job.aspect_ratio if job.aspect_ratio in spec.aspect_ratios else spec.default_aspect
-        choice = FallbackChoice(spec, duration, resolution, aspect)
-        score = (abs(duration - job.duration_seconds), abs(choice.cost_micros - job.estimate_micros), spec.id)
+        choice = choice_on(spec, job)
+        score = (abs(choice.duration_s - job.duration_seconds), abs(choice.cost_micros - job.estimate_micros), spec.id)
         if best is None or score < best[0]:
             best = (score, choice)
     return best[1] if best else None
+
+
+def automatic_choice(catalog: Catalog, job: Job, order: list[str], tried: set[str]) -> FallbackChoice | None:
+    """The first model of the admin's ordered list that could run this failed job.
+
+    Skips models already tried for this request; for an outage or used-up credits also
+    every model of the same provider (a retired model says nothing about its siblings).
+    """
+    if not _can_fall_back(job):
+        return None
+    for model in order:
+        spec = catalog.get(model)
+        if spec is None or spec.id in tried or spec.id == job.model:
+            continue
+        if job.failure_kind is not FailureKind.PROVIDER_RETIRED and spec.provider == job.provider:
+            continue
+        return choice_on(spec, job)
+    return None

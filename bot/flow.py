@@ -14,13 +14,15 @@ import secrets
 import sqlite3
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
-from bot import incidents, slack_io
+from bot import approval, fallback, incidents, slack_io
 from bot.delivery import deliver, ensure_request_message
 from bot.clock import budget_day, iso
 from bot.deps import Deps
 from bot.errors import (
     AmbiguousSubmit,
+    BudgetExceeded,
     DeliveryError,
     InvalidRequest,
     ProviderError,
@@ -42,7 +44,7 @@ from bot.providers.base import VideoProvider
 from bot.throttle import EditThrottle
 from storage import jobs as jobstore
 from storage import ledger
-from storage.jobs import Limits, NewJob
+from storage.jobs import Limits, NewJob, Reserved
 
 log = logging.getLogger(__name__)
 
@@ -50,9 +52,21 @@ log = logging.getLogger(__name__)
 MAX_HARD_POLL_ERRORS = 5
 
 
-async def accept_request(
+async def accept_request(deps: Deps, request: JobRequest, **options: Any) -> tuple[Job, bool]:
+    """Reserve the budget and store the job (one transaction), then hand it to the poller.
+
+    Raises BudgetExceeded / TooManyJobs / InvalidRequest with nothing stored (and nothing
+    charged). Returns (job, created); a repeated dedupe key returns the first job and
+    starts nothing new. `image` must already be checked and sized for the model. The
+    options are `accept_requests`'s.
+    """
+    got = await accept_requests(deps, [request], **options)
+    return got.jobs[0], got.created
+
+
+async def accept_requests(
     deps: Deps,
-    request: JobRequest,
+    requests: list[JobRequest],
     *,
     user_id: str,
     team_id: str | None,
@@ -63,48 +77,55 @@ async def accept_request(
     dedupe_key: str | None = None,
     image: ReferenceImage | None = None,
     wait_s: float | None = None,
-) -> tuple[Job, bool]:
-    """Reserve the budget and store the job (one transaction), then hand it to the poller.
-
-    Raises BudgetExceeded / TooManyJobs / InvalidRequest with nothing stored (and nothing
-    charged). Returns (job, created); a repeated dedupe key returns the first job and
-    starts nothing new. `image` must already be checked and sized for the model.
-    """
-    spec = request.spec(deps.catalog)
-    if image is not None and not spec.image_to_video:
-        able = [m.id for m in deps.catalog if m.image_to_video]
-        hint = f" Models that can: {', '.join(f'`{m}`' for m in able)}." if able else ""
-        raise InvalidRequest(f"`{spec.id}` can't start from an image.{hint} Nothing was charged.")
+    fallback_of: str | None = None,
+    compare: bool = False,
+) -> Reserved:
+    """`accept_request` for one request of one or more jobs (a compare: `compare=True`)."""
+    specs = [r.spec(deps.catalog) for r in requests]
+    if image is not None:
+        for spec in specs:
+            if not spec.image_to_video:
+                able = [m.id for m in deps.catalog if m.image_to_video]
+                hint = f" Models that can: {', '.join(f'`{m}`' for m in able)}." if able else ""
+                raise InvalidRequest(f"`{spec.id}` can't start from an image.{hint} Nothing was charged.")
     image_path = _store_image(deps, image) if image is not None else None
     now = deps.clock()
-    new = NewJob(
-        user_id=user_id, team_id=team_id, channel_id=channel_id, source=source,
-        model=spec.id, provider=spec.provider, provider_model=spec.provider_model,
-        prompt=request.prompt, duration_seconds=request.duration_s,
-        resolution=request.resolution, aspect_ratio=request.aspect_ratio,
-        estimate_micros=spec.cost_micros(request.resolution, request.duration_s),
-        thread_ts=thread_ts, response_url=response_url, dedupe_key=dedupe_key,
-        reference_image_path=str(image_path) if image_path else None,
-        reference_image_mime=image.mime_type if image else None,
-    )
+    news = [
+        NewJob(
+            user_id=user_id, team_id=team_id, channel_id=channel_id, source=source,
+            model=spec.id, provider=spec.provider, provider_model=spec.provider_model,
+            prompt=request.prompt, duration_seconds=request.duration_s,
+            resolution=request.resolution, aspect_ratio=request.aspect_ratio,
+            estimate_micros=spec.cost_micros(request.resolution, request.duration_s),
+            thread_ts=thread_ts, response_url=response_url, dedupe_key=dedupe_key,
+            reference_image_path=str(image_path) if image_path else None,
+            reference_image_mime=image.mime_type if image else None,
+            fallback_of=fallback_of,
+        )
+        for request, spec in zip(requests, specs)
+    ]
     limits = Limits(
         user_limit_micros=deps.settings.daily_budget_micros,
         workspace_limit_micros=deps.settings.workspace_budget_micros,
         max_unfinished_per_user=deps.settings.sora_max_concurrent_per_user,
+        approval_over_micros=deps.settings.approval_over_micros,
+        approval_ttl_s=deps.timing.approval_ttl_s,
     )
     try:
-        job, created = await jobstore.reserve_and_insert(
-            deps.db, new, limits=limits, day=budget_day(now, deps.settings.tz), now=iso(now), wait_s=wait_s
+        got = await jobstore.reserve_request(
+            deps.db, news, limits=limits, day=budget_day(now, deps.settings.tz), now=iso(now), wait_s=wait_s,
+            compare_prompt=requests[0].prompt if compare else None,
         )
     except BaseException:
         if image_path is not None:
             image_path.unlink(missing_ok=True)
         raise
-    if not created and image_path is not None:
+    if not got.created and image_path is not None:
         image_path.unlink(missing_ok=True)  # the first delivery of this request kept its own
-    if created and deps.poller is not None:
-        deps.poller.watch(job.id)
-    return job, created
+    if got.created and deps.poller is not None:
+        for job in got.jobs:
+            deps.poller.watch(job.id)
+    return got
 
 
 def _store_image(deps: Deps, image: ReferenceImage) -> Path:
@@ -147,9 +168,7 @@ def _spec_for(deps: Deps, job: Job) -> VideoSpec:
 
 
 async def _reload(deps: Deps, job_id: str) -> Job:
-    job = await jobstore.get_job(deps.db, job_id)
-    assert job is not None, f"job {job_id} vanished"
-    return job
+    return await jobstore.must_get_job(deps.db, job_id)
 
 
 async def run_job(deps: Deps, job_id: str, throttle: EditThrottle) -> None:
@@ -159,11 +178,52 @@ async def run_job(deps: Deps, job_id: str, throttle: EditThrottle) -> None:
         return
     if not job.status.terminal and job.status_ts is None:
         job = await ensure_request_message(deps, job)
+    if job.status is JobStatus.QUEUED and job.approval_key is not None:
+        job = await approval.wait_for_decision(deps, job, lambda s, j=job.id: _nap(deps, j, s))
     if job.status is JobStatus.QUEUED:
         job = await submit(deps, job)
     if job.status in (JobStatus.SUBMITTED, JobStatus.RUNNING):
         await watch(deps, job, throttle)
+        job = await _reload(deps, job.id)
+    if job.status is JobStatus.FAILED:
+        await start_automatic_fallback(deps, job)
     await deliver(deps, job_id)
+
+
+async def start_automatic_fallback(deps: Deps, job: Job) -> Job | None:
+    """With SORA_FALLBACK_MODELS set: run a provider-failed request on the next listed model.
+
+    Once per failed job (the same dedupe key as the button, so a click can't add a second)
+    and only while its failure message is still owed, so a restart long after doesn't start
+    one. The failure message then says which model runs it and why.
+    """
+    order = await deps.fallback_order()
+    if not order:
+        return None
+    delivery = await jobstore.get_delivery(deps.db, job.id)
+    if delivery is None or delivery.state != "pending":
+        return None
+    choice = fallback.automatic_choice(deps.catalog, job, order, await jobstore.fallback_chain_models(deps.db, job))
+    if choice is None:
+        return None
+    request = JobRequest.model_validate(
+        {"prompt": job.prompt, "model": choice.spec.id, "duration_s": choice.duration_s,
+         "resolution": choice.resolution, "aspect_ratio": choice.aspect},
+        context={"catalog": deps.catalog},
+    )
+    try:
+        new, _ = await accept_request(
+            deps, request, user_id=job.user_id, team_id=job.team_id, channel_id=job.channel_id,
+            source=job.source, thread_ts=job.thread_ts, response_url=job.response_url,
+            dedupe_key=f"fallback:{job.id}", fallback_of=job.id,
+        )
+    except (InvalidRequest, BudgetExceeded) as exc:
+        # the failure message still offers the button, whose click explains the refusal
+        log.info("job %s: automatic fallback to %s refused: %s", job.id, choice.spec.id, exc.user_message())
+        return None
+    log.info("job %s: %s failed (%s); running it on %s as job %s", job.id, job.model,
+             job.failure_kind.value if job.failure_kind else "?", new.model, new.id)
+    return new
 
 
 async def submit(deps: Deps, job: Job) -> Job:
@@ -469,6 +529,9 @@ async def cancel_job(deps: Deps, job: Job, *, by_user: str | None, provider_side
     )
     if moved and not provider_side and job.provider_job_id:
         await _cancel_at_provider(deps, job, job.provider_job_id)
+    if moved and job.approval_key is not None:
+        # nothing left to decide once every part is cancelled: the admins' DMs say so
+        await approval.settle(deps, job.approval_key, state="withdrawn", by=by_user or "bot")
     return moved
 
 

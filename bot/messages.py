@@ -40,8 +40,13 @@ def job_facts(job: Job) -> str:
     )
 
 
-def status_line(job: Job, *, tz: ZoneInfo, give_up_at: datetime | None = None) -> str:
+def status_line(
+    job: Job, *, tz: ZoneInfo, give_up_at: datetime | None = None, awaiting_approval: bool = False
+) -> str:
     """The live status shown on the request message."""
+    if job.status is JobStatus.QUEUED and awaiting_approval:
+        return (":lock: Waiting for an admin's approval: it costs more than this workspace lets a "
+                "request spend without one. The money is reserved meanwhile; nothing is sent yet.")
     if job.status is JobStatus.QUEUED:
         return ":hourglass_flowing_sand: Waiting for the provider to accept the job…"
     if job.status is JobStatus.SUBMITTED:
@@ -68,6 +73,9 @@ RETRY_ACTION = "sora_retry"
 EDIT_ACTION = "sora_edit"
 EDIT_MODAL = "sora_edit_modal"
 FALLBACK_ACTION = "sora_fallback"
+COMPARE_CANCEL_ACTION = "sora_compare_cancel"
+APPROVE_ACTION = "sora_approve"
+DENY_ACTION = "sora_deny"
 
 # Failures where sending the same request again is pointless: only "edit" is offered.
 _EDIT_ONLY = {FailureKind.BLOCKED_INPUT, FailureKind.BLOCKED_OUTPUT, FailureKind.INVALID_REQUEST,
@@ -101,15 +109,17 @@ def job_buttons(job: Job, *, fallback: tuple[str, int] | None = None) -> list[di
 
 
 def request_message(
-    job: Job, *, tz: ZoneInfo, give_up_at: datetime | None = None, fallback: tuple[str, int] | None = None
+    job: Job, *, tz: ZoneInfo, give_up_at: datetime | None = None, fallback: tuple[str, int] | None = None,
+    awaiting_approval: bool = False,
 ) -> tuple[str, Blocks]:
     """The visible request message the job's thread hangs off (also its live status)."""
     header = f"<@{job.user_id}> asked for a video:"
     text = f"{header} {escape_mrkdwn(job.prompt, 200)}"
+    status = status_line(job, tz=tz, give_up_at=give_up_at, awaiting_approval=awaiting_approval)
     blocks: Blocks = [
         {"type": "section", "text": {"type": "mrkdwn", "text": f"{header}\n{quote(job.prompt)}"}},
         {"type": "context", "elements": [{"type": "mrkdwn", "text": job_facts(job)}]},
-        {"type": "context", "elements": [{"type": "mrkdwn", "text": status_line(job, tz=tz, give_up_at=give_up_at)}]},
+        {"type": "context", "elements": [{"type": "mrkdwn", "text": status}]},
     ]
     buttons = job_buttons(job, fallback=fallback)
     if buttons:
@@ -149,7 +159,22 @@ def edit_modal(job: Job) -> dict[str, Any]:
     }
 
 
+def took_text(seconds: float) -> str:
+    """A job's time to result, as people compare them: "48 s", "2 min 5 s"."""
+    seconds = max(0, int(round(seconds)))
+    minutes, rest = divmod(seconds, 60)
+    return f"{minutes} min {rest} s" if minutes else f"{rest} s"
+
+
+def job_took(job: Job) -> float | None:
+    return (job.finished_at - job.created_at).total_seconds() if job.finished_at else None
+
+
 def success_comment(job: Job) -> str:
+    if job.compare_id:
+        took = job_took(job)
+        return (f"*`{job.model}`*: {job.duration_seconds} s, {job.resolution}, charged "
+                f"{format_usd(job.cost_micros)}" + (f", ready in {took_text(took)}." if took is not None else "."))
     return (
         f"Here is your video, <@{job.user_id}>: `{job.model}`, {job.duration_seconds} s, "
         f"{job.resolution}. Charged {format_usd(job.cost_micros)}."
@@ -253,6 +278,8 @@ def help_text(catalog: Catalog) -> str:
             "*Make a video:* `/sora a golden retriever running through autumn leaves`",
             f"*Options:* {OPTIONS_HELP}, e.g. `/sora -m {catalog.default_model} -d {d} -a 9:16 a paper boat in the rain`. "
             "`8` and `8s` both mean eight seconds.",
+            "*Compare models:* `/sora compare [-m model1,model2,…] [-d 8] <prompt>` runs one prompt on two to "
+            "four models side by side (default: every model here that makes that length, up to four).",
             "*Other commands:* `/sora models` (models, prices, limits) · `/sora budget` (what you have "
             "left today) · `/sora status [job]` · `/sora cancel <job>`",
             f"You can also mention me with a prompt; the video lands in that thread. Prompts are limited to {MAX_PROMPT_CHARS:,} characters.",
@@ -297,3 +324,134 @@ def reason_of(job: Job) -> str | None:
     if job.failure_detail and "\nreason: " in job.failure_detail:
         return job.failure_detail.rsplit("\nreason: ", 1)[1]
     return None
+
+
+# --- /sora compare ---------------------------------------------------------------------------
+
+
+def _compare_state(job: Job, *, awaiting_approval: bool) -> str:
+    took = job_took(job)
+    match job.status:
+        case JobStatus.QUEUED:
+            return ":lock: waiting for approval" if awaiting_approval else ":hourglass_flowing_sand: waiting for the provider"
+        case JobStatus.SUBMITTED:
+            return ":hourglass_flowing_sand: queued at the provider"
+        case JobStatus.RUNNING:
+            return ":clapper: rendering" + (f" ~{job.progress}%" if job.progress is not None else "")
+        case JobStatus.SUCCEEDED:
+            return f":white_check_mark: done in {took_text(took or 0)}, charged {format_usd(job.cost_micros)}"
+        case JobStatus.CANCELLED:
+            return ":no_entry_sign: cancelled, not charged"
+    kind = job.failure_kind.value if job.failure_kind else "failed"
+    return f":x: failed (`{kind}`), not charged"
+
+
+def compare_message(
+    compare_id: str, jobs: list[Job], *, awaiting_approval: bool = False
+) -> tuple[str, Blocks]:
+    """One request message for the whole set: each model's price and live state, the total."""
+    first = jobs[0]
+    header = f"<@{first.user_id}> is comparing {len(jobs)} models on one prompt:"
+    lines = [
+        f"• `{j.model}` · {j.duration_seconds} s · {j.resolution} · {j.aspect_ratio} · "
+        f"{format_usd(j.estimate_micros)}: {_compare_state(j, awaiting_approval=awaiting_approval)}"
+        for j in jobs
+    ]
+    total = sum(j.estimate_micros for j in jobs)
+    done = all(j.status.terminal for j in jobs)
+    charged = sum(j.cost_micros for j in jobs)
+    if done:
+        foot = f"All done: charged {format_usd(charged)} of the {format_usd(total)} reserved. Results and a summary are in the thread."
+    elif awaiting_approval:
+        foot = (f"Total {format_usd(total)}, reserved. Waiting for an admin's approval: it costs more than "
+                "this workspace lets a request spend without one.")
+    else:
+        foot = f"Total {format_usd(total)}, reserved; each model is charged only if its video arrives. Results land in the thread."
+    blocks: Blocks = [
+        {"type": "section", "text": {"type": "mrkdwn", "text": f"{header}\n{quote(first.prompt)}"}},
+        {"type": "section", "text": {"type": "mrkdwn", "text": "\n".join(lines)}},
+        {"type": "context", "elements": [{"type": "mrkdwn", "text": f"{foot} · compare `{compare_id}`"}]},
+    ]
+    if not done:
+        blocks.append({"type": "actions", "block_id": f"compare_{compare_id}",
+                       "elements": [_button("Cancel all", COMPARE_CANCEL_ACTION, compare_id, style="danger")]})
+    text = f"{header} {escape_mrkdwn(first.prompt, 200)}"
+    return text, blocks
+
+
+def compare_summary(jobs: list[Job]) -> str:
+    """The side-by-side reply once every model has answered: model, time, cost, outcome."""
+    lines = ["*Side by side* (model · time to result · cost · outcome):"]
+    for j in jobs:
+        took = job_took(j)
+        if j.status is JobStatus.SUCCEEDED:
+            outcome = ":white_check_mark: video above"
+        elif j.status is JobStatus.CANCELLED:
+            outcome = ":no_entry_sign: cancelled"
+        else:
+            outcome = f":x: `{j.failure_kind.value if j.failure_kind else 'failed'}`"
+        lines.append(f"• `{j.model}` · {took_text(took) if took is not None else '–'} · "
+                     f"{format_usd(j.cost_micros)} · {outcome}")
+    charged = sum(j.cost_micros for j in jobs)
+    reserved = sum(j.estimate_micros for j in jobs)
+    back = reserved - charged
+    lines.append(f"Charged {format_usd(charged)} in all" + (
+        f"; the other {format_usd(back)} of the {format_usd(reserved)} reserved is back in <@{jobs[0].user_id}>'s budget."
+        if back > 0 else "."))
+    return "\n".join(lines)
+
+
+# --- approval for expensive requests -----------------------------------------------------------
+
+
+def approval_request_message(
+    key: str, jobs: list[Job], *, amount_micros: int, threshold_micros: int, expires_at: datetime, tz: ZoneInfo,
+) -> tuple[str, Blocks]:
+    """The admin's DM: who, what and how much, with Approve and Deny."""
+    first = jobs[0]
+    what = "\n".join(f"• `{j.model}` · {j.duration_seconds} s · {j.resolution} · {format_usd(j.estimate_micros)}"
+                     for j in jobs)
+    where = f"<#{first.channel_id}>" if first.channel_id.startswith(("C", "G")) else "a direct message"
+    head = (f"<@{first.user_id}> asks for {'a video' if len(jobs) == 1 else f'{len(jobs)} videos (a compare)'} "
+            f"costing *{format_usd(amount_micros)}*, over the {format_usd(threshold_micros)} approval limit, in {where}:")
+    text = f"Approval needed: <@{first.user_id}> asks for {format_usd(amount_micros)} of video."
+    blocks: Blocks = [
+        {"type": "section", "text": {"type": "mrkdwn", "text": f"{head}\n{quote(first.prompt)}"}},
+        {"type": "section", "text": {"type": "mrkdwn", "text": what}},
+        {"type": "context", "elements": [{"type": "mrkdwn", "text":
+            f"The money is reserved from their budget meanwhile. Without an answer the request expires at "
+            f"{local_hhmm(expires_at, tz)} {tz.key} on {expires_at.astimezone(tz):%Y-%m-%d} and the reservation is released."}]},
+        {"type": "actions", "block_id": f"approval_{key}", "elements": [
+            _button("Approve", APPROVE_ACTION, key, style="primary"),
+            _button("Deny", DENY_ACTION, key, style="danger"),
+        ]},
+    ]
+    return text, blocks
+
+
+def approval_decided_message(
+    jobs: list[Job], *, state: str, by: str | None, amount_micros: int
+) -> tuple[str, Blocks]:
+    """The admin DM once decided: the buttons give way to who decided what."""
+    first = jobs[0] if jobs else None
+    who = f"<@{first.user_id}>'s" if first else "A"
+    verdict = {
+        "approved": f":white_check_mark: Approved by <@{by}>",
+        "denied": f":no_entry: Denied by <@{by}>; the reservation was released",
+        "expired": ":hourglass: Expired without an answer; the reservation was released",
+        "withdrawn": f":leftwards_arrow_with_hook: Cancelled by <@{by}> before anyone decided; nothing to do",
+    }[state]
+    text = f"{verdict}: {who} request for {format_usd(amount_micros)}."
+    prompt = quote(first.prompt) if first else ""
+    return text, [{"type": "section", "text": {"type": "mrkdwn", "text": f"{text}\n{prompt}"}}]
+
+
+def approval_outcome_text(job: Job, *, state: str, by: str | None) -> str:
+    """The requester's thread message for a request that was denied or expired."""
+    if state == "denied":
+        lead = f"<@{by}> declined this request" if by else "An admin declined this request"
+    else:
+        lead = "Nobody approved this request within 24 hours, so it expired"
+    return (f"<@{job.user_id}> {lead}; nothing was sent to the provider and the "
+            f"{format_usd(job.estimate_micros)} reserved is back in your budget. Ask an admin, or try a "
+            "shorter or cheaper video. _(failure: `cancelled`)_")

@@ -128,3 +128,6 @@ class Job:
     budget_day: str
     reference_image_path: str | None = None
     reference_image_mime: str | None = None
+    compare_id: str | None = None  # set for each job of a `/sora compare`
+    fallback_of: str | None = None  # the failed job this one replaces
+    approval_key: str | None = None  # set when the request needed an admin's approval

@@ -120,7 +120,17 @@ class Cancel:
     job_ref: str
 
 
-Command = Generate | Help | Models | Budget | Status | Cancel
+@dataclass(frozen=True, slots=True)
+class Compare:
+    """One prompt on two to four models: a request per model, reserved together."""
+
+    requests: list[JobRequest]
+
+
+Command = Generate | Help | Models | Budget | Status | Cancel | Compare
+
+COMPARE_MIN, COMPARE_MAX = 2, 4
+COMPARE_USAGE = "`/sora compare [-m model1,model2,…] [-d seconds] <prompt>`"
 
 
 def _short(value: str, limit: int = 40) -> str:
@@ -155,6 +165,8 @@ def parse_command(text: str, catalog: Catalog, *, like: "JobRequest | None" = No
             return Cancel(rest[0])
         if head == "cancel" and not rest:
             raise InvalidRequest("Which job? Use `/sora cancel <job>`; `/sora status` lists yours.")
+        if head == "compare":
+            return Compare(plan_compare(cleaned.split(None, 1)[1] if rest else "", catalog))
     if not words:
         return Help()
     return Generate(parse_request(cleaned, catalog, like=like))
@@ -236,3 +248,89 @@ def _parse_resolution(value: str) -> str:
 def _parse_aspect(value: str) -> str:
     v = value.strip().lower().replace("x", ":").replace("/", ":")
     return _ASPECT_WORDS.get(v, v)
+
+
+def plan_compare(text: str, catalog: Catalog) -> list[JobRequest]:
+    """`compare [-m a,b,c] [-d N] [-r R] [-a A] <prompt>` -> one checked request per model.
+
+    Without `-m`: every offered model that can make that length (the simulator only when it
+    is all there is), up to four. Without `-d` the length is the default model's default;
+    a model named with `-m` that can't make it gets its nearest length.
+    """
+    options, prompt = _split_options(text)
+    if not prompt.strip():
+        raise InvalidRequest(f"Tell me what to compare, e.g. {COMPARE_USAGE.replace('<prompt>', 'a paper boat in the rain')}.")
+    default = catalog.get(catalog.default_model)
+    wanted = _parse_duration(options["duration"]) if "duration" in options else None
+    target = wanted if wanted is not None else (default.default_duration if default else 8)
+    resolution = _parse_resolution(options["resolution"]) if "resolution" in options else None
+    aspect = _parse_aspect(options["aspect"]) if "aspect" in options else None
+
+    if "model" in options:
+        names = [m.strip().lower() for m in options["model"].split(",") if m.strip()]
+        if len(set(names)) != len(names):
+            raise InvalidRequest("A model is named twice in `-m`; name each once.")
+        chosen = []
+        for name in names:
+            spec = catalog.get(name)
+            if spec is None:
+                raise InvalidRequest(
+                    f"I don't know the model `{_short(name)}`. Models here: "
+                    f"{', '.join(f'`{m}`' for m in catalog.ids())}."
+                )
+            chosen.append(spec)
+    else:
+        real = [m for m in catalog if m.id != "simulator"] or list(catalog)
+        chosen = [m for m in real if _fits(m, target, resolution, aspect)][:COMPARE_MAX]
+        if len(chosen) < COMPARE_MIN:
+            can = f"only {', '.join(f'`{m.id}`' for m in chosen)}" if chosen else "no model"
+            raise InvalidRequest(
+                f"A compare needs {COMPARE_MIN} to {COMPARE_MAX} models, and {can} here can make "
+                f"a {target} s video{' at ' + resolution if resolution else ''}. Name models with `-m`, or try another length."
+            )
+    if not COMPARE_MIN <= len(chosen) <= COMPARE_MAX:
+        raise InvalidRequest(f"A compare takes {COMPARE_MIN} to {COMPARE_MAX} models; you named {len(chosen)}. {COMPARE_USAGE}")
+
+    for spec in chosen:
+        if resolution is not None and resolution not in spec.resolutions:
+            raise InvalidRequest(f"`{spec.id}` doesn't offer `{_short(resolution)}`. Allowed resolutions: {', '.join(spec.resolutions)}.")
+        if aspect is not None and aspect not in spec.aspect_ratios:
+            raise InvalidRequest(f"`{spec.id}` doesn't offer the aspect ratio `{_short(aspect)}`. Allowed: {', '.join(spec.aspect_ratios)}.")
+    ratio_default = default.default_aspect if default else None
+    requests = []
+    for spec in chosen:
+        # an explicit -d must fit each model (the validator names its lengths); else the nearest
+        requests.append(request_on(catalog, spec, prompt, duration=target, exact=wanted is not None,
+                                   resolution=resolution, aspect=aspect or ratio_default))
+    return requests
+
+
+def _fits(spec: ModelSpec, duration: int, resolution: str | None, aspect: str | None) -> bool:
+    if duration not in spec.allowed_durations(resolution or spec.default_resolution):
+        return False
+    if resolution is not None and resolution not in spec.resolutions:
+        return False
+    if aspect is not None and aspect not in spec.aspect_ratios:
+        return False
+    return True
+
+
+def request_on(catalog: Catalog, spec: ModelSpec, prompt: str, *, duration: int, exact: bool = False,
+               resolution: str | None = None, aspect: str | None = None) -> JobRequest:
+    """A request for `spec` as close to the given options as it allows (a compare's other models).
+
+    A resolution or aspect the model lacks becomes its default; the length its nearest,
+    unless `exact`, when a length it can't make is refused by the validator.
+    """
+    res = resolution if resolution in spec.resolutions else spec.default_resolution
+    if not exact:
+        allowed = spec.allowed_durations(res) or (spec.default_duration,)
+        duration = min(allowed, key=lambda d: (abs(d - duration), d))
+    ratio = aspect if aspect in spec.aspect_ratios else spec.default_aspect
+    try:
+        return JobRequest.model_validate(
+            {"prompt": prompt, "model": spec.id, "duration_s": duration, "resolution": res, "aspect_ratio": ratio},
+            context={"catalog": catalog},
+        )
+    except ValidationError as exc:
+        raise InvalidRequest(f"That request isn't valid: {exc.errors()[0]['msg']}") from None

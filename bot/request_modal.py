@@ -124,6 +124,17 @@ async def build_view(deps: Deps, user_id: str, choices: Choices, target: Target,
         _select(f"duration:{spec.id}:{choices.resolution}", "Length", DURATION_ACTION, durations, str(choices.duration_s)),
         _select(f"aspect:{spec.id}", "Aspect ratio", ASPECT_ACTION, aspects, choices.aspect),
     ]
+    others = [_option(m.label, m.id) for m in deps.catalog if m.id != spec.id][:100]
+    if others:
+        blocks.append({
+            "type": "input", "block_id": "compare", "optional": True,
+            "label": {"type": "plain_text", "text": "Compare models (optional)"},
+            "hint": {"type": "plain_text", "text": "Also run this prompt on up to three other models, side by side in one thread. "
+                                                   "Each is charged only if its video arrives."},
+            "element": {"type": "multi_static_select", "action_id": "value", "options": others,
+                        "max_selected_items": 3,
+                        "placeholder": {"type": "plain_text", "text": "Pick models to compare"}},
+        })
     if spec.image_to_video:
         blocks.append({
             "type": "input", "block_id": "image", "optional": True,
@@ -180,6 +191,13 @@ def read_state(deps: Deps, view: dict[str, Any]) -> tuple[Choices, dict[str, Any
 def picked_channel(values: dict[str, Any]) -> str | None:
     selected = (((values.get("channel") or {}).get("value")) or {}).get("selected_conversation")
     return selected if isinstance(selected, str) and selected else None
+
+
+def picked_compare(values: dict[str, Any]) -> list[str]:
+    options = (((values.get("compare") or {}).get("value")) or {}).get("selected_options")
+    if not isinstance(options, list):
+        return []
+    return [o["value"] for o in options if isinstance(o, dict) and isinstance(o.get("value"), str)]
 
 
 def picked_files(values: dict[str, Any]) -> list[dict[str, Any]]:
@@ -255,6 +273,11 @@ async def submit(deps: Deps, *, user_id: str, team_id: str | None, view: dict[st
     dedupe = f"modal:{view.get('id') or ''}" if view.get("id") else None
     pending = (request, channel, target.thread_ts, source, dedupe)
     files = picked_files(values)
+    others = picked_compare(values)
+    if others:
+        return await _submit_compare(deps, request, others, user_id=user_id, team_id=team_id, channel=channel,
+                                     thread_ts=target.thread_ts, source=source, dedupe=dedupe,
+                                     values=values, with_image=bool(files))
     if files:
         if not spec.image_to_video:
             return Outcome(errors={"image": f"`{spec.id}` can't start from an image; remove it or pick another model."})
@@ -291,3 +314,33 @@ async def finish_with_image(deps: Deps, *, user_id: str, team_id: str | None, ou
     except (InvalidRequest, BudgetExceeded, NotAllowed) as exc:
         return f":warning: {exc.user_message()} Nothing was charged."
     return f"Got it: job `{job.id}`, {format_usd(job.estimate_micros)} reserved. The video will appear in the conversation you picked."
+
+
+async def _submit_compare(deps: Deps, request: Any, others: list[str], *, user_id: str, team_id: str | None,
+                          channel: str, thread_ts: str | None, source: str, dedupe: str | None,
+                          values: dict[str, Any], with_image: bool) -> Outcome:
+    """"Compare models" picked: the chosen model plus up to three, as one compare request."""
+    from bot import compare
+    from bot.commands import ACK_WAIT_S
+    from bot.errors import BudgetExceeded, InvalidRequest, NotAllowed
+    from bot.parsing import COMPARE_MAX, request_on
+
+    if with_image:
+        return Outcome(errors={"image": "A compare can't start from an image; remove it, or pick no models to compare."})
+    if request.model in others or len(set(others)) != len(others) or len(others) + 1 > COMPARE_MAX:
+        return Outcome(errors={"compare": f"Pick up to {COMPARE_MAX - 1} other models, each once."})
+    try:
+        requests = [request]
+        for model in others:
+            spec = deps.catalog.get(model)
+            if spec is None:
+                raise InvalidRequest(f"`{model}` isn't offered any more; pick another.")
+            requests.append(request_on(deps.catalog, spec, request.prompt, duration=request.duration_s,
+                                       resolution=request.resolution, aspect=request.aspect_ratio))
+        text = await compare.start(
+            deps, requests, user_id=user_id, team_id=team_id, channel_id=channel, source=source,
+            thread_ts=thread_ts, response_url=None, dedupe_key=dedupe, wait_s=ACK_WAIT_S,
+        )
+    except (BudgetExceeded, InvalidRequest, NotAllowed) as exc:
+        return Outcome(errors={"compare": exc.user_message()[:300]})
+    return Outcome(text=text)

@@ -23,7 +23,9 @@ from slack_sdk.web.async_client import AsyncWebClient
 from bot import messages
 from bot.deps import Deps
 from bot.fallback import fallback_for
-from bot.models import Job
+from bot.models import Job, JobStatus
+from storage import approvals, compares
+from storage import jobs as jobstore
 
 log = logging.getLogger(__name__)
 
@@ -73,8 +75,7 @@ async def post_request_message(deps: Deps, job: Job) -> tuple[str, str, str]:
     post in the channel: join it if public, else tell the user through response_url and move
     the conversation to a DM, which becomes the thread.
     """
-    tz = deps.settings.tz
-    text, blocks = messages.request_message(job, tz=tz)
+    text, blocks = await render_request(deps, job)
     thread_ts = job.thread_ts
     try:
         try:
@@ -143,13 +144,29 @@ async def update_status(deps: Deps, job: Job, *, give_up_at: Any = None) -> None
     """Re-render the request message with the job's current status. Best effort."""
     if not job.status_ts:
         return
-    choice = fallback_for(deps.catalog, job)
-    offer = (choice.spec.id, choice.cost_micros) if choice else None
-    text, blocks = messages.request_message(job, tz=deps.settings.tz, give_up_at=give_up_at, fallback=offer)
+    text, blocks = await render_request(deps, job, give_up_at=give_up_at)
     try:
         await deps.slack.chat_update(channel=job.channel_id, ts=job.status_ts, text=text, blocks=blocks)
     except SlackApiError as exc:
         log.info("job %s: status edit failed: %s", job.id, slack_error(exc))
+
+
+async def render_request(deps: Deps, job: Job, *, give_up_at: Any = None) -> tuple[str, messages.Blocks]:
+    """The request message as it should read now: one job's, or the whole compare's."""
+    awaiting = False
+    if job.approval_key and job.status is JobStatus.QUEUED:
+        approval = await approvals.get(deps.db, job.approval_key)
+        awaiting = approval is not None and approval.state == "pending"
+    if job.compare_id:
+        return messages.compare_message(job.compare_id, await compares.jobs_of(deps.db, job.compare_id),
+                                        awaiting_approval=awaiting)
+    offer = None
+    choice = fallback_for(deps.catalog, job)
+    # no button once a fallback runs (clicked, or started automatically)
+    if choice and not job.compare_id and await jobstore.find_by_dedupe(deps.db, f"fallback:{job.id}") is None:
+        offer = (choice.spec.id, choice.cost_micros)
+    return messages.request_message(job, tz=deps.settings.tz, give_up_at=give_up_at, fallback=offer,
+                                    awaiting_approval=awaiting)
 
 
 async def post_in_thread(deps: Deps, job: Job, text: str) -> str:

@@ -8,8 +8,9 @@ from typing import Any
 from slack_bolt.async_app import AsyncAck, AsyncApp, AsyncBoltContext, AsyncRespond
 from slack_sdk.errors import SlackApiError
 
-from bot import actions, messages
+from bot import actions, approval, compare, messages
 from bot.deps import Deps
+from bot.errors import InvalidRequest, NotAllowed
 
 log = logging.getLogger(__name__)
 
@@ -74,9 +75,33 @@ async def on_fallback_clicked(ack: AsyncAck, body: dict[str, Any], respond: Asyn
     await respond(text=result.text, response_type="ephemeral", replace_original=False)
 
 
+async def on_compare_cancel_clicked(ack: AsyncAck, body: dict[str, Any], respond: AsyncRespond,
+                                    context: AsyncBoltContext) -> None:
+    await ack()
+    compare_id, user_id = _action(body)
+    try:
+        text = await compare.cancel_all(context["deps"], compare_id, user_id)
+    except (InvalidRequest, NotAllowed) as exc:
+        text = exc.user_message()
+    await respond(text=text, response_type="ephemeral", replace_original=False)
+
+
+async def on_approval_clicked(ack: AsyncAck, body: dict[str, Any], respond: AsyncRespond,
+                              context: AsyncBoltContext) -> None:
+    await ack()
+    key, user_id = _action(body)
+    action_id = str((body.get("actions") or [{}])[0].get("action_id") or "")
+    text = await approval.decide_clicked(context["deps"], key, admin_id=user_id,
+                                         approve=action_id == messages.APPROVE_ACTION)
+    await respond(text=text, response_type="ephemeral", replace_original=False)
+
+
 def register(app: AsyncApp) -> None:
     app.action(messages.CANCEL_ACTION)(on_cancel_clicked)
     app.action(messages.RETRY_ACTION)(on_retry_clicked)
     app.action(messages.EDIT_ACTION)(on_edit_clicked)
     app.action(messages.FALLBACK_ACTION)(on_fallback_clicked)
+    app.action(messages.COMPARE_CANCEL_ACTION)(on_compare_cancel_clicked)
+    app.action(messages.APPROVE_ACTION)(on_approval_clicked)
+    app.action(messages.DENY_ACTION)(on_approval_clicked)
     app.view(messages.EDIT_MODAL)(on_edit_submitted)

@@ -13,6 +13,8 @@ from storage.db import Database, fetchone_sync, run_in
 DEFAULT_BUDGET = "daily_budget_micros"
 WORKSPACE_BUDGET = "workspace_budget_micros"
 PAUSED_REASON = "paused_reason"  # present (even empty) = paused
+APPROVAL_OVER = "approval_over_micros"  # present: an admin's threshold; empty = approval off
+FALLBACK_MODELS = "fallback_models"  # present: an admin's ordered list; empty = automatic fallback off
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +97,7 @@ class Budgets:
     default_user_micros: int
     workspace_micros: int | None
     paused_reason: str | None  # None = accepting requests
+    approval_over_micros: int | None = None  # requests costing more wait for an admin
 
     @property
     def paused(self) -> bool:
@@ -102,24 +105,30 @@ class Budgets:
 
 
 def effective_budgets_sync(
-    conn: sqlite3.Connection, *, env_default_micros: int, env_workspace_micros: int | None
+    conn: sqlite3.Connection, *, env_default_micros: int, env_workspace_micros: int | None,
+    env_approval_micros: int | None = None,
 ) -> Budgets:
     default = get_setting_sync(conn, DEFAULT_BUDGET)
     workspace = get_setting_sync(conn, WORKSPACE_BUDGET)
     paused = get_setting_sync(conn, PAUSED_REASON)
+    approval = get_setting_sync(conn, APPROVAL_OVER)
     return Budgets(
         default_user_micros=int(default.value) if default and default.value else env_default_micros,
         workspace_micros=(
             (int(workspace.value) if workspace.value else None) if workspace else env_workspace_micros
         ),
         paused_reason=(paused.value or "") if paused else None,
+        approval_over_micros=(
+            (int(approval.value) if approval.value else None) if approval else env_approval_micros
+        ),
     )
 
 
 async def effective_budgets(
-    conn: aiosqlite.Connection, *, env_default_micros: int, env_workspace_micros: int | None
+    conn: aiosqlite.Connection, *, env_default_micros: int, env_workspace_micros: int | None,
+    env_approval_micros: int | None = None,
 ) -> Budgets:
     return await run_in(
         conn, effective_budgets_sync, env_default_micros=env_default_micros,
-        env_workspace_micros=env_workspace_micros,
+        env_workspace_micros=env_workspace_micros, env_approval_micros=env_approval_micros,
     )

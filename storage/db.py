@@ -171,6 +171,51 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
         """,
     ),
     (
+        "compares, fallbacks and approvals",
+        """
+        -- One `/sora compare`: its jobs share the id, one request message and one summary.
+        CREATE TABLE compares (
+            id            TEXT PRIMARY KEY,
+            user_id       TEXT NOT NULL,
+            channel_id    TEXT NOT NULL,
+            thread_ts     TEXT,
+            status_ts     TEXT,
+            prompt        TEXT NOT NULL,
+            summary_state TEXT NOT NULL DEFAULT 'owed' CHECK (summary_state IN ('owed','done')),
+            summary_ts    TEXT,
+            created_at    TEXT NOT NULL
+        );
+        ALTER TABLE jobs ADD COLUMN compare_id TEXT REFERENCES compares(id);
+        CREATE INDEX jobs_compare ON jobs(compare_id);
+
+        -- The failed job a fallback job replaces (button or automatic).
+        ALTER TABLE jobs ADD COLUMN fallback_of TEXT;
+
+        -- A request over the approval threshold: its jobs wait in 'queued' until decided.
+        -- The key is the job id, or the compare id for a compare.
+        CREATE TABLE approvals (
+            key          TEXT PRIMARY KEY,
+            user_id      TEXT NOT NULL,
+            amount_micros INTEGER NOT NULL CHECK (amount_micros >= 0),
+            threshold_micros INTEGER NOT NULL,
+            state        TEXT NOT NULL CHECK (state IN ('pending','approved','denied','expired','withdrawn')),
+            decided_by   TEXT,
+            decided_at   TEXT,
+            created_at   TEXT NOT NULL,
+            expires_at   TEXT NOT NULL
+        );
+        -- The admin DMs that carry a request's Approve/Deny buttons, edited once decided.
+        CREATE TABLE approval_messages (
+            key        TEXT NOT NULL REFERENCES approvals(key),
+            channel_id TEXT NOT NULL,
+            ts         TEXT NOT NULL,
+            PRIMARY KEY (key, channel_id)
+        );
+        ALTER TABLE jobs ADD COLUMN approval_key TEXT REFERENCES approvals(key);
+        CREATE INDEX jobs_approval ON jobs(approval_key);
+        """,
+    ),
+    (
         "running daily totals of the ledger",
         """
         -- The workspace cap is checked inside every reservation; summing the whole day's

@@ -5,12 +5,13 @@ from __future__ import annotations
 import secrets
 import sqlite3
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
 from typing import Any
 
 import aiosqlite
 
-from bot.clock import parse_iso
+from bot.clock import iso, parse_iso
 from bot.errors import BudgetExceeded, Busy, InvalidRequest, RequestsPaused
 from bot.models import UNFINISHED, FailureKind, Job, JobStatus
 from bot.money import format_usd
@@ -44,6 +45,7 @@ class NewJob:
     dedupe_key: str | None = None
     reference_image_path: str | None = None
     reference_image_mime: str | None = None
+    fallback_of: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +53,18 @@ class Limits:
     user_limit_micros: int  # the default; an override in user_limits wins
     workspace_limit_micros: int | None
     max_unfinished_per_user: int
+    approval_over_micros: int | None = None  # the environment's threshold; an admin's setting wins
+    approval_ttl_s: float = 24 * 3600
+
+
+@dataclass(frozen=True, slots=True)
+class Reserved:
+    """What one accepted request stored: its jobs (several for a compare) and whether new."""
+
+    jobs: list[Job]
+    created: bool
+    compare_id: str | None = None
+    approval_key: str | None = None
 
 
 class TooManyJobs(InvalidRequest):
@@ -72,25 +86,50 @@ async def reserve_and_insert(
     Raises BudgetExceeded / TooManyJobs with nothing written, and Busy when the writer was
     not free within `wait_s`.
     """
+    got = await reserve_request(db, [new], limits=limits, day=day, now=now, wait_s=wait_s)
+    return got.jobs[0], got.created
+
+
+async def reserve_request(
+    db: Database, news: list[NewJob], *, limits: Limits, day: str, now: str,
+    wait_s: float | None = None, compare_prompt: str | None = None,
+) -> Reserved:
+    """One request: a single job, or the jobs of a compare (`compare_prompt` set).
+
+    The request is checked and reserved as a whole (one budget check for the total, one
+    slot of the concurrency cap) and each job gets its own ledger row, so each model's part
+    is charged or released on its own. Over the approval threshold, the jobs are stored
+    waiting for an admin. The dedupe key is the first job's.
+    """
     try:
         # the whole check-and-insert is one trip to the writer's thread (see Database.run_write)
-        return await db.run_write(_reserve_in, new, limits=limits, day=day, now=now, wait_s=wait_s)
+        return await db.run_write(
+            _reserve_in, news, limits=limits, day=day, now=now, compare_prompt=compare_prompt, wait_s=wait_s
+        )
     except TimeoutError:
         raise Busy() from None
 
 
 def _reserve_in(
-    conn: sqlite3.Connection, new: NewJob, *, limits: Limits, day: str, now: str
-) -> tuple[Job, bool]:
-    if new.dedupe_key is not None:
-        row = fetchone_sync(conn, "SELECT * FROM jobs WHERE dedupe_key = ?", (new.dedupe_key,))
+    conn: sqlite3.Connection, news: list[NewJob], *, limits: Limits, day: str, now: str,
+    compare_prompt: str | None,
+) -> Reserved:
+    first = news[0]
+    if first.dedupe_key is not None:
+        row = fetchone_sync(conn, "SELECT * FROM jobs WHERE dedupe_key = ?", (first.dedupe_key,))
         if row is not None:
-            return row_to_job(row), False
+            job = row_to_job(row)
+            if job.compare_id is None:
+                return Reserved([job], False, None, job.approval_key)
+            rows = conn.execute(
+                "SELECT * FROM jobs WHERE compare_id = ? ORDER BY rowid", (job.compare_id,)).fetchall()
+            return Reserved([row_to_job(r) for r in rows], False, job.compare_id, job.approval_key)
     placeholders = ",".join("?" for _ in UNFINISHED)
+    # a compare is one request: its jobs take one slot of the cap together
     row = fetchone_sync(
         conn,
-        f"SELECT COUNT(*) FROM jobs WHERE user_id = ? AND status IN ({placeholders})",
-        (new.user_id, *UNFINISHED),
+        f"SELECT COUNT(DISTINCT COALESCE(compare_id, id)) FROM jobs WHERE user_id = ? AND status IN ({placeholders})",
+        (first.user_id, *UNFINISHED),
     )
     running = int(row[0])
     if running >= limits.max_unfinished_per_user:
@@ -99,6 +138,7 @@ def _reserve_in(
     budgets = admin.effective_budgets_sync(
         conn, env_default_micros=limits.user_limit_micros,
         env_workspace_micros=limits.workspace_limit_micros,
+        env_approval_micros=limits.approval_over_micros,
     )
     if budgets.paused:
         why = f" ({budgets.paused_reason})" if budgets.paused_reason else ""
@@ -106,12 +146,14 @@ def _reserve_in(
             f"New video requests are paused by an admin{why}. Jobs already running "
             "will finish; please try again later."
         )
-    limit = ledger.user_limit_sync(conn, new.user_id, budgets.default_user_micros)
-    totals = ledger.user_totals_sync(conn, new.user_id, day)
+    total = sum(n.estimate_micros for n in news)
+    what = "This video" if len(news) == 1 else f"These {len(news)} videos"
+    limit = ledger.user_limit_sync(conn, first.user_id, budgets.default_user_micros)
+    totals = ledger.user_totals_sync(conn, first.user_id, day)
     remaining = limit - totals.used_micros
-    if new.estimate_micros > remaining:
+    if total > remaining:
         raise BudgetExceeded(
-            f"This video would cost {format_usd(new.estimate_micros)}, but you have "
+            f"{what} would cost {format_usd(total)}, but you have "
             f"{format_usd(max(remaining, 0))} left of your {format_usd(limit)} daily budget. "
             "`/sora budget` shows when it resets; a shorter video may fit.",
             remaining_micros=max(remaining, 0),
@@ -119,9 +161,9 @@ def _reserve_in(
     if budgets.workspace_micros is not None:
         ws = ledger.workspace_totals_sync(conn, day)
         ws_remaining = budgets.workspace_micros - ws.used_micros
-        if new.estimate_micros > ws_remaining:
+        if total > ws_remaining:
             raise BudgetExceeded(
-                f"This video would cost {format_usd(new.estimate_micros)}, but the "
+                f"{what} would cost {format_usd(total)}, but the "
                 f"workspace has {format_usd(max(ws_remaining, 0))} left of its "
                 f"{format_usd(budgets.workspace_micros)} daily cap. Ask an admin, or try "
                 "again after the budget day resets.",
@@ -129,34 +171,65 @@ def _reserve_in(
                 scope="workspace",
             )
 
-    job_id = _insert_job(conn, new, day=day, now=now)
-    ledger.add_reservation_sync(
-        conn, job_id=job_id, user_id=new.user_id, day=day, amount_micros=new.estimate_micros, at=now
-    )
-    row = fetchone_sync(conn, "SELECT * FROM jobs WHERE id = ?", (job_id,))
-    return row_to_job(row), True
+    compare_id = None
+    if compare_prompt is not None:
+        compare_id = _free_id(conn, "compares")
+        conn.execute(
+            "INSERT INTO compares (id, user_id, channel_id, thread_ts, prompt, created_at) VALUES (?,?,?,?,?,?)",
+            (compare_id, first.user_id, first.channel_id, first.thread_ts, compare_prompt, now),
+        )
+    job_ids = []
+    for i, new in enumerate(news):
+        job_id = _insert_job(conn, new if i == 0 else _without_dedupe(new), day=day, now=now,
+                             compare_id=compare_id)
+        ledger.add_reservation_sync(
+            conn, job_id=job_id, user_id=new.user_id, day=day, amount_micros=new.estimate_micros, at=now
+        )
+        job_ids.append(job_id)
+    approval_key = None
+    if budgets.approval_over_micros is not None and total > budgets.approval_over_micros:
+        approval_key = compare_id or job_ids[0]  # a compare is approved as a whole
+        expires = datetime.fromisoformat(now) + timedelta(seconds=limits.approval_ttl_s)
+        conn.execute(
+            "INSERT INTO approvals (key, user_id, amount_micros, threshold_micros, state, created_at, expires_at)"
+            " VALUES (?, ?, ?, ?, 'pending', ?, ?)",
+            (approval_key, first.user_id, total, budgets.approval_over_micros, now, iso(expires)),
+        )
+        conn.executemany("UPDATE jobs SET approval_key = ? WHERE id = ?", [(approval_key, j) for j in job_ids])
+    marks = ",".join("?" for _ in job_ids)
+    rows = conn.execute(f"SELECT * FROM jobs WHERE id IN ({marks}) ORDER BY rowid", job_ids).fetchall()
+    return Reserved([row_to_job(r) for r in rows], True, compare_id, approval_key)
 
 
-def _insert_job(conn: sqlite3.Connection, new: NewJob, *, day: str, now: str) -> str:
+def _without_dedupe(new: NewJob) -> NewJob:
+    return replace(new, dedupe_key=None)
+
+
+def _free_id(conn: sqlite3.Connection, table: str) -> str:
     for _ in range(5):
-        job_id = new_job_id()
-        exists = fetchone_sync(conn, "SELECT 1 FROM jobs WHERE id = ?", (job_id,))
-        if exists is None:
-            break
-    else:  # pragma: no cover - 31^8 ids
-        raise RuntimeError("could not pick a free job id")
+        candidate = new_job_id()
+        if fetchone_sync(conn, f"SELECT 1 FROM {table} WHERE id = ?", (candidate,)) is None:
+            return candidate
+    raise RuntimeError("could not pick a free id")  # pragma: no cover - 31^8 ids
+
+
+def _insert_job(
+    conn: sqlite3.Connection, new: NewJob, *, day: str, now: str, compare_id: str | None = None
+) -> str:
+    job_id = _free_id(conn, "jobs")
     conn.execute(
         """INSERT INTO jobs (id, dedupe_key, user_id, team_id, channel_id, thread_ts, source,
                response_url, model, provider, provider_model, prompt, duration_seconds,
                resolution, aspect_ratio, status, estimate_micros, budget_day, created_at,
-               updated_at, last_progress_at, reference_image_path, reference_image_mime)
-           VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,'queued',?,?,?,?,?,?,?)""",
+               updated_at, last_progress_at, reference_image_path, reference_image_mime,
+               compare_id, fallback_of)
+           VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,'queued',?,?,?,?,?,?,?,?,?)""",
         (
             job_id, new.dedupe_key, new.user_id, new.team_id, new.channel_id, new.thread_ts,
             new.source, new.response_url, new.model, new.provider, new.provider_model,
             new.prompt, new.duration_seconds, new.resolution, new.aspect_ratio,
             new.estimate_micros, day, now, now, now, new.reference_image_path,
-            new.reference_image_mime,
+            new.reference_image_mime, compare_id, new.fallback_of,
         ),
     )
     return job_id
@@ -194,6 +267,9 @@ def row_to_job(row: sqlite3.Row) -> Job:
         budget_day=row["budget_day"],
         reference_image_path=row["reference_image_path"],
         reference_image_mime=row["reference_image_mime"],
+        compare_id=row["compare_id"],
+        fallback_of=row["fallback_of"],
+        approval_key=row["approval_key"],
     )
 
 
@@ -205,6 +281,36 @@ def get_job_sync(conn: sqlite3.Connection, job_id: str) -> Job | None:
 async def get_job(db: Database, job_id: str) -> Job | None:
     row = await db.fetchone("SELECT * FROM jobs WHERE id = ?", (job_id,))
     return row_to_job(row) if row else None
+
+
+async def must_get_job(db: Database, job_id: str) -> Job:
+    """A job that exists (rows are never deleted): its current row."""
+    job = await get_job(db, job_id)
+    assert job is not None, f"job {job_id} vanished"
+    return job
+
+
+async def find_by_dedupe(db: Database, key: str) -> Job | None:
+    row = await db.fetchone("SELECT * FROM jobs WHERE dedupe_key = ?", (key,))
+    return row_to_job(row) if row else None
+
+
+async def fallback_chain_models(db: Database, job: Job) -> set[str]:
+    """The models this request already ran on: the job and the jobs it replaced."""
+    models = {job.model}
+    parent, hops = job.fallback_of, 0
+    while parent and hops < 20:
+        row = await db.fetchone("SELECT model, fallback_of FROM jobs WHERE id = ?", (parent,))
+        if row is None:
+            break
+        models.add(row[0])
+        parent, hops = row[1], hops + 1
+    return models
+
+
+async def jobs_for_approval(db: Database, key: str) -> list[Job]:
+    rows = await db.fetchall("SELECT * FROM jobs WHERE approval_key = ? ORDER BY rowid", (key,))
+    return [row_to_job(r) for r in rows]
 
 
 async def list_jobs(

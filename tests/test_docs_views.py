@@ -50,6 +50,28 @@ def test_request_message_examples() -> None:
     _check("request-message-failed.json", {"blocks": failed})
 
 
+def test_compare_and_approval_examples() -> None:
+    from datetime import timedelta
+
+    done = WHEN + timedelta(seconds=64)
+    parts = [
+        _job(id="a2b3c4d5", model="sora-2", provider="gateway", estimate_micros=800_000, cost_micros=800_000,
+             status=JobStatus.SUCCEEDED, progress=100, finished_at=done, compare_id="q8r9s2t3"),
+        _job(id="e6f7g8h9", model="veo-3.1-fast", estimate_micros=1_200_000, progress=55, compare_id="q8r9s2t3"),
+        _job(id="j2k3m4n5", model="gen4.5", provider="runway", estimate_micros=960_000, status=JobStatus.FAILED,
+             failure_kind=FailureKind.PROVIDER_UNAVAILABLE, progress=None, finished_at=WHEN + timedelta(seconds=5),
+             compare_id="q8r9s2t3"),
+    ]
+    _, blocks = messages.compare_message("q8r9s2t3", parts)
+    _check("compare-message.json", {"blocks": blocks})
+    _, dm = messages.approval_request_message(
+        "k7f3q2mz", [_job(model="sora-2-pro", provider="gateway", resolution="1024p", duration_seconds=20,
+                          status=JobStatus.QUEUED, estimate_micros=10_000_000)],
+        amount_micros=10_000_000, threshold_micros=5_000_000, expires_at=WHEN + timedelta(hours=24),
+        tz=ZoneInfo("Europe/Berlin"))
+    _check("approval-request.json", {"blocks": dm})
+
+
 def test_edit_modal_example() -> None:
     _check("edit-modal.json", messages.edit_modal(_job(status=JobStatus.FAILED, failure_kind=FailureKind.BLOCKED_INPUT)))
 

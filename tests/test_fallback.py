@@ -102,3 +102,61 @@ def test_the_nearest_model_keeps_the_length_and_never_falls_back_to_play_money()
     assert choice is not None and choice.spec.id == "gen4.5" and choice.duration_s == 10  # Runway's longest
     alone = build_catalog(providers=["gateway"], gateway_models=["sora-2"], include_simulator=True)
     assert fallback_for(alone, job) is None
+
+
+async def test_automatic_fallback_runs_the_next_listed_model_once_and_says_so(make_bot, slack) -> None:
+    from bot import flow
+    from bot.config import Settings
+
+    async with FakeGatewayServer(run_seconds=0.2, retired_models=frozenset({"sora-2"})) as gateway, \
+            FakeVeoServer(run_seconds=0.2) as veo, httpx.AsyncClient() as client:
+        bot = await make_bot(
+            providers={"gateway": GatewayProvider(gateway.base_url, gateway.api_key, client=client),
+                       "veo": VeoProvider(veo.api_key, base_url=veo.base_url, client=client)},
+            sora_default_model="sora-2", sora_fallback_models="sora-2,veo-3.1-fast,veo-3.1",
+        )
+        old_id = (await bot.slash("-d 8 a heron at dawn")).json()["text"].split("`")[1]
+        await slack.wait_for(lambda: bool(slack.roots("C1")), timeout=5)
+        root = slack.roots("C1")[0]
+        await slack.wait_for(lambda: any(m.files for m in slack.thread("C1", root.ts)), timeout=10)
+        await bot.runtime.poller.idle(10)
+
+        jobs = {j["id"]: j for j in json.loads(await jobs_json(bot.deps.db))}
+        assert len(jobs) == 2 and len(veo.submits) == 1 and gateway.submits == []
+        new = next(j for j in jobs.values() if j["id"] != old_id)
+        # the listed sora-2 is the model that failed: the next one ran, same length, same thread
+        assert (new["model"], new["duration_seconds"], new["fallback_of"], new["status"]) == (
+            "veo-3.1-fast", 8, old_id, "succeeded")
+        assert new["thread_ts"] == jobs[old_id]["thread_ts"] == root.ts
+        failure = next(m for m in slack.thread("C1", root.ts) if "(failure: `provider_retired`)" in m.text)
+        assert f"running it on `veo-3.1-fast` instead (8 s, $1.20 reserved): job `{new['id']}`" in failure.text
+        assert FALLBACK_ACTION not in json.dumps(root.blocks)  # no button once it runs elsewhere
+        usage = json.loads(await usage_json(bot.deps, None))[0]
+        assert (usage["spent_usd"], usage["reserved_usd"]) == (1.2, 0.0)
+
+        # a later click, or the same step run again after a restart, starts nothing new
+        assert (await _click(bot, old_id)).startswith("Already running it on `veo-3.1-fast`")
+        old = await jobstore.get_job(bot.deps.db, old_id)
+        assert await flow.start_automatic_fallback(bot.deps, old) is None
+        assert len(json.loads(await jobs_json(bot.deps.db))) == 2 and len(veo.submits) == 1
+
+    assert Settings(_env_file=None, sora_fallback_models=" Veo-3.1-fast , gen4.5 ").fallback_models == [
+        "veo-3.1-fast", "gen4.5"]
+
+
+async def test_an_unknown_fallback_model_stops_start_up(make_bot) -> None:
+    from bot.catalog import CatalogError
+
+    with pytest.raises(CatalogError, match="SORA_FALLBACK_MODELS: 'nope' not offered here"):
+        await make_bot(sora_fallback_models="simulator,nope")
+
+
+async def test_admins_set_the_fallback_list_from_slack(make_bot, slack) -> None:
+    bot = await make_bot(sora_admin_user_ids="UADMIN")
+    assert "Automatic fallback is off" in await bot.admin("fallback", user="UADMIN")
+    assert "I don't offer `nope`" in await bot.admin("fallback simulator,nope", user="UADMIN")
+    assert "first model that can of: `simulator`" in await bot.admin("fallback simulator", user="UADMIN")
+    assert await bot.deps.fallback_order() == ["simulator"]
+    assert "Automatic fallback is off" in await bot.admin("fallback off", user="UADMIN")
+    assert await bot.deps.fallback_order() == []
+    assert "Sorry" in await bot.admin("fallback simulator", user="U2")

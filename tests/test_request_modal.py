@@ -16,7 +16,7 @@ from tests.fakes.runway_veo import FakeVeoServer
 from tests.slack_requests import mention_body, post_signed, view_submission_body
 
 MODAL_BLOCKS = {"input", "context", "section", "actions", "divider", "header"}
-INPUT_ELEMENTS = {"plain_text_input", "static_select", "file_input", "conversations_select"}
+INPUT_ELEMENTS = {"plain_text_input", "static_select", "multi_static_select", "file_input", "conversations_select"}
 
 
 def assert_valid_modal(view: dict[str, Any]) -> None:
@@ -30,7 +30,7 @@ def assert_valid_modal(view: dict[str, Any]) -> None:
         if block["type"] == "input":
             element = block["element"]
             assert element["type"] in INPUT_ELEMENTS and len(block["label"]["text"]) <= 2000
-            if element["type"] == "static_select":
+            if element["type"] in ("static_select", "multi_static_select"):
                 assert 1 <= len(element["options"]) <= 100
                 assert all(len(o["text"]["text"]) <= 75 and len(o["value"]) <= 150 for o in element["options"])
                 if "initial_option" in element:
@@ -68,6 +68,10 @@ def _values(view: dict[str, Any], *, prompt: str | None = "a koi pond in the rai
                                                   "selected_option": {"value": chosen} if chosen else None}}
         elif element["type"] == "conversations_select":
             values[bid] = {"value": {"type": "conversations_select", "selected_conversation": channel}}
+        elif element["type"] == "multi_static_select":
+            chosen = [m for m in (picks.get(bid) or "").split(",") if m]
+            values[bid] = {"value": {"type": "multi_static_select",
+                                     "selected_options": [{"value": m} for m in chosen]}}
         elif element["type"] == "file_input":
             values[bid] = {"value": {"type": "file_input", "files": []}}
     return values
@@ -165,6 +169,29 @@ async def test_a_valid_submission_makes_one_job_in_the_picked_channel(two_models
     job = jobs[0]
     assert (job["channel_id"], job["duration_seconds"], job["aspect_ratio"]) == ("C9", 6, "9:16")
     assert job["status"] == "succeeded" and slack.thread("C9", job["thread_ts"])[-1].files
+
+
+async def test_compare_models_in_the_form_runs_a_compare(two_models, slack) -> None:
+    bot = two_models
+    view = await rm.build_view(bot.deps, "U1", rm.defaults(bot.deps), rm.Target())
+    assert_valid_modal(view)
+    compare_block = next(b for b in view["blocks"] if b.get("block_id") == "compare")
+    assert [o["value"] for o in compare_block["element"]["options"]] == ["veo-3.1", "veo-3.1-fast"]
+    values = _values(view, model="simulator", duration="8", compare="veo-3.1")
+    resp = await post_signed(bot.http, bot.url, view_submission_body(rm.MODAL, private_metadata="{}", values=values))
+    assert resp.status_code == 200 and not resp.content
+    await slack.wait_for(lambda: slack.roots("C1") and any(
+        m.text.startswith("*Side by side*") for m in slack.thread("C1", slack.roots("C1")[0].ts)), timeout=10)
+    jobs = json.loads(await jobs_json(bot.deps.db))
+    assert sorted((j["model"], j["duration_seconds"], j["status"]) for j in jobs) == [
+        ("simulator", 8, "succeeded"), ("veo-3.1", 8, "succeeded")]
+    assert len({j["compare_id"] for j in jobs}) == 1 and len(slack.roots("C1")) == 1
+    # a compare doesn't fit the budget: said on the compare field, nothing stored
+    values = _values(view, model="simulator", duration="20", compare="veo-3.1")
+    resp = await post_signed(bot.http, bot.url, view_submission_body(rm.MODAL, private_metadata="{}", values=values,
+                                                                    view_id="V2"))
+    assert "These 2 videos would cost $5.20" in resp.json()["errors"]["compare"]
+    assert len(json.loads(await jobs_json(bot.deps.db))) == 2
 
 
 async def test_a_message_shortcut_prefills_and_answers_in_that_thread(make_bot, slack) -> None:

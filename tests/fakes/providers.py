@@ -416,8 +416,10 @@ class FakeGatewayServer(_FakeServer):
         files_host: str = "127.0.0.1",
         supports_cancel: bool = True,
         api_style: str = "seed",
+        retired_models: frozenset[str] = frozenset(),
     ) -> None:
         super().__init__(run_seconds=run_seconds, slow_seconds=slow_seconds)
+        self.retired_models = retired_models  # models this gateway stopped serving: create → 404
         self.api_style = api_style  # "seed": /videos/generations; "newapi": /video/generations
         self.status_style = status_style
         self.files_host = files_host
@@ -438,6 +440,8 @@ class FakeGatewayServer(_FakeServer):
         body, refusal = await self._read_create(request)
         if refusal is not None:
             return refusal
+        if body.get("model") in self.retired_models:
+            return _error(404, RETIRED_MESSAGE.replace("sora-2", str(body["model"])), code="model_not_found")
         if isinstance(body.get("duration"), bool) or not isinstance(body.get("duration"), int):
             self.create_attempts[-1] = {**body, "refused": "duration"}
             return _error(400, "duration must be an integer number of seconds")
