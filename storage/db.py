@@ -6,6 +6,7 @@ import asyncio
 import logging
 import os
 import sqlite3
+import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from contextlib import asynccontextmanager
@@ -356,6 +357,36 @@ class _Gate:
             self.lock.release()
 
 
+class _Ticket:
+    """A write with a deadline, shared by its caller and the writer's thread: whichever acts
+    first decides. The thread starts the work only if the caller has not given up, and the
+    caller gives up only if the work has not started, so "refused" always means "not stored"
+    and the caller's answer never waits for a stalled writer."""
+
+    def __init__(self, deadline: float) -> None:
+        self.deadline = deadline
+        self._lock = threading.Lock()
+        self._state = "queued"
+
+    @property
+    def abandoned(self) -> bool:
+        return self._state == "abandoned"
+
+    def start(self) -> bool:
+        """On the writer's thread, inside BEGIN IMMEDIATE: may the work go ahead?"""
+        with self._lock:
+            if self._state == "queued" and time.monotonic() <= self.deadline:
+                self._state = "started"
+            return self._state == "started"
+
+    def abandon(self) -> bool:
+        """On the loop: give up unless the work has started. True if it never will."""
+        with self._lock:
+            if self._state == "queued":
+                self._state = "abandoned"
+            return self._state == "abandoned"
+
+
 class Database:
     """One process's access to the SQLite file.
 
@@ -456,19 +487,40 @@ class Database:
 
         `wait_s` bounds the wait for the writer as in `write_txn`: a transaction that has not
         begun within `wait_s` (queued behind others, or SQLite busy) writes nothing and raises
-        TimeoutError, so a deadline never leaves a late write behind.
+        TimeoutError after `wait_s`, so a deadline never leaves a late write behind. One that
+        has begun is seen through (it is short).
 
-        Once handed to the thread the transaction runs to its end even if the caller is
-        cancelled (all or nothing, like a COMMIT already sent).
+        Without `wait_s`, once handed to the thread the transaction runs to its end even if
+        the caller is cancelled (all or nothing, like a COMMIT already sent); with it, a
+        cancelled caller's transaction runs only if it had already begun.
         """
         assert self._writer is not None, "database not open"
-        deadline = None if wait_s is None else time.monotonic() + wait_s
+        if wait_s is None:
+            return await self._queue_write(None, fn, args, kwargs)
+        ticket = _Ticket(time.monotonic() + wait_s)
+        work = asyncio.ensure_future(self._queue_write(ticket, fn, args, kwargs))
+        try:
+            async with asyncio.timeout(wait_s):
+                return await asyncio.shield(work)
+        except TimeoutError:
+            if not ticket.abandon():
+                return await work
+            work.cancel()  # still at the gate or in the queue: it will never start
+            raise
+        except asyncio.CancelledError:
+            if ticket.abandon():
+                work.cancel()
+            raise
+
+    async def _queue_write(
+        self, ticket: _Ticket | None, fn: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> T:
         if not self._write_gate.is_open:
-            async with asyncio.timeout(wait_s):  # None: no limit
-                await self._write_gate.pass_through()
+            await self._write_gate.pass_through()
         writer = self._writer
+        assert writer is not None, "database not open"
         # no await between the gate and the queue: nothing multi-step can begin in between
-        return await writer._execute(_in_transaction, writer, deadline, fn, args, kwargs)
+        return await writer._execute(_in_transaction, writer, ticket, fn, args, kwargs)
 
     @asynccontextmanager
     async def reading(self) -> AsyncIterator[aiosqlite.Connection]:
@@ -555,15 +607,17 @@ def _fetchall(conn: aiosqlite.Connection, sql: str, params: Sequence[Any]) -> li
 
 def _in_transaction(
     conn: aiosqlite.Connection,
-    deadline: float | None,
+    ticket: _Ticket | None,
     fn: Callable[..., T],
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
 ) -> T:
     raw = conn._conn
-    raw.execute("BEGIN IMMEDIATE")
+    if ticket is not None and ticket.abandoned:
+        raise TimeoutError("the writer was not free in time")
+    raw.execute("BEGIN IMMEDIATE")  # may wait for another process (busy_timeout)
     try:
-        if deadline is not None and time.monotonic() > deadline:
+        if ticket is not None and not ticket.start():
             raise TimeoutError("the writer was not free in time")
         result = fn(raw, *args, **kwargs)
         raw.execute("COMMIT")

@@ -169,3 +169,36 @@ async def test_back_to_back_multi_step_transactions_do_not_shut_out_one_trip_wri
         stop.set()
         await admin
     assert _count_settings(tmp_path) == 20
+
+
+async def test_a_stalled_writer_does_not_delay_the_refusal(db, tmp_path) -> None:
+    import threading
+
+    release = threading.Event()
+
+    def stall(conn: sqlite3.Connection) -> None:
+        release.wait(10)  # the writer's thread is stuck (e.g. another process holds SQLite's lock)
+
+    stuck = asyncio.create_task(db.run_write(stall))
+    await asyncio.sleep(0)
+    try:
+        with pytest.raises(TimeoutError):
+            await db.run_write(_put, "late", "1", wait_s=0.05)
+        assert not stuck.done()  # the answer came while the writer was still stuck
+    finally:
+        release.set()
+        await stuck
+    await db.run_write(lambda conn: None)  # anything queued has run by now
+    assert _count_settings(tmp_path) == 0
+
+
+async def test_a_write_begun_before_its_deadline_is_seen_through(db, tmp_path) -> None:
+    import time
+
+    def slow_put(conn: sqlite3.Connection) -> int:
+        rows = _put(conn, "slow", "1")
+        time.sleep(0.2)  # outlives wait_s, but it had begun
+        return rows
+
+    assert await db.run_write(slow_put, wait_s=0.05) == 1
+    assert _count_settings(tmp_path) == 1
