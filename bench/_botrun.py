@@ -78,7 +78,7 @@ TRACE: dict[str, list[tuple[float, ...]]] = {}
 
 
 def _trace_storage() -> None:
-    """$BENCH_TRACE=1: time reserve_and_insert, and the write lock's wait and hold, from outside.
+    """$BENCH_TRACE=1: time reserve_and_insert, and each write transaction's wait and hold, from outside.
 
     Wraps the functions at their module attributes (the bot looks them up at call time);
     the bot's code is unchanged.
@@ -99,27 +99,40 @@ def _trace_storage() -> None:
             TRACE.setdefault("reserve", []).append((time.monotonic(), time.perf_counter() - t0))
 
     jobstore.reserve_and_insert = reserve_and_insert
-    original_txn = dbmod.Database.write_txn.__wrapped__  # the generator behind @asynccontextmanager
+    original_txn = dbmod.Database.write_txn
+    original_run_write = dbmod.Database.run_write
 
+    # "wait": from the call until the transaction's work starts (the gate, the writer
+    # thread's queue, BEGIN); "hold": the work itself. The originals keep their exclusion.
     @asynccontextmanager
-    async def write_txn(self: Any) -> Any:
+    async def write_txn(self: Any, **kw: Any) -> Any:
         t0 = time.perf_counter()
-        lock = self._write_lock
-        async with lock:
+        async with original_txn(self, **kw) as conn:
             t1 = time.perf_counter()
-            await self._writer.execute("BEGIN IMMEDIATE")
             try:
-                yield self._writer
-            except BaseException:
-                await self._writer.execute("ROLLBACK")
-                raise
-            else:
-                await self._writer.execute("COMMIT")
+                yield conn
             finally:
                 TRACE.setdefault("txn", []).append((time.monotonic(), t1 - t0, time.perf_counter() - t1))
 
-    assert original_txn is not None
+    async def run_write(self: Any, fn: Any, /, *args: Any, **kw: Any) -> Any:
+        t0 = time.perf_counter()
+        spans: list[tuple[float, float]] = []
+
+        def timed(conn: Any, *a: Any, **k: Any) -> Any:
+            t1 = time.perf_counter()
+            try:
+                return fn(conn, *a, **k)
+            finally:
+                spans.append((t1 - t0, time.perf_counter() - t1))
+
+        try:
+            return await original_run_write(self, timed, *args, **kw)
+        finally:
+            if spans:
+                TRACE.setdefault("txn", []).append((time.monotonic(), *spans[0]))
+
     dbmod.Database.write_txn = write_txn  # type: ignore[method-assign]
+    dbmod.Database.run_write = run_write  # type: ignore[method-assign]
 
 
 def _job_task_states() -> dict[str, Any]:

@@ -152,11 +152,12 @@ async def ensure_request_message(deps: Deps, job: Job) -> Job:
         return await _ensure_compare_message(deps, job)
     channel, thread_ts, status_ts = await slack_io.post_request_message(deps, job)
     now = iso(deps.clock())
-    await jobstore.update(
+    _, updated = await jobstore.update_and_get(
         deps.db, job.id, expect=UNFINISHED, now=now,
         channel_id=channel, thread_ts=thread_ts, status_ts=status_ts,
     )
-    return await jobstore.must_get_job(deps.db, job.id)
+    assert updated is not None, f"job {job.id} vanished"
+    return updated
 
 
 # --- /sora compare: the set shares one request message and one summary ------------------------

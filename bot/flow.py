@@ -7,9 +7,11 @@ guarded UPDATEs, so a restart can run `run_job` again from the top at any point.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import random
 import secrets
+import sqlite3
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -285,12 +287,13 @@ async def submit(deps: Deps, job: Job) -> Job:
 
 async def _mark_submitted(deps: Deps, job: Job, provider_job_id: str) -> Job:
     now = iso(deps.clock())
-    moved = await jobstore.update(
+    moved, stored = await jobstore.update_and_get(
         deps.db, job.id, expect=[JobStatus.QUEUED], now=now,
         status=JobStatus.SUBMITTED, provider_job_id=provider_job_id, submitted_at=now,
         last_progress_at=now,
     )
-    job = await _reload(deps, job.id)
+    assert stored is not None, f"job {job.id} vanished"
+    job = stored
     if not moved and job.status is JobStatus.CANCELLED:
         # Cancelled while the create was in flight: don't leave it rendering (and billing).
         await _cancel_at_provider(deps, job, provider_job_id)
@@ -421,10 +424,18 @@ async def _apply_status(deps: Deps, job: Job, status: ProviderStatus, throttle: 
     elif "last_progress_at" in fields and job.stall_notified:
         fields["stall_notified"] = 0  # it moved again
     if fields:
-        await jobstore.update(deps.db, job.id, expect=[JobStatus.SUBMITTED, JobStatus.RUNNING],
-                              now=iso(now), **fields)
-        job = await _reload(deps, job.id)
-        if throttle.allow(job.id, force=force_edit):
+        edit = throttle.allow(job.id, force=force_edit)
+        if not edit and not force_edit and "stall_notified" not in fields:
+            # Only the percentage moved, and no edit will show it: no commit for it. After a
+            # restart the provider's figure differs from the stored one, which restarts the
+            # stall clock, so keeping it in memory loses nothing.
+            return dataclasses.replace(job, progress=fields["progress"], last_progress_at=now)
+        _, stored = await jobstore.update_and_get(
+            deps.db, job.id, expect=[JobStatus.SUBMITTED, JobStatus.RUNNING], now=iso(now), **fields
+        )
+        assert stored is not None, f"job {job.id} vanished"
+        job = stored
+        if edit:
             give_up_at = job.created_at + timedelta(seconds=deps.timing.job_timeout_s)
             await slack_io.update_status(deps, job, give_up_at=give_up_at)
     return job
@@ -466,19 +477,37 @@ async def finish_success(deps: Deps, job: Job, status: ProviderStatus) -> None:
         log.warning("job %s: provider reports %d micros, above the %d reserved; charging the reservation",
                     job.id, status.cost_micros, cost)
     now = iso(deps.clock())
-    async with deps.db.write_txn() as conn:
-        moved = await jobstore.update_job(
-            conn, job.id, expect=[JobStatus.SUBMITTED, JobStatus.RUNNING], now=now,
-            set_={"status": JobStatus.SUCCEEDED, "progress": 100, "cost_micros": cost,
-                  "video_url": status.video_url, "finished_at": now},
-        )
-        if moved:
-            await ledger.charge(conn, job.id, cost, now)
-            await jobstore.add_delivery(conn, job.id, "video", now=now, file_path=str(dest))
+    moved = await deps.db.run_write(_succeed_in, job.id, job.provider, cost, status.video_url, str(dest), now)
     if not moved:
         dest.unlink(missing_ok=True)
-    else:
-        await incidents.close_incidents(deps, job.provider)
+
+
+# The settling transactions below each run as one function on the writer's thread
+# (Database.run_write): job row, ledger and outbox change together or not at all.
+
+
+def _succeed_in(
+    conn: sqlite3.Connection, job_id: str, provider: str, cost: int, video_url: str | None, dest: str, now: str
+) -> bool:
+    moved = jobstore.update_job_sync(
+        conn, job_id, expect=[JobStatus.SUBMITTED, JobStatus.RUNNING], now=now,
+        set_={"status": JobStatus.SUCCEEDED, "progress": 100, "cost_micros": cost,
+              "video_url": video_url, "finished_at": now},
+    )
+    if moved:
+        ledger.charge_sync(conn, job_id, cost, now)
+        jobstore.add_delivery_sync(conn, job_id, "video", now=now, file_path=dest)
+        incidents.close_incidents_sync(conn, provider)  # the provider works again
+    return moved
+
+
+def _stop_in(conn: sqlite3.Connection, job_id: str, set_: dict[str, object], kind: str, now: str) -> bool:
+    """Any unfinished state -> failed/cancelled (per `set_`), releasing the reservation."""
+    moved = jobstore.update_job_sync(conn, job_id, expect=UNFINISHED, now=now, set_=set_)
+    if moved:
+        ledger.release_sync(conn, job_id, now)
+        jobstore.add_delivery_sync(conn, job_id, kind, now=now)
+    return moved
 
 
 async def fail_job(
@@ -486,15 +515,12 @@ async def fail_job(
 ) -> bool:
     """Any unfinished state -> failed(kind); the reservation is released; a message is owed."""
     now = iso(deps.clock())
-    async with deps.db.write_txn() as conn:
-        moved = await jobstore.update_job(
-            conn, job.id, expect=UNFINISHED, now=now,
-            set_={"status": JobStatus.FAILED, "failure_kind": kind, "cost_micros": 0,
-                  "failure_detail": _detail_record(detail, reason), "finished_at": now},
-        )
-        if moved:
-            await ledger.release(conn, job.id, now)
-            await jobstore.add_delivery(conn, job.id, "failure", now=now)
+    moved = await deps.db.run_write(
+        _stop_in, job.id,
+        {"status": JobStatus.FAILED, "failure_kind": kind, "cost_micros": 0,
+         "failure_detail": _detail_record(detail, reason), "finished_at": now},
+        "failure", now,
+    )
     if moved:
         log.info("job %s failed: %s (%s)", job.id, kind.value, detail)
     return moved
@@ -509,16 +535,13 @@ def _detail_record(detail: str, reason: str | None) -> str:
 async def cancel_job(deps: Deps, job: Job, *, by_user: str | None, provider_side: bool = False) -> bool:
     """Stop a job: release the money, cancel at the provider where possible, owe a message."""
     now = iso(deps.clock())
-    async with deps.db.write_txn() as conn:
-        moved = await jobstore.update_job(
-            conn, job.id, expect=UNFINISHED, now=now,
-            set_={"status": JobStatus.CANCELLED, "failure_kind": FailureKind.CANCELLED,
-                  "cost_micros": 0, "finished_at": now,
-                  "failure_detail": f"cancelled by {by_user}" if by_user else "cancelled at the provider"},
-        )
-        if moved:
-            await ledger.release(conn, job.id, now)
-            await jobstore.add_delivery(conn, job.id, "cancelled", now=now)
+    moved = await deps.db.run_write(
+        _stop_in, job.id,
+        {"status": JobStatus.CANCELLED, "failure_kind": FailureKind.CANCELLED,
+         "cost_micros": 0, "finished_at": now,
+         "failure_detail": f"cancelled by {by_user}" if by_user else "cancelled at the provider"},
+        "cancelled", now,
+    )
     if moved and not provider_side and job.provider_job_id:
         await _cancel_at_provider(deps, job, job.provider_job_id)
     if moved and job.approval_key is not None:

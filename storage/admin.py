@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import sqlite3
 from dataclasses import dataclass
 
 import aiosqlite
 
-from storage.db import Database, fetchone_in
+from storage.db import Database, fetchone_sync, run_in
 
 # Setting keys. Amounts are micro-dollars as decimal text; None/"" means "no cap".
 DEFAULT_BUDGET = "daily_budget_micros"
@@ -35,9 +36,13 @@ class AuditEntry:
     note: str | None
 
 
-async def get_setting(conn: aiosqlite.Connection, key: str) -> Setting | None:
-    row = await fetchone_in(conn, "SELECT value, updated_at, updated_by FROM settings WHERE key = ?", (key,))
+def get_setting_sync(conn: sqlite3.Connection, key: str) -> Setting | None:
+    row = fetchone_sync(conn, "SELECT value, updated_at, updated_by FROM settings WHERE key = ?", (key,))
     return Setting(row[0], row[1], row[2]) if row else None
+
+
+async def get_setting(conn: aiosqlite.Connection, key: str) -> Setting | None:
+    return await run_in(conn, get_setting_sync, key)
 
 
 async def read_setting(db: Database, key: str) -> Setting | None:
@@ -99,14 +104,14 @@ class Budgets:
         return self.paused_reason is not None
 
 
-async def effective_budgets(
-    conn: aiosqlite.Connection, *, env_default_micros: int, env_workspace_micros: int | None,
+def effective_budgets_sync(
+    conn: sqlite3.Connection, *, env_default_micros: int, env_workspace_micros: int | None,
     env_approval_micros: int | None = None,
 ) -> Budgets:
-    default = await get_setting(conn, DEFAULT_BUDGET)
-    workspace = await get_setting(conn, WORKSPACE_BUDGET)
-    paused = await get_setting(conn, PAUSED_REASON)
-    approval = await get_setting(conn, APPROVAL_OVER)
+    default = get_setting_sync(conn, DEFAULT_BUDGET)
+    workspace = get_setting_sync(conn, WORKSPACE_BUDGET)
+    paused = get_setting_sync(conn, PAUSED_REASON)
+    approval = get_setting_sync(conn, APPROVAL_OVER)
     return Budgets(
         default_user_micros=int(default.value) if default and default.value else env_default_micros,
         workspace_micros=(
@@ -116,4 +121,14 @@ async def effective_budgets(
         approval_over_micros=(
             (int(approval.value) if approval.value else None) if approval else env_approval_micros
         ),
+    )
+
+
+async def effective_budgets(
+    conn: aiosqlite.Connection, *, env_default_micros: int, env_workspace_micros: int | None,
+    env_approval_micros: int | None = None,
+) -> Budgets:
+    return await run_in(
+        conn, effective_budgets_sync, env_default_micros=env_default_micros,
+        env_workspace_micros=env_workspace_micros, env_approval_micros=env_approval_micros,
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+import sqlite3
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
@@ -15,7 +16,7 @@ from bot.errors import BudgetExceeded, Busy, InvalidRequest, RequestsPaused
 from bot.models import UNFINISHED, FailureKind, Job, JobStatus
 from bot.money import format_usd
 from storage import admin, ledger
-from storage.db import Database, fetchone_in
+from storage.db import Database, fetchone_sync, run_in
 
 # No 0/o/1/l/i: people type these ids into `/sora cancel`.
 _ID_ALPHABET = "abcdefghjkmnpqrstuvwxyz23456789"
@@ -101,29 +102,31 @@ async def reserve_request(
     waiting for an admin. The dedupe key is the first job's.
     """
     try:
-        async with db.write_txn(wait_s=wait_s) as conn:
-            return await _reserve_in(conn, news, limits=limits, day=day, now=now, compare_prompt=compare_prompt)
+        # the whole check-and-insert is one trip to the writer's thread (see Database.run_write)
+        return await db.run_write(
+            _reserve_in, news, limits=limits, day=day, now=now, compare_prompt=compare_prompt, wait_s=wait_s
+        )
     except TimeoutError:
         raise Busy() from None
 
 
-async def _reserve_in(
-    conn: aiosqlite.Connection, news: list[NewJob], *, limits: Limits, day: str, now: str,
+def _reserve_in(
+    conn: sqlite3.Connection, news: list[NewJob], *, limits: Limits, day: str, now: str,
     compare_prompt: str | None,
 ) -> Reserved:
     first = news[0]
     if first.dedupe_key is not None:
-        row = await fetchone_in(conn, "SELECT * FROM jobs WHERE dedupe_key = ?", (first.dedupe_key,))
+        row = fetchone_sync(conn, "SELECT * FROM jobs WHERE dedupe_key = ?", (first.dedupe_key,))
         if row is not None:
             job = row_to_job(row)
             if job.compare_id is None:
                 return Reserved([job], False, None, job.approval_key)
-            rows = await conn.execute_fetchall(
-                "SELECT * FROM jobs WHERE compare_id = ? ORDER BY rowid", (job.compare_id,))
+            rows = conn.execute(
+                "SELECT * FROM jobs WHERE compare_id = ? ORDER BY rowid", (job.compare_id,)).fetchall()
             return Reserved([row_to_job(r) for r in rows], False, job.compare_id, job.approval_key)
     placeholders = ",".join("?" for _ in UNFINISHED)
     # a compare is one request: its jobs take one slot of the cap together
-    row = await fetchone_in(
+    row = fetchone_sync(
         conn,
         f"SELECT COUNT(DISTINCT COALESCE(compare_id, id)) FROM jobs WHERE user_id = ? AND status IN ({placeholders})",
         (first.user_id, *UNFINISHED),
@@ -132,7 +135,7 @@ async def _reserve_in(
     if running >= limits.max_unfinished_per_user:
         raise TooManyJobs(running, limits.max_unfinished_per_user)
 
-    budgets = await admin.effective_budgets(
+    budgets = admin.effective_budgets_sync(
         conn, env_default_micros=limits.user_limit_micros,
         env_workspace_micros=limits.workspace_limit_micros,
         env_approval_micros=limits.approval_over_micros,
@@ -145,8 +148,8 @@ async def _reserve_in(
         )
     total = sum(n.estimate_micros for n in news)
     what = "This video" if len(news) == 1 else f"These {len(news)} videos"
-    limit = await ledger.user_limit(conn, first.user_id, budgets.default_user_micros)
-    totals = await ledger.user_totals(conn, first.user_id, day)
+    limit = ledger.user_limit_sync(conn, first.user_id, budgets.default_user_micros)
+    totals = ledger.user_totals_sync(conn, first.user_id, day)
     remaining = limit - totals.used_micros
     if total > remaining:
         raise BudgetExceeded(
@@ -156,7 +159,7 @@ async def _reserve_in(
             remaining_micros=max(remaining, 0),
         )
     if budgets.workspace_micros is not None:
-        ws = await ledger.workspace_totals(conn, day)
+        ws = ledger.workspace_totals_sync(conn, day)
         ws_remaining = budgets.workspace_micros - ws.used_micros
         if total > ws_remaining:
             raise BudgetExceeded(
@@ -170,16 +173,16 @@ async def _reserve_in(
 
     compare_id = None
     if compare_prompt is not None:
-        compare_id = await _free_id(conn, "compares")
-        await conn.execute(
+        compare_id = _free_id(conn, "compares")
+        conn.execute(
             "INSERT INTO compares (id, user_id, channel_id, thread_ts, prompt, created_at) VALUES (?,?,?,?,?,?)",
             (compare_id, first.user_id, first.channel_id, first.thread_ts, compare_prompt, now),
         )
     job_ids = []
     for i, new in enumerate(news):
-        job_id = await _insert_job(conn, new if i == 0 else _without_dedupe(new), day=day, now=now,
-                                   compare_id=compare_id)
-        await ledger.add_reservation(
+        job_id = _insert_job(conn, new if i == 0 else _without_dedupe(new), day=day, now=now,
+                             compare_id=compare_id)
+        ledger.add_reservation_sync(
             conn, job_id=job_id, user_id=new.user_id, day=day, amount_micros=new.estimate_micros, at=now
         )
         job_ids.append(job_id)
@@ -187,14 +190,14 @@ async def _reserve_in(
     if budgets.approval_over_micros is not None and total > budgets.approval_over_micros:
         approval_key = compare_id or job_ids[0]  # a compare is approved as a whole
         expires = datetime.fromisoformat(now) + timedelta(seconds=limits.approval_ttl_s)
-        await conn.execute(
+        conn.execute(
             "INSERT INTO approvals (key, user_id, amount_micros, threshold_micros, state, created_at, expires_at)"
             " VALUES (?, ?, ?, ?, 'pending', ?, ?)",
             (approval_key, first.user_id, total, budgets.approval_over_micros, now, iso(expires)),
         )
-        await conn.executemany("UPDATE jobs SET approval_key = ? WHERE id = ?", [(approval_key, j) for j in job_ids])
+        conn.executemany("UPDATE jobs SET approval_key = ? WHERE id = ?", [(approval_key, j) for j in job_ids])
     marks = ",".join("?" for _ in job_ids)
-    rows = await conn.execute_fetchall(f"SELECT * FROM jobs WHERE id IN ({marks}) ORDER BY rowid", job_ids)
+    rows = conn.execute(f"SELECT * FROM jobs WHERE id IN ({marks}) ORDER BY rowid", job_ids).fetchall()
     return Reserved([row_to_job(r) for r in rows], True, compare_id, approval_key)
 
 
@@ -202,19 +205,19 @@ def _without_dedupe(new: NewJob) -> NewJob:
     return replace(new, dedupe_key=None)
 
 
-async def _free_id(conn: aiosqlite.Connection, table: str) -> str:
+def _free_id(conn: sqlite3.Connection, table: str) -> str:
     for _ in range(5):
         candidate = new_job_id()
-        if await fetchone_in(conn, f"SELECT 1 FROM {table} WHERE id = ?", (candidate,)) is None:
+        if fetchone_sync(conn, f"SELECT 1 FROM {table} WHERE id = ?", (candidate,)) is None:
             return candidate
     raise RuntimeError("could not pick a free id")  # pragma: no cover - 31^8 ids
 
 
-async def _insert_job(
-    conn: aiosqlite.Connection, new: NewJob, *, day: str, now: str, compare_id: str | None = None
+def _insert_job(
+    conn: sqlite3.Connection, new: NewJob, *, day: str, now: str, compare_id: str | None = None
 ) -> str:
-    job_id = await _free_id(conn, "jobs")
-    await conn.execute(
+    job_id = _free_id(conn, "jobs")
+    conn.execute(
         """INSERT INTO jobs (id, dedupe_key, user_id, team_id, channel_id, thread_ts, source,
                response_url, model, provider, provider_model, prompt, duration_seconds,
                resolution, aspect_ratio, status, estimate_micros, budget_day, created_at,
@@ -232,7 +235,7 @@ async def _insert_job(
     return job_id
 
 
-def row_to_job(row: aiosqlite.Row) -> Job:
+def row_to_job(row: sqlite3.Row) -> Job:
     return Job(
         id=row["id"],
         user_id=row["user_id"],
@@ -268,6 +271,11 @@ def row_to_job(row: aiosqlite.Row) -> Job:
         fallback_of=row["fallback_of"],
         approval_key=row["approval_key"],
     )
+
+
+def get_job_sync(conn: sqlite3.Connection, job_id: str) -> Job | None:
+    row = fetchone_sync(conn, "SELECT * FROM jobs WHERE id = ?", (job_id,))
+    return row_to_job(row) if row else None
 
 
 async def get_job(db: Database, job_id: str) -> Job | None:
@@ -337,8 +345,8 @@ async def jobs_to_resume(db: Database) -> list[Job]:
     return [row_to_job(r) for r in rows]
 
 
-async def update_job(
-    conn: aiosqlite.Connection,
+def update_job_sync(
+    conn: sqlite3.Connection,
     job_id: str,
     *,
     expect: Iterable[JobStatus],
@@ -352,16 +360,42 @@ async def update_job(
     assignments = ", ".join(f"{k} = ?" for k in fields)
     values = [v.value if isinstance(v, (JobStatus, FailureKind)) else v for v in fields.values()]
     placeholders = ",".join("?" for _ in expected)
-    cur = await conn.execute(
+    cur = conn.execute(
         f"UPDATE jobs SET {assignments} WHERE id = ? AND status IN ({placeholders})",
         (*values, job_id, *expected),
     )
     return cur.rowcount == 1
 
 
+async def update_job(
+    conn: aiosqlite.Connection,
+    job_id: str,
+    *,
+    expect: Iterable[JobStatus],
+    set_: dict[str, Any],
+    now: str,
+) -> bool:
+    """UPDATE … WHERE id=? AND status IN (expected). True only if this call moved the row."""
+    return await run_in(conn, update_job_sync, job_id, expect=list(expect), set_=set_, now=now)
+
+
 async def update(db: Database, job_id: str, *, expect: Iterable[JobStatus], now: str, **set_: Any) -> bool:
-    async with db.write_txn() as conn:
-        return await update_job(conn, job_id, expect=expect, set_=set_, now=now)
+    return await db.run_write(update_job_sync, job_id, expect=list(expect), set_=set_, now=now)
+
+
+def _update_and_get(
+    conn: sqlite3.Connection, job_id: str, *, expect: list[JobStatus], set_: dict[str, Any], now: str
+) -> tuple[bool, Job | None]:
+    moved = update_job_sync(conn, job_id, expect=expect, set_=set_, now=now)
+    return moved, get_job_sync(conn, job_id)
+
+
+async def update_and_get(
+    db: Database, job_id: str, *, expect: Iterable[JobStatus], now: str, **set_: Any
+) -> tuple[bool, Job | None]:
+    """`update`, plus the row as it stands after it (moved or not), from the same transaction:
+    no second trip, and no reader snapshot to be older than the write."""
+    return await db.run_write(_update_and_get, job_id, expect=list(expect), set_=set_, now=now)
 
 
 # --- delivery outbox -------------------------------------------------------------------
@@ -379,14 +413,20 @@ class Delivery:
     upload_file_id: str | None = None
 
 
-async def add_delivery(
-    conn: aiosqlite.Connection, job_id: str, kind: str, *, now: str, file_path: str | None = None
+def add_delivery_sync(
+    conn: sqlite3.Connection, job_id: str, kind: str, *, now: str, file_path: str | None = None
 ) -> None:
-    await conn.execute(
+    conn.execute(
         "INSERT OR IGNORE INTO deliveries (job_id, kind, state, file_path, created_at, updated_at)"
         " VALUES (?, ?, 'pending', ?, ?, ?)",
         (job_id, kind, file_path, now, now),
     )
+
+
+async def add_delivery(
+    conn: aiosqlite.Connection, job_id: str, kind: str, *, now: str, file_path: str | None = None
+) -> None:
+    await run_in(conn, add_delivery_sync, job_id, kind, now=now, file_path=file_path)
 
 
 async def get_delivery(db: Database, job_id: str) -> Delivery | None:
@@ -408,13 +448,12 @@ async def note_upload_file(db: Database, job_id: str, file_id: str, now: str) ->
 
 async def mark_delivered(db: Database, job_id: str, *, message_ts: str | None, method: str, now: str) -> bool:
     """pending -> done, recording the final message's ts. False if it was done already."""
-    async with db.write_txn() as conn:
-        cur = await conn.execute(
-            "UPDATE deliveries SET state='done', message_ts=?, method=?, updated_at=?"
-            " WHERE job_id=? AND state='pending'",
-            (message_ts, method, now, job_id),
-        )
-        return cur.rowcount == 1
+    moved = await db.execute(
+        "UPDATE deliveries SET state='done', message_ts=?, method=?, updated_at=?"
+        " WHERE job_id=? AND state='pending'",
+        (message_ts, method, now, job_id),
+    )
+    return moved == 1
 
 
 async def note_delivery_attempt(db: Database, job_id: str, error: str, now: str) -> None:
@@ -471,10 +510,15 @@ async def note_callback_delivery(
 
     Records older than `forget_before` are dropped in the same transaction.
     """
-    async with db.write_txn() as conn:
-        await conn.execute("DELETE FROM webhook_deliveries WHERE received_at < ?", (forget_before,))
-        cur = await conn.execute(
-            "INSERT OR IGNORE INTO webhook_deliveries (provider, delivery_id, received_at) VALUES (?, ?, ?)",
-            (provider, delivery_id, now),
-        )
-        return cur.rowcount == 1
+    return await db.run_write(_note_callback_delivery, provider, delivery_id, now=now, forget_before=forget_before)
+
+
+def _note_callback_delivery(
+    conn: sqlite3.Connection, provider: str, delivery_id: str, *, now: str, forget_before: str
+) -> bool:
+    conn.execute("DELETE FROM webhook_deliveries WHERE received_at < ?", (forget_before,))
+    cur = conn.execute(
+        "INSERT OR IGNORE INTO webhook_deliveries (provider, delivery_id, received_at) VALUES (?, ?, ?)",
+        (provider, delivery_id, now),
+    )
+    return cur.rowcount == 1

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import sqlite3
 from dataclasses import dataclass
 
 import aiosqlite
 
-from storage.db import Database, fetchone_in
+from storage.db import Database, fetchone_in, fetchone_sync, run_in
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,75 +41,121 @@ _TOTALS_SQL = """
 """
 
 
-async def user_totals(conn: aiosqlite.Connection, user_id: str, day: str) -> Totals:
-    row = await fetchone_in(conn, _TOTALS_SQL.format(user_clause="AND user_id = ?"), (day, user_id))
+# Each piece of ledger SQL is written once, as a `*_sync` function on a plain sqlite3
+# connection: transactions run through `Database.run_write` call them directly, and the async
+# helpers below run them on an aiosqlite connection's thread in one round trip.
+
+
+def user_totals_sync(conn: sqlite3.Connection, user_id: str, day: str) -> Totals:
+    row = fetchone_sync(conn, _TOTALS_SQL.format(user_clause="AND user_id = ?"), (day, user_id))
     return Totals(int(row[0]), int(row[1]))
 
 
-async def workspace_totals(conn: aiosqlite.Connection, day: str) -> Totals:
-    row = await fetchone_in(conn, _TOTALS_SQL.format(user_clause=""), (day,))
-    return Totals(int(row[0]), int(row[1]))
+def workspace_totals_sync(conn: sqlite3.Connection, day: str) -> Totals:
+    # ledger_day_totals is kept by triggers on ledger (migration 6): one row, not the whole day
+    row = fetchone_sync(
+        conn, "SELECT spent_micros, reserved_micros FROM ledger_day_totals WHERE budget_day = ?", (day,)
+    )
+    return Totals(int(row[0]), int(row[1])) if row else Totals(0, 0)
 
 
-async def user_limit(conn: aiosqlite.Connection, user_id: str, default_micros: int) -> int:
-    row = await fetchone_in(conn, "SELECT limit_micros FROM user_limits WHERE user_id = ?", (user_id,))
+def user_limit_sync(conn: sqlite3.Connection, user_id: str, default_micros: int) -> int:
+    row = fetchone_sync(conn, "SELECT limit_micros FROM user_limits WHERE user_id = ?", (user_id,))
     return int(row[0]) if row else default_micros
 
 
-async def add_reservation(
-    conn: aiosqlite.Connection, *, job_id: str, user_id: str, day: str, amount_micros: int, at: str
+def add_reservation_sync(
+    conn: sqlite3.Connection, *, job_id: str, user_id: str, day: str, amount_micros: int, at: str
 ) -> None:
-    await conn.execute(
+    conn.execute(
         "INSERT INTO ledger (job_id, user_id, budget_day, reserved_micros, state, created_at,"
         " updated_at) VALUES (?, ?, ?, ?, 'reserved', ?, ?)",
         (job_id, user_id, day, amount_micros, at, at),
     )
-    await _event(conn, job_id, "reserve", amount_micros, at)
+    _event_sync(conn, job_id, "reserve", amount_micros, at)
 
 
-async def charge(conn: aiosqlite.Connection, job_id: str, amount_micros: int, at: str) -> bool:
+def charge_sync(conn: sqlite3.Connection, job_id: str, amount_micros: int, at: str) -> bool:
     """reserved -> charged. False when the reservation was already settled (idempotent)."""
-    cur = await conn.execute(
+    cur = conn.execute(
         "UPDATE ledger SET state='charged', charged_micros=?, updated_at=?"
         " WHERE job_id=? AND state='reserved'",
         (amount_micros, at, job_id),
     )
     if cur.rowcount == 1:
-        await _event(conn, job_id, "charge", amount_micros, at)
+        _event_sync(conn, job_id, "charge", amount_micros, at)
     return cur.rowcount == 1
 
 
-async def release(conn: aiosqlite.Connection, job_id: str, at: str) -> bool:
+def release_sync(conn: sqlite3.Connection, job_id: str, at: str) -> bool:
     """reserved -> released (failure, cancel, stuck). False when already settled."""
-    cur = await conn.execute(
+    cur = conn.execute(
         "UPDATE ledger SET state='released', updated_at=? WHERE job_id=? AND state='reserved'",
         (at, job_id),
     )
     if cur.rowcount == 1:
-        await _event(conn, job_id, "release", 0, at)
+        _event_sync(conn, job_id, "release", 0, at)
     return cur.rowcount == 1
 
 
-async def _event(conn: aiosqlite.Connection, job_id: str, event: str, amount: int, at: str) -> None:
-    await conn.execute(
+def refund_sync(conn: sqlite3.Connection, job_id: str, at: str) -> int | None:
+    """charged -> refunded: the money counts as unspent again. Returns the amount, or None."""
+    row = fetchone_sync(conn, "SELECT charged_micros FROM ledger WHERE job_id = ? AND state = 'charged'", (job_id,))
+    if row is None:
+        return None
+    cur = conn.execute(
+        "UPDATE ledger SET state='refunded', updated_at=? WHERE job_id=? AND state='charged'", (at, job_id)
+    )
+    if cur.rowcount != 1:
+        return None
+    _event_sync(conn, job_id, "refund", int(row[0]), at)
+    return int(row[0])
+
+
+def _event_sync(conn: sqlite3.Connection, job_id: str, event: str, amount: int, at: str) -> None:
+    conn.execute(
         "INSERT INTO ledger_events (job_id, user_id, budget_day, event, amount_micros, at)"
         " SELECT job_id, user_id, budget_day, ?, ?, ? FROM ledger WHERE job_id = ?",
         (event, amount, at, job_id),
     )
 
 
+async def user_totals(conn: aiosqlite.Connection, user_id: str, day: str) -> Totals:
+    return await run_in(conn, user_totals_sync, user_id, day)
+
+
+async def workspace_totals(conn: aiosqlite.Connection, day: str) -> Totals:
+    return await run_in(conn, workspace_totals_sync, day)
+
+
+async def user_limit(conn: aiosqlite.Connection, user_id: str, default_micros: int) -> int:
+    return await run_in(conn, user_limit_sync, user_id, default_micros)
+
+
+async def add_reservation(
+    conn: aiosqlite.Connection, *, job_id: str, user_id: str, day: str, amount_micros: int, at: str
+) -> None:
+    await run_in(conn, add_reservation_sync, job_id=job_id, user_id=user_id, day=day,
+                 amount_micros=amount_micros, at=at)
+
+
+async def charge(conn: aiosqlite.Connection, job_id: str, amount_micros: int, at: str) -> bool:
+    """reserved -> charged. False when the reservation was already settled (idempotent)."""
+    return await run_in(conn, charge_sync, job_id, amount_micros, at)
+
+
+async def release(conn: aiosqlite.Connection, job_id: str, at: str) -> bool:
+    """reserved -> released (failure, cancel, stuck). False when already settled."""
+    return await run_in(conn, release_sync, job_id, at)
+
+
 async def totals_for(db: Database, user_id: str, day: str, default_limit_micros: int) -> tuple[int, Totals]:
-    """(limit, totals) for one user's budget day, read outside any write."""
-    row = await db.fetchone(
-        "SELECT COALESCE(SUM(CASE WHEN state='charged' THEN charged_micros ELSE 0 END), 0),"
-        " COALESCE(SUM(CASE WHEN state='reserved' THEN reserved_micros ELSE 0 END), 0)"
-        " FROM ledger WHERE budget_day = ? AND user_id = ?",
-        (day, user_id),
-    )
-    lim = await db.fetchone("SELECT limit_micros FROM user_limits WHERE user_id = ?", (user_id,))
-    limit = int(lim[0]) if lim else default_limit_micros
-    assert row is not None
-    return limit, Totals(int(row[0]), int(row[1]))
+    """(limit, totals) for one user's budget day, read outside any write (one snapshot)."""
+    return await db.run_read(_totals_for, user_id, day, default_limit_micros)
+
+
+def _totals_for(conn: sqlite3.Connection, user_id: str, day: str, default_limit_micros: int) -> tuple[int, Totals]:
+    return user_limit_sync(conn, user_id, default_limit_micros), user_totals_sync(conn, user_id, day)
 
 
 async def usage_for_day(db: Database, day: str, default_limit_micros: int) -> list[UsageRow]:
@@ -137,16 +184,7 @@ async def usage_for_day(db: Database, day: str, default_limit_micros: int) -> li
 
 async def refund(conn: aiosqlite.Connection, job_id: str, at: str) -> int | None:
     """charged -> refunded: the money counts as unspent again. Returns the amount, or None."""
-    row = await fetchone_in(conn, "SELECT charged_micros FROM ledger WHERE job_id = ? AND state = 'charged'", (job_id,))
-    if row is None:
-        return None
-    cur = await conn.execute(
-        "UPDATE ledger SET state='refunded', updated_at=? WHERE job_id=? AND state='charged'", (at, job_id)
-    )
-    if cur.rowcount != 1:
-        return None
-    await _event(conn, job_id, "refund", int(row[0]), at)
-    return int(row[0])
+    return await run_in(conn, refund_sync, job_id, at)
 
 
 async def set_user_limit(conn: aiosqlite.Connection, user_id: str, limit_micros: int | None, *, at: str, by: str) -> int | None:

@@ -162,6 +162,19 @@ class LedgerMachine(RuleBasedStateMachine):
                 assert (row.reserved_micros if row else 0) == reserved
 
     @invariant()
+    def running_day_totals_match_the_ledger(self) -> None:
+        # ledger_day_totals (kept by triggers) must equal a full sum, for every day touched
+        for day in {e["day"] for e in self.entries.values()} | {self.day}:
+            spent = sum(e["amount"] for e in self.entries.values() if e["day"] == day and e["state"] == "charged")
+            reserved = sum(e["amount"] for e in self.entries.values() if e["day"] == day and e["state"] == "reserved")
+
+            async def totals() -> ledger.Totals:
+                async with self.db.reading() as conn:
+                    return await ledger.workspace_totals(conn, day)
+
+            assert self.run(totals()) == ledger.Totals(spent, reserved)
+
+    @invariant()
     def jobs_and_ledger_stay_apart_from_states(self) -> None:
         # every reservation belongs to exactly one stored job
         count = self.run(self.db.fetchone("SELECT COUNT(*) FROM jobs WHERE status = ?", (JobStatus.QUEUED.value,)))

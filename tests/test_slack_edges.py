@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
 from dataclasses import replace
 
 from bot.cli import jobs_json, usage_json
+from bot.commands import ACK_WAIT_S
 from tests.conftest import FAST
 from tests.slack_requests import SIGNING_SECRET, mention_body, post_signed, slash_body
 
@@ -174,12 +176,17 @@ async def test_no_secret_reaches_the_logs(make_bot, slack, caplog) -> None:
 
 async def test_a_command_that_cannot_be_stored_in_time_says_so_and_stores_nothing(make_bot, slack) -> None:
     bot = await make_bot()
-    lock = bot.deps.db._write_lock
-    await lock.acquire()  # the writer is tied up (e.g. a burst of other requests)
+
+    def stall(conn) -> None:  # type: ignore[no-untyped-def]
+        time.sleep(ACK_WAIT_S + 0.3)  # on the writer's thread, not the loop
+
+    # the writer is tied up (e.g. a burst of other requests queued ahead of this one)
+    tied_up = asyncio.create_task(bot.deps.db.run_write(stall))
+    await asyncio.sleep(0)
     try:
         resp = await bot.slash("a dog on a skateboard")
     finally:
-        lock.release()
+        await tied_up
     text = resp.json()["text"]
     assert "very busy" in text and "Nothing was stored or charged" in text
     assert await _jobs(bot) == [] and _sim(bot).submits == []

@@ -169,3 +169,38 @@ async def test_a_writer_cancelled_while_its_transaction_begins_leaves_the_databa
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
         await asyncio.wait_for(write(1000 + n), 5)
+
+
+async def test_running_day_totals_start_from_an_older_ledger(tmp_path) -> None:
+    # a database from before the totals table: its ledger rows must be counted when it migrates
+    path = tmp_path / "old.db"
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA foreign_keys=OFF")
+    from storage.db import _statements
+
+    before = next(i for i, (name, _) in enumerate(MIGRATIONS) if name == "running daily totals of the ledger")
+    for number, (_, sql) in enumerate(MIGRATIONS[:before], start=1):
+        for statement in _statements(sql):
+            conn.execute(statement)
+        conn.execute(f"PRAGMA user_version={number}")
+    rows = [("j1", "U1", DAY, 500, 0, "reserved"), ("j2", "U2", DAY, 800, 700, "charged"),
+            ("j3", "U1", DAY, 300, 0, "released"), ("j4", "U1", "2026-11-24", 900, 0, "reserved")]
+    conn.executemany(
+        "INSERT INTO ledger (job_id, user_id, budget_day, reserved_micros, charged_micros, state,"
+        " created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        [(*r, NOW, NOW) for r in rows],
+    )
+    conn.close()
+    db = await Database(path).open()
+    try:
+        async with db.reading() as reader:
+            assert await ledger.workspace_totals(reader, DAY) == ledger.Totals(700, 500)
+            assert await ledger.workspace_totals(reader, "2026-11-24") == ledger.Totals(0, 900)
+            assert await ledger.workspace_totals(reader, "2026-11-23") == ledger.Totals(0, 0)
+        async with db.write_txn() as writer:
+            assert await ledger.charge(writer, "j1", 400, NOW)
+            assert await ledger.refund(writer, "j2", NOW) == 700
+        async with db.reading() as reader:
+            assert await ledger.workspace_totals(reader, DAY) == ledger.Totals(400, 0)
+    finally:
+        await db.close()

@@ -1,0 +1,204 @@
+"""Database.run_write / run_read: one trip to the connection's thread per transaction."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+
+import pytest
+
+from bot.errors import Busy
+from storage import jobs as jobstore
+from storage.db import Database
+from storage.jobs import Limits, NewJob
+
+NOW = "2026-11-25T10:00:00.000000Z"
+DAY = "2026-11-25"
+LIMITS = Limits(user_limit_micros=5_000_000, workspace_limit_micros=None, max_unfinished_per_user=100)
+
+
+def _new(user: str = "U1") -> NewJob:
+    return NewJob(
+        user_id=user, team_id="T1", channel_id="C1", source="command", model="simulator",
+        provider="simulator", provider_model="simulator", prompt="a dog", duration_seconds=8,
+        resolution="720p", aspect_ratio="16:9", estimate_micros=800_000,
+    )
+
+
+@pytest.fixture
+async def db(tmp_path):
+    database = await Database(tmp_path / "jobs.db").open()
+    yield database
+    await database.close()
+
+
+def _put(conn: sqlite3.Connection, key: str, value: str, *, fail: bool = False) -> int:
+    cur = conn.execute(
+        "INSERT INTO settings (key, value, updated_at) VALUES (?, ?, ?)", (key, value, NOW)
+    )
+    if fail:
+        raise RuntimeError("boom")
+    return cur.rowcount
+
+
+def _count_settings(tmp_path) -> int:
+    conn = sqlite3.connect(tmp_path / "jobs.db")
+    try:
+        return int(conn.execute("SELECT COUNT(*) FROM settings").fetchone()[0])
+    finally:
+        conn.close()
+
+
+async def test_run_write_commits_for_other_connections(db, tmp_path) -> None:
+    assert await db.run_write(_put, "a", "1") == 1
+    assert _count_settings(tmp_path) == 1
+
+
+async def test_run_write_rolls_back_everything_when_the_function_raises(db, tmp_path) -> None:
+    with pytest.raises(RuntimeError, match="boom"):
+        await db.run_write(_put, "a", "1", fail=True)
+    assert _count_settings(tmp_path) == 0
+    # the writer is usable again, outside any transaction
+    assert await db.run_write(_put, "b", "2") == 1
+    assert _count_settings(tmp_path) == 1
+
+
+async def test_run_write_refuses_after_wait_s_and_stores_nothing(db, tmp_path) -> None:
+    async with db.write_txn():
+        with pytest.raises(TimeoutError):
+            await db.run_write(_put, "late", "1", wait_s=0.05)
+    assert _count_settings(tmp_path) == 0
+
+
+async def test_a_transaction_queued_past_wait_s_writes_nothing(db, tmp_path) -> None:
+    import time
+
+    def slow(conn: sqlite3.Connection) -> None:
+        time.sleep(0.2)  # holds the writer's thread (fine in a test: it is not the loop)
+
+    first = asyncio.create_task(db.run_write(slow))
+    await asyncio.sleep(0)
+    with pytest.raises(TimeoutError):
+        await db.run_write(_put, "late", "1", wait_s=0.05)
+    await first
+    assert _count_settings(tmp_path) == 0
+
+
+async def test_a_reservation_that_cannot_get_the_writer_is_busy_and_never_stored_late(db) -> None:
+    async with db.write_txn():
+        with pytest.raises(Busy):
+            await jobstore.reserve_and_insert(db, _new(), limits=LIMITS, day=DAY, now=NOW, wait_s=0.05)
+    await asyncio.sleep(0.05)  # anything queued would have run by now
+    assert await jobstore.list_jobs(db) == []
+
+
+async def test_run_write_and_write_txn_never_interleave(db, tmp_path) -> None:
+    async def old_style(i: int) -> None:
+        async with db.write_txn() as conn:
+            await conn.execute("INSERT INTO settings (key, value, updated_at) VALUES (?, 'x', ?)", (f"o{i}", NOW))
+            await asyncio.sleep(0)
+            await conn.execute("UPDATE settings SET value = 'y' WHERE key = ?", (f"o{i}",))
+
+    await asyncio.gather(*(old_style(i) for i in range(20)), *(db.run_write(_put, f"n{i}", "1") for i in range(20)))
+    assert _count_settings(tmp_path) == 40
+    rows = await db.fetchall("SELECT value FROM settings WHERE key LIKE 'o%'")
+    assert {r[0] for r in rows} == {"y"}
+
+
+async def test_a_cancelled_caller_leaves_its_transaction_whole(db, tmp_path) -> None:
+    def two_rows(conn: sqlite3.Connection) -> None:
+        _put(conn, "first", "1")
+        _put(conn, "second", "2")
+
+    async with db.write_txn():
+        task = asyncio.create_task(db.run_write(two_rows))
+        await asyncio.sleep(0.01)
+        task.cancel()  # still waiting for the writer: nothing is queued
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await db.run_write(lambda conn: None)
+    assert _count_settings(tmp_path) == 0
+
+    task = asyncio.create_task(db.run_write(two_rows))
+    await asyncio.sleep(0)
+    task.cancel()
+    try:
+        await task
+    except asyncio.CancelledError:
+        pass
+    await db.run_write(lambda conn: None)  # runs after it on the writer's thread
+    assert _count_settings(tmp_path) in (0, 2)
+
+
+async def test_update_and_get_returns_the_row_it_wrote(db) -> None:
+    job, _ = await jobstore.reserve_and_insert(db, _new(), limits=LIMITS, day=DAY, now=NOW)
+    moved, after = await jobstore.update_and_get(db, job.id, expect=[job.status], now=NOW, progress=42)
+    assert moved and after is not None and after.progress == 42
+    moved, again = await jobstore.update_and_get(db, job.id, expect=[], now=NOW, progress=7)
+    assert not moved and again is not None and again.progress == 42
+
+
+async def test_run_read_sees_one_snapshot(db) -> None:
+    def both(conn: sqlite3.Connection) -> tuple[int, int]:
+        a = conn.execute("SELECT COUNT(*) FROM settings").fetchone()[0]
+        b = conn.execute("SELECT COUNT(*) FROM settings").fetchone()[0]
+        return int(a), int(b)
+
+    await db.run_write(_put, "a", "1")
+    assert await db.run_read(both) == (1, 1)
+
+
+async def test_back_to_back_multi_step_transactions_do_not_shut_out_one_trip_writes(db, tmp_path) -> None:
+    stop = asyncio.Event()
+
+    async def busy_admin() -> int:
+        n = 0
+        while not stop.is_set():  # no pause between transactions
+            async with db.write_txn() as conn:
+                await conn.execute("UPDATE settings SET value = value WHERE key = 'nothing'")
+            n += 1
+        return n
+
+    admin = asyncio.create_task(busy_admin())
+    await asyncio.sleep(0.05)  # it is going round: its gate reopens only between two steps
+    writes = [asyncio.create_task(db.run_write(_put, f"k{i}", "1", wait_s=5)) for i in range(20)]
+    try:
+        async with asyncio.timeout(5):
+            await asyncio.gather(*writes)
+    finally:
+        stop.set()
+        await admin
+    assert _count_settings(tmp_path) == 20
+
+
+async def test_a_stalled_writer_does_not_delay_the_refusal(db, tmp_path) -> None:
+    import threading
+
+    release = threading.Event()
+
+    def stall(conn: sqlite3.Connection) -> None:
+        release.wait(10)  # the writer's thread is stuck (e.g. another process holds SQLite's lock)
+
+    stuck = asyncio.create_task(db.run_write(stall))
+    await asyncio.sleep(0)
+    try:
+        with pytest.raises(TimeoutError):
+            await db.run_write(_put, "late", "1", wait_s=0.05)
+        assert not stuck.done()  # the answer came while the writer was still stuck
+    finally:
+        release.set()
+        await stuck
+    await db.run_write(lambda conn: None)  # anything queued has run by now
+    assert _count_settings(tmp_path) == 0
+
+
+async def test_a_write_begun_before_its_deadline_is_seen_through(db, tmp_path) -> None:
+    import time
+
+    def slow_put(conn: sqlite3.Connection) -> int:
+        rows = _put(conn, "slow", "1")
+        time.sleep(0.2)  # outlives wait_s, but it had begun
+        return rows
+
+    assert await db.run_write(slow_put, wait_s=0.05) == 1
+    assert _count_settings(tmp_path) == 1
