@@ -240,9 +240,14 @@ def make_web_app(runtime: Runtime) -> web.Application:
     provider callbacks at POST /callbacks/{openai,kling,seedance,fal}."""
 
     async def slack_events(request: web.Request) -> web.Response:
-        bolt_request = await to_bolt_request(request)
-        bolt_response = await runtime.app.async_dispatch(bolt_request)
-        return await to_aiohttp_response(bolt_response)
+        gate = runtime.deps.ack_first
+        gate.enter()  # job steps wait while Slack waits for this answer
+        try:
+            bolt_request = await to_bolt_request(request)
+            bolt_response = await runtime.app.async_dispatch(bolt_request)
+            return await to_aiohttp_response(bolt_response)
+        finally:
+            gate.leave()
 
     async def healthz(_: web.Request) -> web.Response:
         row = await runtime.deps.db.fetchone("SELECT COUNT(*) FROM jobs WHERE status IN ('queued','submitted','running')")

@@ -11,6 +11,7 @@ import aiosqlite
 import httpx
 from slack_sdk.web.async_client import AsyncWebClient
 
+from bot.ack_first import AckFirst
 from bot.authz import AdminCheck
 from bot.catalog import Catalog
 from bot.clock import Clock, utcnow
@@ -72,6 +73,7 @@ class Deps:
     authz: AdminCheck
     clock: Clock = utcnow
     poller: "Poller | None" = field(default=None)
+    ack_first: AckFirst = field(default_factory=AckFirst)
 
     def provider_label(self, provider: str) -> str:
         return PROVIDER_LABELS.get(provider, provider)

@@ -186,11 +186,13 @@ async def run_job(
     if job is None:
         return
     if not job.status.terminal and job.status_ts is None:
-        job = await ensure_request_message(deps, job)
+        async with deps.ack_first.start():
+            job = await ensure_request_message(deps, job)
     if job.status is JobStatus.QUEUED and job.approval_key is not None:
         job = await approval.wait_for_decision(deps, job, lambda s, j=job.id: _nap(deps, j, s))
     if job.status is JobStatus.QUEUED:
-        job = await submit(deps, job)
+        async with deps.ack_first.start():
+            job = await submit(deps, job)
     if job.status in (JobStatus.SUBMITTED, JobStatus.RUNNING):
         await watch(deps, job, throttle, first_delay_s=first_delay_s)
         job = await _reload(deps, job.id)
@@ -297,8 +299,8 @@ async def _mark_submitted(deps: Deps, job: Job, provider_job_id: str) -> Job:
     if not moved and job.status is JobStatus.CANCELLED:
         # Cancelled while the create was in flight: don't leave it rendering (and billing).
         await _cancel_at_provider(deps, job, provider_job_id)
-    if moved:
-        await slack_io.update_status(deps, job)
+    # no edit here: "waiting for the provider" reads the same before and after it accepts,
+    # and an edit per job is a Slack call per job (the next state change edits it)
     return job
 
 

@@ -47,10 +47,9 @@ def status_line(
     if job.status is JobStatus.QUEUED and awaiting_approval:
         return (":lock: Waiting for an admin's approval: it costs more than this workspace lets a "
                 "request spend without one. The money is reserved meanwhile; nothing is sent yet.")
-    if job.status is JobStatus.QUEUED:
-        return ":hourglass_flowing_sand: Waiting for the provider to accept the job…"
-    if job.status is JobStatus.SUBMITTED:
-        return ":hourglass_flowing_sand: Queued at the provider…"
+    if job.status in (JobStatus.QUEUED, JobStatus.SUBMITTED):
+        # one line for both: the message isn't edited when the provider accepts the job
+        return ":hourglass_flowing_sand: Waiting for the provider…"
     if job.status is JobStatus.RUNNING:
         pct = f" ~{job.progress}%" if job.progress is not None else ""
         if job.stall_notified and give_up_at is not None:
