@@ -375,17 +375,7 @@ async def _nap(deps: Deps, job_id: str, delay: float) -> bool:
     if deps.poller is None:
         await asyncio.sleep(delay)
         return False
-    wake = deps.poller.wake_event(job_id)
-    poked = False
-    try:
-        # asyncio.timeout, unlike wait_for, adds no task per waiting job (10,000 jobs wait here)
-        async with asyncio.timeout(delay):
-            await wake.wait()
-            poked = True
-    except TimeoutError:
-        pass
-    wake.clear()
-    return poked
+    return await deps.poller.nap(job_id, delay)
 
 
 async def _apply_status(deps: Deps, job: Job, status: ProviderStatus, throttle: EditThrottle) -> Job:

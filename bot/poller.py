@@ -35,7 +35,8 @@ class Poller:
         self.throttle = EditThrottle(per_job_s=deps.timing.progress_edit_interval_s)
         self._closing = False
         self._crashes: dict[str, int] = {}
-        self._wake: dict[str, asyncio.Event] = {}
+        self._naps: dict[str, asyncio.Future[bool]] = {}  # job id -> the nap a poke ends
+        self._poked: dict[str, bool] = {}  # poked while not napping: its next nap is skipped
         self._next_slot: dict[str, float] = {}  # provider -> loop time of its next free status-call slot
         # rows read by `resume`, each used once by its task's first run
         self._loaded: dict[str, tuple[Job, float | None]] = {}
@@ -80,9 +81,25 @@ class Poller:
         if slot > now:
             await asyncio.sleep(slot - now)
 
-    def wake_event(self, job_id: str) -> asyncio.Event:
-        """What a job's watcher naps on between polls (see `poke`)."""
-        return self._wake.setdefault(job_id, asyncio.Event())
+    async def nap(self, job_id: str, delay: float) -> bool:
+        """Sleep `delay` seconds between a job's polls; True when a poke cut it short.
+
+        A future and a timer per nap, not an Event per job with a timeout around it: with
+        10,000 waiting jobs the Event's waiter deque alone was ~0.6 KiB a job, and every
+        timeout raised and caught an exception.
+        """
+        if self._poked.pop(job_id, False):
+            return True  # poked while it was busy polling: go again at once
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[bool] = loop.create_future()
+        self._naps[job_id] = fut
+        timer = loop.call_later(delay, _settle, fut, False)
+        try:
+            return await fut
+        finally:
+            timer.cancel()
+            if self._naps.get(job_id) is fut:
+                del self._naps[job_id]
 
     def poke(self, job_id: str) -> bool:
         """Poll this job now (a provider said it changed). False if nobody is watching it.
@@ -92,14 +109,18 @@ class Poller:
         """
         if job_id not in self.tasks:
             return False
-        self.wake_event(job_id).set()
+        fut = self._naps.get(job_id)
+        if fut is not None and not fut.done():
+            fut.set_result(True)
+        else:
+            self._poked[job_id] = True
         return True
 
     def _reap(self, job_id: str, task: asyncio.Task[None]) -> None:
         if self.tasks.get(job_id) is task:
             del self.tasks[job_id]
         self.throttle.forget(job_id)
-        self._wake.pop(job_id, None)
+        self._poked.pop(job_id, None)
         if job_id not in self.tasks:
             self._loaded.pop(job_id, None)
 
@@ -152,3 +173,8 @@ class Poller:
         async with asyncio.timeout(timeout):
             while self.tasks:
                 await asyncio.gather(*list(self.tasks.values()), return_exceptions=True)
+
+
+def _settle(fut: asyncio.Future[bool], value: bool) -> None:
+    if not fut.done():
+        fut.set_result(value)

@@ -30,3 +30,25 @@ async def test_many_waiting_jobs_share_one_providers_status_call_rate(make_bot, 
         # at most the rate (plus the one slot that may straddle the window), and not starved
         assert 1 <= calls <= 8.0 * elapsed + 2, (calls, elapsed)
         assert len({job_id for job_id, n in gateway.polls.items() if n}) == 12  # every job gets its turn
+
+
+async def test_a_poke_ends_a_nap_or_skips_the_next_one() -> None:
+    from types import SimpleNamespace
+
+    from bot.poller import Poller
+
+    poller = Poller(SimpleNamespace(timing=FAST))  # type: ignore[arg-type]
+    watcher = asyncio.get_running_loop().create_future()
+    poller.tasks["j1"] = watcher  # type: ignore[assignment]
+    assert poller.poke("nobody") is False  # nobody watches it: the caller falls back to polling
+
+    assert await poller.nap("j1", 0.01) is False  # an ordinary nap runs out
+    napping = asyncio.create_task(poller.nap("j1", 30))
+    await asyncio.sleep(0.01)
+    assert poller.poke("j1") is True
+    assert await asyncio.wait_for(napping, 1) is True  # cut short at once
+    assert poller.poke("j1") is True  # poked while busy polling: the next nap is skipped
+    assert await asyncio.wait_for(poller.nap("j1", 30), 1) is True
+    assert await poller.nap("j1", 0.01) is False  # and only that one
+    assert poller._naps == {}  # nothing left behind per job
+    watcher.cancel()
