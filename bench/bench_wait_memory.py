@@ -72,7 +72,7 @@ def main() -> int:
                              capture_output=True, text=True, timeout=120)
         data = json.loads(out.stdout.strip().splitlines()[-1])
         label = {"sleep": "asyncio.sleep (no early wake-up)", "timeout": "asyncio.timeout + Event.wait",
-                 "wait_for": "asyncio.wait_for(Event.wait) (flow._nap today)"}[kind]
+                 "wait_for": "asyncio.wait_for(Event.wait)"}[kind]
         report.figure(f"{label}", f"{data['kib_per_job']:.2f} KiB per job, {data['tasks']:,} tasks")
         report.figures[f"{kind}_kib"] = round(data["kib_per_job"], 2)
     report.save()
