@@ -91,6 +91,7 @@ async def settle(deps: Deps, key: str, *, state: str, by: str) -> approvals.Deci
     decision = await approvals.decide(deps.db, key, state=state, by=by, now=iso(deps.clock()))
     if decision is None or not decision.moved:
         return decision
+    _locks.pop(key, None)  # decided: notify_admins finds it so and sends nothing
     for job_id in decision.job_ids:
         if deps.poller is not None and not deps.poller.poke(job_id):
             deps.poller.watch(job_id)

@@ -197,4 +197,6 @@ async def summarize_compare(deps: Deps, compare_id: str) -> None:
                     return
                 await asyncio.sleep(min(deps.timing.delivery_retry_max_s, deps.timing.poll_interval_s * 2 ** attempt))
         await compares.mark_summarized(deps.db, compare_id, ts)
+    # the set is done: a later caller finds the summary recorded, so a fresh lock is harmless
+    _compare_locks.pop(compare_id, None)
     await slack_io.update_status(deps, jobs[0])
