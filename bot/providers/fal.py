@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import logging
 from collections.abc import Callable, Mapping
@@ -22,16 +21,15 @@ from bot.errors import (
 )
 from bot.models import FailureKind, ProviderErrorInfo, ProviderState, ProviderStatus, VideoSpec
 from bot.providers.http import (
-    video_url_or_poll,
+    HttpAdapter,
     Op,
-    build_client,
     error_for_exception,
     error_for_response,
     first_text,
     json_object,
+    loose_json,
     parse_retry_after,
     redact,
-    stream_to_file,
 )
 
 log = logging.getLogger(__name__)
@@ -233,7 +231,7 @@ def failed_result(status_code: int, body: Any, *, retryable: bool | None) -> Pro
     )
 
 
-class FalProvider:
+class FalProvider(HttpAdapter):
     """fal's queue: POST `{queue}/{model path}`, then `{queue}/{app id}/requests/{id}[/status]`."""
 
     name = "fal"
@@ -253,9 +251,7 @@ class FalProvider:
         self._key = api_key
         # fal keys are "<key id>:<key secret>": hide either half if echoed on its own.
         self._secrets = (api_key, *(p for p in api_key.split(":") if len(p) >= 8))
-        self._owns_client = client is None
-        self._client = client or build_client(max_connections=max_concurrency)
-        self._sem = asyncio.Semaphore(max_concurrency)
+        super().__init__(client=client, max_concurrency=max_concurrency)
 
     def _headers(self) -> dict[str, str]:
         return {"Authorization": f"Key {self._key}"}
@@ -279,7 +275,7 @@ class FalProvider:
 
     def _error(self, response: httpx.Response, *, op: Op) -> ProviderError:
         """fal's errors: a content refusal is a 422, and `X-Fal-Retryable` marks transient ones."""
-        types, message = fal_errors(_loose_json(response))
+        types, message = fal_errors(loose_json(response))
         detail = redact(
             f"HTTP {response.status_code}: {_describe(types, message)}", self._secrets
         )[:_DETAIL_LIMIT]
@@ -356,7 +352,7 @@ class FalProvider:
         if result.is_success:
             return parse_result(json_object(result, op="poll", label=LABEL))
         verdict = failed_result(
-            result.status_code, _loose_json(result), retryable=retryable_header(result.headers)
+            result.status_code, loose_json(result), retryable=retryable_header(result.headers)
         )
         if verdict is None:
             raise self._error(result, op="poll")
@@ -381,20 +377,10 @@ class FalProvider:
 
     async def download(self, provider_job_id: str, video_url: str | None, dest: Path) -> None:
         """Stream the CDN URL; the key is never sent there."""
-        url = await video_url_or_poll(video_url, lambda: self.poll(provider_job_id), label=LABEL)
-        await stream_to_file(self._client, self._sem, url, dest, label=LABEL, secrets=self._secrets)
+        await self._download_unkeyed(video_url, lambda: self.poll(provider_job_id), dest, label=LABEL)
 
     async def find_existing(self, spec: VideoSpec, *, since_epoch_s: float) -> str | None:
         """fal's queue has no lookup by anything of ours."""
         return None
 
-    async def aclose(self) -> None:
-        if self._owns_client:
-            await self._client.aclose()
 
-
-def _loose_json(response: httpx.Response) -> Any:
-    try:
-        return response.json()
-    except ValueError:
-        return None

@@ -9,7 +9,6 @@ are read loosely whatever the style.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import logging
 from pathlib import Path
@@ -27,9 +26,8 @@ from bot.errors import (
 )
 from bot.models import FailureKind, ProviderErrorInfo, ProviderState, ProviderStatus, VideoSpec
 from bot.providers.http import (
-    video_url_or_poll,
+    HttpAdapter,
     bearer,
-    build_client,
     error_parts,
     failure_kind_for,
     first_non_empty,
@@ -47,6 +45,7 @@ from bot.providers.http import (
     retired_error,
     send,
     stream_to_file,
+    video_url_or_poll,
 )
 
 log = logging.getLogger(__name__)
@@ -147,7 +146,7 @@ def _error_info(body: dict[str, Any], raw_status: str | None) -> ProviderErrorIn
     return ProviderErrorInfo(kind=kind, detail=detail[:500], reason=reason)
 
 
-class GatewayProvider:
+class GatewayProvider(HttpAdapter):
     """A reseller gateway that speaks the seed shape; `base_url` already ends in `/v1`."""
 
     name = "gateway"
@@ -170,9 +169,7 @@ class GatewayProvider:
         self._host = httpx.URL(self._base).host
         self._key = api_key
         self._secrets = (api_key,)
-        self._owns_client = client is None
-        self._client = client or build_client(max_connections=max_concurrency)
-        self._sem = asyncio.Semaphore(max_concurrency)
+        super().__init__(client=client, max_concurrency=max_concurrency)
 
     async def submit(self, spec: VideoSpec) -> str:
         """Create the job. Never retried here: the caller decides, by the error's class."""
@@ -306,6 +303,3 @@ class GatewayProvider:
         """The seed shape has no list or external-id lookup."""
         return None
 
-    async def aclose(self) -> None:
-        if self._owns_client:
-            await self._client.aclose()

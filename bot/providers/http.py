@@ -501,6 +501,39 @@ async def video_url_or_poll(
     return str(url)
 
 
+def loose_json(response: httpx.Response) -> Any:
+    """The body as JSON when it is JSON, else None (error bodies are often HTML or empty)."""
+    try:
+        return response.json()
+    except ValueError:
+        return None
+
+
+class HttpAdapter:
+    """What every HTTP provider adapter shares: one pooled client (closed here only when it
+    was made here), a bound on its requests in flight, and the download of a result URL
+    that needs no key. Subclasses set `_secrets`, the values kept out of every error."""
+
+    _secrets: Sequence[str]
+
+    def __init__(self, *, client: httpx.AsyncClient | None, max_concurrency: int) -> None:
+        self._owns_client = client is None
+        self._client = client or build_client(max_connections=max_concurrency)
+        self._sem = asyncio.Semaphore(max_concurrency)
+
+    async def _download_unkeyed(
+        self, video_url: str | None, refresh: Callable[[], Awaitable[Any]], dest: Path, *, label: str
+    ) -> None:
+        """Stream a signed or public result URL (one status call finds it when unknown); the
+        key is never sent to it."""
+        url = await video_url_or_poll(video_url, refresh, label=label)
+        await stream_to_file(self._client, self._sem, url, dest, label=label, secrets=self._secrets)
+
+    async def aclose(self) -> None:
+        if self._owns_client:
+            await self._client.aclose()
+
+
 MAX_REDIRECTS = 5
 
 

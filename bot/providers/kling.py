@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import logging
 import re
@@ -28,17 +27,16 @@ from bot.errors import (
 )
 from bot.models import FailureKind, ProviderErrorInfo, ProviderState, ProviderStatus, VideoSpec
 from bot.providers.http import (
-    video_url_or_poll,
+    HttpAdapter,
     Op,
-    build_client,
     error_for_exception,
     error_for_response,
     first_text,
     json_object,
+    loose_json,
     parse_retry_after,
     parse_timestamp,
     redact,
-    stream_to_file,
 )
 
 log = logging.getLogger(__name__)
@@ -220,7 +218,7 @@ def find_task(body: Any, external_id: str) -> str | None:
     return None
 
 
-class KlingProvider:
+class KlingProvider(HttpAdapter):
     """Kling's `/v1/videos/{text2video,image2video}` API with a cached, self-refreshing JWT."""
 
     name = "kling"
@@ -244,9 +242,7 @@ class KlingProvider:
         self._clock = clock
         self._token: str | None = None
         self._token_expires = 0.0
-        self._owns_client = client is None
-        self._client = client or build_client(max_connections=max_concurrency)
-        self._sem = asyncio.Semaphore(max_concurrency)
+        super().__init__(client=client, max_concurrency=max_concurrency)
 
     # --- auth ---
 
@@ -293,7 +289,7 @@ class KlingProvider:
                     raise error_for_exception(
                         exc, op=op, label=LABEL, secrets=self._secrets
                     ) from exc
-            body = _loose_json(response)
+            body = loose_json(response)
             code = business_code(body)
             if response.is_success and code in (0, None):
                 return json_object(response, op=op, label=LABEL)
@@ -385,8 +381,7 @@ class KlingProvider:
 
     async def download(self, provider_job_id: str, video_url: str | None, dest: Path) -> None:
         """Stream the CDN URL; it needs no token, so none is sent."""
-        url = await video_url_or_poll(video_url, lambda: self.poll(provider_job_id), label=LABEL)
-        await stream_to_file(self._client, self._sem, url, dest, label=LABEL, secrets=self._secrets)
+        await self._download_unkeyed(video_url, lambda: self.poll(provider_job_id), dest, label=LABEL)
 
     async def find_existing(self, spec: VideoSpec, *, since_epoch_s: float) -> str | None:
         """The task carrying our job id as `external_task_id`, from the newest listed page.
@@ -408,13 +403,4 @@ class KlingProvider:
         task_id = find_task(body, spec.external_id)
         return job_id_for(key, task_id) if task_id is not None else None
 
-    async def aclose(self) -> None:
-        if self._owns_client:
-            await self._client.aclose()
 
-
-def _loose_json(response: httpx.Response) -> Any:
-    try:
-        return response.json()
-    except ValueError:
-        return None

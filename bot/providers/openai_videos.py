@@ -6,7 +6,6 @@ it, so a "model not found" answer is reported as ProviderRetired.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import logging
 from pathlib import Path
@@ -18,8 +17,8 @@ from bot.catalog import OPENAI_SIZES
 from bot.errors import AmbiguousSubmit, InvalidProviderRequest, ProviderError, ProviderUnavailable
 from bot.models import FailureKind, ProviderErrorInfo, ProviderState, ProviderStatus, VideoSpec
 from bot.providers.http import (
+    HttpAdapter,
     bearer,
-    build_client,
     error_parts,
     first_text,
     header_ms,
@@ -116,7 +115,7 @@ def matches_spec(item: Any, spec: VideoSpec, size: str, *, since_epoch_s: float)
     )
 
 
-class OpenAIVideosProvider:
+class OpenAIVideosProvider(HttpAdapter):
     """`POST /videos`, `GET /videos/{id}`, `GET /videos/{id}/content`; base ends in `/v1`."""
 
     name = "openai"
@@ -133,9 +132,7 @@ class OpenAIVideosProvider:
         self._base = base_url.rstrip("/")
         self._key = api_key
         self._secrets = (api_key,)
-        self._owns_client = client is None
-        self._client = client or build_client(max_connections=max_concurrency)
-        self._sem = asyncio.Semaphore(max_concurrency)
+        super().__init__(client=client, max_concurrency=max_concurrency)
 
     async def submit(self, spec: VideoSpec) -> str:
         """Create the job. `seconds` must be a string: OpenAI rejects an integer.
@@ -242,9 +239,6 @@ class OpenAIVideosProvider:
                 return first_text(item, ("id",))
         return None
 
-    async def aclose(self) -> None:
-        if self._owns_client:
-            await self._client.aclose()
 
     def _video_url(self, provider_job_id: str) -> str:
         return f"{self._base}/videos/{provider_job_id}"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import logging
 import math
@@ -22,8 +21,8 @@ from bot.errors import (
 )
 from bot.models import FailureKind, ProviderErrorInfo, ProviderState, ProviderStatus, VideoSpec
 from bot.providers.http import (
+    HttpAdapter,
     bearer,
-    build_client,
     first_text,
     json_object,
     send,
@@ -172,7 +171,7 @@ def parse_task(body: Any) -> ProviderStatus:
     )
 
 
-class RunwayProvider:
+class RunwayProvider(HttpAdapter):
     """Runway's API: create a task, poll `/v1/tasks/{id}`, fetch the signed output URL."""
 
     name = "runway"
@@ -189,9 +188,7 @@ class RunwayProvider:
         self._base = base_url.rstrip("/")
         self._secrets = (api_secret,)
         self._headers = {**bearer(api_secret), "X-Runway-Version": API_VERSION}
-        self._owns_client = client is None
-        self._client = client or build_client(max_connections=max_concurrency)
-        self._sem = asyncio.Semaphore(max_concurrency)
+        super().__init__(client=client, max_concurrency=max_concurrency)
 
     async def submit(self, spec: VideoSpec) -> str:
         """Create the task; a 429 is Runway's rolling 24 h generation quota (RateLimited)."""
@@ -275,9 +272,6 @@ class RunwayProvider:
         """Runway has no task list and no external id to look one up by."""
         return None
 
-    async def aclose(self) -> None:
-        if self._owns_client:
-            await self._client.aclose()
 
     def _task_url(self, provider_job_id: str) -> str:
         return f"{self._base}/v1/tasks/{provider_job_id}"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import logging
 import re
@@ -22,10 +21,9 @@ from bot.errors import (
 )
 from bot.models import FailureKind, ProviderErrorInfo, ProviderState, ProviderStatus, VideoSpec
 from bot.providers.http import (
-    video_url_or_poll,
+    HttpAdapter,
     Op,
     bearer,
-    build_client,
     error_for_exception,
     error_for_response,
     error_parts,
@@ -34,7 +32,6 @@ from bot.providers.http import (
     parse_state,
     parse_timestamp,
     redact,
-    stream_to_file,
 )
 
 log = logging.getLogger(__name__)
@@ -128,7 +125,7 @@ def parse_task(body: Any) -> ProviderStatus:
     )
 
 
-class SeedanceProvider:
+class SeedanceProvider(HttpAdapter):
     """`POST/GET/DELETE {base}/api/v3/contents/generations/tasks[/{id}]` with a Bearer key."""
 
     name = "seedance"
@@ -147,9 +144,7 @@ class SeedanceProvider:
         self._callback_url_for = callback_url_for  # our job id -> where Ark reports back
         self._key = api_key
         self._secrets = (api_key,)
-        self._owns_client = client is None
-        self._client = client or build_client(max_connections=max_concurrency)
-        self._sem = asyncio.Semaphore(max_concurrency)
+        super().__init__(client=client, max_concurrency=max_concurrency)
 
     async def _send(self, method: str, url: str, *, op: Op, json: Any = None) -> httpx.Response:
         """One bounded request; a 2xx response or the mapped ProviderError."""
@@ -233,13 +228,9 @@ class SeedanceProvider:
 
     async def download(self, provider_job_id: str, video_url: str | None, dest: Path) -> None:
         """Stream the signed URL; the key is never sent to the object store."""
-        url = await video_url_or_poll(video_url, lambda: self.poll(provider_job_id), label=LABEL)
-        await stream_to_file(self._client, self._sem, url, dest, label=LABEL, secrets=self._secrets)
+        await self._download_unkeyed(video_url, lambda: self.poll(provider_job_id), dest, label=LABEL)
 
     async def find_existing(self, spec: VideoSpec, *, since_epoch_s: float) -> str | None:
         """ModelArk tasks carry no id of ours to look up."""
         return None
 
-    async def aclose(self) -> None:
-        if self._owns_client:
-            await self._client.aclose()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import logging
 import re
@@ -22,15 +21,15 @@ from bot.errors import (
 )
 from bot.models import FailureKind, ProviderErrorInfo, ProviderState, ProviderStatus, VideoSpec
 from bot.providers.http import (
-    video_url_or_poll,
+    HttpAdapter,
     Op,
-    build_client,
     first_non_empty,
     first_text,
     json_object,
     redact,
     send,
     stream_to_file,
+    video_url_or_poll,
 )
 
 log = logging.getLogger(__name__)
@@ -212,7 +211,7 @@ def parse_operation(body: Any) -> ProviderStatus:
     )
 
 
-class VeoProvider:
+class VeoProvider(HttpAdapter):
     """Veo via the Gemini API: `predictLongRunning`, then poll the operation by its name."""
 
     name = "veo"
@@ -230,9 +229,7 @@ class VeoProvider:
         self._host = httpx.URL(self._base).host
         self._secrets = (api_key,)
         self._headers = {KEY_HEADER: api_key}
-        self._owns_client = client is None
-        self._client = client or build_client(max_connections=max_concurrency)
-        self._sem = asyncio.Semaphore(max_concurrency)
+        super().__init__(client=client, max_concurrency=max_concurrency)
 
     async def submit(self, spec: VideoSpec) -> str:
         """Start the operation; its name ("models/…/operations/…") is the provider job id."""
@@ -296,9 +293,6 @@ class VeoProvider:
         """The Gemini API has no listing of video operations to search."""
         return None
 
-    async def aclose(self) -> None:
-        if self._owns_client:
-            await self._client.aclose()
 
     def _operation_url(self, name: str) -> str:
         return f"{self._base}/{name.lstrip('/')}"
