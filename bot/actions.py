@@ -113,13 +113,8 @@ async def run_elsewhere(deps: Deps, job_id: str, user_id: str) -> ActionResult:
         choice = fallback_for(deps.catalog, old)
         if choice is None:
             raise InvalidRequest("There's no other model to run this on here.")
-        request = JobRequest.model_validate(
-            {"prompt": old.prompt, "model": choice.spec.id, "duration_s": choice.duration_s,
-             "resolution": choice.resolution, "aspect_ratio": choice.aspect},
-            context={"catalog": deps.catalog},
-        )
         job, created = await flow.accept_request(
-            deps, request, user_id=user_id, team_id=old.team_id, channel_id=old.channel_id,
+            deps, choice.request(deps.catalog, old.prompt), user_id=user_id, team_id=old.team_id, channel_id=old.channel_id,
             source=old.source, thread_ts=old.thread_ts if old.source in ("mention", "shortcut", "dm") else None,
             dedupe_key=f"fallback:{old.id}", fallback_of=old.id,
         )

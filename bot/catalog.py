@@ -63,6 +63,15 @@ class ModelSpec:
     def allowed_durations(self, resolution: str) -> tuple[int, ...]:
         return self.durations_by_resolution.get(resolution, self.durations)
 
+    def nearest(self, duration_s: int, resolution: str, aspect: str) -> tuple[int, str, str]:
+        """(length, resolution, aspect) as close to these as this model makes: a resolution or
+        aspect it lacks becomes its default, a length its nearest (the shorter on a tie)."""
+        res = resolution if resolution in self.resolutions else self.default_resolution
+        allowed = self.allowed_durations(res) or (self.default_duration,)
+        duration = min(allowed, key=lambda d: (abs(d - duration_s), d))
+        ratio = aspect if aspect in self.aspect_ratios else self.default_aspect
+        return duration, res, ratio
+
     def cost_micros(self, resolution: str, duration_s: int) -> int:
         return self.prices_micros[resolution] * duration_s
 

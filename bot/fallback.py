@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from bot.catalog import SIMULATOR, Catalog, ModelSpec
 from bot.models import FailureKind, Job, JobStatus
+from bot.parsing import JobRequest, request_on
 
 FALLBACK_KINDS = frozenset({FailureKind.PROVIDER_RETIRED, FailureKind.PROVIDER_UNAVAILABLE,
                             FailureKind.QUOTA_EXHAUSTED})
@@ -27,14 +28,15 @@ class FallbackChoice:
     def cost_micros(self) -> int:
         return self.spec.cost_micros(self.resolution, self.duration_s)
 
+    def request(self, catalog: Catalog, prompt: str) -> JobRequest:
+        """The failed job's prompt as a checked request on this model."""
+        return request_on(catalog, self.spec, prompt, duration=self.duration_s, exact=True,
+                          resolution=self.resolution, aspect=self.aspect)
+
 
 def choice_on(spec: ModelSpec, job: Job) -> FallbackChoice:
     """The job's request as `spec` can make it: same resolution, length and aspect where allowed."""
-    resolution = job.resolution if job.resolution in spec.resolutions else spec.default_resolution
-    allowed = spec.allowed_durations(resolution)
-    duration = min(allowed, key=lambda d: (abs(d - job.duration_seconds), d))
-    aspect = job.aspect_ratio if job.aspect_ratio in spec.aspect_ratios else spec.default_aspect
-    return FallbackChoice(spec, duration, resolution, aspect)
+    return FallbackChoice(spec, *spec.nearest(job.duration_seconds, job.resolution, job.aspect_ratio))
 
 
 def _can_fall_back(job: Job) -> bool:

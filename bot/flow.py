@@ -217,14 +217,9 @@ async def start_automatic_fallback(deps: Deps, job: Job) -> Job | None:
     choice = fallback.automatic_choice(deps.catalog, job, order, await jobstore.fallback_chain_models(deps.db, job))
     if choice is None:
         return None
-    request = JobRequest.model_validate(
-        {"prompt": job.prompt, "model": choice.spec.id, "duration_s": choice.duration_s,
-         "resolution": choice.resolution, "aspect_ratio": choice.aspect},
-        context={"catalog": deps.catalog},
-    )
     try:
         new, _ = await accept_request(
-            deps, request, user_id=job.user_id, team_id=job.team_id, channel_id=job.channel_id,
+            deps, choice.request(deps.catalog, job.prompt), user_id=job.user_id, team_id=job.team_id, channel_id=job.channel_id,
             source=job.source, thread_ts=job.thread_ts, response_url=job.response_url,
             dedupe_key=f"fallback:{job.id}", fallback_of=job.id,
         )

@@ -322,11 +322,9 @@ def request_on(catalog: Catalog, spec: ModelSpec, prompt: str, *, duration: int,
     A resolution or aspect the model lacks becomes its default; the length its nearest,
     unless `exact`, when a length it can't make is refused by the validator.
     """
-    res = resolution if resolution in spec.resolutions else spec.default_resolution
+    nearest, res, ratio = spec.nearest(duration, resolution or "", aspect or "")
     if not exact:
-        allowed = spec.allowed_durations(res) or (spec.default_duration,)
-        duration = min(allowed, key=lambda d: (abs(d - duration), d))
-    ratio = aspect if aspect in spec.aspect_ratios else spec.default_aspect
+        duration = nearest
     try:
         return JobRequest.model_validate(
             {"prompt": prompt, "model": spec.id, "duration_s": duration, "resolution": res, "aspect_ratio": ratio},
