@@ -37,7 +37,7 @@ async def wait_for_decision(deps: Deps, job: Job, nap: Nap) -> Job:
     key = job.approval_key
     approval = await approvals.get(deps.db, key)
     if approval is None or approval.state != "pending":
-        return await _reload(deps, job)
+        return await jobstore.must_get_job(deps.db, job.id)
     await slack_io.update_status(deps, job)
     await notify_admins(deps, key)
     while True:
@@ -49,10 +49,6 @@ async def wait_for_decision(deps: Deps, job: Job, nap: Nap) -> Job:
             await settle(deps, key, state="expired", by="bot")
             break
         await nap(min(left, 3600.0))
-    return await _reload(deps, job)
-
-
-async def _reload(deps: Deps, job: Job) -> Job:
     return await jobstore.must_get_job(deps.db, job.id)
 
 

@@ -105,7 +105,7 @@ async def run_command(deps: Deps, command: Command, origin: Origin) -> Reply:
             )
             if not created:
                 return Reply(f"Already on it: job `{job.id}` ({job.status.value}).", job.id, False)
-            wait = " It needs an admin's approval first; I'll ask them." if job.approval_key else ""
+            wait = messages.APPROVAL_PENDING_NOTE if job.approval_key else ""
             return Reply(
                 f"Got it: job `{job.id}`, {format_usd(job.estimate_micros)} reserved. "
                 f"Watch the thread for the video.{wait}",

@@ -7,7 +7,7 @@ bot.delivery; this module starts a set and cancels it as a whole.
 
 from __future__ import annotations
 
-from bot import flow
+from bot import flow, messages
 from bot.deps import Deps
 from bot.errors import InvalidRequest, NotAllowed
 from bot.money import format_usd
@@ -27,7 +27,7 @@ async def start(deps: Deps, requests: list[JobRequest], *, user_id: str, team_id
     models = ", ".join(f"`{j.model}`" for j in got.jobs)
     if not got.created:
         return f"Already on it: compare `{got.compare_id}` of {models}."
-    wait = " It needs an admin's approval first; I'll ask them." if got.approval_key else ""
+    wait = messages.APPROVAL_PENDING_NOTE if got.approval_key else ""
     return (f"Comparing {models}: compare `{got.compare_id}`, {total} reserved in all. Each result lands in "
             f"the thread as it arrives, then a side-by-side summary.{wait}")
 

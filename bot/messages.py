@@ -66,6 +66,9 @@ def status_line(
     return f":x: Failed (`{kind}`). Not charged. Details in the thread."
 
 
+# appended to the answer to a request that now waits for an admin's approval
+APPROVAL_PENDING_NOTE = " It needs an admin's approval first; I'll ask them."
+
 # action ids of the request message's buttons (handlers/actions.py listens for them)
 CANCEL_ACTION = "sora_cancel"
 RETRY_ACTION = "sora_retry"

@@ -36,7 +36,7 @@ class Poller:
         self._closing = False
         self._crashes: dict[str, int] = {}
         self._naps: dict[str, asyncio.Future[bool]] = {}  # job id -> the nap a poke ends
-        self._poked: dict[str, bool] = {}  # poked while not napping: its next nap is skipped
+        self._poked: set[str] = set()  # poked while not napping: its next nap is skipped
         self._next_slot: dict[str, float] = {}  # provider -> loop time of its next free status-call slot
         # rows read by `resume`, each used once by its task's first run
         self._loaded: dict[str, tuple[Job, float | None]] = {}
@@ -88,7 +88,8 @@ class Poller:
         10,000 waiting jobs the Event's waiter deque alone was ~0.6 KiB a job, and every
         timeout raised and caught an exception.
         """
-        if self._poked.pop(job_id, False):
+        if job_id in self._poked:
+            self._poked.discard(job_id)
             return True  # poked while it was busy polling: go again at once
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[bool] = loop.create_future()
@@ -113,14 +114,14 @@ class Poller:
         if fut is not None and not fut.done():
             fut.set_result(True)
         else:
-            self._poked[job_id] = True
+            self._poked.add(job_id)
         return True
 
     def _reap(self, job_id: str, task: asyncio.Task[None]) -> None:
         if self.tasks.get(job_id) is task:
             del self.tasks[job_id]
         self.throttle.forget(job_id)
-        self._poked.pop(job_id, None)
+        self._poked.discard(job_id)
         if job_id not in self.tasks:
             self._loaded.pop(job_id, None)
 

@@ -161,7 +161,7 @@ async def render_request(deps: Deps, job: Job, *, give_up_at: Any = None) -> tup
     offer = None
     choice = fallback_for(deps.catalog, job)
     # no button once a fallback runs (clicked, or started automatically)
-    if choice and not job.compare_id and await jobstore.find_by_dedupe(deps.db, f"fallback:{job.id}") is None:
+    if choice and await jobstore.find_by_dedupe(deps.db, f"fallback:{job.id}") is None:
         offer = (choice.spec.id, choice.cost_micros)
     return messages.request_message(job, tz=deps.settings.tz, give_up_at=give_up_at, fallback=offer,
                                     awaiting_approval=awaiting)
