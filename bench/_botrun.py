@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import logging
 import os
 import signal
 import sys
@@ -228,7 +227,7 @@ async def _bare(settings: Any) -> int:
 
 
 async def _main(bare: bool) -> int:
-    from bot.cli import cmd_run
+    from bot.cli import cmd_run, configure_logging
     from bot.config import load_settings
 
     settings = load_settings()
@@ -237,7 +236,7 @@ async def _main(bare: bool) -> int:
     if os.environ.get("BENCH_SAMPLE") == "1":
         global SAMPLER
         SAMPLER = StackSampler()
-    logging.basicConfig(level=settings.sora_log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(settings)  # as `sora-bot run` sets it up
     lag = LoopLag(float(os.environ.get("BENCH_LAG_INTERVAL", "0.02"))).start()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGUSR1, _dump, lag)

@@ -223,6 +223,15 @@ async def cmd_doctor(settings: Settings, args: argparse.Namespace) -> int:
     return await run_checks(settings)
 
 
+def configure_logging(settings: Settings) -> None:
+    """Log lines to stderr at SORA_LOG_LEVEL."""
+    logging.basicConfig(level=settings.sora_log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # httpx logs every request at INFO: thousands of lines a minute with many jobs, and it
+    # measurably costs CPU per status call; keep it for DEBUG runs
+    if settings.sora_log_level != "DEBUG":
+        logging.getLogger("httpx").setLevel(logging.WARNING)
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="sora-bot", description="Generate AI videos from Slack.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -251,11 +260,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=settings.sora_log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    # httpx logs every request at INFO: thousands of lines a minute with many jobs, and it
-    # measurably costs CPU per status call; keep it for DEBUG runs
-    if settings.sora_log_level != "DEBUG":
-        logging.getLogger("httpx").setLevel(logging.WARNING)
+    configure_logging(settings)
     if args.command == "jobs" and args.limit < 0:
         print("--limit: must be 0 (all) or more", file=sys.stderr)
         return 2
