@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+from collections import Counter
 
 from bot import flow
 from bot.catalog import SIMULATOR
@@ -16,8 +17,8 @@ from storage import jobs as jobstore
 log = logging.getLogger(__name__)
 
 # After a restart the first polls of the resumed jobs are spread over about this many
-# jobs a second (within [SORA_POLL_INTERVAL, the max poll interval]): 10,000 jobs polled
-# at once would queue for the provider's connections and the event loop.
+# jobs a second (at least SORA_POLL_INTERVAL): 10,000 jobs polled at once would queue for
+# the provider's connections and the event loop. A provider's status-call pace lowers it.
 RESUME_POLLS_PER_S = 200.0
 
 
@@ -146,15 +147,21 @@ class Poller:
         """On start: watch every unfinished job and every final message still owed.
 
         One query loads them all and each task gets its row; their first polls are spread
-        at random over a window that grows with their number.
+        at random over a window that grows with their number on each provider. A window
+        shorter than the provider's pace allows would only move the queue into `pace`, where
+        every job would wake once more to wait again.
         """
         jobs = await jobstore.jobs_to_resume(self.deps.db)
+        per_provider = Counter(job.provider for job in jobs)
         t = self.deps.timing
-        window = min(t.max_poll_interval_s, max(t.poll_interval_s, len(jobs) / RESUME_POLLS_PER_S))
+        windows = {provider: resume_window(count, min_s=t.poll_interval_s,
+                                           paced_per_s=None if provider == SIMULATOR else t.status_calls_per_s)
+                   for provider, count in per_provider.items()}
         for job in jobs:
-            self.watch(job.id, row=job, first_delay_s=random.uniform(0.0, window))
+            self.watch(job.id, row=job, first_delay_s=random.uniform(0.0, windows[job.provider]))
         if jobs:
-            log.info("resumed %d job(s) from the database; first polls spread over %.0f s", len(jobs), window)
+            log.info("resumed %d job(s) from the database; first polls spread over up to %.0f s",
+                     len(jobs), max(windows.values()))
         return len(jobs)
 
     async def close(self) -> None:
@@ -174,6 +181,12 @@ class Poller:
         async with asyncio.timeout(timeout):
             while self.tasks:
                 await asyncio.gather(*list(self.tasks.values()), return_exceptions=True)
+
+
+def resume_window(jobs: int, *, min_s: float, paced_per_s: float | None) -> float:
+    """Seconds over which the first polls of `jobs` resumed jobs of one provider are spread."""
+    rate = RESUME_POLLS_PER_S if paced_per_s is None else min(RESUME_POLLS_PER_S, paced_per_s)
+    return max(min_s, jobs / rate)
 
 
 def _settle(fut: asyncio.Future[bool], value: bool) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from bot.models import FailureKind, JobStatus
+from bot.poller import RESUME_POLLS_PER_S, resume_window
 from bot.providers.simulator import SimulatorProvider
 from storage import jobs as jobstore
 from storage.db import Database
@@ -70,3 +71,11 @@ async def test_jobs_resumed_from_their_rows_finish_once_without_a_second_submit(
     assert again.submits == []
     uploads = [m for m in slack.messages if m.files]
     assert len(uploads) == 6
+
+
+def test_first_polls_after_a_restart_are_spread_no_faster_than_the_provider_is_paced() -> None:
+    # a faster spread would only park the jobs in the pace queue, each waking twice
+    assert resume_window(10_000, min_s=5, paced_per_s=10) == 1_000
+    assert resume_window(10_000, min_s=5, paced_per_s=500) == 10_000 / RESUME_POLLS_PER_S
+    assert resume_window(10_000, min_s=5, paced_per_s=None) == 10_000 / RESUME_POLLS_PER_S  # the simulator
+    assert resume_window(12, min_s=5, paced_per_s=10) == 5  # a few jobs: soon
