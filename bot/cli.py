@@ -139,6 +139,7 @@ async def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
     from aiohttp import web
 
     from bot.app import create_runtime, make_web_app
+    from bot.process import freeze_startup_heap, prefer_short_turns
 
     if settings.slack_bot_token is None:
         print("SLACK_BOT_TOKEN: required for `sora-bot run`", file=sys.stderr)
@@ -147,6 +148,7 @@ async def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
     if not socket_mode and settings.slack_signing_secret is None:
         print("SLACK_SIGNING_SECRET: required in HTTP mode (or set SLACK_APP_TOKEN for Socket Mode)", file=sys.stderr)
         return 2
+    prefer_short_turns()
     try:
         runtime = await create_runtime(settings)
     except CatalogError as exc:
@@ -157,6 +159,7 @@ async def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     resumed = await runtime.start()
+    freeze_startup_heap()
     runner: web.AppRunner | None = None
     handler: Any = None
     try:
