@@ -9,12 +9,15 @@ import os
 import sqlite3
 import threading
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from contextlib import asynccontextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
 import aiosqlite
+import aiosqlite.core
 
 T = TypeVar("T")
 
@@ -388,6 +391,53 @@ class _Ticket:
             return self._state == "abandoned"
 
 
+class _Lanes:
+    """The writer thread's queue (aiosqlite's worker takes items with `get`) with a lane in
+    front: a write someone is waiting on to answer Slack goes before background writes."""
+
+    def __init__(self) -> None:
+        self._ready = threading.Condition()
+        self._first: deque[Any] = deque()
+        self._rest: deque[Any] = deque()
+
+    def put_nowait(self, item: Any) -> None:
+        with self._ready:
+            self._rest.append(item)
+            self._ready.notify()
+
+    def put_first(self, item: Any) -> None:
+        with self._ready:
+            self._first.append(item)
+            self._ready.notify()
+
+    def get(self) -> Any:
+        with self._ready:
+            while not self._first and not self._rest:
+                self._ready.wait()
+            return (self._first or self._rest).popleft()
+
+
+class _WriterConnection(aiosqlite.Connection):
+    """aiosqlite's connection with `_Lanes` as its thread's queue.
+
+    Like `_execute` and `_conn`, this relies on aiosqlite's internals: the worker function
+    and the `_tx` queue it is given."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(lambda: sqlite3.connect(path, isolation_level=None), 64)
+        self._tx = self._lanes = _Lanes()  # type: ignore[assignment]
+        self._thread = threading.Thread(target=aiosqlite.core._connection_worker_thread,
+                                        args=(self._lanes,), name="sqlite-writer")
+
+    async def execute_first(self, fn: Callable[..., T], /, *args: Any) -> T:
+        """`_execute`, ahead of everything queued with it."""
+        if not self._running or not self._connection:
+            raise ValueError("Connection closed")
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._lanes.put_first((future, partial(fn, *args)))
+        return await future
+
+
 class Database:
     """One process's access to the SQLite file.
 
@@ -413,7 +463,7 @@ class Database:
 
     async def open(self) -> "Database":
         _create_private_file(self.path)
-        self._writer = await self._connect()
+        self._writer = await self._connect(_WriterConnection(self.path))
         try:
             await self._writer.execute("PRAGMA journal_mode=WAL")
             await self._migrate(self._writer)
@@ -426,8 +476,8 @@ class Database:
                 os.chmod(companion, 0o600)
         return self
 
-    async def _connect(self) -> aiosqlite.Connection:
-        conn = await aiosqlite.connect(self.path, isolation_level=None)
+    async def _connect(self, conn: aiosqlite.Connection | None = None) -> aiosqlite.Connection:
+        conn = await (conn or aiosqlite.connect(self.path, isolation_level=None))
         conn.row_factory = aiosqlite.Row
         await conn.execute("PRAGMA busy_timeout=10000")
         await conn.execute("PRAGMA foreign_keys=ON")
@@ -527,9 +577,11 @@ class Database:
         if not self._write_gate.is_open:
             await self._write_gate.pass_through()
         writer = self._writer
-        assert writer is not None, "database not open"
-        # no await between the gate and the queue: nothing multi-step can begin in between
-        return await writer._execute(_in_transaction, writer, ticket, fn, args, kwargs)
+        assert isinstance(writer, _WriterConnection), "database not open"
+        # no await between the gate and the queue: nothing multi-step can begin in between.
+        # A write with a deadline has a Slack answer waiting on it: it goes before the rest.
+        queue = writer._execute if ticket is None else writer.execute_first
+        return await queue(_in_transaction, writer, ticket, fn, args, kwargs)
 
     @asynccontextmanager
     async def reading(self) -> AsyncIterator[aiosqlite.Connection]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import threading
 
 import pytest
 
@@ -73,11 +74,14 @@ async def test_run_write_refuses_after_wait_s_and_stores_nothing(db, tmp_path) -
 async def test_a_transaction_queued_past_wait_s_writes_nothing(db, tmp_path) -> None:
     import time
 
+    started = threading.Event()
+
     def slow(conn: sqlite3.Connection) -> None:
+        started.set()
         time.sleep(0.2)  # holds the writer's thread (fine in a test: it is not the loop)
 
     first = asyncio.create_task(db.run_write(slow))
-    await asyncio.sleep(0)
+    await asyncio.to_thread(started.wait, 5)
     with pytest.raises(TimeoutError):
         await db.run_write(_put, "late", "1", wait_s=0.05)
     await first
@@ -172,15 +176,14 @@ async def test_back_to_back_multi_step_transactions_do_not_shut_out_one_trip_wri
 
 
 async def test_a_stalled_writer_does_not_delay_the_refusal(db, tmp_path) -> None:
-    import threading
-
-    release = threading.Event()
+    release, started = threading.Event(), threading.Event()
 
     def stall(conn: sqlite3.Connection) -> None:
+        started.set()
         release.wait(10)  # the writer's thread is stuck (e.g. another process holds SQLite's lock)
 
     stuck = asyncio.create_task(db.run_write(stall))
-    await asyncio.sleep(0)
+    await asyncio.to_thread(started.wait, 5)
     try:
         with pytest.raises(TimeoutError):
             await db.run_write(_put, "late", "1", wait_s=0.05)
@@ -202,3 +205,28 @@ async def test_a_write_begun_before_its_deadline_is_seen_through(db, tmp_path) -
 
     assert await db.run_write(slow_put, wait_s=0.05) == 1
     assert _count_settings(tmp_path) == 1
+
+
+async def test_a_write_with_a_deadline_goes_before_queued_background_writes(db, tmp_path) -> None:
+    # a Slack answer waits on the first kind (a reservation); nobody waits on the second
+    started, release = threading.Event(), threading.Event()
+    order: list[str] = []
+
+    def blocker(conn: sqlite3.Connection) -> None:
+        started.set()
+        release.wait(5)
+
+    def note(conn: sqlite3.Connection, name: str) -> None:
+        order.append(name)
+        _put(conn, name, "1")
+
+    first = asyncio.create_task(db.run_write(blocker))
+    await asyncio.to_thread(started.wait, 5)
+    background = [asyncio.create_task(db.run_write(note, f"bg{i}")) for i in range(3)]
+    await asyncio.sleep(0.01)
+    urgent = asyncio.create_task(db.run_write(note, "urgent", wait_s=2.0))
+    await asyncio.sleep(0.01)
+    release.set()
+    await asyncio.gather(first, urgent, *background)
+    assert order == ["urgent", "bg0", "bg1", "bg2"]
+    assert _count_settings(tmp_path) == 4
