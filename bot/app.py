@@ -20,7 +20,7 @@ from slack_bolt.request.async_request import AsyncBoltRequest
 from slack_bolt.response import BoltResponse
 from slack_sdk.web.async_client import AsyncWebClient
 
-from bot import callbacks
+from bot import ack_runner, callbacks
 from bot.authz import AdminCheck
 from bot.catalog import FAL, GATEWAY, KLING, OPENAI, RUNWAY, SEEDANCE, SIMULATOR, VEO, CatalogError, build_catalog
 from bot.clock import Clock, utcnow
@@ -128,6 +128,7 @@ def build_app(deps: Deps, *, signing_secret: str | None, listeners: ListenerTask
         request_verification_enabled=signing_secret is not None,
         process_before_response=False,
     )
+    ack_runner.install(app)
     if listeners is not None:
         # AsyncApp takes no start handler; its listener runner (a public property) holds it
         app.listener_runner.listener_start_handler = listeners
