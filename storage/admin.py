@@ -108,10 +108,16 @@ def effective_budgets_sync(
     conn: sqlite3.Connection, *, env_default_micros: int, env_workspace_micros: int | None,
     env_approval_micros: int | None = None,
 ) -> Budgets:
-    default = get_setting_sync(conn, DEFAULT_BUDGET)
-    workspace = get_setting_sync(conn, WORKSPACE_BUDGET)
-    paused = get_setting_sync(conn, PAUSED_REASON)
-    approval = get_setting_sync(conn, APPROVAL_OVER)
+    # one statement: this runs inside every reservation, on the writer's thread
+    found = {
+        row[0]: Setting(row[1], row[2], row[3])
+        for row in conn.execute(
+            "SELECT key, value, updated_at, updated_by FROM settings WHERE key IN (?, ?, ?, ?)",
+            (DEFAULT_BUDGET, WORKSPACE_BUDGET, PAUSED_REASON, APPROVAL_OVER),
+        ).fetchall()
+    }
+    default, workspace = found.get(DEFAULT_BUDGET), found.get(WORKSPACE_BUDGET)
+    paused, approval = found.get(PAUSED_REASON), found.get(APPROVAL_OVER)
     return Budgets(
         default_user_micros=int(default.value) if default and default.value else env_default_micros,
         workspace_micros=(

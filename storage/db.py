@@ -429,13 +429,12 @@ class _WriterConnection(aiosqlite.Connection):
         self._thread = threading.Thread(target=aiosqlite.core._connection_worker_thread,
                                         args=(self._lanes,), name="sqlite-writer")
 
-    async def execute_first(self, fn: Callable[..., T], /, *args: Any) -> T:
-        """`_execute`, ahead of everything queued with it."""
+    def put_first(self, done: asyncio.Future[Any], fn: Callable[..., Any], /, *args: Any) -> None:
+        """Queue `fn(*args)` ahead of everything queued with `_execute`; its result or
+        exception goes to `done` (unless `done` is finished by then)."""
         if not self._running or not self._connection:
             raise ValueError("Connection closed")
-        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        self._lanes.put_first((future, partial(fn, *args)))
-        return await future
+        self._lanes.put_first((done, partial(fn, *args)))
 
 
 class Database:
@@ -553,35 +552,40 @@ class Database:
         the caller is cancelled (all or nothing, like a COMMIT already sent); with it, a
         cancelled caller's transaction runs only if it had already begun.
         """
-        assert self._writer is not None, "database not open"
-        if wait_s is None:
-            return await self._queue_write(None, fn, args, kwargs)
-        ticket = _Ticket(time.monotonic() + wait_s)
-        work = asyncio.ensure_future(self._queue_write(ticket, fn, args, kwargs))
-        try:
-            async with asyncio.timeout(wait_s):
-                return await asyncio.shield(work)
-        except TimeoutError:
-            if not ticket.abandon():
-                return await work
-            work.cancel()  # still at the gate or in the queue: it will never start
-            raise
-        except asyncio.CancelledError:
-            if ticket.abandon():
-                work.cancel()
-            raise
-
-    async def _queue_write(
-        self, ticket: _Ticket | None, fn: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> T:
-        if not self._write_gate.is_open:
-            await self._write_gate.pass_through()
         writer = self._writer
         assert isinstance(writer, _WriterConnection), "database not open"
-        # no await between the gate and the queue: nothing multi-step can begin in between.
-        # A write with a deadline has a Slack answer waiting on it: it goes before the rest.
-        queue = writer._execute if ticket is None else writer.execute_first
-        return await queue(_in_transaction, writer, ticket, fn, args, kwargs)
+        if wait_s is None:
+            if not self._write_gate.is_open:
+                await self._write_gate.pass_through()
+            # no await between the gate and the queue: nothing multi-step can begin in between
+            return await writer._execute(_in_transaction, writer, None, fn, args, kwargs)
+        ticket = _Ticket(time.monotonic() + wait_s)
+        if not self._write_gate.is_open:
+            try:
+                async with asyncio.timeout(wait_s):
+                    await self._write_gate.pass_through()
+            except TimeoutError:
+                raise TimeoutError("the writer was not free in time") from None
+        # A write with a deadline has a Slack answer waiting on it: it goes before queued
+        # background writes, and is awaited directly (no task, shield or timeout scope
+        # around it) because in a burst every extra hop through the event loop waits behind
+        # every other request's step.
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[T] = loop.create_future()
+        writer.put_first(done, _in_transaction, writer, ticket, fn, args, kwargs)
+
+        def deadline() -> None:
+            if not done.done() and ticket.abandon():  # never started: it never will
+                done.set_exception(TimeoutError("the writer was not free in time"))
+
+        timer = loop.call_later(max(0.0, ticket.deadline - time.monotonic()), deadline)
+        try:
+            return await done
+        except asyncio.CancelledError:
+            ticket.abandon()  # once begun it runs to its end, like a COMMIT already sent
+            raise
+        finally:
+            timer.cancel()
 
     @asynccontextmanager
     async def reading(self) -> AsyncIterator[aiosqlite.Connection]:
