@@ -1,12 +1,13 @@
 """Cost of one provider status call in the HTTP client, outside the bot.
 
 The bot's provider adapters send every request through an httpx.AsyncClient built by
-`bot.providers.http.build_client` (8 connections) behind an 8-slot semaphore. This
-measures requests per second and CPU per request for that client against the bench
-gateway (its own process, on 127.0.0.1), at 1, 8 and 64 callers, next to an aiohttp
-ClientSession with the same connection limit, and next to the same httpx client with
-the `sniffio` module present (httpcore imports it for every request and lock; when it is
-not installed each import searches sys.path again).
+`bot.providers.http.build_client` (8 connections) behind an 8-slot semaphore; its transport
+is aiohttp (`bot.providers.transport.AiohttpTransport`). This measures requests per second
+and CPU per request for that client against the bench gateway (its own process, on
+127.0.0.1), at 1, 8 and 64 callers, next to httpx with its own transport (what the bot used
+before), next to a plain aiohttp ClientSession with the same connection limit, and (when
+`sniffio` is missing) next to httpx with a stub `sniffio` (httpcore imports it for every
+request and lock; when it is not installed each import searches sys.path again).
 
 No target of its own: it explains the CPU per status call in bench_scale.
 """
@@ -52,10 +53,11 @@ async def measure(get, callers: int) -> tuple[float, float, float]:
 
 async def main() -> int:
     import aiohttp
+    import httpx
 
     from bot.providers.http import build_client
 
-    report = Report("http_client", "CPU per provider status call: httpx (as the bot builds it) vs aiohttp")
+    report = Report("http_client", "CPU per provider status call: the bot's client (httpx over aiohttp) vs httpx's own transport vs aiohttp")
     report.header()
     isolate_env()
     tmp = workdir("httpclient")
@@ -67,8 +69,13 @@ async def main() -> int:
         url = f"{world.gateway_base_url}/videos/generations/task_probe"
         headers = {"Authorization": "Bearer k"}
 
-        async def run_httpx(label: str) -> None:
-            client = build_client(max_connections=8)
+        async def run_httpx(label: str, own_transport: bool = False) -> None:
+            if own_transport:
+                client = httpx.AsyncClient(
+                    timeout=httpx.Timeout(30.0, connect=10.0), follow_redirects=True,
+                    limits=httpx.Limits(max_connections=8, max_keepalive_connections=8))
+            else:
+                client = build_client(max_connections=8)
 
             async def get() -> None:
                 r = await client.get(url, headers=headers)
@@ -80,12 +87,13 @@ async def main() -> int:
                 report.figures[f"{label}_{n}_cpu_ms"] = round(cpu, 3)
             await client.aclose()
 
-        await run_httpx("httpx")
+        await run_httpx("bot client (httpx over aiohttp)")
+        await run_httpx("httpx, its own transport", own_transport=True)
         if sniffio_missing:
             stub = types.ModuleType("sniffio")
             stub.current_async_library = lambda: "asyncio"  # type: ignore[attr-defined]
             sys.modules["sniffio"] = stub
-            await run_httpx("httpx + sniffio stub")
+            await run_httpx("httpx, its own transport + sniffio stub", own_transport=True)
             del sys.modules["sniffio"]
 
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=8)) as session:
