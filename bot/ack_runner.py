@@ -55,7 +55,8 @@ class PromptAckRunner(AsyncioListenerRunner):
         task.add_done_callback(lambda _: ack.answered.set())
         remaining = listener.ack_timeout - (time.time() - started)
         try:
-            await asyncio.wait_for(ack.answered.wait(), timeout=max(0.0, remaining))
+            async with asyncio.timeout(max(0.0, remaining)):  # no extra task, unlike wait_for
+                await ack.answered.wait()
         except TimeoutError:
             pass
         if ack.response is None:
