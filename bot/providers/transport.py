@@ -11,6 +11,7 @@ so `bot.providers.http` maps them to ProviderErrors exactly as before.
 from __future__ import annotations
 
 import asyncio
+import functools
 import ssl
 from collections.abc import AsyncIterator
 from typing import Any
@@ -31,6 +32,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
 
     def __init__(self, *, max_connections: int) -> None:
         self._max_connections = max_connections
+        self._ssl = _ssl_context()  # at start-up, not on the event loop at the first request
         self._session: aiohttp.ClientSession | None = None
         self._closed = False
 
@@ -40,11 +42,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
             raise httpx.UnsupportedProtocol("the transport has been closed")
         if self._session is None:
             self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(
-                    limit=self._max_connections,
-                    # the same trust store as httpx's own transport
-                    ssl=ssl.create_default_context(cafile=certifi.where()),
-                ),
+                connector=aiohttp.TCPConnector(limit=self._max_connections, ssl=self._ssl),
                 cookie_jar=aiohttp.DummyCookieJar(),
                 auto_decompress=False,
                 timeout=aiohttp.ClientTimeout(total=None),
@@ -96,6 +94,12 @@ class _ResponseStream(httpx.AsyncByteStream):
     async def aclose(self) -> None:
         # release() puts a fully read connection back in the pool; an unread one is closed
         self._response.release()
+
+
+@functools.cache
+def _ssl_context() -> ssl.SSLContext:
+    """The same trust store as httpx's own transport, loaded once (it takes ~30 ms)."""
+    return ssl.create_default_context(cafile=certifi.where())
 
 
 def _timeout(spec: Any) -> aiohttp.ClientTimeout:
