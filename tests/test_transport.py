@@ -143,3 +143,16 @@ async def test_a_closed_client_refuses_new_requests(server: tuple[Server, str]) 
     await client.aclose()
     with pytest.raises(RuntimeError):
         await client.get(f"{base}/echo")
+
+
+async def test_the_proxy_from_the_environment_is_used(server: tuple[Server, str], monkeypatch) -> None:
+    # teams behind an outbound proxy set HTTPS_PROXY/HTTP_PROXY; httpx honoured it, so must this
+    srv, base = server
+    monkeypatch.setenv("HTTP_PROXY", base)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    async with build_client() as client:
+        r = await client.get("http://provider.invalid/echo", headers={"Authorization": "Bearer k"})
+    assert r.status_code == 200
+    method, path, headers, _ = srv.seen[0]
+    assert (method, path, headers["Host"]) == ("GET", "/echo", "provider.invalid")

@@ -45,6 +45,8 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
                 connector=aiohttp.TCPConnector(limit=self._max_connections, ssl=self._ssl),
                 cookie_jar=aiohttp.DummyCookieJar(),
                 auto_decompress=False,
+                # HTTP(S)_PROXY and NO_PROXY, as httpx honours them with its own transport
+                trust_env=True,
                 timeout=aiohttp.ClientTimeout(total=None),
             )
         return self._session
