@@ -13,17 +13,13 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bot.app import create_runtime
-from bot.config import Settings
 from bot.errors import ProviderError
-from bot.flow import _apply_status, _spec_for, accept_request
+from bot.flow import _apply_status
 from bot.models import FailureKind, JobStatus, ProviderErrorInfo, ProviderState, ProviderStatus
-from bot.parsing import JobRequest
 from bot.providers import fal, gateway, kling, openai_videos, runway, seedance, veo
-from bot.providers.simulator import SimulatorProvider
 from bot.throttle import EditThrottle
 from storage import jobs as jobstore
-from tests.conftest import FAST
+from tests.flow_driver import submitted_job
 
 WORDS = st.sampled_from([
     "queued", "pending", "in_progress", "processing", "running", "completed", "succeeded", "succeed",
@@ -87,22 +83,7 @@ def test_random_status_sequences_never_leave_a_job_in_an_impossible_state(sequen
 
 async def _drive(sequence: list[ProviderStatus]) -> None:
     with tempfile.TemporaryDirectory() as tmp:
-        sim = SimulatorProvider(run_seconds=0.01)
-        settings_ = Settings(_env_file=None, slack_bot_token="xoxb-x", slack_api_url="http://127.0.0.1:9/api/",
-                             sora_db_path=Path(tmp) / "f.db")
-        runtime = await create_runtime(settings_, providers={"simulator": sim}, timing=FAST)
-        deps = runtime.deps
-        deps.poller = None  # drive the flow by hand, no Slack
-        try:
-            request = JobRequest.model_validate(
-                {"prompt": "fuzz", "model": "simulator", "duration_s": 8, "resolution": "720p", "aspect_ratio": "16:9"},
-                context={"catalog": deps.catalog},
-            )
-            job, _ = await accept_request(deps, request, user_id="U1", team_id="T", channel_id="C1", source="command")
-            provider_id = await sim.submit(_spec_for(deps, job))
-            await jobstore.update(deps.db, job.id, expect=[JobStatus.QUEUED], now="2026-01-01T00:00:00.000000Z",
-                                  status=JobStatus.SUBMITTED, provider_job_id=provider_id)
-            job = await jobstore.get_job(deps.db, job.id)
+        async with submitted_job(Path(tmp) / "f.db", "fuzz") as (deps, job):
             throttle = EditThrottle(per_job_s=0)
             for status in sequence:
                 if job.status.terminal:
@@ -120,5 +101,3 @@ async def _drive(sequence: list[ProviderStatus]) -> None:
             assert row[0] == LEDGER_FOR[job.status]
             owed = await deps.db.fetchone("SELECT COUNT(*) FROM deliveries WHERE job_id = ?", (job.id,))
             assert owed[0] == (1 if job.status.terminal else 0)
-        finally:
-            await runtime.close()
