@@ -74,13 +74,19 @@ class Poller:
         waiting jobs the provider sees a steady trickle rather than bursts (and the bot's
         CPU stays flat); each job's polls then come less often than its schedule asks.
         """
-        if provider == SIMULATOR:
+        per_s = self._paced_per_s(provider)
+        if per_s is None:
             return
         now = asyncio.get_running_loop().time()
         slot = max(now, self._next_slot.get(provider, 0.0))
-        self._next_slot[provider] = slot + 1.0 / self.deps.timing.status_calls_per_s
+        self._next_slot[provider] = slot + 1.0 / per_s
         if slot > now:
             await asyncio.sleep(slot - now)
+
+    def _paced_per_s(self, provider: str) -> float | None:
+        """Status calls a second `pace` lets through to this provider; None: not paced (the
+        built-in simulator makes no calls)."""
+        return None if provider == SIMULATOR else self.deps.timing.status_calls_per_s
 
     async def nap(self, job_id: str, delay: float) -> bool:
         """Sleep `delay` seconds between a job's polls; True when a poke cut it short.
@@ -154,8 +160,7 @@ class Poller:
         jobs = await jobstore.jobs_to_resume(self.deps.db)
         per_provider = Counter(job.provider for job in jobs)
         t = self.deps.timing
-        windows = {provider: resume_window(count, min_s=t.poll_interval_s,
-                                           paced_per_s=None if provider == SIMULATOR else t.status_calls_per_s)
+        windows = {provider: resume_window(count, min_s=t.poll_interval_s, paced_per_s=self._paced_per_s(provider))
                    for provider, count in per_provider.items()}
         for job in jobs:
             self.watch(job.id, row=job, first_delay_s=random.uniform(0.0, windows[job.provider]))
