@@ -125,7 +125,7 @@ async def accept_requests(
         image_path.unlink(missing_ok=True)  # the first delivery of this request kept its own
     if got.created and deps.poller is not None:
         for job in got.jobs:
-            deps.poller.watch(job.id)
+            deps.poller.watch(job.id, row=job)  # just stored: its task needn't read it again
     return got
 
 

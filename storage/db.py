@@ -7,17 +7,12 @@ import contextlib
 import logging
 import os
 import sqlite3
-import threading
-import time
-from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from contextlib import asynccontextmanager
-from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
 import aiosqlite
-import aiosqlite.core
 
 T = TypeVar("T")
 
@@ -309,9 +304,9 @@ def _create_private_file(path: Path) -> None:
 
 
 class _Gate:
-    """Who may hand work to one connection's thread, and when.
+    """Who may queue work for one connection (the reader's thread, or the loop's writes), and when.
 
-    The thread runs what it is handed one item at a time, in order. One-trip work (a whole
+    Queued work runs one item (or one batch) at a time, in order. One-trip work (a whole
     transaction or read in one function) therefore needs no lock: it is queued at once, and
     many can be in flight. Work that spans several trips (`write_txn`, `reading`) takes the
     lock and closes the gate, so nothing is queued between its steps; one-trip work waits
@@ -361,112 +356,78 @@ class _Gate:
             self.lock.release()
 
 
-class _Ticket:
-    """A write with a deadline, shared by its caller and the writer's thread: whichever acts
-    first decides. The thread starts the work only if the caller has not given up, and the
-    caller gives up only if the work has not started, so "refused" always means "not stored"
-    and the caller's answer never waits for a stalled writer."""
+class _Write:
+    """One `run_write` call waiting for the next batch."""
 
-    def __init__(self, deadline: float) -> None:
-        self.deadline = deadline
-        self._lock = threading.Lock()
-        self._state = "queued"
+    __slots__ = ("done", "fn", "args", "kwargs", "deadline")
 
-    @property
-    def abandoned(self) -> bool:
-        return self._state == "abandoned"
-
-    def start(self) -> bool:
-        """On the writer's thread, inside BEGIN IMMEDIATE: may the work go ahead?"""
-        with self._lock:
-            if self._state == "queued" and time.monotonic() <= self.deadline:
-                self._state = "started"
-            return self._state == "started"
-
-    def abandon(self) -> bool:
-        """On the loop: give up unless the work has started. True if it never will."""
-        with self._lock:
-            if self._state == "queued":
-                self._state = "abandoned"
-            return self._state == "abandoned"
+    def __init__(self, done: asyncio.Future[Any], fn: Callable[..., Any], args: tuple[Any, ...],
+                 kwargs: dict[str, Any], deadline: float | None) -> None:
+        self.done, self.fn, self.args, self.kwargs, self.deadline = done, fn, args, kwargs, deadline
 
 
-class _Lanes:
-    """The writer thread's queue (aiosqlite's worker takes items with `get`) with a lane in
-    front: a write someone is waiting on to answer Slack goes before background writes."""
-
-    def __init__(self) -> None:
-        self._ready = threading.Condition()
-        self._first: deque[Any] = deque()
-        self._rest: deque[Any] = deque()
-
-    def put_nowait(self, item: Any) -> None:
-        with self._ready:
-            self._rest.append(item)
-            self._ready.notify()
-
-    def put_first(self, item: Any) -> None:
-        with self._ready:
-            self._first.append(item)
-            self._ready.notify()
-
-    def get(self) -> Any:
-        with self._ready:
-            while not self._first and not self._rest:
-                self._ready.wait()
-            return (self._first or self._rest).popleft()
-
-
-class _WriterConnection(aiosqlite.Connection):
-    """aiosqlite's connection with `_Lanes` as its thread's queue.
-
-    Like `_execute` and `_conn`, this relies on aiosqlite's internals: the worker function
-    and the `_tx` queue it is given."""
-
-    def __init__(self, path: Path) -> None:
-        super().__init__(lambda: sqlite3.connect(path, isolation_level=None), 64)
-        self._tx = self._lanes = _Lanes()  # type: ignore[assignment]
-        self._thread = threading.Thread(target=aiosqlite.core._connection_worker_thread,
-                                        args=(self._lanes,), name="sqlite-writer")
-
-    def put_first(self, done: asyncio.Future[Any], fn: Callable[..., Any], /, *args: Any) -> None:
-        """Queue `fn(*args)` ahead of everything queued with `_execute`; its result or
-        exception goes to `done` (unless `done` is finished by then)."""
-        if not self._running or not self._connection:
-            raise ValueError("Connection closed")
-        self._lanes.put_first((done, partial(fn, *args)))
+def _is_busy(exc: sqlite3.OperationalError) -> bool:
+    return getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_BUSY or "locked" in str(exc)
 
 
 class Database:
     """One process's access to the SQLite file.
 
-    Writes go to the single writer connection as BEGIN IMMEDIATE transactions, whole in
-    one trip to its thread (`run_write`) or step by step (`write_txn`); reads use a second
-    connection so they never see a half-done transaction. Relies on aiosqlite's
-    `Connection._execute` (run a callable on the connection's thread) and `_conn`.
+    One-trip writes (`run_write`) run on the event loop's own connection, batched: every
+    write asked for in one turn of the loop shares one BEGIN IMMEDIATE … COMMIT, each inside
+    a savepoint of its own. A reservation is a fraction of a millisecond of SQLite work; handing
+    it to a thread cost more than that in hand-overs and GIL waits, and a COMMIT per write cost
+    as much as the write. That connection never waits on SQLite's lock (busy_timeout 0): when
+    another process holds it, the batch is tried again a few milliseconds later, so the loop is
+    never blocked, and it never checkpoints (a checkpoint syncs the disk): a third connection
+    does that on a worker thread.
+
+    Multi-step transactions (`write_txn`, rare admin work) run on a writer connection with a
+    thread of its own, and one-trip writes wait while one is open. Reads use a fourth connection
+    so they never see a half-done transaction. Relies on aiosqlite's `Connection._execute`
+    (run a callable on the connection's thread) and `_conn`.
     """
+
+    # how long the loop's writes keep trying while another process holds SQLite's lock
+    # (the other connections' busy_timeout)
+    BUSY_TIMEOUT_S = 10.0
+    # a commit is checkpointed into the database file at most this long after it
+    CHECKPOINT_AFTER_S = 1.0
 
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
+        self._conn: sqlite3.Connection | None = None  # the loop's write connection
         self._writer: aiosqlite.Connection | None = None
         self._reader: aiosqlite.Connection | None = None
+        self._checkpointer: sqlite3.Connection | None = None
         self._write_gate = _Gate()
         # Held alone (without closing the gate) it excludes only other multi-step writers:
-        # enough for a caller that hands the thread one whole transaction, as the benchmark's
-        # prototype does.
+        # enough for a caller that hands the writer's thread one whole transaction, as the
+        # benchmark's prototype does.
         self._write_lock = self._write_gate.lock
         # SQLite keeps a connection's read snapshot while any of its statements is unfinished;
         # two interleaved reads would share an old snapshot and miss a fresh commit. One-trip
         # reads finish their statements inside their trip; `reading()` holds the reader alone.
         self._read_gate = _Gate()
+        self._queue: list[_Write] = []
+        self._flush_handle: asyncio.Handle | None = None
+        self._txn_open = False  # a write_txn holds SQLite's write lock on the writer's thread
+        self._busy_since: float | None = None
+        self._busy_delay = 0.0
+        self._checkpoint_timer: asyncio.TimerHandle | None = None
+        self._checkpoint_run: asyncio.Future[Any] | None = None
+        self._checkpoint_again = False
 
     async def open(self) -> "Database":
         _create_private_file(self.path)
-        self._writer = await self._connect(_WriterConnection(self.path))
+        self._writer = await self._connect()
         try:
             await self._writer.execute("PRAGMA journal_mode=WAL")
             await self._migrate(self._writer)
             self._reader = await self._connect()
+            self._conn = self._plain_connection(busy_timeout_ms=0)
+            self._conn.execute("PRAGMA wal_autocheckpoint=0")
+            self._checkpointer = self._plain_connection(check_same_thread=False)
         except BaseException:
             await self.close()
             raise
@@ -475,10 +436,19 @@ class Database:
                 os.chmod(companion, 0o600)
         return self
 
-    async def _connect(self, conn: aiosqlite.Connection | None = None) -> aiosqlite.Connection:
-        conn = await (conn or aiosqlite.connect(self.path, isolation_level=None))
+    def _plain_connection(self, *, busy_timeout_ms: int = int(BUSY_TIMEOUT_S * 1000),
+                          check_same_thread: bool = True) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=check_same_thread)
+        conn.row_factory = sqlite3.Row
+        conn.execute(f"PRAGMA busy_timeout={busy_timeout_ms}")
+        conn.execute("PRAGMA foreign_keys=ON")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        return conn
+
+    async def _connect(self) -> aiosqlite.Connection:
+        conn = await aiosqlite.connect(self.path, isolation_level=None)
         conn.row_factory = aiosqlite.Row
-        await conn.execute("PRAGMA busy_timeout=10000")
+        await conn.execute(f"PRAGMA busy_timeout={int(self.BUSY_TIMEOUT_S * 1000)}")
         await conn.execute("PRAGMA foreign_keys=ON")
         await conn.execute("PRAGMA synchronous=NORMAL")
         return conn
@@ -516,76 +486,182 @@ class Database:
         assert self._writer is not None, "database not open"
         writer = self._writer
         async with self._write_gate.exclusive(wait_s):
+            # writes already queued were asked for first: they commit before this begins
+            if self._queue:
+                async with asyncio.timeout(wait_s):
+                    await self._enqueue(_nothing, (), {}, None)
+            self._txn_open = True
             try:
-                await writer.execute("BEGIN IMMEDIATE")
-            except asyncio.CancelledError:
-                # BEGIN runs on aiosqlite's thread even when its caller is cancelled (the
-                # poller cancels a job's task on /sora cancel): end that transaction while
-                # the gate is still held, or every later BEGIN fails
-                with contextlib.suppress(sqlite3.OperationalError):
+                try:
+                    await writer.execute("BEGIN IMMEDIATE")
+                except asyncio.CancelledError:
+                    # BEGIN runs on aiosqlite's thread even when its caller is cancelled (the
+                    # poller cancels a job's task on /sora cancel): end that transaction while
+                    # the gate is still held, or every later BEGIN fails
+                    with contextlib.suppress(sqlite3.OperationalError):
+                        await writer.execute("ROLLBACK")
+                    raise
+                try:
+                    yield writer
+                except BaseException:
                     await writer.execute("ROLLBACK")
-                raise
-            try:
-                yield writer
-            except BaseException:
-                await writer.execute("ROLLBACK")
-                raise
-            else:
-                await writer.execute("COMMIT")
+                    raise
+                else:
+                    await writer.execute("COMMIT")
+            finally:
+                self._txn_open = False
+                self._schedule_flush()
 
     async def run_write(
         self, fn: Callable[..., T], /, *args: Any, wait_s: float | None = None, **kwargs: Any
     ) -> T:
-        """`fn(conn, *args, **kwargs)` as one BEGIN IMMEDIATE … COMMIT on the writer's thread.
+        """`fn(conn, *args, **kwargs)` inside BEGIN IMMEDIATE … COMMIT, on the event loop.
 
-        `conn` is the writer's plain sqlite3.Connection. The whole transaction is one trip,
-        where `write_txn` pays one per statement while holding every other write up. An
-        exception from `fn` rolls back and reaches the caller. `fn` runs off the event loop:
-        it must only talk to SQLite, and must not commit or roll back itself.
+        `conn` is a plain sqlite3.Connection. `fn` runs inside a savepoint of a transaction it
+        may share with other writes asked for in the same turn of the loop: an exception from
+        it rolls back its own work only and reaches its caller; its result is returned once the
+        shared COMMIT is done (if the COMMIT fails, every caller in the batch gets that error,
+        and nothing of theirs is stored). `fn` must only talk to SQLite, must be short (it
+        holds the event loop), and must not commit, roll back or use savepoints named `w`.
 
-        `wait_s` bounds the wait for the writer as in `write_txn`: a transaction that has not
-        begun within `wait_s` (queued behind others, or SQLite busy) writes nothing and raises
-        TimeoutError after `wait_s`, so a deadline never leaves a late write behind. One that
-        has begun is seen through (it is short).
-
-        Without `wait_s`, once handed to the thread the transaction runs to its end even if
-        the caller is cancelled (all or nothing, like a COMMIT already sent); with it, a
-        cancelled caller's transaction runs only if it had already begun.
+        `wait_s` bounds the wait for the writer: a write that has not begun within `wait_s`
+        (while a `write_txn` is open, or another process holds SQLite's lock) writes nothing
+        and raises TimeoutError, so a deadline never leaves a late write behind; writes with a
+        deadline go first in their batch. A cancelled caller's write still runs unless it had
+        a deadline (then it never runs once the caller is gone).
         """
-        writer = self._writer
-        assert isinstance(writer, _WriterConnection), "database not open"
-        if wait_s is None:
-            if not self._write_gate.is_open:
-                await self._write_gate.pass_through()
-            # no await between the gate and the queue: nothing multi-step can begin in between
-            return await writer._execute(_in_transaction, writer, None, fn, args, kwargs)
-        ticket = _Ticket(time.monotonic() + wait_s)
-        if not self._write_gate.is_open:
-            try:
-                async with asyncio.timeout(wait_s):
-                    await self._write_gate.pass_through()
-            except TimeoutError:
-                raise TimeoutError("the writer was not free in time") from None
-        # A write with a deadline has a Slack answer waiting on it: it goes before queued
-        # background writes, and is awaited directly (no task, shield or timeout scope
-        # around it) because in a burst every extra hop through the event loop waits behind
-        # every other request's step.
+        assert self._conn is not None, "database not open"
         loop = asyncio.get_running_loop()
-        done: asyncio.Future[T] = loop.create_future()
-        writer.put_first(done, _in_transaction, writer, ticket, fn, args, kwargs)
+        deadline = None if wait_s is None else loop.time() + wait_s
+        if not self._write_gate.is_open:
+            if wait_s is None:
+                await self._write_gate.pass_through()
+            else:
+                try:
+                    async with asyncio.timeout(wait_s):
+                        await self._write_gate.pass_through()
+                except TimeoutError:
+                    raise TimeoutError("the writer was not free in time") from None
+        # no await between the gate and the queue: nothing multi-step can begin in between
+        return await self._enqueue(fn, args, kwargs, deadline)
 
-        def deadline() -> None:
-            if not done.done() and ticket.abandon():  # never started: it never will
-                done.set_exception(TimeoutError("the writer was not free in time"))
+    def _enqueue(self, fn: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str, Any],
+                 deadline: float | None) -> asyncio.Future[T]:
+        done: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._queue.append(_Write(done, fn, args, kwargs, deadline))
+        self._schedule_flush()
+        return done
 
-        timer = loop.call_later(max(0.0, ticket.deadline - time.monotonic()), deadline)
+    def _schedule_flush(self) -> None:
+        if self._flush_handle is None and self._queue and not self._txn_open:
+            self._flush_handle = asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        """Run every queued write in one transaction (a loop callback)."""
+        self._flush_handle = None
+        conn = self._conn
+        if self._txn_open or not self._queue or conn is None:
+            return
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        batch: list[_Write] = []
+        for w in self._queue:
+            if w.deadline is not None:
+                if w.done.done():  # its caller gave up: it never runs
+                    continue
+                if now > w.deadline:
+                    w.done.set_exception(TimeoutError("the writer was not free in time"))
+                    continue
+            batch.append(w)
+        self._queue = []
+        if not batch:
+            return
+        batch.sort(key=lambda w: w.deadline is None)  # a Slack answer waits on the first kind
         try:
-            return await done
-        except asyncio.CancelledError:
-            ticket.abandon()  # once begun it runs to its end, like a COMMIT already sent
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            if _is_busy(exc):
+                self._retry_later(batch, exc, now)
+            else:
+                _fail(batch, exc)
+            return
+        self._busy_since = None
+        try:
+            outcomes = _run_batch(conn, batch)
+        except Exception as exc:
+            if len(batch) == 1:
+                _fail(batch, exc)
+                return
+            # one write can break the shared COMMIT (a deferred constraint): run each alone,
+            # so only that one fails
+            locked = [w for w in batch if not self._run_alone(conn, w)]
+            if locked:
+                self._retry_later(locked, sqlite3.OperationalError("database is locked"), now)
+        except BaseException:
+            _fail(batch, RuntimeError("the write was interrupted and rolled back"))
             raise
-        finally:
-            timer.cancel()
+        else:
+            _deliver(outcomes)
+        self._after_commit(loop)
+
+    def _run_alone(self, conn: sqlite3.Connection, w: _Write) -> bool:
+        """One write in a transaction of its own; False if SQLite was locked before it began."""
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            if _is_busy(exc):
+                return False
+            _fail([w], exc)
+            return True
+        try:
+            outcomes = _run_batch(conn, [w])
+        except Exception as exc:
+            _fail([w], exc)
+        else:
+            _deliver(outcomes)
+        return True
+
+    def _retry_later(self, batch: list[_Write], exc: sqlite3.OperationalError, now: float) -> None:
+        """Another process holds SQLite's lock: try again soon, without blocking the loop."""
+        if self._busy_since is None:
+            self._busy_since, self._busy_delay = now, 0.002
+        else:
+            self._busy_delay = min(self._busy_delay * 2, 0.05)
+        if now - self._busy_since > self.BUSY_TIMEOUT_S:
+            self._busy_since = None
+            _fail(batch, exc)
+            return
+        self._queue[:0] = batch
+        deadlines = [w.deadline for w in batch if w.deadline is not None]
+        delay = min([self._busy_delay, *(d - now for d in deadlines)])
+        loop = asyncio.get_running_loop()
+        self._flush_handle = loop.call_later(max(delay, 0.0) + 0.0005, self._flush)
+
+    def _after_commit(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self._checkpoint_run is not None:
+            self._checkpoint_again = True
+        elif self._checkpoint_timer is None:
+            self._checkpoint_timer = loop.call_later(self.CHECKPOINT_AFTER_S, self._checkpoint)
+
+    def _checkpoint(self) -> None:
+        """Copy committed pages into the database file, on a worker thread: a checkpoint
+        syncs the disk, which the loop's connection must never wait for."""
+        self._checkpoint_timer = None
+        if self._checkpointer is None:
+            return
+        loop = asyncio.get_running_loop()
+        self._checkpoint_again = False
+        run = loop.run_in_executor(None, _checkpoint_sync, self._checkpointer)
+        self._checkpoint_run = run
+
+        def finished(fut: asyncio.Future[Any]) -> None:
+            self._checkpoint_run = None
+            if not fut.cancelled() and fut.exception() is not None:
+                log.warning("WAL checkpoint failed: %s", fut.exception())
+            if self._checkpoint_again and self._checkpointer is not None:
+                self._after_commit(loop)
+
+        run.add_done_callback(finished)
 
     @asynccontextmanager
     async def reading(self) -> AsyncIterator[aiosqlite.Connection]:
@@ -624,10 +700,80 @@ class Database:
         return await self.run_write(execute_sync, sql, tuple(params))
 
     async def close(self) -> None:
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
+        if self._queue and not self._txn_open:
+            self._flush()  # what was asked for before the close (unless SQLite is busy)
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
+        _fail(self._queue, RuntimeError("the database was closed"))
+        self._queue = []
+        if self._checkpoint_timer is not None:
+            self._checkpoint_timer.cancel()
+            self._checkpoint_timer = None
+        if self._checkpoint_run is not None:
+            with contextlib.suppress(Exception):
+                await self._checkpoint_run
         for conn in (self._reader, self._writer):
             if conn is not None:
                 await conn.close()
         self._reader = self._writer = None
+        # the last connection to close checkpoints the WAL into the file and removes it
+        for plain in (self._checkpointer, self._conn):
+            if plain is not None:
+                plain.close()
+        self._checkpointer = self._conn = None
+
+
+def _run_batch(conn: sqlite3.Connection, batch: list[_Write]) -> list[tuple[_Write, bool, Any]]:
+    """Each write in its own savepoint of the open transaction, then COMMIT.
+
+    Returns each write's (write, ok, result or exception); raises (after ROLLBACK) when the
+    transaction as a whole fails, its COMMIT included."""
+    outcomes: list[tuple[_Write, bool, Any]] = []
+    try:
+        for w in batch:
+            conn.execute("SAVEPOINT w")
+            try:
+                value = w.fn(conn, *w.args, **w.kwargs)
+            except Exception as exc:
+                conn.execute("ROLLBACK TO w")
+                conn.execute("RELEASE w")
+                outcomes.append((w, False, exc))
+            else:
+                conn.execute("RELEASE w")
+                outcomes.append((w, True, value))
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:  # a failed COMMIT may have ended it already
+            conn.execute("ROLLBACK")
+        raise
+    return outcomes
+
+
+def _deliver(outcomes: list[tuple[_Write, bool, Any]]) -> None:
+    for w, ok, value in outcomes:
+        if not w.done.done():
+            if ok:
+                w.done.set_result(value)
+            else:
+                w.done.set_exception(value)
+
+
+def _fail(writes: Iterable[_Write], exc: BaseException) -> None:
+    for w in writes:
+        if not w.done.done():
+            w.done.set_exception(exc)
+
+
+def _nothing(conn: sqlite3.Connection) -> None:
+    return None
+
+
+def _checkpoint_sync(conn: sqlite3.Connection) -> None:
+    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
 
 
 async def fetchone_in(conn: aiosqlite.Connection, sql: str, params: Sequence[Any] = ()) -> Any:
@@ -668,29 +814,6 @@ def _fetchone(conn: aiosqlite.Connection, sql: str, params: Sequence[Any]) -> An
 
 def _fetchall(conn: aiosqlite.Connection, sql: str, params: Sequence[Any]) -> list[Any]:
     return conn._conn.execute(sql, params).fetchall()
-
-
-def _in_transaction(
-    conn: aiosqlite.Connection,
-    ticket: _Ticket | None,
-    fn: Callable[..., T],
-    args: tuple[Any, ...],
-    kwargs: dict[str, Any],
-) -> T:
-    raw = conn._conn
-    if ticket is not None and ticket.abandoned:
-        raise TimeoutError("the writer was not free in time")
-    raw.execute("BEGIN IMMEDIATE")  # may wait for another process (busy_timeout)
-    try:
-        if ticket is not None and not ticket.start():
-            raise TimeoutError("the writer was not free in time")
-        result = fn(raw, *args, **kwargs)
-        raw.execute("COMMIT")
-    except BaseException:
-        if raw.in_transaction:  # a failed COMMIT may have ended it already
-            raw.execute("ROLLBACK")
-        raise
-    return result
 
 
 def _in_read_transaction(

@@ -1,10 +1,12 @@
-"""Database.run_write / run_read: one trip to the connection's thread per transaction."""
+"""Database.run_write (batched writes on the event loop's connection) and run_read."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
-import threading
+import time
+from collections.abc import Iterator
 
 import pytest
 
@@ -50,6 +52,18 @@ def _count_settings(tmp_path) -> int:
         conn.close()
 
 
+@contextlib.contextmanager
+def _locked_by_another_process(tmp_path) -> Iterator[None]:
+    """SQLite's write lock held by another connection, as another process would hold it."""
+    other = sqlite3.connect(tmp_path / "jobs.db", isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+
+
 async def test_run_write_commits_for_other_connections(db, tmp_path) -> None:
     assert await db.run_write(_put, "a", "1") == 1
     assert _count_settings(tmp_path) == 1
@@ -71,20 +85,11 @@ async def test_run_write_refuses_after_wait_s_and_stores_nothing(db, tmp_path) -
     assert _count_settings(tmp_path) == 0
 
 
-async def test_a_transaction_queued_past_wait_s_writes_nothing(db, tmp_path) -> None:
-    import time
-
-    started = threading.Event()
-
-    def slow(conn: sqlite3.Connection) -> None:
-        started.set()
-        time.sleep(0.2)  # holds the writer's thread (fine in a test: it is not the loop)
-
-    first = asyncio.create_task(db.run_write(slow))
-    await asyncio.to_thread(started.wait, 5)
-    with pytest.raises(TimeoutError):
-        await db.run_write(_put, "late", "1", wait_s=0.05)
-    await first
+async def test_a_write_that_cannot_begin_within_wait_s_writes_nothing(db, tmp_path) -> None:
+    with _locked_by_another_process(tmp_path):
+        with pytest.raises(TimeoutError):
+            await db.run_write(_put, "late", "1", wait_s=0.05)
+    await db.run_write(lambda conn: None)  # anything still queued has run by now
     assert _count_settings(tmp_path) == 0
 
 
@@ -175,24 +180,91 @@ async def test_back_to_back_multi_step_transactions_do_not_shut_out_one_trip_wri
     assert _count_settings(tmp_path) == 20
 
 
-async def test_a_stalled_writer_does_not_delay_the_refusal(db, tmp_path) -> None:
-    release, started = threading.Event(), threading.Event()
+async def test_a_locked_database_neither_delays_the_refusal_nor_blocks_the_loop(db, tmp_path) -> None:
+    ticks = 0
 
-    def stall(conn: sqlite3.Connection) -> None:
-        started.set()
-        release.wait(10)  # the writer's thread is stuck (e.g. another process holds SQLite's lock)
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            await asyncio.sleep(0.01)
+            ticks += 1
 
-    stuck = asyncio.create_task(db.run_write(stall))
-    await asyncio.to_thread(started.wait, 5)
+    clock = asyncio.create_task(ticker())
     try:
-        with pytest.raises(TimeoutError):
-            await db.run_write(_put, "late", "1", wait_s=0.05)
-        assert not stuck.done()  # the answer came while the writer was still stuck
+        with _locked_by_another_process(tmp_path):
+            background = asyncio.create_task(db.run_write(_put, "background", "1"))
+            t0 = time.monotonic()
+            with pytest.raises(TimeoutError):
+                await db.run_write(_put, "late", "1", wait_s=0.05)
+            refused_after = time.monotonic() - t0
+            await asyncio.sleep(0.3)
+            assert not background.done()  # still waiting for the lock, not failed
+        assert await background == 1  # went through once the lock was free
     finally:
-        release.set()
-        await stuck
-    await db.run_write(lambda conn: None)  # anything queued has run by now
-    assert _count_settings(tmp_path) == 0
+        clock.cancel()
+    assert refused_after < 0.5
+    assert ticks >= 15  # about 35 in 0.35 s: the loop kept turning while SQLite was locked
+    assert _count_settings(tmp_path) == 1
+
+
+async def test_a_write_gives_up_when_the_database_stays_locked(db, tmp_path) -> None:
+    db.BUSY_TIMEOUT_S = 0.2
+    with _locked_by_another_process(tmp_path):
+        with pytest.raises(sqlite3.OperationalError, match="locked"):
+            await db.run_write(_put, "never", "1")
+    assert await db.run_write(_put, "after", "1") == 1
+    assert _count_settings(tmp_path) == 1
+
+
+async def test_writes_in_one_batch_succeed_or_fail_alone(db, tmp_path) -> None:
+    results = await asyncio.gather(
+        *(db.run_write(_put, f"k{i}", "1", fail=i % 5 == 0) for i in range(50)), return_exceptions=True
+    )
+    failed = [i for i, r in enumerate(results) if isinstance(r, RuntimeError)]
+    assert failed == list(range(0, 50, 5))
+    assert all(r == 1 for i, r in enumerate(results) if i not in failed)
+    rows = await db.fetchall("SELECT key FROM settings")
+    assert {r[0] for r in rows} == {f"k{i}" for i in range(50) if i % 5}
+
+
+async def test_a_write_that_breaks_the_commit_fails_alone(db, tmp_path) -> None:
+    def orphan_ledger_row(conn: sqlite3.Connection) -> None:
+        # a foreign key checked only at COMMIT: the shared COMMIT fails because of this one
+        conn.execute("PRAGMA defer_foreign_keys=ON")
+        conn.execute(
+            "INSERT INTO ledger (job_id, user_id, budget_day, reserved_micros, state, created_at, updated_at)"
+            " VALUES ('no-such-job', 'U1', ?, 1, 'reserved', ?, ?)", (DAY, NOW, NOW))
+
+    results = await asyncio.gather(
+        db.run_write(_put, "a", "1"), db.run_write(orphan_ledger_row), db.run_write(_put, "b", "2"),
+        return_exceptions=True,
+    )
+    assert results[0] == 1 and results[2] == 1
+    assert isinstance(results[1], sqlite3.IntegrityError)
+    assert _count_settings(tmp_path) == 2
+    assert (await db.fetchone("SELECT COUNT(*) FROM ledger"))[0] == 0
+
+
+async def test_committed_writes_reach_the_database_file_while_open(db, tmp_path) -> None:
+    db.CHECKPOINT_AFTER_S = 0.05
+    other = sqlite3.connect(tmp_path / "jobs.db")
+    other.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # the schema into the file, the WAL empty
+    other.close()
+    await asyncio.gather(*(db.run_write(_put, f"k{i}", "1") for i in range(20)))
+
+    def in_main_file() -> int:
+        # immutable: reads the database file alone, ignoring the WAL
+        conn = sqlite3.connect(f"file:{tmp_path / 'jobs.db'}?immutable=1", uri=True)
+        try:
+            return int(conn.execute("SELECT COUNT(*) FROM settings").fetchone()[0])
+        finally:
+            conn.close()
+
+    for _ in range(100):
+        if in_main_file() == 20:
+            break
+        await asyncio.sleep(0.02)
+    assert in_main_file() == 20  # checkpointed by the worker thread, not at close
 
 
 async def test_a_write_begun_before_its_deadline_is_seen_through(db, tmp_path) -> None:
@@ -209,24 +281,17 @@ async def test_a_write_begun_before_its_deadline_is_seen_through(db, tmp_path) -
 
 async def test_a_write_with_a_deadline_goes_before_queued_background_writes(db, tmp_path) -> None:
     # a Slack answer waits on the first kind (a reservation); nobody waits on the second
-    started, release = threading.Event(), threading.Event()
     order: list[str] = []
-
-    def blocker(conn: sqlite3.Connection) -> None:
-        started.set()
-        release.wait(5)
 
     def note(conn: sqlite3.Connection, name: str) -> None:
         order.append(name)
         _put(conn, name, "1")
 
-    first = asyncio.create_task(db.run_write(blocker))
-    await asyncio.to_thread(started.wait, 5)
-    background = [asyncio.create_task(db.run_write(note, f"bg{i}")) for i in range(3)]
-    await asyncio.sleep(0.01)
-    urgent = asyncio.create_task(db.run_write(note, "urgent", wait_s=2.0))
-    await asyncio.sleep(0.01)
-    release.set()
-    await asyncio.gather(first, urgent, *background)
+    with _locked_by_another_process(tmp_path):
+        background = [asyncio.create_task(db.run_write(note, f"bg{i}")) for i in range(3)]
+        await asyncio.sleep(0.01)
+        urgent = asyncio.create_task(db.run_write(note, "urgent", wait_s=2.0))
+        await asyncio.sleep(0.01)
+    await asyncio.gather(urgent, *background)
     assert order == ["urgent", "bg0", "bg1", "bg2"]
     assert _count_settings(tmp_path) == 4

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import json
 import logging
 import time
@@ -177,16 +178,16 @@ async def test_no_secret_reaches_the_logs(make_bot, slack, caplog) -> None:
 async def test_a_command_that_cannot_be_stored_in_time_says_so_and_stores_nothing(make_bot, slack) -> None:
     bot = await make_bot()
 
-    def stall(conn) -> None:  # type: ignore[no-untyped-def]
-        time.sleep(ACK_WAIT_S + 0.3)  # on the writer's thread, not the loop
-
-    # the writer is tied up (e.g. a burst of other requests queued ahead of this one)
-    tied_up = asyncio.create_task(bot.deps.db.run_write(stall))
-    await asyncio.sleep(0)
+    # SQLite's write lock is held elsewhere (e.g. another process) for longer than an ack can wait
+    other = sqlite3.connect(bot.deps.db.path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    release = asyncio.get_running_loop().call_later(ACK_WAIT_S + 0.3, other.execute, "ROLLBACK")
     try:
         resp = await bot.slash("a dog on a skateboard")
     finally:
-        await tied_up
+        await asyncio.sleep(ACK_WAIT_S + 0.4)
+        release.cancel()
+        other.close()
     text = resp.json()["text"]
     assert "very busy" in text and "Nothing was stored or charged" in text
     assert await _jobs(bot) == [] and _sim(bot).submits == []
