@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,6 +16,7 @@ from pydantic import SecretStr
 from slack_bolt.adapter.aiohttp import to_aiohttp_response, to_bolt_request
 from slack_bolt.async_app import AsyncApp
 from slack_bolt.listener.async_listener_start_handler import AsyncListenerStartHandler
+from slack_bolt.middleware.async_middleware import AsyncMiddleware
 from slack_bolt.request.async_request import AsyncBoltRequest
 from slack_bolt.response import BoltResponse
 from slack_sdk.web.async_client import AsyncWebClient
@@ -120,6 +121,20 @@ class ListenerTasks(AsyncListenerStartHandler):
             await asyncio.gather(*late, return_exceptions=True)
 
 
+class _InjectDeps(AsyncMiddleware):
+    """Puts `deps` in every request's context. A middleware class: Bolt calls it directly,
+    where a decorated function has its arguments worked out by inspection on every request."""
+
+    def __init__(self, deps: Deps) -> None:
+        self.deps = deps
+
+    async def async_process(
+        self, *, req: AsyncBoltRequest, resp: BoltResponse, next: Callable[[], Awaitable[BoltResponse]]  # noqa: A002
+    ) -> BoltResponse | None:
+        req.context["deps"] = self.deps
+        return await next()
+
+
 def build_app(deps: Deps, *, signing_secret: str | None, listeners: ListenerTasks | None = None) -> AsyncApp:
     app = AsyncApp(
         client=deps.slack,
@@ -133,10 +148,7 @@ def build_app(deps: Deps, *, signing_secret: str | None, listeners: ListenerTask
         # AsyncApp takes no start handler; its listener runner (a public property) holds it
         app.listener_runner.listener_start_handler = listeners
 
-    @app.middleware
-    async def inject_deps(context: Any, next: Any) -> Any:  # noqa: A002 - Bolt's name
-        context["deps"] = deps
-        return await next()
+    app.use(_InjectDeps(deps))
 
     @app.error
     async def on_error(error: Exception, body: dict[str, Any]) -> None:
