@@ -20,10 +20,18 @@ from storage.db import Database, fetchone_sync, run_in
 
 # No 0/o/1/l/i: people type these ids into `/sora cancel`.
 _ID_ALPHABET = "abcdefghjkmnpqrstuvwxyz23456789"
+_ID_LENGTH = 8
+_ID_SPACE = len(_ID_ALPHABET) ** _ID_LENGTH
 
 
 def new_job_id() -> str:
-    return "".join(secrets.choice(_ID_ALPHABET) for _ in range(8))
+    # one draw from the OS for the whole id (a choice per letter cost eight)
+    n = secrets.randbelow(_ID_SPACE)
+    letters = []
+    for _ in range(_ID_LENGTH):
+        n, digit = divmod(n, len(_ID_ALPHABET))
+        letters.append(_ID_ALPHABET[digit])
+    return "".join(letters)
 
 
 @dataclass(frozen=True, slots=True)
