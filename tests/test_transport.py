@@ -156,3 +156,12 @@ async def test_the_proxy_from_the_environment_is_used(server: tuple[Server, str]
     assert r.status_code == 200
     method, path, headers, _ = srv.seen[0]
     assert (method, path, headers["Host"]) == ("GET", "/echo", "provider.invalid")
+
+
+async def test_no_proxy_from_the_environment_is_honoured(server: tuple[Server, str], monkeypatch) -> None:
+    srv, base = server
+    monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")  # nothing listens there
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    async with build_client() as client:
+        r = await client.get(f"{base}/echo")
+    assert r.status_code == 200  # went straight to the server

@@ -15,6 +15,7 @@ import functools
 import ssl
 from collections.abc import AsyncIterator
 from typing import Any
+from urllib.request import proxy_bypass
 
 import aiohttp
 import certifi
@@ -35,6 +36,11 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         self._ssl = _ssl_context()  # at start-up, not on the event loop at the first request
         self._session: aiohttp.ClientSession | None = None
         self._closed = False
+        # HTTP(S)_PROXY and NO_PROXY, as httpx honours them with its own transport, read once
+        # when the client is built as httpx reads them: aiohttp's trust_env reads them (and
+        # ~/.netrc) again in a worker thread for every request, about 1 ms of CPU each
+        self._env_proxies = aiohttp.helpers.proxies_from_env()
+        self._proxy_by_host: dict[tuple[str, str], tuple[URL | None, aiohttp.BasicAuth | None]] = {}
 
     def _get_session(self) -> aiohttp.ClientSession:
         # made on first use: a session belongs to the running event loop
@@ -45,8 +51,6 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
                 connector=aiohttp.TCPConnector(limit=self._max_connections, ssl=self._ssl),
                 cookie_jar=aiohttp.DummyCookieJar(),
                 auto_decompress=False,
-                # HTTP(S)_PROXY and NO_PROXY, as httpx honours them with its own transport
-                trust_env=True,
                 timeout=aiohttp.ClientTimeout(total=None),
             )
         return self._session
@@ -56,6 +60,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         # the providers' bodies are JSON or a reference image of bounded size
         body = await request.aread()
         headers = [(k, v) for k, v in request.headers.multi_items() if k.lower() not in _DROPPED_HEADERS]
+        proxy, proxy_auth = self._proxy_for(request.url)
         try:
             response = await session.request(
                 request.method,
@@ -64,6 +69,8 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
                 data=body or None,
                 allow_redirects=False,
                 timeout=_timeout(request.extensions.get("timeout")),
+                proxy=proxy,
+                proxy_auth=proxy_auth,
             )
         except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
             raise _httpx_error(exc, request) from exc
@@ -73,6 +80,15 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
             stream=_ResponseStream(response, request),
             extensions={"http_version": b"HTTP/1.1", "reason_phrase": (response.reason or "").encode()},
         )
+
+    def _proxy_for(self, url: httpx.URL) -> tuple[URL | None, aiohttp.BasicAuth | None]:
+        key = (url.scheme, url.host)
+        found = self._proxy_by_host.get(key)
+        if found is None:
+            info = self._env_proxies.get(url.scheme)
+            found = (None, None) if info is None or proxy_bypass(url.host) else (info.proxy, info.proxy_auth)
+            self._proxy_by_host[key] = found
+        return found
 
     async def aclose(self) -> None:
         self._closed = True
