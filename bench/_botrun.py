@@ -77,7 +77,7 @@ TRACE: dict[str, list[tuple[float, ...]]] = {}
 
 
 def _trace_storage() -> None:
-    """$BENCH_TRACE=1: time reserve_and_insert, and each write transaction's wait and hold, from outside.
+    """$BENCH_TRACE=1: time reserve_request (every accepted request's reservation), and each write transaction's wait and hold, from outside.
 
     Wraps the functions at their module attributes (the bot looks them up at call time);
     the bot's code is unchanged.
@@ -88,21 +88,22 @@ def _trace_storage() -> None:
     from storage import db as dbmod
     from storage import jobs as jobstore
 
-    original_reserve = jobstore.reserve_and_insert
+    original_reserve = jobstore.reserve_request
 
-    async def reserve_and_insert(*args: Any, **kw: Any) -> Any:
+    async def reserve_request(*args: Any, **kw: Any) -> Any:
         t0 = time.perf_counter()
         try:
             return await original_reserve(*args, **kw)
         finally:
             TRACE.setdefault("reserve", []).append((time.monotonic(), time.perf_counter() - t0))
 
-    jobstore.reserve_and_insert = reserve_and_insert
+    jobstore.reserve_request = reserve_request
     original_txn = dbmod.Database.write_txn
     original_run_write = dbmod.Database.run_write
 
-    # "wait": from the call until the transaction's work starts (the gate, the writer
-    # thread's queue, BEGIN); "hold": the work itself. The originals keep their exclusion.
+    # "wait": from the call until the transaction's work starts (the gate, the wait for the
+    # loop's batch or the writer's thread, BEGIN); "hold": the work itself. The originals keep
+    # their exclusion.
     @asynccontextmanager
     async def write_txn(self: Any, **kw: Any) -> Any:
         t0 = time.perf_counter()

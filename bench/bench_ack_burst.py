@@ -134,12 +134,12 @@ async def main() -> int:
     wait = [w for t, w, _ in trace.get("txn", []) if t0 <= t <= t_end]
     hold = [h for t, _, h in trace.get("txn", []) if t0 <= t <= t_end]
     report.figure("traced burst: ack p99", summary_ms([x.latency_s for x in traced_sent])["p99_ms"], "ms")
-    report.figure("traced burst: reserve_and_insert p50", summary_ms(reserve)["p50_ms"], "ms")
-    report.figure("traced burst: reserve_and_insert p99", summary_ms(reserve)["p99_ms"], "ms")
-    report.figure("traced burst: write-lock wait p99", summary_ms(wait)["p99_ms"], "ms")
-    report.figure("traced burst: write-lock hold p50", summary_ms(hold)["p50_ms"], "ms")
+    report.figure("traced burst: reservation (reserve_request) p50", summary_ms(reserve)["p50_ms"], "ms")
+    report.figure("traced burst: reservation (reserve_request) p99", summary_ms(reserve)["p99_ms"], "ms")
+    report.figure("traced burst: write wait (gate, batch, BEGIN) p99", summary_ms(wait)["p99_ms"], "ms")
+    report.figure("traced burst: write work p50", summary_ms(hold)["p50_ms"], "ms")
     report.figure("traced burst: write transactions during the burst", len(hold))
-    report.figure("traced burst: write lock held, share of burst time", round(100 * sum(hold) / burst_s, 1), "%")
+    report.figure("traced burst: write work, share of burst time", round(100 * sum(hold) / burst_s, 1), "%")
     report.check("p99 real vs bare", round(real_p99 / bare_p99, 2), "<=", 1.25, "x",
                  note=f"real {real_p99:.0f} ms, bare {bare_p99:.0f} ms")
     report.check("errors (real)", sum(1 for s in results["real"] if s.status != 200 or s.error), "==", 0)
