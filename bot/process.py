@@ -14,9 +14,10 @@ SWITCH_INTERVAL_S = 0.0005
 
 
 def prefer_short_turns() -> None:
-    """The SQLite writer's thread needs the GIL back after every statement, and a command's
-    budget reservation waits for that thread. With the default interval each statement could
-    sit behind 5 ms of event-loop work, so one reservation took up to tens of ms under load."""
+    """The SQLite threads (the reader's, the multi-step writer's, the checkpoint worker) need
+    the GIL back after every statement, and whoever awaits them waits for that. With the
+    default interval each statement could sit behind 5 ms of event-loop work: when
+    reservations still ran on the writer's thread, one took up to tens of ms under load."""
     sys.setswitchinterval(SWITCH_INTERVAL_S)
 
 
