@@ -469,7 +469,7 @@ async def finish_success(deps: Deps, job: Job, status: ProviderStatus) -> None:
         dest.unlink(missing_ok=True)
 
 
-# The settling transactions below each run as one function on the writer's thread
+# The settling transactions below each run as one function in one transaction
 # (Database.run_write): job row, ledger and outbox change together or not at all.
 
 

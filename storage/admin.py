@@ -108,7 +108,7 @@ def effective_budgets_sync(
     conn: sqlite3.Connection, *, env_default_micros: int, env_workspace_micros: int | None,
     env_approval_micros: int | None = None,
 ) -> Budgets:
-    # one statement: this runs inside every reservation, on the writer's thread
+    # one statement: this runs inside every reservation, on the event loop
     found = {
         row[0]: Setting(row[1], row[2], row[3])
         for row in conn.execute(

@@ -110,7 +110,7 @@ async def reserve_request(
     waiting for an admin. The dedupe key is the first job's.
     """
     try:
-        # the whole check-and-insert is one trip to the writer's thread (see Database.run_write)
+        # the whole check-and-insert is one function in one transaction (see Database.run_write)
         return await db.run_write(
             _reserve_in, news, limits=limits, day=day, now=now, compare_prompt=compare_prompt, wait_s=wait_s
         )

@@ -135,7 +135,7 @@ async def test_a_cancelled_caller_leaves_its_transaction_whole(db, tmp_path) -> 
         await task
     except asyncio.CancelledError:
         pass
-    await db.run_write(lambda conn: None)  # runs after it on the writer's thread
+    await db.run_write(lambda conn: None)  # queued after it: both have run by now
     assert _count_settings(tmp_path) in (0, 2)
 
 
