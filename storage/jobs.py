@@ -118,6 +118,13 @@ async def reserve_request(
         raise Busy() from None
 
 
+# a compare is one request: its jobs take one slot of the cap together
+_RUNNING_SQL = (
+    "SELECT COUNT(DISTINCT COALESCE(compare_id, id)) FROM jobs WHERE user_id = ?"
+    f" AND status IN ({','.join('?' for _ in UNFINISHED)})"
+)
+
+
 def _reserve_in(
     conn: sqlite3.Connection, news: list[NewJob], *, limits: Limits, day: str, now: str,
     compare_prompt: str | None,
@@ -132,13 +139,7 @@ def _reserve_in(
             rows = conn.execute(
                 "SELECT * FROM jobs WHERE compare_id = ? ORDER BY rowid", (job.compare_id,)).fetchall()
             return Reserved([row_to_job(r) for r in rows], False, job.compare_id, job.approval_key)
-    placeholders = ",".join("?" for _ in UNFINISHED)
-    # a compare is one request: its jobs take one slot of the cap together
-    row = fetchone_sync(
-        conn,
-        f"SELECT COUNT(DISTINCT COALESCE(compare_id, id)) FROM jobs WHERE user_id = ? AND status IN ({placeholders})",
-        (first.user_id, *UNFINISHED),
-    )
+    row = fetchone_sync(conn, _RUNNING_SQL, (first.user_id, *UNFINISHED))
     running = int(row[0])
     if running >= limits.max_unfinished_per_user:
         raise TooManyJobs(running, limits.max_unfinished_per_user)
@@ -186,14 +187,11 @@ def _reserve_in(
             "INSERT INTO compares (id, user_id, channel_id, thread_ts, prompt, created_at) VALUES (?,?,?,?,?,?)",
             (compare_id, first.user_id, first.channel_id, first.thread_ts, compare_prompt, now),
         )
-    job_ids = []
-    for i, new in enumerate(news):
-        job_id = _insert_job(conn, new if i == 0 else _without_dedupe(new), day=day, now=now,
-                             compare_id=compare_id)
-        ledger.add_reservation_sync(
-            conn, job_id=job_id, user_id=new.user_id, day=day, amount_micros=new.estimate_micros, at=now
-        )
-        job_ids.append(job_id)
+    job_ids: list[str] = []
+    while len(job_ids) < len(news):
+        job_id = _free_id(conn, "jobs")
+        if job_id not in job_ids:
+            job_ids.append(job_id)
     approval_key = None
     if budgets.approval_over_micros is not None and total > budgets.approval_over_micros:
         approval_key = compare_id or job_ids[0]  # a compare is approved as a whole
@@ -203,10 +201,18 @@ def _reserve_in(
             " VALUES (?, ?, ?, ?, 'pending', ?, ?)",
             (approval_key, first.user_id, total, budgets.approval_over_micros, now, iso(expires)),
         )
-        conn.executemany("UPDATE jobs SET approval_key = ? WHERE id = ?", [(approval_key, j) for j in job_ids])
-    marks = ",".join("?" for _ in job_ids)
-    rows = conn.execute(f"SELECT * FROM jobs WHERE id IN ({marks}) ORDER BY rowid", job_ids).fetchall()
-    return Reserved([row_to_job(r) for r in rows], True, compare_id, approval_key)
+    jobs = []
+    for i, new in enumerate(news):
+        stored = new if i == 0 else _without_dedupe(new)
+        job_id = job_ids[i]
+        _insert_job(conn, stored, job_id, day=day, now=now, compare_id=compare_id, approval_key=approval_key)
+        ledger.add_reservation_sync(
+            conn, job_id=job_id, user_id=new.user_id, day=day, amount_micros=new.estimate_micros, at=now
+        )
+        # what the INSERT stored, without reading it back (this runs before every ack)
+        jobs.append(_stored_job(stored, job_id, day=day, now=now, compare_id=compare_id,
+                                approval_key=approval_key))
+    return Reserved(jobs, True, compare_id, approval_key)
 
 
 def _without_dedupe(new: NewJob) -> NewJob:
@@ -222,25 +228,45 @@ def _free_id(conn: sqlite3.Connection, table: str) -> str:
 
 
 def _insert_job(
-    conn: sqlite3.Connection, new: NewJob, *, day: str, now: str, compare_id: str | None = None
-) -> str:
-    job_id = _free_id(conn, "jobs")
+    conn: sqlite3.Connection, new: NewJob, job_id: str, *, day: str, now: str,
+    compare_id: str | None = None, approval_key: str | None = None,
+) -> None:
     conn.execute(
         """INSERT INTO jobs (id, dedupe_key, user_id, team_id, channel_id, thread_ts, source,
                response_url, model, provider, provider_model, prompt, duration_seconds,
                resolution, aspect_ratio, status, estimate_micros, budget_day, created_at,
                updated_at, last_progress_at, reference_image_path, reference_image_mime,
-               compare_id, fallback_of)
-           VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,'queued',?,?,?,?,?,?,?,?,?)""",
+               compare_id, fallback_of, approval_key)
+           VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,'queued',?,?,?,?,?,?,?,?,?,?)""",
         (
             job_id, new.dedupe_key, new.user_id, new.team_id, new.channel_id, new.thread_ts,
             new.source, new.response_url, new.model, new.provider, new.provider_model,
             new.prompt, new.duration_seconds, new.resolution, new.aspect_ratio,
             new.estimate_micros, day, now, now, now, new.reference_image_path,
-            new.reference_image_mime, compare_id, new.fallback_of,
+            new.reference_image_mime, compare_id, new.fallback_of, approval_key,
         ),
     )
-    return job_id
+
+
+def _stored_job(
+    new: NewJob, job_id: str, *, day: str, now: str, compare_id: str | None, approval_key: str | None
+) -> Job:
+    """The row `_insert_job` stored, as `row_to_job` would read it (a test holds them equal)."""
+    at = parse_iso(now)
+    assert at is not None
+    return Job(
+        id=job_id, user_id=new.user_id, team_id=new.team_id, channel_id=new.channel_id,
+        thread_ts=new.thread_ts, status_ts=None, source=new.source, model=new.model,
+        provider=new.provider, prompt=new.prompt, duration_seconds=new.duration_seconds,
+        resolution=new.resolution, aspect_ratio=new.aspect_ratio, status=JobStatus.QUEUED,
+        failure_kind=None, failure_detail=None, progress=None, provider_job_id=None,
+        estimate_micros=new.estimate_micros, cost_micros=0, video_url=None,
+        response_url=new.response_url, created_at=at,
+        submit_started_at=None, last_progress_at=at, stall_notified=False,
+        finished_at=None, budget_day=day, reference_image_path=new.reference_image_path,
+        reference_image_mime=new.reference_image_mime, compare_id=compare_id,
+        fallback_of=new.fallback_of, approval_key=approval_key,
+    )
 
 
 def row_to_job(row: sqlite3.Row) -> Job:

@@ -72,7 +72,12 @@ def add_reservation_sync(
         " updated_at) VALUES (?, ?, ?, ?, 'reserved', ?, ?)",
         (job_id, user_id, day, amount_micros, at, at),
     )
-    _event_sync(conn, job_id, "reserve", amount_micros, at)
+    # the row was just written from these values: no need to read it back as _event_sync does
+    conn.execute(
+        "INSERT INTO ledger_events (job_id, user_id, budget_day, event, amount_micros, at)"
+        " VALUES (?, ?, ?, 'reserve', ?, ?)",
+        (job_id, user_id, day, amount_micros, at),
+    )
 
 
 def charge_sync(conn: sqlite3.Connection, job_id: str, amount_micros: int, at: str) -> bool:

@@ -62,6 +62,33 @@ async def test_a_newer_schema_refuses_to_start(tmp_path) -> None:
         await Database(path).open()
 
 
+async def test_reserved_jobs_are_the_rows_stored(db) -> None:
+    """reserve_request builds its jobs from what it inserted instead of reading them back."""
+    from dataclasses import replace
+
+    full = replace(
+        _new(key="cmd:T1:trig.1"), thread_ts="1700000000.000100", response_url="https://hooks.example/r",
+        reference_image_path="/media/images/x.png", reference_image_mime="image/png", fallback_of="abcd2345",
+    )
+    single = await jobstore.reserve_request(db, [full], limits=LIMITS, day=DAY, now=NOW)
+    compare = await jobstore.reserve_request(
+        db, [_new(user="U2"), _new(user="U2", cost=300_000)], limits=LIMITS, day=DAY, now=NOW,
+        compare_prompt="a dog",
+    )
+    gated = await jobstore.reserve_request(
+        db, [_new(user="U3")], day=DAY, now=NOW,
+        limits=Limits(user_limit_micros=5_000_000, workspace_limit_micros=None, max_unfinished_per_user=100,
+                      approval_over_micros=500_000),
+    )
+    assert compare.compare_id is not None and gated.approval_key == gated.jobs[0].id
+    for got in (single, compare, gated):
+        for job in got.jobs:
+            assert job == await jobstore.get_job(db, job.id)
+    # and a repeat of the first request returns the stored row too
+    again = await jobstore.reserve_request(db, [full], limits=LIMITS, day=DAY, now=NOW)
+    assert not again.created and again.jobs == single.jobs
+
+
 async def test_reserve_commits_job_and_reservation_together(db, tmp_path) -> None:
     job, created = await jobstore.reserve_and_insert(db, _new(), limits=LIMITS, day=DAY, now=NOW)
     assert created and job.status is JobStatus.QUEUED
