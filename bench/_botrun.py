@@ -7,7 +7,8 @@ On SIGUSR1 the process writes its loop-lag samples and task count to $BENCH_STAT
 on SIGUSR2 every task's stack to $BENCH_STATS_FILE.tasks.txt.
 $BENCH_IDLE_TASKS starts that many tasks that only sleep (the memory baseline).
 Diagnosis only: $BENCH_TRACE=1 times storage calls, $BENCH_SAMPLE=1 samples the loop's stack,
-$BENCH_STUB_SNIFFIO=1 provides a stub `sniffio` module.
+$BENCH_STUB_SNIFFIO=1 provides a stub `sniffio` module, $BENCH_STUB_STORE=1 answers
+reservations from memory and starts no job.
 The process stops on SIGTERM/SIGINT, and by itself after 15 minutes.
 """
 
@@ -135,6 +136,22 @@ def _trace_storage() -> None:
     dbmod.Database.run_write = run_write  # type: ignore[method-assign]
 
 
+def _stub_storage() -> None:
+    """$BENCH_STUB_STORE=1 (diagnosis only): answer every reservation from memory -- nothing
+    is stored and no job task starts -- so a burst measures the app without its SQLite work
+    and its jobs: the parse, the caps' inputs, Bolt, the listener and the answer."""
+    from bot.poller import Poller
+    from storage import jobs as jobstore
+
+    async def reserve_request(db: Any, news: list[Any], *, day: str, now: str, **_: Any) -> Any:
+        jobs = [jobstore._stored_job(n, jobstore.new_job_id(), day=day, now=now, compare_id=None, approval_key=None)
+                for n in news]
+        return jobstore.Reserved(jobs, True)
+
+    jobstore.reserve_request = reserve_request  # type: ignore[assignment]
+    Poller.watch = lambda self, job_id, **_: None  # type: ignore[method-assign]
+
+
 def _job_task_states() -> dict[str, Any]:
     """Where each `job:*` task is waiting, by the two innermost bot functions on its await
     chain: "watch>_nap" (loaded, waiting for its next poll), "get_job>fetchone" (loading)."""
@@ -234,6 +251,8 @@ async def _main(bare: bool) -> int:
     settings = load_settings()
     if os.environ.get("BENCH_TRACE") == "1":
         _trace_storage()
+    if os.environ.get("BENCH_STUB_STORE") == "1":
+        _stub_storage()
     if os.environ.get("BENCH_SAMPLE") == "1":
         global SAMPLER
         SAMPLER = StackSampler()

@@ -7,6 +7,9 @@ until every job of the round has finished (2-second renders), so rounds do not p
 
 Target: p99 of the real app <= 1.25 x p99 of the bare app, measured in the same run.
 Also counted: jobs left unfinished once no task watches them (orphans; should be 0).
+Diagnosis only (not the target figure): CPU per burst from /proc, and the real app with its
+reservations answered from memory and no job tasks (bench/_botrun.py BENCH_STUB_STORE=1),
+in rounds alternating with the bare app -- what the app costs without its SQLite work.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
+from statistics import mean, median
 from pathlib import Path
 
 if __package__ in (None, ""):
@@ -22,12 +26,13 @@ if __package__ in (None, ""):
 import aiohttp
 
 from bench._common import (
-    BotProc, Report, World, bot_env, free_port, isolate_env, lags_between, post_command, run,
-    signed, slash_form, summary_ms, wait_until, workdir,
+    BotProc, Report, World, bot_env, cpu_seconds, free_port, isolate_env, lags_between, post_command,
+    run, signed, slash_form, summary_ms, wait_until, workdir,
 )
 
 BURST = 200
 ROUNDS = 5
+STUB_ROUNDS = 5
 WARMUP = 20
 
 
@@ -51,26 +56,33 @@ async def main() -> int:
         real = BotProc(bot_env(world, tmp / "bot.db", port := free_port(), SORA_POLL_INTERVAL="1"),
                        port, tmp, name="real")
         bare = BotProc(bot_env(world, tmp / "bare.db", port2 := free_port()), port2, tmp, name="bare", bare=True)
+        # diagnosis only: the real app with reservations answered from memory and no job tasks
+        stub = BotProc(bot_env(world, tmp / "stub.db", port4 := free_port(), BENCH_STUB_STORE="1"),
+                       port4, tmp, name="stub")
         await real.start()
         await bare.start()
+        await stub.start()
         response_url = f"{world.slack_api_url.rsplit('/api/', 1)[0]}/respond/0"
         try:
             # warm both (first requests pay for lazy imports and Bolt's auth.test)
             await burst(f"{real.url}/slack/events", WARMUP, "W0", response_url)
             await burst(f"{bare.url}/slack/events", WARMUP, "W1", response_url)
+            await burst(f"{stub.url}/slack/events", WARMUP, "W3", response_url)
             await wait_until(lambda: _idle(real), 60, "warm-up jobs to finish")
             orphans_before = (await real.health())["unfinished_jobs"]
 
             results: dict[str, list] = {"bare": [], "real": []}
-            per_round: dict[str, list[float]] = {"bare": [], "real": []}
+            per_round: dict[str, list[float]] = {"bare": [], "real": [], "stub": []}
+            cpu_ms: dict[str, list[float]] = {"bare": [], "real": [], "stub": []}
             posted_after: list[float] = []
             lag_windows: list[tuple[float, float]] = []
             for r in range(ROUNDS):
                 for name, proc in (("bare", bare), ("real", real)):
                     before = (await world.stats())["slack"]["methods"].get("chat.postMessage", 0)
-                    t0 = time.monotonic()
+                    t0, c0 = time.monotonic(), cpu_seconds(proc.pid)
                     sent = await burst(f"{proc.url}/slack/events", BURST, f"{r}{name[0]}", response_url)
                     t1 = time.monotonic()
+                    cpu_ms[name].append(1000 * (cpu_seconds(proc.pid) - c0))
                     results[name] += sent
                     per_round[name].append(summary_ms([s.latency_s for s in sent])["p99_ms"])
                     if name == "real":
@@ -84,9 +96,22 @@ async def main() -> int:
             stats = await real.inner_stats()
             orphans = (await real.health())["unfinished_jobs"]
             slack_stats = (await world.stats())["slack"]
+            # diagnosis: the same bursts against the stubbed app, alternating with the bare one
+            stub_bare: list[float] = []
+            for r in range(STUB_ROUNDS):
+                for name, proc in (("bare", bare), ("stub", stub)):
+                    c0 = cpu_seconds(proc.pid)
+                    sent = await burst(f"{proc.url}/slack/events", BURST, f"{r}s{name[0]}", response_url)
+                    p99 = summary_ms([s.latency_s for s in sent])["p99_ms"]
+                    if name == "stub":
+                        per_round["stub"].append(p99)
+                        cpu_ms["stub"].append(1000 * (cpu_seconds(proc.pid) - c0))
+                    else:
+                        stub_bare.append(p99)
         finally:
             await real.stop()
             await bare.stop()
+            await stub.stop()
 
         # Where the time goes: one more burst against a bot whose storage calls are timed from
         # outside (bench/_botrun.py BENCH_TRACE=1; not used for the figures above).
@@ -129,6 +154,18 @@ async def main() -> int:
     report.figure("fake Slack: Web API calls / TCP connections they came on",
                   f"{calls} / {slack_stats['connections_seen']}")
     report.figure("ratio real p99 / bare p99", round(real_p99 / bare_p99, 2), "x")
+    report.figure("median of per-round p99: real / bare",
+                  f"{median(per_round['real']):.0f} / {median(per_round['bare']):.0f} ms"
+                  f" = {median(per_round['real']) / median(per_round['bare']):.2f} x")
+    report.figure("CPU per burst (mean, while answering): real / bare",
+                  f"{mean(cpu_ms['real']):.0f} / {mean(cpu_ms['bare']):.0f} ms"
+                  f" = {mean(cpu_ms['real']) / mean(cpu_ms['bare']):.2f} x")
+    report.figure("diagnosis, reservations answered from memory and no job tasks: median p99 stub / bare",
+                  f"{median(per_round['stub']):.0f} / {median(stub_bare):.0f} ms"
+                  f" = {median(per_round['stub']) / median(stub_bare):.2f} x")
+    report.figure("diagnosis: CPU per burst stub / bare",
+                  f"{mean(cpu_ms['stub']):.0f} / {mean(cpu_ms['bare']):.0f} ms"
+                  f" = {mean(cpu_ms['stub']) / mean(cpu_ms['bare']):.2f} x")
     t_end = t0 + burst_s
     reserve = [d for t, d in trace.get("reserve", []) if t0 <= t <= t_end]
     wait = [w for t, w, _ in trace.get("txn", []) if t0 <= t <= t_end]
