@@ -18,8 +18,6 @@ import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from bot.process import CollectorHold
-
 
 class AckFirst:
     def __init__(self, *, max_wait_s: float = 0.05, starts: int = 16) -> None:
@@ -28,23 +26,17 @@ class AckFirst:
         self._quiet = asyncio.Event()
         self._quiet.set()
         self._starts = asyncio.Semaphore(starts)
-        # `sora-bot run` sets one: the garbage collector waits with the job steps
-        self.collector: CollectorHold | None = None
 
     def enter(self) -> None:
         """A Slack request arrived: hold back job steps until it is answered."""
         self.pending += 1
         self._quiet.clear()
-        if self.collector is not None:
-            self.collector.hold()
 
     def leave(self) -> None:
         self.pending -= 1
         if self.pending <= 0:
             self.pending = 0
             self._quiet.set()
-            if self.collector is not None:
-                self.collector.release()
 
     async def turn(self) -> None:
         """Wait until no Slack request is waiting for its answer (or `max_wait_s` passed)."""

@@ -139,7 +139,7 @@ async def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
     from aiohttp import web
 
     from bot.app import create_runtime, make_web_app
-    from bot.process import CollectorHold, freeze_startup_heap, prefer_short_turns
+    from bot.process import freeze_startup_heap, prefer_short_turns
 
     if settings.slack_bot_token is None:
         print("SLACK_BOT_TOKEN: required for `sora-bot run`", file=sys.stderr)
@@ -160,7 +160,6 @@ async def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
         loop.add_signal_handler(sig, stop.set)
     resumed = await runtime.start()
     freeze_startup_heap()
-    runtime.deps.ack_first.collector = CollectorHold()
     runner: web.AppRunner | None = None
     handler: Any = None
     try:

@@ -1,16 +1,10 @@
-"""Job steps (and the garbage collector) give way to unanswered Slack requests, briefly; jobs
-start a few at a time."""
+"""Job steps give way to unanswered Slack requests, briefly, and start a few at a time."""
 
 from __future__ import annotations
 
 import asyncio
-import gc
-from collections.abc import Iterator
-
-import pytest
 
 from bot.ack_first import AckFirst
-from bot.process import CollectorHold
 
 
 async def test_a_step_waits_for_the_pending_answer_then_goes() -> None:
@@ -54,63 +48,3 @@ async def test_only_so_many_new_jobs_start_at_once() -> None:
     release.set()
     await asyncio.wait_for(asyncio.gather(*tasks), 1)
     assert most == 2 and inside == 0
-
-
-@pytest.fixture
-def collector_on() -> Iterator[None]:
-    """Each test starts with the collector on and leaves it as the suite had it."""
-    was = gc.isenabled()
-    gc.enable()
-    try:
-        yield
-    finally:
-        (gc.enable if was else gc.disable)()
-
-
-class _Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def test_the_collector_waits_while_answers_are_owed(collector_on) -> None:
-    gate = AckFirst()
-    gate.collector = CollectorHold()
-    gate.enter()
-    gate.enter()
-    assert not gc.isenabled()
-    gate.leave()
-    assert not gc.isenabled()  # one answer is still owed
-    gate.leave()
-    assert gc.isenabled()
-
-
-def test_under_steady_traffic_the_collector_still_runs(collector_on) -> None:
-    clock = _Clock()
-    hold = CollectorHold(max_hold_s=1.0, let_run_s=0.1, clock=clock)
-    hold.hold()
-    clock.now += 0.9
-    hold.hold()
-    assert not gc.isenabled()
-    clock.now += 0.2  # held for 1.1 s with answers owed all along
-    hold.hold()
-    assert gc.isenabled() and not hold.holding
-    clock.now += 0.05
-    hold.hold()
-    assert gc.isenabled()  # it gets its turn before being held again
-    clock.now += 0.1
-    hold.hold()
-    assert not gc.isenabled()
-    hold.release()
-    assert gc.isenabled()
-
-
-def test_a_collector_turned_off_elsewhere_stays_off(collector_on) -> None:
-    gc.disable()
-    hold = CollectorHold()
-    hold.hold()
-    assert not hold.holding
-    hold.release()
-    assert not gc.isenabled()
