@@ -68,7 +68,10 @@ def build_providers(settings: Settings) -> dict[str, VideoProvider]:
             settings.video_gateway_base_url, secret(settings.video_gateway_api_key), style=settings.video_gateway_style
         )
     if OPENAI in configured:
-        providers[OPENAI] = OpenAIVideosProvider(settings.openai_base_url, secret(settings.openai_api_key))
+        providers[OPENAI] = OpenAIVideosProvider(
+            settings.openai_base_url, secret(settings.openai_api_key),
+            calls_back=callbacks.openai_webhooks_on(settings),
+        )
     if RUNWAY in configured:
         providers[RUNWAY] = RunwayProvider(secret(settings.runwayml_api_secret), base_url=settings.runway_base_url)
     if VEO in configured:

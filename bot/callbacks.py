@@ -72,6 +72,12 @@ def _key_for(settings: Settings) -> bytes | None:
     return callback_key(settings.slack_signing_secret.get_secret_value())
 
 
+def openai_webhooks_on(settings: Settings) -> bool:
+    """Whether OpenAI's webhooks can reach us: a signing secret, and HTTP mode (the route is
+    on the bot's HTTP server, which Socket Mode doesn't run)."""
+    return settings.openai_webhook_secret is not None and settings.slack_app_token is None
+
+
 def url_builder(settings: Settings, provider: str) -> Callable[[str], str] | None:
     """job id -> callback URL for an adapter's submit; None when callbacks are off."""
     key = _key_for(settings)

@@ -314,6 +314,7 @@ async def watch(deps: Deps, job: Job, throttle: EditThrottle, *, first_delay_s: 
     provider = _provider(deps, job)
     spec = deps.catalog.get(job.model)
     min_render_s = spec.min_render_s if spec else 0.0
+    calls_back = getattr(provider, "calls_back", False)
     track = PollTrack.from_job(job)
     transient_errors = 0
     hard_errors = 0
@@ -325,16 +326,20 @@ async def watch(deps: Deps, job: Job, throttle: EditThrottle, *, first_delay_s: 
         if now >= give_up_at:
             await give_up(deps, job)
             return
+        # a poll the schedule made, not a callback, finding the job over: the callback was lost
+        # (the first one after a restart doesn't count: callbacks can't reach a stopped bot)
+        safety_net = calls_back and first_delay_s is None
         if first_delay_s is not None:
             delay, first_delay_s = first_delay_s, None
         else:
-            delay = next_poll_delay(t, job, now, track, min_render_s=min_render_s)
+            delay = next_poll_delay(t, job, now, track, min_render_s=min_render_s, calls_back=calls_back)
         if transient_errors:
             delay = _backoff(deps, transient_errors, None)
         if hint:
             delay = max(delay, hint)
         delay = min(delay, max(0.0, (give_up_at - now).total_seconds()) + 0.01)
         poked = await _nap(deps, job.id, delay)
+        safety_net = safety_net and not poked
         if not poked and deps.poller is not None:
             await deps.poller.pace(job.provider)  # a callback's poke goes first: it saves polls
         assert job.provider_job_id is not None
@@ -356,9 +361,15 @@ async def watch(deps: Deps, job: Job, throttle: EditThrottle, *, first_delay_s: 
             continue
         transient_errors = hard_errors = 0
         hint = status.retry_after_s
+        if safety_net and status.state in _ENDED:
+            log.warning("job %s: %s finished it without a callback reaching us; polling found it (check "
+                        "SORA_PUBLIC_BASE_URL or the provider's webhook setup)", job.id, job.provider)
         # a queued job has not started rendering, whatever progress figure came with it
         track.saw(deps.clock(), 0 if status.state is ProviderState.QUEUED else _percent(status.progress))
         job = await _apply_status(deps, job, status, throttle)
+
+
+_ENDED = (ProviderState.SUCCEEDED, ProviderState.FAILED, ProviderState.CANCELLED)
 
 
 def _percent(progress: int | float | None) -> int | None:

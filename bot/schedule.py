@@ -20,6 +20,11 @@ often; jitter only ever shortens a delay, so it can't make a video late.
 
 Provider progress that is not linear (gateways that fake 10 -> 50 -> 100, renders that
 speed up at the end) can make a video later than the target, never later than the cap.
+
+A provider that calls back (bot/callbacks.py: a signed webhook, or the callback URL we gave
+it) says when the job ends, and its callback wakes the job at once; then polling is only
+the safety net for a callback that never comes, every `callback_safety_poll_s`. Progress
+in the thread then stays where the last poll left it.
 """
 
 from __future__ import annotations
@@ -115,13 +120,15 @@ def earliest_finish_in(
 
 def next_poll_delay(
     timing: "Timing", job: "Job", now: datetime, track: PollTrack, *, min_render_s: float = 0.0,
-    rng: random.Random | None = None,
+    calls_back: bool = False, rng: random.Random | None = None,
 ) -> float:
     """Seconds until the next status call of `job` (see the module's docstring).
 
     Pure apart from the jitter (drawn from `rng`, else the module-level `random`), so it
     can be driven by a simulated clock.
     """
+    if calls_back:
+        return timing.callback_safety_poll_s * (rng or random).uniform(0.9, 1.0)
     if track.polls == 0:
         delay = timing.poll_interval_s
     else:

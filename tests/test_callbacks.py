@@ -11,7 +11,7 @@ import base64
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -80,6 +80,72 @@ def _videos(slack: Any, job: Any) -> list[Any]:
 async def _delivered_within(slack: Any, job: Any, started: float, limit_s: float = 1.0) -> None:
     await slack.wait_for(lambda: bool(_videos(slack, job)), timeout=5)
     assert time.monotonic() - started <= limit_s, "the video took longer than a second after the callback"
+
+
+# --- with callbacks on, polling is the safety net ------------------------------------------------
+
+# A schedule that would poll every 50-100 ms, if the provider didn't call back.
+EAGER = Timing(
+    poll_interval_s=0.05,
+    max_poll_interval_s=0.1,
+    stall_timeout_s=600.0,
+    job_timeout_s=600.0,
+    progress_edit_interval_s=0.0,
+    submit_retry_window_s=20.0,
+    download_attempts=4,
+    delivery_retry_max_s=0.5,
+    callback_safety_poll_s=30.0,
+)
+
+
+async def _openai_bot(make_bot: Any, server: FakeOpenAIServer, client: httpx.AsyncClient, timing: Timing) -> Any:
+    provider = OpenAIVideosProvider(server.base_url, server.api_key, client=client, calls_back=True)
+    bot = await make_bot(providers={"openai": provider}, include_simulator=False,
+                         sora_default_model="sora-2", timing=timing, openai_webhook_secret=WHSEC)
+    server.configure_webhooks(bot.url.removesuffix("/slack/events") + "/callbacks/openai", WHSEC)
+    return bot
+
+
+async def test_with_callbacks_on_a_job_costs_at_most_two_status_calls(make_bot, slack) -> None:
+    async with FakeOpenAIServer(run_seconds=0.6) as server, httpx.AsyncClient() as client:
+        bot = await _openai_bot(make_bot, server, client, EAGER)
+        job = await _submitted_job(bot, "a heron at dawn")
+        pid = await _finished_at_provider(server, job)
+        assert server.polls[pid] == 0  # the eager schedule would have polled about ten times
+
+        started = time.monotonic()
+        assert await server.send_callback(pid) == 200
+        await _delivered_within(slack, job, started)
+        await asyncio.sleep(QUIET_S)
+        assert server.polls[pid] <= 2 and len(server.submits) == 1
+
+
+async def test_a_lost_callback_is_caught_by_the_safety_net_poll(make_bot, slack, caplog) -> None:
+    timing = replace(EAGER, callback_safety_poll_s=0.4)
+    async with FakeOpenAIServer(run_seconds=0.2) as server, httpx.AsyncClient() as client:
+        bot = await _openai_bot(make_bot, server, client, timing)
+        job = await _submitted_job(bot, "a lighthouse in fog")
+        await slack.wait_for(lambda: bool(_videos(slack, job)), timeout=5)  # no callback was sent
+        pid = job.provider_job_id.rpartition(":")[2]
+        # the fake answers "queued" to its first poll: one safety poll more than a callback costs
+        assert 1 <= server.polls[pid] <= 2
+    assert any("without a callback reaching us" in r.getMessage() for r in caplog.records)
+
+
+def test_adapters_say_whether_they_call_back() -> None:
+    from bot.app import build_providers
+
+    keys = {"openai_api_key": "sk-test", "kling_access_key": "ak", "kling_secret_key": "sk",
+            "ark_api_key": "ark", "fal_key": "fal"}
+    named = ("openai", "kling", "seedance", "fal")
+    on = build_providers(_settings(**keys, openai_webhook_secret=WHSEC, sora_public_base_url="https://bot.example.com"))
+    off = build_providers(_settings(**keys))
+    socket = build_providers(_settings(**keys, openai_webhook_secret=WHSEC, sora_public_base_url="https://bot.example.com",
+                                       slack_app_token="xapp-1"))
+    assert [on[n].calls_back for n in named] == [True, True, True, True]
+    assert [off[n].calls_back for n in named] == [False, False, False, False]
+    assert [socket[n].calls_back for n in named] == [False, False, False, False]  # no HTTP server
+    assert not on["simulator"].calls_back
 
 
 # --- OpenAI shape: Standard Webhooks -------------------------------------------------------------

@@ -150,3 +150,15 @@ def test_progress_that_stands_still_means_a_slow_render_and_polls_back_off_to_th
     track.saw(T0 + timedelta(seconds=70), 40)  # a minute without a change: under 1% a minute
     delay = next_poll_delay(timing, job, T0 + timedelta(seconds=70), track)  # type: ignore[arg-type]
     assert delay >= 0.9 * timing.max_poll_interval_s
+
+
+def test_a_provider_that_calls_back_is_polled_only_as_a_safety_net() -> None:
+    timing = Timing(callback_safety_poll_s=300.0)
+    rng = random.Random(1)
+    track = PollTrack()
+    for polls, progress in ((0, None), (1, 0), (2, 40), (3, 80)):
+        assert track.polls == polls
+        delay = next_poll_delay(timing, _job(), T0 + timedelta(seconds=10 * polls), track, calls_back=True, rng=rng)
+        assert 270.0 <= delay <= 300.0  # whatever the progress says: the callback tells the end
+        track.saw(T0 + timedelta(seconds=10 * polls + 1), progress)
+    assert next_poll_delay(timing, _job(), T0, PollTrack(), rng=rng) <= timing.poll_interval_s

@@ -20,6 +20,8 @@ class VideoProvider(Protocol):
 
     name: str
     shareable_urls: bool  # whether a result URL works for a person as a fallback link
+    # whether it reports finished jobs to our callback route (then polling is the safety net)
+    calls_back: bool
 
     async def submit(self, spec: VideoSpec) -> str:
         """Create the job; return the provider's job id."""

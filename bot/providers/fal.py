@@ -248,6 +248,7 @@ class FalProvider(HttpAdapter):
     ) -> None:
         self._queue = queue_url.rstrip("/")
         self._callback_url_for = callback_url_for  # our job id -> where fal reports back
+        self.calls_back = callback_url_for is not None
         self._key = api_key
         # fal keys are "<key id>:<key secret>": hide either half if echoed on its own.
         self._secrets = (api_key, *(p for p in api_key.split(":") if len(p) >= 8))

@@ -515,6 +515,7 @@ class HttpAdapter:
     that needs no key. Subclasses set `_secrets`, the values kept out of every error."""
 
     _secrets: Sequence[str]
+    calls_back = False  # set by adapters configured with a callback
 
     def __init__(self, *, client: httpx.AsyncClient | None, max_concurrency: int) -> None:
         self._owns_client = client is None

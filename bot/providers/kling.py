@@ -237,6 +237,7 @@ class KlingProvider(HttpAdapter):
     ) -> None:
         self._base = base_url.rstrip("/")
         self._callback_url_for = callback_url_for  # our job id -> where Kling reports back
+        self.calls_back = callback_url_for is not None
         self._access_key = access_key
         self._secret_key = secret_key
         self._clock = clock

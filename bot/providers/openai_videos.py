@@ -128,9 +128,12 @@ class OpenAIVideosProvider(HttpAdapter):
         *,
         client: httpx.AsyncClient | None = None,
         max_concurrency: int = 4,
+        calls_back: bool = False,
     ) -> None:
         self._base = base_url.rstrip("/")
         self._key = api_key
+        # webhooks are set up once in OpenAI's dashboard, not per job: the app says whether
+        self.calls_back = calls_back
         self._secrets = (api_key,)
         super().__init__(client=client, max_concurrency=max_concurrency)
 

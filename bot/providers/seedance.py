@@ -142,6 +142,7 @@ class SeedanceProvider(HttpAdapter):
     ) -> None:
         self._tasks_url = f"{base_url.rstrip('/')}/api/v3/contents/generations/tasks"
         self._callback_url_for = callback_url_for  # our job id -> where Ark reports back
+        self.calls_back = callback_url_for is not None
         self._key = api_key
         self._secrets = (api_key,)
         super().__init__(client=client, max_concurrency=max_concurrency)

@@ -38,6 +38,7 @@ def _fake_mp4(seed: str, size: int = 48_000) -> bytes:
 class SimulatorProvider:
     name = "simulator"
     shareable_urls = False  # simulator:// links open nowhere
+    calls_back = False
 
     def __init__(self, *, run_seconds: float = 12.0) -> None:
         self.run_seconds = run_seconds
