@@ -41,7 +41,8 @@ class Timing:
     # polling schedule's target (bot/schedule.py)
     lateness_floor_s: float = 2.0
     status_calls_per_s: float = 10.0  # per provider: many waiting jobs share it, never hammer one
-    # a provider that calls back is polled only this often: the safety net for a lost callback
+    # a provider that calls back is polled this often after its first poll: the safety net for
+    # a lost callback
     callback_safety_poll_s: float = 300.0
 
     @classmethod

@@ -326,9 +326,9 @@ async def watch(deps: Deps, job: Job, throttle: EditThrottle, *, first_delay_s: 
         if now >= give_up_at:
             await give_up(deps, job)
             return
-        # a poll the schedule made, not a callback, finding the job over: the callback was lost
-        # (the first one after a restart doesn't count: callbacks can't reach a stopped bot)
-        safety_net = calls_back and first_delay_s is None
+        # a safety-net poll, not a callback's, finding the job over: the callback was lost (not
+        # the first poll, nor the first after a restart: callbacks can't reach a stopped bot)
+        safety_net = calls_back and first_delay_s is None and track.polls > 0
         if first_delay_s is not None:
             delay, first_delay_s = first_delay_s, None
         else:
@@ -341,7 +341,7 @@ async def watch(deps: Deps, job: Job, throttle: EditThrottle, *, first_delay_s: 
         poked = await _nap(deps, job.id, delay)
         safety_net = safety_net and not poked
         if not poked and deps.poller is not None:
-            await deps.poller.pace(job.provider)  # a callback's poke goes first: it saves polls
+            await deps.poller.pace(job.provider, job.id)  # a callback's poke goes first: it saves polls
         assert job.provider_job_id is not None
         try:
             status = await provider.poll(job.provider_job_id)

@@ -22,9 +22,10 @@ Provider progress that is not linear (gateways that fake 10 -> 50 -> 100, render
 speed up at the end) can make a video later than the target, never later than the cap.
 
 A provider that calls back (bot/callbacks.py: a signed webhook, or the callback URL we gave
-it) says when the job ends, and its callback wakes the job at once; then polling is only
-the safety net for a callback that never comes, every `callback_safety_poll_s`. Progress
-in the thread then stays where the last poll left it.
+it) says when the job ends, and its callback wakes the job at once; then, after the first
+poll (at `SORA_POLL_INTERVAL`, which shows the job is under way), polling is only the safety
+net for a callback that never comes, every `callback_safety_poll_s`: two status calls per
+job in all. Progress in the thread then stays where the first poll left it.
 """
 
 from __future__ import annotations
@@ -127,7 +128,7 @@ def next_poll_delay(
     Pure apart from the jitter (drawn from `rng`, else the module-level `random`), so it
     can be driven by a simulated clock.
     """
-    if calls_back:
+    if calls_back and track.polls > 0:
         return timing.callback_safety_poll_s * (rng or random).uniform(0.9, 1.0)
     if track.polls == 0:
         delay = timing.poll_interval_s

@@ -156,9 +156,11 @@ def test_a_provider_that_calls_back_is_polled_only_as_a_safety_net() -> None:
     timing = Timing(callback_safety_poll_s=300.0)
     rng = random.Random(1)
     track = PollTrack()
-    for polls, progress in ((0, None), (1, 0), (2, 40), (3, 80)):
+    first = next_poll_delay(timing, _job(), T0, track, calls_back=True, rng=rng)
+    assert first <= timing.poll_interval_s  # SORA_POLL_INTERVAL: the job is seen under way
+    track.saw(T0 + timedelta(seconds=5), 0)
+    for polls, progress in ((1, 40), (2, 80), (3, 90)):
         assert track.polls == polls
         delay = next_poll_delay(timing, _job(), T0 + timedelta(seconds=10 * polls), track, calls_back=True, rng=rng)
         assert 270.0 <= delay <= 300.0  # whatever the progress says: the callback tells the end
         track.saw(T0 + timedelta(seconds=10 * polls + 1), progress)
-    assert next_poll_delay(timing, _job(), T0, PollTrack(), rng=rng) <= timing.poll_interval_s
