@@ -67,12 +67,14 @@ class Poller:
             task.cancel()
         self.watch(job_id)
 
-    async def pace(self, provider: str) -> None:
+    async def pace(self, provider: str, job_id: str | None = None) -> None:
         """Wait for this provider's next status-call slot: at most `status_calls_per_s`.
 
         Slots are handed out in arrival order, one interval apart, so with thousands of
         waiting jobs the provider sees a steady trickle rather than bursts (and the bot's
         CPU stays flat); each job's polls then come less often than its schedule asks.
+        A poke of `job_id` ends the wait, as it ends a nap: a callback's poll never queues
+        behind other jobs' scheduled ones (the slot it held stays unused).
         """
         per_s = self._paced_per_s(provider)
         if per_s is None:
@@ -81,7 +83,10 @@ class Poller:
         slot = max(now, self._next_slot.get(provider, 0.0))
         self._next_slot[provider] = slot + 1.0 / per_s
         if slot > now:
-            await asyncio.sleep(slot - now)
+            if job_id is None:
+                await asyncio.sleep(slot - now)
+            else:
+                await self.nap(job_id, slot - now)
 
     def _paced_per_s(self, provider: str) -> float | None:
         """Status calls a second `pace` lets through to this provider; None: not paced (the

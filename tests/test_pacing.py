@@ -52,3 +52,21 @@ async def test_a_poke_ends_a_nap_or_skips_the_next_one() -> None:
     assert await poller.nap("j1", 0.01) is False  # and only that one
     assert poller._naps == {}  # nothing left behind per job
     watcher.cancel()
+
+
+async def test_a_poke_ends_the_wait_for_a_status_call_slot() -> None:
+    from types import SimpleNamespace
+
+    from bot.poller import Poller
+
+    poller = Poller(SimpleNamespace(timing=replace(FAST, status_calls_per_s=0.1)))  # type: ignore[arg-type]
+    watcher = asyncio.get_running_loop().create_future()
+    poller.tasks["j2"] = watcher  # type: ignore[assignment]
+    await poller.pace("gateway", "j1")  # takes the free slot; the next is 10 s away
+    queued = asyncio.create_task(poller.pace("gateway", "j2"))
+    await asyncio.sleep(0.05)
+    assert not queued.done()  # behind the other job's slot
+    assert poller.poke("j2") is True  # its provider called back
+    await asyncio.wait_for(queued, 1)  # no waiting out the queue
+    assert poller._naps == {}
+    watcher.cancel()
