@@ -28,6 +28,7 @@ BENCHES = {
     "wait_memory": ("bench_wait_memory.py", "wait_memory", 120),
     "delivery_memory": ("bench_delivery_memory.py", "delivery_memory", 240),
     "polling": ("bench_polling.py", "polling", 240),
+    "callbacks": ("bench_callbacks.py", "callbacks", 240),
     "ack_burst": ("bench_ack_burst.py", "ack_burst", 400),
     "ack_sustained": ("bench_ack_sustained.py", "ack_sustained", 240),
     "scale": ("bench_scale.py", "scale", 400),
