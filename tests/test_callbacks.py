@@ -85,17 +85,7 @@ async def _delivered_within(slack: Any, job: Any, started: float, limit_s: float
 # --- with callbacks on, polling is the safety net ------------------------------------------------
 
 # A schedule that would poll every 50-100 ms, if the provider didn't call back.
-EAGER = Timing(
-    poll_interval_s=0.05,
-    max_poll_interval_s=0.1,
-    stall_timeout_s=600.0,
-    job_timeout_s=600.0,
-    progress_edit_interval_s=0.0,
-    submit_retry_window_s=20.0,
-    download_attempts=4,
-    delivery_retry_max_s=0.5,
-    callback_safety_poll_s=30.0,
-)
+EAGER = replace(SLOW, poll_interval_s=0.05, max_poll_interval_s=0.1, callback_safety_poll_s=30.0)
 
 
 async def _openai_bot(make_bot: Any, server: FakeOpenAIServer, client: httpx.AsyncClient, timing: Timing) -> Any:
