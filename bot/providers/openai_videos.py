@@ -132,7 +132,8 @@ class OpenAIVideosProvider(HttpAdapter):
     ) -> None:
         self._base = base_url.rstrip("/")
         self._key = api_key
-        # webhooks are set up once in OpenAI's dashboard, not per job: the app says whether
+        # OpenAI's webhooks are set up once in its dashboard, not per job: the app, which
+        # serves their route, says whether they reach us
         self.calls_back = calls_back
         self._secrets = (api_key,)
         super().__init__(client=client, max_concurrency=max_concurrency)
