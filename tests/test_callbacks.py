@@ -96,18 +96,24 @@ async def _openai_bot(make_bot: Any, server: FakeOpenAIServer, client: httpx.Asy
     return bot
 
 
+async def _costs_two_status_calls(server: Any, bot: Any, slack: Any, text: str) -> None:
+    """On an eager schedule: one poll before the callback, the callback's, and the video in
+    the thread within a second of it."""
+    job = await _submitted_job(bot, text)
+    pid = await _finished_at_provider(server, job)
+    assert server.polls[pid] == 1  # the first poll only: the eager schedule would have made ten
+
+    started = time.monotonic()
+    assert await server.send_callback(pid) == 200
+    await _delivered_within(slack, job, started)
+    await asyncio.sleep(QUIET_S)
+    assert server.polls[pid] <= 2 and len(server.submits) == 1
+
+
 async def test_with_callbacks_on_a_job_costs_at_most_two_status_calls(make_bot, slack) -> None:
     async with FakeOpenAIServer(run_seconds=0.6) as server, httpx.AsyncClient() as client:
         bot = await _openai_bot(make_bot, server, client, EAGER)
-        job = await _submitted_job(bot, "a heron at dawn")
-        pid = await _finished_at_provider(server, job)
-        assert server.polls[pid] == 1  # the first poll only: the eager schedule would have made ten
-
-        started = time.monotonic()
-        assert await server.send_callback(pid) == 200
-        await _delivered_within(slack, job, started)
-        await asyncio.sleep(QUIET_S)
-        assert server.polls[pid] <= 2 and len(server.submits) == 1
+        await _costs_two_status_calls(server, bot, slack, "a heron at dawn")
 
 
 async def test_a_lost_callback_is_caught_by_the_safety_net_poll(make_bot, slack, caplog) -> None:
@@ -343,6 +349,20 @@ async def test_a_callback_with_a_valid_token_polls_at_once_and_delivers(unsigned
     assert await server.send_callback(pid) == 200  # a late repeat: the job is finished, nothing more
     await asyncio.sleep(QUIET_S)
     assert len(_videos(slack, job)) == 1
+
+
+@pytest.mark.parametrize("case", UNSIGNED, ids=[u.name for u in UNSIGNED])
+async def test_with_callback_urls_a_job_costs_at_most_two_status_calls(case: Unsigned, make_bot, slack) -> None:
+    key = callbacks.callback_key(SIGNING_SECRET)
+    base: list[str] = []
+    async with case.server(run_seconds=0.6) as server, httpx.AsyncClient() as client:
+        provider = case.make(server, client, lambda job_id: callbacks.callback_url(base[0], case.name, job_id, key))
+        assert provider.calls_back
+        bot = await make_bot(providers={case.name: provider}, include_simulator=False,
+                             sora_default_model=case.model, sora_daily_budget_usd="20", timing=EAGER,
+                             sora_public_base_url="https://bot.example.com")
+        base.append(bot.url.removesuffix("/slack/events"))
+        await _costs_two_status_calls(server, bot, slack, f"{case.options} a kite over dunes")
 
 
 async def test_a_callback_with_a_wrong_token_is_refused_and_polls_nothing(unsigned, slack) -> None:
