@@ -10,7 +10,8 @@ import asyncio
 import base64
 import json
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -88,8 +89,10 @@ async def _delivered_within(slack: Any, job: Any, started: float, limit_s: float
 EAGER = replace(SLOW, poll_interval_s=0.05, max_poll_interval_s=0.1, callback_safety_poll_s=30.0)
 
 
-async def _openai_bot(make_bot: Any, server: FakeOpenAIServer, client: httpx.AsyncClient, timing: Timing) -> Any:
-    provider = OpenAIVideosProvider(server.base_url, server.api_key, client=client, calls_back=True)
+async def _openai_bot(
+    make_bot: Any, server: FakeOpenAIServer, client: httpx.AsyncClient, timing: Timing, *, calls_back: bool = True
+) -> Any:
+    provider = OpenAIVideosProvider(server.base_url, server.api_key, client=client, calls_back=calls_back)
     bot = await make_bot(providers={"openai": provider}, include_simulator=False,
                          sora_default_model="sora-2", timing=timing, openai_webhook_secret=WHSEC)
     server.configure_webhooks(bot.url.removesuffix("/slack/events") + "/callbacks/openai", WHSEC)
@@ -122,7 +125,7 @@ async def test_a_lost_callback_is_caught_by_the_safety_net_poll(make_bot, slack,
         bot = await _openai_bot(make_bot, server, client, timing)
         job = await _submitted_job(bot, "a lighthouse in fog")
         await slack.wait_for(lambda: bool(_videos(slack, job)), timeout=5)  # no callback was sent
-        pid = job.provider_job_id.rpartition(":")[2]
+        pid = _bare_id(job.provider_job_id)
         assert server.polls[pid] == 2  # the first poll, then the safety net's
     assert any("without a callback reaching us" in r.getMessage() for r in caplog.records)
 
@@ -155,15 +158,17 @@ class OpenAIWorld:
 @pytest.fixture
 async def openai(make_bot, slack):
     async with FakeOpenAIServer(run_seconds=0.2) as server, httpx.AsyncClient() as client:
-        provider = OpenAIVideosProvider(server.base_url, server.api_key, client=client)
-        bot = await make_bot(providers={"openai": provider}, include_simulator=False,
-                             sora_default_model="sora-2", timing=SLOW, openai_webhook_secret=WHSEC)
-        server.configure_webhooks(bot.url.removesuffix("/slack/events") + "/callbacks/openai", WHSEC)
-        yield OpenAIWorld(server, bot)
+        # polled once a minute: only a callback can finish a job within a test
+        yield OpenAIWorld(server, await _openai_bot(make_bot, server, client, SLOW, calls_back=False))
+
+
+def _bare_id(provider_job_id: str) -> str:
+    """The provider's own id inside a stored one ("t2v:<id>", "<path>|<id>" or "<id>")."""
+    return provider_job_id.rpartition("|")[2].rpartition(":")[2]
 
 
 async def _finished_at_provider(server: Any, job: Any) -> str:
-    pid = job.provider_job_id.rpartition("|")[2].rpartition(":")[2]
+    pid = _bare_id(job.provider_job_id)
     await _until(lambda: server.jobs[pid].finished_ok(server.run_seconds))
     return pid
 
@@ -305,22 +310,30 @@ UNSIGNED = [
 ]
 
 
-@pytest.fixture(params=UNSIGNED, ids=[u.name for u in UNSIGNED])
-async def unsigned(request, make_bot, slack):
-    case: Unsigned = request.param
+@asynccontextmanager
+async def _unsigned_world(case: Unsigned, make_bot: Any, timing: Timing, run_seconds: float) -> AsyncIterator[tuple[Any, Any]]:
+    """The case's fake server and a bot whose adapter sends callback URLs to this bot."""
     key = callbacks.callback_key(SIGNING_SECRET)
     base: list[str] = []  # known once the bot's server is up
 
     def callback_url_for(job_id: str) -> str:
         return callbacks.callback_url(base[0], case.name, job_id, key)
 
-    async with case.server(run_seconds=0.2) as server, httpx.AsyncClient() as client:
+    async with case.server(run_seconds=run_seconds) as server, httpx.AsyncClient() as client:
         provider = case.make(server, client, callback_url_for)
+        assert provider.calls_back
         # the setting turns the routes on; the URLs point at the test server instead
         bot = await make_bot(providers={case.name: provider}, include_simulator=False,
-                             sora_default_model=case.model, sora_daily_budget_usd="20", timing=SLOW,
+                             sora_default_model=case.model, sora_daily_budget_usd="20", timing=timing,
                              sora_public_base_url="https://bot.example.com")
         base.append(bot.url.removesuffix("/slack/events"))
+        yield server, bot
+
+
+@pytest.fixture(params=UNSIGNED, ids=[u.name for u in UNSIGNED])
+async def unsigned(request, make_bot, slack):
+    case: Unsigned = request.param
+    async with _unsigned_world(case, make_bot, SLOW, run_seconds=0.2) as (server, bot):
         yield case, server, bot
 
 
@@ -353,15 +366,7 @@ async def test_a_callback_with_a_valid_token_polls_at_once_and_delivers(unsigned
 
 @pytest.mark.parametrize("case", UNSIGNED, ids=[u.name for u in UNSIGNED])
 async def test_with_callback_urls_a_job_costs_at_most_two_status_calls(case: Unsigned, make_bot, slack) -> None:
-    key = callbacks.callback_key(SIGNING_SECRET)
-    base: list[str] = []
-    async with case.server(run_seconds=0.6) as server, httpx.AsyncClient() as client:
-        provider = case.make(server, client, lambda job_id: callbacks.callback_url(base[0], case.name, job_id, key))
-        assert provider.calls_back
-        bot = await make_bot(providers={case.name: provider}, include_simulator=False,
-                             sora_default_model=case.model, sora_daily_budget_usd="20", timing=EAGER,
-                             sora_public_base_url="https://bot.example.com")
-        base.append(bot.url.removesuffix("/slack/events"))
+    async with _unsigned_world(case, make_bot, EAGER, run_seconds=0.6) as (server, bot):
         await _costs_two_status_calls(server, bot, slack, f"{case.options} a kite over dunes")
 
 
@@ -395,7 +400,7 @@ async def test_a_callback_with_a_wrong_token_is_refused_and_polls_nothing(unsign
 async def test_a_repeated_callback_body_polls_once(unsigned, slack) -> None:
     case, server, bot = unsigned
     job = await _submitted_job(bot, f"{case.options} [stuck] a waterfall")
-    pid = job.provider_job_id.rpartition("|")[2].rpartition(":")[2]
+    pid = _bare_id(job.provider_job_id)
     body = json.dumps({"task_id": pid, "id": pid, "request_id": pid, "status": "OK"}).encode()
 
     assert await server.send_callback(pid, body=body) == 200
