@@ -366,6 +366,11 @@ class _Write:
         self.done, self.fn, self.args, self.kwargs, self.deadline = done, fn, args, kwargs, deadline
 
 
+def _pragmas(busy_timeout_s: float) -> tuple[str, ...]:
+    """Every connection's settings."""
+    return (f"PRAGMA busy_timeout={int(busy_timeout_s * 1000)}", "PRAGMA foreign_keys=ON", "PRAGMA synchronous=NORMAL")
+
+
 def _is_busy(exc: sqlite3.OperationalError) -> bool:
     return getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_BUSY or "locked" in str(exc)
 
@@ -425,7 +430,7 @@ class Database:
             await self._writer.execute("PRAGMA journal_mode=WAL")
             await self._migrate(self._writer)
             self._reader = await self._connect()
-            self._conn = self._plain_connection(busy_timeout_ms=0)
+            self._conn = self._plain_connection(busy_timeout_s=0)
             self._conn.execute("PRAGMA wal_autocheckpoint=0")
             self._checkpointer = self._plain_connection(check_same_thread=False)
         except BaseException:
@@ -436,21 +441,19 @@ class Database:
                 os.chmod(companion, 0o600)
         return self
 
-    def _plain_connection(self, *, busy_timeout_ms: int = int(BUSY_TIMEOUT_S * 1000),
+    def _plain_connection(self, *, busy_timeout_s: float = BUSY_TIMEOUT_S,
                           check_same_thread: bool = True) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=check_same_thread)
         conn.row_factory = sqlite3.Row
-        conn.execute(f"PRAGMA busy_timeout={busy_timeout_ms}")
-        conn.execute("PRAGMA foreign_keys=ON")
-        conn.execute("PRAGMA synchronous=NORMAL")
+        for pragma in _pragmas(busy_timeout_s):
+            conn.execute(pragma)
         return conn
 
     async def _connect(self) -> aiosqlite.Connection:
         conn = await aiosqlite.connect(self.path, isolation_level=None)
         conn.row_factory = aiosqlite.Row
-        await conn.execute(f"PRAGMA busy_timeout={int(self.BUSY_TIMEOUT_S * 1000)}")
-        await conn.execute("PRAGMA foreign_keys=ON")
-        await conn.execute("PRAGMA synchronous=NORMAL")
+        for pragma in _pragmas(self.BUSY_TIMEOUT_S):
+            await conn.execute(pragma)
         return conn
 
     async def _migrate(self, conn: aiosqlite.Connection) -> None:
@@ -556,6 +559,11 @@ class Database:
         if self._flush_handle is None and self._queue and not self._txn_open:
             self._flush_handle = asyncio.get_running_loop().call_soon(self._flush)
 
+    def _cancel_flush(self) -> None:
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
+
     def _flush(self) -> None:
         """Run every queued write in one transaction (a loop callback)."""
         self._flush_handle = None
@@ -577,13 +585,10 @@ class Database:
         if not batch:
             return
         batch.sort(key=lambda w: w.deadline is None)  # a Slack answer waits on the first kind
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-        except sqlite3.OperationalError as exc:
-            if _is_busy(exc):
-                self._retry_later(batch, exc, now)
-            else:
-                _fail(batch, exc)
+        refused = _begin(conn, batch)
+        if refused is not None:
+            if _is_busy(refused):
+                self._retry_later(batch, refused, now)
             return
         self._busy_since = None
         try:
@@ -606,13 +611,9 @@ class Database:
 
     def _run_alone(self, conn: sqlite3.Connection, w: _Write) -> bool:
         """One write in a transaction of its own; False if SQLite was locked before it began."""
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-        except sqlite3.OperationalError as exc:
-            if _is_busy(exc):
-                return False
-            _fail([w], exc)
-            return True
+        refused = _begin(conn, [w])
+        if refused is not None:
+            return not _is_busy(refused)
         try:
             outcomes = _run_batch(conn, [w])
         except Exception as exc:
@@ -700,14 +701,10 @@ class Database:
         return await self.run_write(execute_sync, sql, tuple(params))
 
     async def close(self) -> None:
-        if self._flush_handle is not None:
-            self._flush_handle.cancel()
-            self._flush_handle = None
+        self._cancel_flush()
         if self._queue and not self._txn_open:
             self._flush()  # what was asked for before the close (unless SQLite is busy)
-        if self._flush_handle is not None:
-            self._flush_handle.cancel()
-            self._flush_handle = None
+        self._cancel_flush()  # a retry the flush may have scheduled
         _fail(self._queue, RuntimeError("the database was closed"))
         self._queue = []
         if self._checkpoint_timer is not None:
@@ -725,6 +722,18 @@ class Database:
             if plain is not None:
                 plain.close()
         self._checkpointer = self._conn = None
+
+
+def _begin(conn: sqlite3.Connection, writes: list[_Write]) -> sqlite3.OperationalError | None:
+    """BEGIN IMMEDIATE for `writes`: None once begun, else SQLite's error. A busy error (another
+    process holds the lock) decides nothing for them; any other fails them."""
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+    except sqlite3.OperationalError as exc:
+        if not _is_busy(exc):
+            _fail(writes, exc)
+        return exc
+    return None
 
 
 def _run_batch(conn: sqlite3.Connection, batch: list[_Write]) -> list[tuple[_Write, bool, Any]]:
