@@ -2,10 +2,14 @@
 
 Every Slack Web API method the code calls must have its scope in the manifest; a new call
 fails here until its scope is listed in METHOD_SCOPES (and, if needed, in the manifest).
+
+The manifest, as shipped and in its HTTP-mode form, must also pass Slack's published manifest
+schema (a local copy in tests/data/slack-manifest-schema; nothing is fetched).
 """
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -15,6 +19,19 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 MANIFEST = ROOT / "manifest.yml"
 SOURCE_DIRS = ("bot", "handlers", "storage")
+
+SCHEMA_DIR = Path(__file__).resolve().parent / "data" / "slack-manifest-schema"
+# The URLs manifest.schema.json `$ref`s, each served from its local copy (see SOURCE.md).
+_SCHEMA_URL = "https://raw.githubusercontent.com/slackapi/manifest-schema/v0.5.0/schemas/"
+SCHEMA_COPIES = {
+    _SCHEMA_URL + "manifest.schema.1.0.0.json": "manifest.schema.1.0.0.json",
+    _SCHEMA_URL + "manifest.schema.2.0.0.json": "manifest.schema.2.0.0.json",
+}
+HTTP_HOST = "sora.example.com"
+# a commented-out URL line of the HTTP-mode form: `# url: ...` or `# request_url: ...`
+_COMMENTED_URL = re.compile(
+    r"^(?P<indent>[ ]*)# (?P<line>(?:request_)?url: https://YOUR-HOST/slack/events)[ ]*$", re.MULTILINE
+)
 
 # Bot scopes each Web API method needs (Slack's method reference).
 METHOD_SCOPES: dict[str, set[str]] = {
@@ -139,7 +156,10 @@ def test_settings(manifest: dict[str, Any]) -> None:
 def test_http_mode_instructions_stay_in_the_file() -> None:
     text = MANIFEST.read_text(encoding="utf-8")
     assert "socket_mode_enabled" in text
-    assert text.count("# request_url: https://YOUR-HOST/slack/events") >= 4
+    # slash commands take `url`; event_subscriptions and interactivity take `request_url`
+    assert text.count("      # url: https://YOUR-HOST/slack/events\n") == 2
+    assert text.count("    # request_url: https://YOUR-HOST/slack/events\n") == 2
+    assert len(_COMMENTED_URL.findall(text)) == 4
 
 
 def test_every_listener_the_app_registers_is_declared(manifest: dict[str, Any]) -> None:
@@ -151,3 +171,130 @@ def test_every_listener_the_app_registers_is_declared(manifest: dict[str, Any]) 
     events = set(manifest["settings"]["event_subscriptions"]["bot_events"])
     assert {"app_mention", "app_home_opened", "message.im"} <= events
     assert "im:history" in manifest["oauth_config"]["scopes"]["bot"]
+
+
+# --- Slack's manifest schema -------------------------------------------------------------------
+
+
+def _never_fetch(uri: str) -> Any:
+    raise LookupError(f"{uri} is not among the local schema copies; the tests never fetch (see SCHEMA_COPIES)")
+
+
+@pytest.fixture(scope="module")
+def schema_validator() -> Any:
+    """Draft 7 validator for Slack's top-level manifest schema, its `$ref`s served from the copies."""
+    jsonschema = pytest.importorskip("jsonschema")
+    referencing = pytest.importorskip("referencing")
+    from referencing.jsonschema import DRAFT7
+
+    def load(name: str) -> Any:
+        return json.loads((SCHEMA_DIR / name).read_text(encoding="utf-8"))
+
+    registry = referencing.Registry(retrieve=_never_fetch).with_resources(
+        (url, referencing.Resource(load(name), specification=DRAFT7)) for url, name in SCHEMA_COPIES.items()
+    )
+    top = load("manifest.schema.json")
+    jsonschema.Draft7Validator.check_schema(top)
+    return jsonschema.Draft7Validator(top, registry=registry)
+
+
+def _leaf_errors(error: Any) -> list[Any]:
+    """The errors behind a oneOf/anyOf failure, instead of its one 'is not valid under any of' line.
+
+    The top-level schema is a oneOf of [a selector on _metadata.major_version, that version's
+    schema]; there only the branches whose selector matched are followed (all, if none did).
+    """
+    if not error.context:
+        return [error]
+    branches: dict[Any, list[Any]] = {}
+    for sub in error.context:
+        branches.setdefault(sub.relative_schema_path[0], []).append(sub)
+    selected = list(branches.values())
+    if list(error.absolute_schema_path) == ["oneOf"]:
+        selected = [
+            subs for subs in selected
+            if not any(list(sub.relative_schema_path)[1:3] == ["allOf", 0] for sub in subs)
+        ] or selected
+    return [leaf for subs in selected for sub in subs for leaf in _leaf_errors(sub)]
+
+
+def schema_errors(validator: Any, document: Any) -> list[str]:
+    """Every schema violation in `document`, as 'path: message', sorted."""
+    found = {
+        f"{leaf.json_path}: {leaf.message[:300]}"
+        for error in validator.iter_errors(document)
+        for leaf in _leaf_errors(error)
+    }
+    return sorted(found)
+
+
+def _assert_valid(validator: Any, document: Any, what: str) -> None:
+    errors = schema_errors(validator, document)
+    assert not errors, f"{what} fails Slack's manifest schema:\n" + "\n".join(errors)
+
+
+def http_mode_text() -> str:
+    """manifest.yml edited as its comments (and the README) say for HTTP mode."""
+    text = MANIFEST.read_text(encoding="utf-8")
+    assert text.count("  socket_mode_enabled: true\n") == 1
+    text = text.replace("  socket_mode_enabled: true\n", "  socket_mode_enabled: false\n")
+    text, uncommented = _COMMENTED_URL.subn(r"\g<indent>\g<line>", text)
+    assert uncommented == 4  # under both slash commands, event_subscriptions and interactivity
+    return text.replace("YOUR-HOST", HTTP_HOST)
+
+
+def test_schema_copies_cover_every_remote_ref() -> None:
+    """A refreshed schema that points at other URLs must fail here, not by trying to fetch them."""
+    refs: set[str] = set()
+    for path in SCHEMA_DIR.glob("*.json"):
+        refs |= set(re.findall(r'"\$ref"\s*:\s*"([^"#][^"]*)"', path.read_text(encoding="utf-8")))
+    assert refs, "expected manifest.schema.json to $ref the versioned schemas"
+    assert refs <= set(SCHEMA_COPIES), f"not served from a local copy: {refs - set(SCHEMA_COPIES)}"
+
+
+def test_schema_validator_never_fetches(schema_validator: Any) -> None:
+    referencing = pytest.importorskip("referencing")
+    elsewhere = schema_validator.evolve(schema={"$ref": _SCHEMA_URL + "manifest.schema.3.0.0.json"})
+    with pytest.raises(referencing.exceptions.Unresolvable) as caught:
+        elsewhere.validate({})
+    # refused by _never_fetch, not tried over the network
+    chain: list[BaseException] = []
+    error: BaseException | None = caught.value
+    while error is not None:
+        chain.append(error)
+        error = error.__cause__
+    assert any(isinstance(e, LookupError) and "never fetch" in str(e) for e in chain), chain
+
+
+def test_manifest_passes_slacks_schema(manifest: dict[str, Any], schema_validator: Any) -> None:
+    _assert_valid(schema_validator, manifest, "manifest.yml")
+
+
+def test_http_mode_manifest_passes_slacks_schema(schema_validator: Any) -> None:
+    yaml = pytest.importorskip("yaml")
+    http = yaml.safe_load(http_mode_text())
+    _assert_valid(schema_validator, http, "manifest.yml in its HTTP-mode form")
+
+    endpoint = f"https://{HTTP_HOST}/slack/events"
+    settings = http["settings"]
+    assert settings["socket_mode_enabled"] is False
+    for command in http["features"]["slash_commands"]:
+        assert command.get("url") == endpoint, command["command"]
+        assert "request_url" not in command
+    assert settings["event_subscriptions"]["request_url"] == endpoint
+    assert settings["interactivity"]["request_url"] == endpoint
+
+
+def test_slacks_schema_rejects_the_old_mistakes(manifest: dict[str, Any], schema_validator: Any) -> None:
+    """The check can fail: what Slack refused before is refused here too."""
+    long_name = json.loads(json.dumps(manifest))
+    long_name["features"]["shortcuts"][1]["name"] = "Make a video from this message"  # 30 > 24
+    assert schema_errors(schema_validator, long_name) == [
+        "$.features.shortcuts[1].name: 'Make a video from this message' is too long"
+    ]
+
+    request_url = json.loads(json.dumps(manifest))
+    request_url["features"]["slash_commands"][0]["request_url"] = f"https://{HTTP_HOST}/slack/events"
+    errors = schema_errors(schema_validator, request_url)
+    assert len(errors) == 1 and errors[0].startswith("$.features.slash_commands[0]: "), errors
+    assert "'request_url' was unexpected" in errors[0]
