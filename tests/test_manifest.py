@@ -44,8 +44,9 @@ METHOD_SCOPES: dict[str, set[str]] = {
     "conversations.join": {"channels:join"},
     "conversations.open": {"im:write"},
     # The v2 upload: getUploadURLExternal, POST the bytes, completeUploadExternal.
-    "files.getUploadURLExternal": {"files:write", "files:read"},
-    "files.completeUploadExternal": {"files:write", "files:read"},
+    "files.getUploadURLExternal": {"files:write"},
+    "files.completeUploadExternal": {"files:write"},
+    # was an upload shared; type and size of a user's image (downloading it needs files:read too)
     "files.info": {"files:read"},
     "users.info": {"users:read"},
     "users.list": {"users:read"},
