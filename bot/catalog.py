@@ -22,6 +22,13 @@ KLING = "kling"
 SEEDANCE = "seedance"
 FAL = "fal"
 
+# What the request modal needs of an id (Block Kit): a menu option's `value` holds at most
+# 150 characters. Resolutions (price-file keys) are option values too, and both go into
+# block ids of at most 255: the longest, `duration:{model}:{resolution}`, is then
+# 9 + 150 + 1 + 32 = 192 characters.
+MODEL_ID_MAX = 150
+RESOLUTION_MAX = 32
+
 # Sizes the OpenAI Videos API accepts, by (resolution, aspect ratio).
 OPENAI_SIZES: dict[tuple[str, str], str] = {
     ("720p", "16:9"): "1280x720",
@@ -272,6 +279,7 @@ def build_catalog(
     if GATEWAY in configured:
         sora_ids = {spec.id for spec in _sora_models(GATEWAY)}
         for model_id in sorted(gateway_set - sora_ids):
+            _check_model_id(model_id)
             offered[model_id] = _gateway_model(model_id, price_table)
     if OPENAI in configured:
         for spec in _sora_models(OPENAI):
@@ -294,6 +302,14 @@ def build_catalog(
     else:
         chosen = next((m for m in DEFAULT_ORDER if m in offered), None) or next(iter(offered))
     return Catalog(models=offered, default_model=chosen)
+
+
+def _check_model_id(model_id: str) -> None:
+    if len(model_id) > MODEL_ID_MAX:
+        raise CatalogError(
+            f"VIDEO_GATEWAY_MODELS: {model_id[:40]!r}... is {len(model_id)} characters; Slack's menus "
+            f"carry model ids of at most {MODEL_ID_MAX}"
+        )
 
 
 def _gateway_model(model_id: str, price_table: dict[str, object]) -> ModelSpec:
@@ -339,6 +355,9 @@ def _apply_price_overrides(
             continue
         prices = dict(spec.prices_micros)
         for res, value in table.items():
+            if len(str(res)) > RESOLUTION_MAX:
+                raise CatalogError(f"SORA_PRICES: [{model_id}] resolution {str(res)[:40]!r} is longer than "
+                                   f"{RESOLUTION_MAX} characters")
             if isinstance(value, bool) or not isinstance(value, (int, float, str)):
                 raise CatalogError(f"SORA_PRICES: [{model_id}] {res} must be a number")
             try:

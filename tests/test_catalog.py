@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from bot.catalog import CatalogError, build_catalog
+from bot.catalog import MODEL_ID_MAX, RESOLUTION_MAX, CatalogError, build_catalog
 
 
 def test_only_the_simulator_when_no_provider_is_configured() -> None:
@@ -86,3 +86,40 @@ def test_any_model_the_gateway_serves_can_be_routed_through_it(tmp_path) -> None
 def test_a_gateway_model_without_a_price_stops_start_up() -> None:
     with pytest.raises(CatalogError, match="VIDEO_GATEWAY_MODELS: 'hailuo-02' has no price"):
         build_catalog(providers=["gateway"], gateway_models=["hailuo-02"])
+
+
+def test_run_refuses_a_model_id_too_long_for_slack_with_one_line(tmp_path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from tests.botproc import free_port
+
+    too_long = "m" * (MODEL_ID_MAX + 1)
+    prices = tmp_path / "prices.toml"
+    prices.write_text(f'["{too_long}"]\n720p = 0.05\n')
+    env = {**os.environ, "SLACK_BOT_TOKEN": "xoxb-x", "SLACK_SIGNING_SECRET": "s", "SORA_DB_PATH": str(tmp_path / "x.db"),
+           "HOST": "127.0.0.1", "PORT": str(free_port()), "VIDEO_GATEWAY_BASE_URL": "http://127.0.0.1:9",
+           "VIDEO_GATEWAY_API_KEY": "k", "VIDEO_GATEWAY_MODELS": f"sora-2,{too_long}", "SORA_PRICES": str(prices)}
+    # a real `sora-bot run`: were the id let through, it would serve, and the timeout says so
+    done = subprocess.run([sys.executable, "-m", "bot.cli", "run"], env=env, cwd=tmp_path, capture_output=True,
+                          text=True, timeout=30, stdin=subprocess.DEVNULL)
+    assert done.returncode == 2
+    err = done.stderr.strip()
+    assert len(err.splitlines()) == 1, err
+    assert "VIDEO_GATEWAY_MODELS" in err and f"{MODEL_ID_MAX + 1} characters" in err and too_long not in err
+
+
+def test_an_id_and_resolution_at_their_limits_are_offered(tmp_path) -> None:
+    longest = "m" * MODEL_ID_MAX
+    prices = tmp_path / "prices.toml"
+    prices.write_text(f'["{longest}"]\n"{"r" * RESOLUTION_MAX}" = 0.05\n')
+    catalog = build_catalog(providers=["gateway"], gateway_models=[longest], prices_file=prices)
+    assert catalog.get(longest).resolutions == ("r" * RESOLUTION_MAX,)
+
+
+def test_a_resolution_name_too_long_for_slack_stops_start_up(tmp_path) -> None:
+    prices = tmp_path / "prices.toml"
+    prices.write_text(f'["sora-2"]\n"{"r" * (RESOLUTION_MAX + 1)}" = 0.05\n')
+    with pytest.raises(CatalogError, match=f"longer than {RESOLUTION_MAX} characters"):
+        build_catalog(providers=["gateway"], gateway_models=["sora-2"], prices_file=prices)
