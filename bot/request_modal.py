@@ -9,6 +9,7 @@ model doesn't offer instead of keeping it.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +26,7 @@ RESOLUTION_ACTION = "sora_modal_resolution"
 ASPECT_ACTION = "sora_modal_aspect"
 OPEN_ACTION = "sora_open_request_modal"  # the App Home button
 PROMPT_LIMIT = 3000  # plain_text_input's own maximum
+MENU_MAX = 100  # a select's options, its option groups, and one group's options (Block Kit)
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,9 +65,33 @@ def _option(text: str, value: str) -> dict[str, Any]:
     return {"text": {"type": "plain_text", "text": text[:75]}, "value": value}
 
 
-def _select(block_id: str, label: str, action_id: str, options: list[dict[str, Any]], initial: str | None) -> dict[str, Any]:
-    element: dict[str, Any] = {"type": "static_select", "action_id": action_id, "options": options}
-    chosen = next((o for o in options if o["value"] == initial), None)
+def _model_menu(deps: Deps, models: Sequence[ModelSpec], text: Callable[[ModelSpec], str]) -> dict[str, Any]:
+    """`options` for up to 100 models; past that `option_groups` by provider, a provider with
+    more than 100 split into numbered parts, so every model can be picked."""
+    if len(models) <= MENU_MAX:
+        return {"options": [_option(text(m), m.id) for m in models]}
+    by_provider: dict[str, list[ModelSpec]] = {}
+    for m in models:
+        by_provider.setdefault(m.provider, []).append(m)
+    groups = []
+    for provider, specs in by_provider.items():
+        parts = [specs[i:i + MENU_MAX] for i in range(0, len(specs), MENU_MAX)]
+        for n, part in enumerate(parts, 1):
+            suffix = f" ({n}/{len(parts)})" if len(parts) > 1 else ""
+            label = deps.provider_label(provider)[:75 - len(suffix)] + suffix
+            groups.append({"label": {"type": "plain_text", "text": label},
+                           "options": [_option(text(m), m.id) for m in part]})
+    return {"option_groups": groups[:MENU_MAX]}
+
+
+def _menu_options(menu: dict[str, Any]) -> list[dict[str, Any]]:
+    return menu.get("options") or [o for group in menu.get("option_groups", []) for o in group["options"]]
+
+
+def _select(block_id: str, label: str, action_id: str, menu: dict[str, Any], initial: str | None) -> dict[str, Any]:
+    """A dispatching static_select; `menu` holds its `options` or `option_groups`."""
+    element: dict[str, Any] = {"type": "static_select", "action_id": action_id, **menu}
+    chosen = next((o for o in _menu_options(menu) if o["value"] == initial), None)
     if chosen is not None:
         element["initial_option"] = chosen
     return {"type": "input", "block_id": block_id, "dispatch_action": True,
@@ -105,7 +131,7 @@ async def build_view(deps: Deps, user_id: str, choices: Choices, target: Target,
     choices = normalize(deps, choices)
     spec = deps.catalog.get(choices.model)
     assert spec is not None
-    models = [_option(f"{m.label} · {m.prices_text()}", m.id) for m in list(deps.catalog)[:100]]
+    models = _model_menu(deps, list(deps.catalog), lambda m: f"{m.label} · {m.prices_text()}")
     durations = [_option(f"{d} s", str(d)) for d in spec.allowed_durations(choices.resolution)][:100]
     resolutions = [_option(r, r) for r in spec.resolutions]
     aspects = [_option(a, a) for a in spec.aspect_ratios]
@@ -120,18 +146,19 @@ async def build_view(deps: Deps, user_id: str, choices: Choices, target: Target,
         },
         _select("model", "Model", MODEL_ACTION, models, spec.id),
         # these ids change with the model so Slack forgets choices the new model lacks
-        _select(f"resolution:{spec.id}", "Resolution", RESOLUTION_ACTION, resolutions, choices.resolution),
-        _select(f"duration:{spec.id}:{choices.resolution}", "Length", DURATION_ACTION, durations, str(choices.duration_s)),
-        _select(f"aspect:{spec.id}", "Aspect ratio", ASPECT_ACTION, aspects, choices.aspect),
+        _select(f"resolution:{spec.id}", "Resolution", RESOLUTION_ACTION, {"options": resolutions}, choices.resolution),
+        _select(f"duration:{spec.id}:{choices.resolution}", "Length", DURATION_ACTION, {"options": durations},
+                str(choices.duration_s)),
+        _select(f"aspect:{spec.id}", "Aspect ratio", ASPECT_ACTION, {"options": aspects}, choices.aspect),
     ]
-    others = [_option(m.label, m.id) for m in deps.catalog if m.id != spec.id][:100]
+    others = [m for m in deps.catalog if m.id != spec.id]
     if others:
         blocks.append({
             "type": "input", "block_id": "compare", "optional": True,
             "label": {"type": "plain_text", "text": "Compare models (optional)"},
             "hint": {"type": "plain_text", "text": "Also run this prompt on up to three other models, side by side in one thread. "
                                                    "Each is charged only if its video arrives."},
-            "element": {"type": "multi_static_select", "action_id": "value", "options": others,
+            "element": {"type": "multi_static_select", "action_id": "value", **_model_menu(deps, others, lambda m: m.label),
                         "max_selected_items": 3,
                         "placeholder": {"type": "plain_text", "text": "Pick models to compare"}},
         })

@@ -8,10 +8,15 @@ from urllib.parse import urlencode
 
 import httpx
 import pytest
+from slack_sdk.models.blocks import Option, OptionGroup
+from slack_sdk.models.views import View
 
 from bot import request_modal as rm
+from bot.catalog import MODEL_ID_MAX, RESOLUTION_MAX
 from bot.cli import jobs_json
+from bot.providers.gateway import GatewayProvider
 from bot.providers.veo import VeoProvider
+from tests.fakes.providers import FakeGatewayServer
 from tests.fakes.runway_veo import FakeVeoServer
 from tests.slack_requests import mention_body, post_signed, view_submission_body
 
@@ -31,12 +36,33 @@ def assert_valid_modal(view: dict[str, Any]) -> None:
             element = block["element"]
             assert element["type"] in INPUT_ELEMENTS and len(block["label"]["text"]) <= 2000
             if element["type"] in ("static_select", "multi_static_select"):
-                assert 1 <= len(element["options"]) <= 100
-                assert all(len(o["text"]["text"]) <= 75 and len(o["value"]) <= 150 for o in element["options"])
+                options = _menu_options(element)
+                assert 1 <= len(options)
+                assert all(len(o["text"]["text"]) <= 75 and len(o["value"]) <= 150 for o in options)
                 if "initial_option" in element:
-                    assert element["initial_option"] in element["options"]
+                    assert element["initial_option"] in options
         if block["type"] == "context":
             assert all(len(e["text"]) <= 3000 for e in block["elements"])
+    assert_slack_sdk_accepts(view)
+
+
+def assert_slack_sdk_accepts(view: dict[str, Any]) -> None:
+    """slack_sdk's own models: the view; through to_dict each block and element (block ids,
+    100 options or groups); and each option and group, which the element keeps as dicts."""
+    View(**view).validate_json()
+    View(**view).to_dict()
+    for block in view["blocks"]:
+        element = block.get("element") or {}
+        for group in element.get("option_groups") or []:
+            OptionGroup(**group).to_dict()
+        for option in [*(element.get("options") or []), *filter(None, [element.get("initial_option")])]:
+            Option(**option).to_dict()
+
+
+def _menu_options(element: dict[str, Any]) -> list[dict[str, Any]]:
+    """A select's options, whether plain or in groups."""
+    assert ("options" in element) != ("option_groups" in element), element
+    return element.get("options") or [o for g in element["option_groups"] for o in g["options"]]
 
 
 def _form(body: dict[str, Any]) -> str:
@@ -192,6 +218,60 @@ async def test_compare_models_in_the_form_runs_a_compare(two_models, slack) -> N
                                                                     view_id="V2"))
     assert "These 2 videos would cost $5.20" in resp.json()["errors"]["compare"]
     assert len(json.loads(await jobs_json(bot.deps.db))) == 2
+
+
+# As long as Slack allows: the longest block id, `duration:{model}:{resolution}`, must still fit.
+LONG_ID = ("zeta-labs/" + "text-to-video-extended-" * 7).ljust(MODEL_ID_MAX, "x")[:MODEL_ID_MAX]
+LONG_RES = "2160p-hdr-".ljust(RESOLUTION_MAX, "x")
+
+
+@pytest.fixture
+async def many_models(make_bot, slack, tmp_path):
+    """150 models through the gateway, priced in a SORA_PRICES file; the last one's id and
+    resolution are as long as the catalog allows."""
+    ids = [f"model-{n:03d}" for n in range(1, 150)] + [LONG_ID]
+    prices = tmp_path / "prices.toml"
+    prices.write_text("".join(f'["{m}"]\n720p = 0.05\n' for m in ids[:-1]) + f'["{LONG_ID}"]\n"{LONG_RES}" = 0.07\n')
+    async with FakeGatewayServer(run_seconds=0.3) as gateway, httpx.AsyncClient() as client:
+        bot = await make_bot(providers={"gateway": GatewayProvider(gateway.base_url, gateway.api_key, client=client)},
+                             include_simulator=False, video_gateway_models=",".join(ids), sora_prices=prices,
+                             sora_default_model="model-001")
+        yield bot, gateway, ids
+
+
+async def test_150_models_fit_slacks_menus_and_the_150th_can_be_chosen(many_models, slack) -> None:
+    bot, gateway, ids = many_models
+    await bot.slash("")
+    view = await _opened(slack, 0)
+    assert_valid_modal(view)
+    model = next(b for b in view["blocks"] if b.get("block_id") == "model")["element"]
+    assert [g["label"]["text"] for g in model["option_groups"]] == ["The video gateway (1/2)", "The video gateway (2/2)"]
+    assert [o["value"] for o in _menu_options(model)] == ids  # every model can be picked
+    assert model["initial_option"]["value"] == "model-001"
+    compare = next(b for b in view["blocks"] if b.get("block_id") == "compare")["element"]
+    assert [o["value"] for o in _menu_options(compare)] == ids[1:]
+
+    # Slack sends a grouped option's choice as it sends a plain one
+    action = {"type": "block_actions", "user": {"id": "U1"}, "team": {"id": "T0001"}, "api_app_id": "A1",
+              "trigger_id": "t", "view": {**view, "id": "V150", "hash": "h1", "state": {"values": _values(view, model=LONG_ID)}},
+              "actions": [{"action_id": rm.MODEL_ACTION, "block_id": "model", "type": "static_select",
+                           "selected_option": {"value": LONG_ID}}]}
+    await post_signed(bot.http, bot.url, _form(action))
+    await slack.wait_for(lambda: any(v["method"] == "views.update" for v in slack.views), timeout=5)
+    new = next(v for v in slack.views if v["method"] == "views.update")["params"]["view"]
+    assert_valid_modal(new)
+    assert next(b for b in new["blocks"] if b.get("block_id") == "model")["element"]["initial_option"]["value"] == LONG_ID
+    assert f"duration:{LONG_ID}:{LONG_RES}" in [b.get("block_id") for b in new["blocks"]]
+    assert LONG_ID not in [o["value"] for o in _menu_options(
+        next(b for b in new["blocks"] if b.get("block_id") == "compare")["element"])]
+
+    body = view_submission_body(rm.MODAL, private_metadata="{}", values=_values(new, model=LONG_ID), view_id="V150")
+    resp = await post_signed(bot.http, bot.url, body)
+    assert resp.status_code == 200 and not resp.content
+    await bot.runtime.poller.idle(10)
+    (job,) = json.loads(await jobs_json(bot.deps.db))
+    assert (job["model"], job["resolution"], job["status"]) == (LONG_ID, LONG_RES, "succeeded")
+    assert gateway.submits[-1]["model"] == LONG_ID
 
 
 async def test_a_message_shortcut_prefills_and_answers_in_that_thread(make_bot, slack) -> None:
