@@ -81,6 +81,7 @@ def _model_menu(deps: Deps, models: Sequence[ModelSpec], text: Callable[[ModelSp
             label = deps.provider_label(provider)[:75 - len(suffix)] + suffix
             groups.append({"label": {"type": "plain_text", "text": label},
                            "options": [_option(text(m), m.id) for m in part]})
+    # 100 groups of 100: a catalog past 10,000 models shows its first 10,000 here
     return {"option_groups": groups[:MENU_MAX]}
 
 
