@@ -734,9 +734,15 @@ class FakeSlack:
     def _chat_get_permalink(self, params: dict[str, Any]) -> dict[str, Any]:
         channel = str(params.get("channel") or "")
         ts = str(params.get("message_ts") or "")
-        if self._find(channel, ts) is None:
+        message = self._find(channel, ts)
+        if message is None:
             raise _SlackError("message_not_found")
-        return {"channel": channel, "permalink": f"{self.base_url}/archives/{channel}/p{ts.replace('.', '')}"}
+        # Slack answers on the workspace's own host (auth.test's `url`); a reply's link opens
+        # it in its thread
+        permalink = f"https://fake-workspace.slack.com/archives/{channel}/p{ts.replace('.', '')}"
+        if message.thread_ts is not None and message.thread_ts != ts:
+            permalink += f"?thread_ts={message.thread_ts}&cid={channel}"
+        return {"channel": channel, "permalink": permalink}
 
     def _conversations_join(self, params: dict[str, Any]) -> dict[str, Any]:
         channel_id = str(params.get("channel") or "")

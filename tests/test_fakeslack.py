@@ -62,6 +62,21 @@ async def test_post_update_and_thread_rendering(fake: FakeSlack, client: AsyncWe
     assert [m.ts for m in fake.roots("C1")] == [root["ts"]]
 
 
+async def test_permalinks_are_on_the_workspace_host_and_replies_open_their_thread(
+    fake: FakeSlack, client: AsyncWebClient
+) -> None:
+    host = (await client.auth_test())["url"]
+    root = await client.chat_postMessage(channel="C1", text="root")
+    reply = await client.chat_postMessage(channel="C1", thread_ts=root["ts"], text="reply")
+    root_link = (await client.chat_getPermalink(channel="C1", message_ts=root["ts"]))["permalink"]
+    assert root_link == f"{host}archives/C1/p{root['ts'].replace('.', '')}"
+    reply_link = (await client.chat_getPermalink(channel="C1", message_ts=reply["ts"]))["permalink"]
+    assert reply_link == f"{host}archives/C1/p{reply['ts'].replace('.', '')}?thread_ts={root['ts']}&cid=C1"
+    with pytest.raises(SlackApiError) as exc:
+        await client.chat_getPermalink(channel="C1", message_ts="1.000001")
+    assert exc.value.response["error"] == "message_not_found"
+
+
 async def test_post_errors(fake: FakeSlack, client: AsyncWebClient) -> None:
     with pytest.raises(SlackApiError) as exc:
         await client.chat_postMessage(channel="C1", thread_ts="1.000001", text="x")
