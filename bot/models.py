@@ -131,3 +131,4 @@ class Job:
     compare_id: str | None = None  # set for each job of a `/sora compare`
     fallback_of: str | None = None  # the failed job this one replaces
     approval_key: str | None = None  # set when the request needed an admin's approval
+    thread_permalink: str | None = None  # chat.getPermalink's answer for the thread, once a Home asked

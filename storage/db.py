@@ -270,6 +270,20 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
         END;
         """,
     ),
+    (
+        "the permalink of a job's thread",
+        """
+        -- What chat.getPermalink answered for (channel_id, thread_ts), looked up once when a
+        -- Home first shows the job. A thread that moves (its parent deleted, a DM instead of
+        -- the channel) drops it, whoever moves it, so a link never points at the old place.
+        ALTER TABLE jobs ADD COLUMN thread_permalink TEXT;
+
+        CREATE TRIGGER jobs_thread_moved AFTER UPDATE OF channel_id, thread_ts ON jobs
+        WHEN old.channel_id IS NOT new.channel_id OR old.thread_ts IS NOT new.thread_ts BEGIN
+            UPDATE jobs SET thread_permalink = NULL WHERE id = new.id;
+        END;
+        """,
+    ),
 )
 
 

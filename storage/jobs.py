@@ -304,6 +304,7 @@ def row_to_job(row: sqlite3.Row) -> Job:
         compare_id=row["compare_id"],
         fallback_of=row["fallback_of"],
         approval_key=row["approval_key"],
+        thread_permalink=row["thread_permalink"],
     )
 
 
@@ -512,6 +513,16 @@ async def latest_job_in_thread(db: Database, channel_id: str, thread_ts: str) ->
         (channel_id, thread_ts),
     )
     return row_to_job(row) if row else None
+
+
+async def note_thread_permalink(db: Database, job: Job, permalink: str) -> bool:
+    """Keep Slack's permalink of the job's thread. Only while the thread is still where it was
+    looked up: a thread that moved meanwhile keeps no link (the next lookup finds the new one)."""
+    changed = await db.execute(
+        "UPDATE jobs SET thread_permalink = ? WHERE id = ? AND channel_id = ? AND thread_ts IS ?",
+        (permalink, job.id, job.channel_id, job.thread_ts),
+    )
+    return changed == 1
 
 
 # --- provider callbacks -------------------------------------------------------------------

@@ -109,6 +109,24 @@ async def test_guarded_update_moves_a_job_only_once(db) -> None:
     assert (await jobstore.get_job(db, job.id)).provider_job_id == "p1"
 
 
+async def test_a_thread_permalink_is_kept_only_while_the_thread_stays_put(db, tmp_path) -> None:
+    job, _ = await jobstore.reserve_and_insert(db, _new(), limits=LIMITS, day=DAY, now=NOW)
+    _, job = await jobstore.update_and_get(db, job.id, expect=[JobStatus.QUEUED], now=NOW, thread_ts="1.000001")
+    link = "https://acme.slack.com/archives/C1/p1000001"
+    assert await jobstore.note_thread_permalink(db, job, link)
+    await jobstore.update(db, job.id, expect=[JobStatus.QUEUED], now=NOW, status=JobStatus.SUBMITTED, provider_job_id="p1")
+    conn = sqlite3.connect(tmp_path / "jobs.db")
+    stored = "SELECT thread_permalink FROM jobs WHERE id = ?"
+    assert conn.execute(stored, (job.id,)).fetchone()[0] == link  # other changes keep it
+    # the thread moves (its parent was deleted): whoever moves it, the old link goes
+    await jobstore.update(db, job.id, expect=[JobStatus.SUBMITTED], now=NOW, thread_ts="2.000002")
+    assert conn.execute(stored, (job.id,)).fetchone()[0] is None
+    # a lookup made for the old thread that answers after the move is not kept
+    assert not await jobstore.note_thread_permalink(db, job, link)
+    assert (await jobstore.get_job(db, job.id)).thread_permalink is None
+    conn.close()
+
+
 async def test_a_settled_reservation_is_never_settled_twice(db) -> None:
     job, _ = await jobstore.reserve_and_insert(db, _new(), limits=LIMITS, day=DAY, now=NOW)
     async with db.write_txn() as conn:
