@@ -11,7 +11,7 @@ import logging
 import time
 import weakref
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -41,6 +41,9 @@ PROMPT_CHARS = 120
 BAR_CELLS = 10
 REFRESH_INTERVAL_S = 10.0  # at most one job-driven publish per person this often
 REFRESH_TIMEOUT_S = 10.0  # delivery waits no longer than this for the Home refresh
+# A publish waits no longer than this for the thread links it lacks (looked up side by side);
+# a job whose link didn't come shows none and is looked up again on the next publish.
+THREAD_LINK_TIMEOUT_S = 3.0
 
 _STATUS = {
     JobStatus.QUEUED: (":hourglass_flowing_sand:", "queued"),
@@ -102,11 +105,9 @@ def budget_bar(remaining_micros: int, limit_micros: int, cells: int = BAR_CELLS)
     return "▓" * filled + "░" * (cells - filled)
 
 
-def thread_link(channel_id: str | None, thread_ts: str | None) -> str | None:
-    """A permalink to a thread without an API call: Slack's archive URL form."""
-    if not channel_id or not thread_ts:
-        return None
-    return f"https://slack.com/archives/{channel_id}/p{thread_ts.replace('.', '')}"
+def _escaped_url(url: str) -> str:
+    # &, < and > are mrkdwn's control characters, in a link's URL too (a reply's has &cid=)
+    return url.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
 def _job_cost(job: Job) -> str:
@@ -125,9 +126,8 @@ def job_blocks(job: Job, *, tz: ZoneInfo) -> list[dict[str, Any]]:
     if job.status is JobStatus.RUNNING and job.progress is not None:
         words += f" ~{job.progress}%"
     facts = [f"{emoji} *{words}*", f"`{job.model}`", f"{job.duration_seconds} s", _job_cost(job)]
-    link = thread_link(job.channel_id, job.thread_ts)
-    if link:
-        facts.append(f"<{link}|open thread>")
+    if job.thread_permalink:
+        facts.append(f"<{_escaped_url(job.thread_permalink)}|open thread>")
     prompt = escape_mrkdwn(" ".join(job.prompt.split()), PROMPT_CHARS)
     when = job.created_at.astimezone(tz).strftime("%b %d, %H:%M")
     return [
@@ -247,6 +247,38 @@ async def _provider_health(deps: Deps) -> list[ProviderHealth]:
     return out
 
 
+async def _thread_permalink(deps: Deps, job: Job) -> str | None:
+    """chat.getPermalink for the job's thread, kept on the job row; None if Slack didn't say."""
+    assert job.thread_ts is not None
+    try:
+        async with asyncio.timeout(THREAD_LINK_TIMEOUT_S):
+            resp = await deps.slack.chat_getPermalink(channel=job.channel_id, message_ts=job.thread_ts)
+    except SlackApiError as exc:
+        log.info("job %s: no thread link yet: %s", job.id, slack_io.slack_error(exc))
+        return None
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        log.info("job %s: no thread link yet: %s", job.id, type(exc).__name__)
+        return None
+    permalink = resp.get("permalink")
+    if not isinstance(permalink, str) or not permalink.startswith("https://"):
+        return None
+    await jobstore.note_thread_permalink(deps.db, job, permalink)
+    return permalink
+
+
+async def _with_thread_links(deps: Deps, jobs: Sequence[Job]) -> list[Job]:
+    """The jobs with their threads' permalinks: stored ones as they are, the missing ones
+    looked up (concurrently, once each: the answer is stored for every later publish)."""
+    missing = [j for j in jobs if j.thread_ts and not j.thread_permalink]
+    # every lookup runs to its end (each has its own timeout) before any error is raised
+    answers = await asyncio.gather(*(_thread_permalink(deps, j) for j in missing), return_exceptions=True)
+    for answer in answers:
+        if isinstance(answer, BaseException):
+            raise answer
+    found = {j.id: link for j, link in zip(missing, answers, strict=True) if isinstance(link, str)}
+    return [replace(j, thread_permalink=found[j.id]) if j.id in found else j for j in jobs]
+
+
 async def home_for(deps: Deps, user_id: str) -> dict[str, Any]:
     """Read everything the person's Home shows and build it (admins get the workspace part)."""
     now = deps.clock()
@@ -254,7 +286,7 @@ async def home_for(deps: Deps, user_id: str) -> dict[str, Any]:
     day = budget_day(now, tz)
     budgets = await deps.budgets()
     limit, totals = await ledger.totals_for(deps.db, user_id, day, budgets.default_user_micros)
-    jobs = await jobstore.list_jobs(deps.db, user_id=user_id, limit=HOME_JOBS)
+    jobs = await _with_thread_links(deps, await jobstore.list_jobs(deps.db, user_id=user_id, limit=HOME_JOBS))
     workspace = None
     if await deps.authz.is_admin(user_id):
         async with deps.db.reading() as reader:

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import sys
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -112,8 +114,10 @@ async def _jobs(bot) -> list[Job]:
     return await jobstore.list_jobs(bot.deps.db, limit=0)
 
 
-async def _insert_jobs(bot, user: str, count: int, *, prefix: str = "old", cost_micros: int = 800_000) -> None:
-    """Charged, finished jobs written straight into the tables: a long history without running it."""
+async def _insert_jobs(bot, user: str, count: int, *, prefix: str = "old", cost_micros: int = 800_000,
+                       threads: list[str] | None = None) -> None:
+    """Charged, finished jobs written straight into the tables: a long history without running it.
+    `threads`: each job's thread_ts (default: threads the fake Slack doesn't know)."""
     now = bot.deps.clock()
     day = now.date().isoformat()
     async with bot.deps.db.write_txn() as conn:
@@ -125,7 +129,7 @@ async def _insert_jobs(bot, user: str, count: int, *, prefix: str = "old", cost_
                        provider_job_id, estimate_micros, cost_micros, budget_day, created_at, updated_at)
                    VALUES (?, ?, 'C1', ?, 'command', 'simulator', 'simulator', 'simulator', ?, 8,
                            '720p', '16:9', 'succeeded', ?, ?, ?, ?, ?, ?)""",
-                (job_id, user, f"1700000000.{n:06d}", "a very long prompt <!here> " * 200,
+                (job_id, user, threads[n] if threads else f"1700000000.{n:06d}", "a very long prompt <!here> " * 200,
                  f"p-{job_id}", cost_micros, cost_micros, day, at, at),
             )
             await conn.execute(
@@ -156,7 +160,8 @@ async def test_a_user_sees_budget_reset_time_and_recent_jobs_with_thread_links(m
     jobs = {j.id: j for j in await _jobs(bot)}
     ok = next(t for t in rows if ":white_check_mark:" in t)
     assert "*done*" in ok and "8 s" in ok and "*$0.80*" in ok
-    link = f"https://slack.com/archives/C1/p{jobs[done].thread_ts.replace('.', '')}"
+    # chat.getPermalink's answer, on the workspace's own host
+    link = f"https://fake-workspace.slack.com/archives/C1/p{jobs[done].thread_ts.replace('.', '')}"
     assert f"<{link}|open thread>" in ok
     # the prompt is echoed, never as a ping
     assert "&lt;!channel&gt; &amp; &lt;@U2&gt;" in ok and "<!channel>" not in text and "<@U2>" not in text
@@ -164,6 +169,54 @@ async def test_a_user_sees_budget_reset_time_and_recent_jobs_with_thread_links(m
     assert "failed (`generation_failed`)" in bad and "not charged" in bad and "4 s" in bad
     assert f"job `{failed}`" in text and f"job `{done}`" in text
     assert "Workspace today" not in text and "Top spenders" not in text
+
+
+def _permalink_calls(slack, thread_ts: str) -> int:
+    return sum(1 for c in slack.calls_to("chat.getPermalink") if c.params.get("message_ts") == thread_ts)
+
+
+async def test_a_thread_link_is_looked_up_once_and_kept_on_the_job(make_bot, slack) -> None:
+    bot = await make_bot()
+    job_id = await _run(bot, "a paper boat in the rain")
+    await bot.runtime.poller.idle(15)  # the video's arrival published the Home once already
+    (job,) = await _jobs(bot)
+    link = f"https://fake-workspace.slack.com/archives/C1/p{job.thread_ts.replace('.', '')}"
+    assert _permalink_calls(slack, job.thread_ts) == 1
+    for _ in range(2):
+        assert f"<{link}|open thread>" in _text(await _open_home(bot))
+    assert _permalink_calls(slack, job.thread_ts) == 1
+    with sqlite3.connect(bot.deps.settings.sora_db_path) as conn:
+        assert conn.execute("SELECT thread_permalink FROM jobs WHERE id = ?", (job_id,)).fetchone()[0] == link
+
+
+async def test_a_failed_thread_link_lookup_shows_no_link_and_is_tried_again(make_bot, slack, monkeypatch) -> None:
+    monkeypatch.setattr(home, "THREAD_LINK_TIMEOUT_S", 0.3)
+    bot = await make_bot()
+    refused, slow = slack.add_message("C1", "a root", user="U1"), slack.add_message("C1", "another", user="U1")
+    await _insert_jobs(bot, "U1", 2, threads=[refused.ts, slow.ts])
+    stop_refusing = slack.refuse("chat.getPermalink", "internal_error", when=lambda p: p.get("message_ts") == refused.ts)
+    held = slack.hold_next("chat.getPermalink")  # the other lookup: Slack doesn't answer in time
+    started = time.monotonic()
+    text = _text(await _open_home(bot))
+    assert time.monotonic() - started < 2.0
+    assert "open thread" not in text and "archives" not in text
+    assert text.count("*done*") == 2  # the jobs themselves are shown
+    stop_refusing()
+    held.release()
+    text = _text(await _open_home(bot))
+    for message in (refused, slow):
+        assert f"<https://fake-workspace.slack.com/archives/C1/p{message.ts.replace('.', '')}|open thread>" in text
+        assert _permalink_calls(slack, message.ts) == 2
+
+
+async def test_a_job_answered_in_a_reply_links_into_its_thread(make_bot, slack) -> None:
+    bot = await make_bot()
+    root = slack.add_message("C1", "a root", user="U1")
+    reply = slack.add_message("C1", "<@UBOT> a heron", user="U1", thread_ts=root.ts)
+    await _insert_jobs(bot, "U1", 1, threads=[reply.ts])
+    text = _text(await _open_home(bot))
+    link = f"https://fake-workspace.slack.com/archives/C1/p{reply.ts.replace('.', '')}?thread_ts={root.ts}&amp;cid=C1"
+    assert f"<{link}|open thread>" in text
 
 
 async def test_the_generate_button_opens_the_request_modal(make_bot, slack) -> None:
@@ -335,6 +388,8 @@ def _job(job_id: str, *, status: JobStatus, minutes_ago: int = 5, **over: Any) -
         stall_notified=False, finished_at=None, budget_day="2026-11-25",
     )
     values.update(over)
+    if values["thread_ts"]:  # as chat.getPermalink answers
+        values["thread_permalink"] = f"https://acme.slack.com/archives/C0GENERAL/p{values['thread_ts'].replace('.', '')}"
     return Job(**values)
 
 
