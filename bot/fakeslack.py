@@ -22,9 +22,12 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from aiohttp import BodyPartReader, WSCloseCode, WSMsgType, web
 
-# Slack's documented limits, enforced so the bot meets the same walls it would in production.
-MAX_TEXT_CHARS = 40_000
-MAX_BLOCKS = 50
+from bot import fakeslack_limits as limits
+
+# Slack's documented limits, enforced so the bot meets the same walls it would in production
+# (bot/fakeslack_limits.py holds them, with where they come from).
+MAX_TEXT_CHARS = limits.MESSAGE_TEXT
+MAX_BLOCKS = limits.MESSAGE_BLOCKS
 
 # Params Slack accepts as JSON-encoded strings inside a form body.
 _JSON_PARAMS = ("blocks", "files", "attachments", "view", "metadata")
@@ -62,6 +65,7 @@ class Call:
     params: dict[str, Any]
     http_status: int = 200
     token: str | None = None
+    refused: dict[str, Any] | None = None  # the ok: false answer a handler gave, if any
 
 
 @dataclass
@@ -142,11 +146,13 @@ class _Fault:
 
 
 class _SlackError(Exception):
-    """Raised inside a method handler to answer `{"ok": false, "error": ...}`."""
+    """Raised inside a method handler to answer `{"ok": false, "error": ...}`; `messages`
+    become `response_metadata.messages`, as Slack explains an invalid_blocks."""
 
-    def __init__(self, error: str) -> None:
+    def __init__(self, error: str, messages: list[str] | None = None) -> None:
         super().__init__(error)
         self.error = error
+        self.messages = messages or []
 
 
 class FakeSlack:
@@ -174,6 +180,7 @@ class FakeSlack:
         # files users uploaded (add_file): id -> (Slack file object, bytes)
         self._private_files: dict[str, tuple[dict[str, Any], bytes]] = {}
         self._holds: dict[str, deque[Hold]] = {}
+        self._refusals: list[tuple[str, str, Callable[[dict[str, Any]], bool] | None]] = []
         # one counter for every ts so they are strictly increasing across channels and kinds
         self._ts_micros = itertools.count(1_700_000_000_000_100, 100)
         self._ids = itertools.count(1)
@@ -387,6 +394,15 @@ class FakeSlack:
         queue = self._faults.setdefault(method, deque())
         queue.extend(_Fault(status, error, retry_after) for _ in range(times))
 
+    def refuse(
+        self, method: str, error: str = "invalid_blocks", *, when: Callable[[dict[str, Any]], bool] | None = None
+    ) -> Callable[[], None]:
+        """Answer every call to `method` (whose params satisfy `when`) with `{"ok": false, "error": error}`,
+        as Slack does a payload it won't take, until the returned function is called."""
+        rule = (method, error, when)
+        self._refusals.append(rule)
+        return lambda: self._refusals.remove(rule) if rule in self._refusals else None
+
     def hold_next(self, method: str, *, after: bool = False) -> "Hold":
         """Keep the next call to `method` waiting until `release()` (or until the caller dies).
 
@@ -510,6 +526,10 @@ class FakeSlack:
         if not token.startswith("xox"):
             return web.json_response({"ok": False, "error": "invalid_auth"})
 
+        for refused_method, error, when in list(self._refusals):
+            if refused_method == method and (when is None or when(params)):
+                call.refused = {"ok": False, "error": error}
+                return web.json_response(call.refused)
         holds = self._holds.get(method)
         hold = holds.popleft() if holds else None
         if hold is not None and not hold.after:
@@ -522,7 +542,12 @@ class FakeSlack:
         try:
             body = handler(params) if handler is not None else {}
         except _SlackError as exc:
-            return web.json_response({"ok": False, "error": exc.error})
+            answer: dict[str, Any] = {"ok": False, "error": exc.error}
+            if exc.messages:
+                answer["errors"] = exc.messages
+                answer["response_metadata"] = {"messages": [f"[ERROR] {m}" for m in exc.messages]}
+            call.refused = answer
+            return web.json_response(answer)
         if hold is not None and hold.after:
             hold.reached.set()
             await hold.released.wait()
@@ -566,6 +591,12 @@ class FakeSlack:
         if not isinstance(body, dict):
             call.http_status = 400
             return web.Response(status=400, text="invalid_payload")
+        text = str(body.get("text") or "")
+        problems = limits.blocks_problems(body["blocks"], max_blocks=MAX_BLOCKS) if "blocks" in body else []
+        if limits.units(text) > MAX_TEXT_CHARS or problems:
+            # response_url answers a refused payload with a status and a word, not JSON
+            call.http_status = 400
+            return web.Response(status=400, text="invalid_blocks" if problems else "msg_too_long")
         self.responses[url].append(body)
         return web.Response(text="ok")
 
@@ -694,7 +725,7 @@ class FakeSlack:
         if message is None:
             raise _SlackError("message_not_found")
         text = params.get("text")
-        if text is not None and len(str(text)) > MAX_TEXT_CHARS:
+        if text is not None and limits.units(str(text)) > MAX_TEXT_CHARS:
             raise _SlackError("msg_too_long")
         blocks = _blocks(params)
         message.edits.append((message.text, message.blocks))
@@ -864,6 +895,9 @@ class FakeSlack:
         view = params.get("view")
         if not isinstance(view, dict):
             raise _SlackError("invalid_arguments")
+        problems = limits.view_problems(view)
+        if problems:
+            raise _SlackError("invalid_arguments", problems)
         view_id = str(params.get("view_id") or f"V{next(self._ids):08d}")
         return {"view": {**view, "id": view_id, "team_id": self.team_id}}
 
@@ -1044,14 +1078,15 @@ def _blocks(params: dict[str, Any]) -> list[dict[str, Any]]:
         return []
     if not isinstance(blocks, list) or not all(isinstance(b, dict) and b.get("type") for b in blocks):
         raise _SlackError("invalid_blocks")
-    if len(blocks) > MAX_BLOCKS:
-        raise _SlackError("invalid_blocks")
+    problems = limits.blocks_problems(blocks, max_blocks=MAX_BLOCKS)
+    if problems:
+        raise _SlackError("invalid_blocks", problems)
     return blocks
 
 
 def _content(params: dict[str, Any]) -> tuple[str, list[dict[str, Any]], list[dict[str, Any]]]:
     text = str(params.get("text") or "")
-    if len(text) > MAX_TEXT_CHARS:
+    if limits.units(text) > MAX_TEXT_CHARS:
         raise _SlackError("msg_too_long")
     blocks = _blocks(params)
     attachments = params.get("attachments")
