@@ -19,6 +19,7 @@ from bot import messages, slack_io
 from bot.incidents import admin_recipients
 from bot.clock import iso
 from bot.deps import Deps
+from bot.errors import SlackRefused
 from bot.models import Job, JobStatus
 from bot.money import format_usd
 from storage import approvals
@@ -72,11 +73,13 @@ async def notify_admins(deps: Deps, key: str) -> int:
                 if channel in have:
                     told += 1
                     continue
-                resp = await deps.slack.chat_postMessage(channel=channel, text=text, blocks=blocks)
+                resp = await slack_io.post_message(deps, channel=channel, text=text, blocks=blocks)
                 await approvals.add_message(deps.db, key, channel, str(resp["ts"]))
                 told += 1
             except SlackApiError as exc:
                 log.warning("could not DM admin %s for approval %s: %s", admin_id, key, slack_io.slack_error(exc))
+            except SlackRefused as exc:
+                log.warning("Slack refused every form of the approval DM %s: %s", key, exc.error)
         if not told:
             log.warning("approval %s: no admin could be asked; it expires unanswered at %s", key, approval.expires_at)
         return told
@@ -96,9 +99,11 @@ async def settle(deps: Deps, key: str, *, state: str, by: str) -> approvals.Deci
         jobs, state=state, by=by, amount_micros=decision.approval.amount_micros)
     for channel, ts in (await approvals.messages_of(deps.db, key)).items():
         try:
-            await deps.slack.chat_update(channel=channel, ts=ts, text=text, blocks=blocks)
+            await slack_io.update_message(deps, channel=channel, ts=ts, text=text, blocks=blocks)
         except SlackApiError as exc:
             log.info("approval %s: DM edit failed: %s", key, slack_io.slack_error(exc))
+        except SlackRefused as exc:
+            log.warning("approval %s: Slack refused every form of the DM edit: %s", key, exc.error)
     if state == "approved" and jobs and jobs[0].thread_ts:
         try:
             await slack_io.post_in_thread(

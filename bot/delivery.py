@@ -17,8 +17,8 @@ from slack_sdk.errors import SlackApiError
 from bot import home, incidents, messages, slack_io
 from bot.clock import iso
 from bot.deps import Deps
-from bot.errors import DeliveryError, ProviderError
-from bot.models import UNFINISHED, Job, JobStatus
+from bot.errors import DeliveryError, ProviderError, SlackRefused
+from bot.models import UNFINISHED, FailureKind, Job, JobStatus
 from bot.money import format_usd
 from storage import compares
 from storage import jobs as jobstore
@@ -43,14 +43,10 @@ async def _deliver_final(deps: Deps, job_id: str) -> Job | None:
         job = await jobstore.get_job(deps.db, job_id)
         assert job is not None
         try:
-            if job.thread_ts is None:
-                job = await ensure_request_message(deps, job)
-            if delivery.kind == "video":
-                ts, method = await _post_video(deps, job, delivery)
+            if job.failure_kind is FailureKind.SLACK_REFUSED:
+                ts, method = await _tell_refused(deps, job)
             else:
-                ts, method = await _post_failure(deps, job), "message"
-                if job.failure_kind is not None:
-                    await incidents.open_incident(deps, job.provider, job.failure_kind, job_id=job.id)
+                ts, method = await _post_final(deps, job, delivery)
         except (SlackApiError, httpx.HTTPError) as exc:
             attempt += 1
             error = slack_io.slack_error(exc) if isinstance(exc, SlackApiError) else type(exc).__name__
@@ -65,6 +61,40 @@ async def _deliver_final(deps: Deps, job_id: str) -> Job | None:
         await slack_io.update_status(deps, job)
         await home.refresh_after_job(deps, job.user_id)  # best effort; never raises
         return job
+
+
+async def _post_final(deps: Deps, job: Job, delivery: jobstore.Delivery) -> tuple[str | None, str]:
+    """The final message in the job's thread; privately when Slack refuses the thread's start."""
+    if job.thread_ts is None:
+        try:
+            job = await ensure_request_message(deps, job)
+        except SlackRefused as exc:
+            log.warning("job %s: Slack refused its request message (%s); telling its owner privately", job.id, exc.error)
+            if delivery.kind == "video":  # not reached today: a video's message is posted before its submit
+                text = messages.link_message(job, job.video_url, expires=None, why="Slack refused the message")
+            else:
+                text = await _failure_text(deps, job)
+            return await slack_io.tell_privately(deps, job, text)
+    if delivery.kind == "video":
+        return await _post_video(deps, job, delivery)
+    ts = await slack_io.post_in_thread(deps, job, await _failure_text(deps, job))
+    if job.failure_kind is not None:
+        await incidents.open_incident(deps, job.provider, job.failure_kind, job_id=job.id)
+    return ts, "message"
+
+
+async def _tell_refused(deps: Deps, job: Job) -> tuple[str | None, str]:
+    """A job Slack never let start a thread: its owner hears it by ephemeral or DM, once per
+    request (a compare's first job speaks for the set)."""
+    if job.compare_id is not None:
+        first = (await compares.jobs_of(deps.db, job.compare_id))[0]
+        if first.id != job.id:
+            return None, "with_set"
+    text = await _failure_text(deps, job)
+    if job.compare_id is not None:
+        models = ", ".join(f"`{j.model}`" for j in await compares.jobs_of(deps.db, job.compare_id))
+        text += f" This was the compare of {models}; none of them was started."
+    return await slack_io.tell_privately(deps, job, text)
 
 
 async def _post_video(deps: Deps, job: Job, delivery: jobstore.Delivery) -> tuple[str | None, str]:
@@ -114,12 +144,12 @@ async def _download_again(deps: Deps, job: Job) -> Path | None:
         return None
 
 
-async def _post_failure(deps: Deps, job: Job) -> str:
+async def _failure_text(deps: Deps, job: Job) -> str:
+    """The final words of a job that failed or was cancelled: what happened, what next."""
     if job.failure_detail and job.failure_detail.startswith(("approval denied", "approval expired")):
         denied = job.failure_detail.startswith("approval denied")
         by = job.failure_detail.removeprefix("approval denied by ").strip() if denied else None
-        return await slack_io.post_in_thread(
-            deps, job, messages.approval_outcome_text(job, state="denied" if denied else "expired", by=by or None))
+        return messages.approval_outcome_text(job, state="denied" if denied else "expired", by=by or None)
     spec = deps.catalog.get(job.model)
     waited = None
     if job.finished_at is not None:
@@ -144,7 +174,7 @@ async def _post_failure(deps: Deps, job: Job) -> str:
         text += (f"\n:twisted_rightwards_arrows: Automatic fallback is on, so I'm running it on `{replacement.model}` "
                  f"instead ({replacement.duration_seconds} s, {format_usd(replacement.estimate_micros)} reserved): "
                  f"job `{replacement.id}`. Its video will land in this thread.")
-    return await slack_io.post_in_thread(deps, job, f"<@{job.user_id}> {text}")
+    return f"<@{job.user_id}> {text}"
 
 
 async def ensure_request_message(deps: Deps, job: Job) -> Job:
@@ -171,7 +201,9 @@ async def _ensure_compare_message(deps: Deps, job: Job) -> Job:
     assert job.compare_id is not None
     async with _compare_locks[job.compare_id]:
         row = await compares.get(deps.db, job.compare_id)
-        if row is not None and row.status_ts is None:
+        # a set Slack refused is failed as a whole: its other jobs don't ask again
+        current = await jobstore.must_get_job(deps.db, job.id)
+        if row is not None and row.status_ts is None and current.failure_kind is not FailureKind.SLACK_REFUSED:
             channel, thread_ts, status_ts = await slack_io.post_request_message(deps, job)
             await compares.set_message(deps.db, job.compare_id, channel_id=channel, thread_ts=thread_ts,
                                        status_ts=status_ts, now=iso(deps.clock()))
@@ -185,6 +217,11 @@ async def summarize_compare(deps: Deps, compare_id: str) -> None:
         if row is None or row.summary_state == "done" or not await compares.all_delivered(deps.db, compare_id):
             return
         jobs = await compares.jobs_of(deps.db, compare_id)
+        if jobs[0].thread_ts is None:
+            # Slack never let the set start its thread; its owner was told privately
+            await compares.mark_summarized(deps.db, compare_id, None)
+            _compare_locks.pop(compare_id, None)
+            return
         attempt = 0
         while True:
             try:

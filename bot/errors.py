@@ -127,6 +127,16 @@ class ResultExpired(DeliveryError):
     retryable = False
 
 
+class SlackRefused(SoraError):
+    """Slack refused a message as invalid in every form we could send it (blocks, then plain text)."""
+
+    kind = FailureKind.SLACK_REFUSED
+
+    def __init__(self, error: str) -> None:
+        super().__init__(f"Slack refused the message: {error}")
+        self.error = error
+
+
 def error_for_kind(kind: FailureKind, detail: str, *, reason: str | None = None) -> ProviderError:
     """Build the matching ProviderError for a kind read from a poll answer."""
     cls: dict[FailureKind, type[ProviderError]] = {

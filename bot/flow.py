@@ -28,6 +28,7 @@ from bot.errors import (
     ProviderError,
     RateLimited,
     ResultExpired,
+    SlackRefused,
 )
 from bot.models import (
     UNFINISHED,
@@ -43,6 +44,7 @@ from bot.parsing import JobRequest
 from bot.providers.base import VideoProvider
 from bot.schedule import PollTrack, next_poll_delay
 from bot.throttle import EditThrottle
+from storage import compares
 from storage import jobs as jobstore
 from storage import ledger
 from storage.jobs import Limits, NewJob, Reserved
@@ -187,7 +189,11 @@ async def run_job(
         return
     if not job.status.terminal and job.status_ts is None:
         async with deps.ack_first.start():
-            job = await ensure_request_message(deps, job)
+            try:
+                job = await ensure_request_message(deps, job)
+            except SlackRefused as exc:
+                await refused_by_slack(deps, job, exc)
+                job = await _reload(deps, job.id)
     if job.status is JobStatus.QUEUED and job.approval_key is not None:
         job = await approval.wait_for_decision(deps, job, lambda s, j=job.id: _nap(deps, j, s))
     if job.status is JobStatus.QUEUED:
@@ -199,6 +205,18 @@ async def run_job(
     if job.status is JobStatus.FAILED:
         await start_automatic_fallback(deps, job)
     await deliver(deps, job_id)
+
+
+async def refused_by_slack(deps: Deps, job: Job, exc: SlackRefused) -> None:
+    """Slack refused every form of the request message: fail the request (each job of a
+    compare) as slack_refused, refunded and never submitted; its owner is told privately."""
+    log.warning("job %s: Slack refused its request message in every form (%s); failing it", job.id, exc.error)
+    members = await compares.jobs_of(deps.db, job.compare_id) if job.compare_id else [job]
+    for member in members:
+        await fail_job(deps, member, FailureKind.SLACK_REFUSED, f"Slack refused the request message: {exc.error}",
+                       reason=exc.error)
+        if member.id != job.id and deps.poller is not None:
+            deps.poller.watch(member.id)  # its task may be gone or waiting: it delivers either way
 
 
 async def start_automatic_fallback(deps: Deps, job: Job) -> Job | None:

@@ -2,35 +2,100 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from bot import prompt_input
 from bot.catalog import Catalog
 from bot.clock import humanize_duration, local_hhmm
 from bot.models import FailureKind, Job, JobStatus
 from bot.money import format_usd
 from bot.parsing import MAX_PROMPT_CHARS, OPTIONS_HELP
+from bot.slack_text import utf16_len
 
-# Slack rejects long messages (msg_too_long near 4,000 chars in some paths): echo less.
+# Slack's documented limits, measured as Slack may count them: in UTF-16 code units, after
+# escaping (an emoji can count twice; "&" becomes five characters). Block Kit reference.
+SECTION_TEXT_CHARS = 3000
+# Echo at most this much of a prompt: msg_too_long has been seen near 4,000 characters of a
+# message, and a request message carries more than its prompt.
 PROMPT_ECHO_CHARS = 2500
 _BROADCAST = re.compile(r"@(channel|here|everyone)\b", re.IGNORECASE)
+# mrkdwn's formatting marks, echoed as look-alikes so a prompt is shown as typed, never bold,
+# italic, struck through or as code (mrkdwn has no backslash escape)
+_FORMATTING = str.maketrans({"*": "\u2217", "_": "\u02cd", "~": "\u223c", "`": "\u02cb"})
 
 Blocks = list[dict[str, Any]]
 
 
-def escape_mrkdwn(text: str, limit: int = PROMPT_ECHO_CHARS) -> str:
-    """Echo user text so it never pings: `<!channel>`, `<@U…>` and `@here` all stay inert."""
-    if len(text) > limit:
-        text = text[: limit - 1] + "…"
-    text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+def _inert(text: str) -> str:
+    text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").translate(_FORMATTING)
     # A zero-width space after "@" keeps the word readable but never a broadcast.
     return _BROADCAST.sub(lambda m: "@\u200b" + m.group(1), text)
 
 
-def quote(text: str) -> str:
-    return "\n".join("> " + line if line else ">" for line in escape_mrkdwn(text).splitlines() or [""])
+def _quoted(text: str) -> str:
+    return "\n".join("> " + line if line else ">" for line in _inert(text).splitlines() or [""])
+
+
+def fit(text: str, limit: int, render: Callable[[str], str]) -> str:
+    """`render(text)`, or the longest start of `text` whose rendering plus "…" is within
+    `limit` UTF-16 units. Measured after rendering, so escapes and quote marks count."""
+    out = render(text)
+    if utf16_len(out) <= limit:
+        return out
+    # the rendered length grows with the prefix (a broadcast word losing its guard can make it
+    # one shorter, so every candidate is measured, never assumed)
+    lo, hi = 0, len(text)
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if utf16_len(render(text[:mid].rstrip()) + "…") <= limit:
+            lo = mid
+        else:
+            hi = mid - 1
+    return render(text[:lo].rstrip()) + "…"
+
+
+def escape_mrkdwn(text: str, limit: int = PROMPT_ECHO_CHARS) -> str:
+    """Echo user text so it never pings or formats: `<!channel>`, `<@U…>`, `@here`, `*bold*`
+    all stay inert. At most `limit` UTF-16 units once escaped."""
+    return fit(text, limit, _inert)
+
+
+def quote(text: str, limit: int = PROMPT_ECHO_CHARS) -> str:
+    """`escape_mrkdwn` as a block quote ("> " on every line), the quote marks counted."""
+    return fit(text, limit, _quoted)
+
+
+def _title_safe(text: str) -> str:
+    text = " ".join(text.split()).replace("<", "\u2039").replace(">", "\u203a")
+    return _BROADCAST.sub(lambda m: "@\u200b" + m.group(1), text)
+
+
+def file_title(job: Job, limit: int = 100) -> str:
+    """An uploaded video's title: the model and the start of the prompt, on one line, with
+    nothing Slack could read as a mention or a broadcast (`<!channel>`, `@here`)."""
+    return fit(f"{job.model}: {job.prompt}", limit, _title_safe)
+
+
+def prompt_section(head: str, prompt: str) -> dict[str, Any]:
+    """A section with `head` over the quoted prompt, within Slack's 3,000 for a section."""
+    room = min(PROMPT_ECHO_CHARS, SECTION_TEXT_CHARS - utf16_len(head) - 1)
+    return {"type": "section", "text": {"type": "mrkdwn", "text": f"{head}\n{quote(prompt, room)}"}}
+
+
+def stamp_block_ids(blocks: Blocks, prefix: str) -> Blocks:
+    """Give every block an id that changes with the blocks' content.
+
+    Slack clients keep a message's blocks by block_id; a chat.update that replaces blocks
+    under the same ids may leave the old buttons showing.
+    """
+    digest = hashlib.sha1(json.dumps(blocks, sort_keys=True).encode()).hexdigest()[:10]
+    return [{**block, "block_id": f"{prefix}{i}.{digest}"} for i, block in enumerate(blocks)]
 
 
 def job_facts(job: Job) -> str:
@@ -119,22 +184,41 @@ def request_message(
     text = f"{header} {escape_mrkdwn(job.prompt, 200)}"
     status = status_line(job, tz=tz, give_up_at=give_up_at, awaiting_approval=awaiting_approval)
     blocks: Blocks = [
-        {"type": "section", "text": {"type": "mrkdwn", "text": f"{header}\n{quote(job.prompt)}"}},
+        prompt_section(header, job.prompt),
         {"type": "context", "elements": [{"type": "mrkdwn", "text": job_facts(job)}]},
         {"type": "context", "elements": [{"type": "mrkdwn", "text": status}]},
     ]
     buttons = job_buttons(job, fallback=fallback)
     if buttons:
-        blocks.append({"type": "actions", "block_id": f"job_{job.id}", "elements": buttons})
-    return text, blocks
+        blocks.append({"type": "actions", "elements": buttons})
+    return text, stamp_block_ids(blocks, f"job_{job.id}_")
 
 
-# Slack's plain_text_input holds at most 3,000 characters.
-MODAL_PROMPT_CHARS = 3000
+def plain_version(text: str, blocks: Blocks, limit: int = SECTION_TEXT_CHARS) -> str:
+    """A message's words without Block Kit, for when Slack refuses its blocks: the
+    notification text, then each short section and context line, as many as fit."""
+    lines = [text]
+    for block in blocks:
+        if block.get("type") == "section":
+            pieces = [str((block.get("text") or {}).get("text") or "")]
+        elif block.get("type") == "context":
+            pieces = [str(e.get("text") or "") for e in block.get("elements") or [] if isinstance(e, dict)]
+        else:
+            continue
+        lines += [p for p in pieces if p and p not in text and utf16_len(p) <= 1000]
+    kept: list[str] = []
+    used = 0
+    for line in lines:  # whole lines only: cutting one could split an escape like &amp;
+        if used + utf16_len(line) + 1 > limit:
+            break
+        kept.append(line)
+        used += utf16_len(line) + 1
+    return "\n".join(kept)
 
 
 def edit_modal(job: Job) -> dict[str, Any]:
-    """The "Edit prompt & retry" modal, prefilled; the job id rides in private_metadata."""
+    """The "Edit prompt & retry" modal, prefilled with the whole prompt; the job id rides in
+    private_metadata."""
     return {
         "type": "modal",
         "callback_id": EDIT_MODAL,
@@ -143,18 +227,7 @@ def edit_modal(job: Job) -> dict[str, Any]:
         "submit": {"type": "plain_text", "text": "Generate"},
         "close": {"type": "plain_text", "text": "Cancel"},
         "blocks": [
-            {
-                "type": "input",
-                "block_id": "prompt",
-                "label": {"type": "plain_text", "text": "Prompt"},
-                "element": {
-                    "type": "plain_text_input",
-                    "action_id": "value",
-                    "multiline": True,
-                    "max_length": MODAL_PROMPT_CHARS,
-                    "initial_value": job.prompt[:MODAL_PROMPT_CHARS],
-                },
-            },
+            *prompt_input.blocks(job.prompt, label="Prompt"),
             {"type": "context", "elements": [{"type": "mrkdwn", "text": job_facts(job).rsplit(" · job ", 1)[0]
                                                 + " · same options as before"}]},
         ],
@@ -267,6 +340,11 @@ def failure_message(
             + (f": {retired_note}" if retired_note else ".")
             + pick
         ),
+        FailureKind.SLACK_REFUSED: (
+            f"Slack refused to show the request message for job `{job.id}`{why}, so I never sent it "
+            "to the provider. Try again with a shorter or plainer prompt; if it keeps happening, "
+            "tell an admin (the bot's log says what Slack objected to)."
+        ),
     }
     body = lines[kind]
     return f"{body} You were not charged. _(failure: `{kind.value}`)_"
@@ -370,15 +448,15 @@ def compare_message(
     else:
         foot = f"Total {format_usd(total)}, reserved; each model is charged only if its video arrives. Results land in the thread."
     blocks: Blocks = [
-        {"type": "section", "text": {"type": "mrkdwn", "text": f"{header}\n{quote(first.prompt)}"}},
+        prompt_section(header, first.prompt),
         {"type": "section", "text": {"type": "mrkdwn", "text": "\n".join(lines)}},
         {"type": "context", "elements": [{"type": "mrkdwn", "text": f"{foot} · compare `{compare_id}`"}]},
     ]
     if not done:
-        blocks.append({"type": "actions", "block_id": f"compare_{compare_id}",
+        blocks.append({"type": "actions",
                        "elements": [_button("Cancel all", COMPARE_CANCEL_ACTION, compare_id, style="danger")]})
     text = f"{header} {escape_mrkdwn(first.prompt, 200)}"
-    return text, blocks
+    return text, stamp_block_ids(blocks, f"compare_{compare_id}_")
 
 
 def compare_summary(jobs: list[Job]) -> str:
@@ -418,17 +496,17 @@ def approval_request_message(
             f"costing *{format_usd(amount_micros)}*, over the {format_usd(threshold_micros)} approval limit, in {where}:")
     text = f"Approval needed: <@{first.user_id}> asks for {format_usd(amount_micros)} of video."
     blocks: Blocks = [
-        {"type": "section", "text": {"type": "mrkdwn", "text": f"{head}\n{quote(first.prompt)}"}},
+        prompt_section(head, first.prompt),
         {"type": "section", "text": {"type": "mrkdwn", "text": what}},
         {"type": "context", "elements": [{"type": "mrkdwn", "text":
             f"The money is reserved from their budget meanwhile. Without an answer the request expires at "
             f"{local_hhmm(expires_at, tz)} {tz.key} on {expires_at.astimezone(tz):%Y-%m-%d} and the reservation is released."}]},
-        {"type": "actions", "block_id": f"approval_{key}", "elements": [
+        {"type": "actions", "elements": [
             _button("Approve", APPROVE_ACTION, key, style="primary"),
             _button("Deny", DENY_ACTION, key, style="danger"),
         ]},
     ]
-    return text, blocks
+    return text, stamp_block_ids(blocks, f"approval_{key}_")
 
 
 def approval_decided_message(
@@ -444,8 +522,8 @@ def approval_decided_message(
         "withdrawn": f":leftwards_arrow_with_hook: Cancelled by <@{by}> before anyone decided; nothing to do",
     }[state]
     text = f"{verdict}: {who} request for {format_usd(amount_micros)}."
-    prompt = quote(first.prompt) if first else ""
-    return text, [{"type": "section", "text": {"type": "mrkdwn", "text": f"{text}\n{prompt}"}}]
+    section = prompt_section(text, first.prompt) if first else {"type": "section", "text": {"type": "mrkdwn", "text": text}}
+    return text, stamp_block_ids([section], "approval_decided_")
 
 
 def approval_outcome_text(job: Job, *, state: str, by: str | None) -> str:

@@ -37,6 +37,7 @@ class FailureKind(StrEnum):
     DOWNLOAD_FAILED = "download_failed"
     CANCELLED = "cancelled"
     PROVIDER_RETIRED = "provider_retired"
+    SLACK_REFUSED = "slack_refused"  # Slack refused every form of the request message
 
 
 class ProviderState(StrEnum):

@@ -22,6 +22,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from bot import messages
 from bot.deps import Deps
+from bot.errors import SlackRefused
 from bot.fallback import fallback_for
 from bot.models import Job, JobStatus
 from storage import approvals, compares
@@ -65,30 +66,82 @@ def slack_error(exc: SlackApiError) -> str:
         return "unknown_error"
 
 
+# Errors with which Slack refuses a message's content (not the channel, not Slack's health):
+# the same payload sent again is refused again, so a simpler form is sent instead.
+REFUSED = {"invalid_blocks", "invalid_blocks_format", "msg_too_long", "msg_blocks_too_long",
+           "invalid_arguments", "invalid_attachments", "too_many_attachments", "no_text",
+           "invalid_metadata", "invalid_text"}
+
+
+def _forms(text: str, blocks: messages.Blocks) -> list[tuple[str, messages.Blocks | None]]:
+    """What to send, simplest last: the blocks; the words with only the buttons; the words."""
+    plain = messages.plain_version(text, blocks)
+    actions = [b for b in blocks if b.get("type") == "actions"]
+    forms: list[tuple[str, messages.Blocks | None]] = [(text, blocks)]
+    if actions and len(actions) < len(blocks):
+        forms.append((plain, actions))
+    forms.append((plain, None))
+    return forms
+
+
+async def post_message(deps: Deps, *, channel: str, text: str, blocks: messages.Blocks,
+                       thread_ts: str | None = None) -> Any:
+    """chat.postMessage of Block Kit; when Slack refuses it as invalid, simpler forms of it.
+
+    Raises SlackRefused when Slack refuses every form, so the caller can fail the job rather
+    than send the same refused payload forever; other Slack errors raise SlackApiError.
+    """
+    error = ""
+    for words, form in _forms(text, blocks):
+        try:
+            return await deps.slack.chat_postMessage(
+                channel=channel, text=words, blocks=form, thread_ts=thread_ts,
+                unfurl_links=False, unfurl_media=False,
+            )
+        except SlackApiError as exc:
+            error = slack_error(exc)
+            if error not in REFUSED:
+                raise
+            log.warning("Slack refused a message for %s (%s); trying a simpler form", channel, error)
+    raise SlackRefused(error)
+
+
+async def update_message(deps: Deps, *, channel: str, ts: str, text: str, blocks: messages.Blocks) -> None:
+    """chat.update, with the same simpler forms as `post_message` when Slack refuses one."""
+    error = ""
+    for words, form in _forms(text, blocks):
+        try:
+            # an explicit [] clears the old blocks, which Slack would keep if blocks were left out
+            await deps.slack.chat_update(channel=channel, ts=ts, text=words, blocks=form if form is not None else [])
+            return
+        except SlackApiError as exc:
+            error = slack_error(exc)
+            if error not in REFUSED:
+                raise
+            log.warning("Slack refused an edit of %s in %s (%s); trying a simpler form", ts, channel, error)
+    raise SlackRefused(error)
+
+
 async def post_request_message(deps: Deps, job: Job) -> tuple[str, str, str]:
     """Post the visible request message. Returns (channel_id, thread_ts, status_ts).
 
     Slash commands can't run in threads, so the job's thread hangs off this message. For a
     mention the thread already exists and the status goes in as a reply. When the bot can't
     post in the channel: join it if public, else tell the user through response_url and move
-    the conversation to a DM, which becomes the thread.
+    the conversation to a DM, which becomes the thread. Raises SlackRefused when Slack
+    refuses the message in every form.
     """
     text, blocks = await render_request(deps, job)
     thread_ts = job.thread_ts
     try:
         try:
-            resp = await deps.slack.chat_postMessage(
-                channel=job.channel_id, text=text, blocks=blocks, thread_ts=thread_ts,
-                unfurl_links=False, unfurl_media=False,
-            )
+            resp = await post_message(deps, channel=job.channel_id, text=text, blocks=blocks, thread_ts=thread_ts)
         except SlackApiError as exc:
             if slack_error(exc) != "thread_not_found" or thread_ts is None:
                 raise
             # the message it answered was deleted: start a thread of its own instead
             thread_ts = None
-            resp = await deps.slack.chat_postMessage(
-                channel=job.channel_id, text=text, blocks=blocks, unfurl_links=False, unfurl_media=False,
-            )
+            resp = await post_message(deps, channel=job.channel_id, text=text, blocks=blocks)
         ts = str(resp["ts"])
         return job.channel_id, thread_ts or ts, ts
     except SlackApiError as exc:
@@ -97,10 +150,7 @@ async def post_request_message(deps: Deps, job: Job) -> tuple[str, str, str]:
             raise
         log.info("job %s: cannot post in %s (%s); trying a fallback", job.id, job.channel_id, error)
     if await _try_join(deps, job.channel_id):
-        resp = await deps.slack.chat_postMessage(
-            channel=job.channel_id, text=text, blocks=blocks, thread_ts=job.thread_ts,
-            unfurl_links=False, unfurl_media=False,
-        )
+        resp = await post_message(deps, channel=job.channel_id, text=text, blocks=blocks, thread_ts=job.thread_ts)
         ts = str(resp["ts"])
         return job.channel_id, job.thread_ts or ts, ts
     await respond(
@@ -108,11 +158,31 @@ async def post_request_message(deps: Deps, job: Job) -> tuple[str, str, str]:
         "I can't post in this channel, so I'll follow up in a DM. To get videos here, invite me "
         "with `/invite @sora-bot`.",
     )
-    dm = await deps.slack.conversations_open(users=job.user_id)
-    dm_channel = str(dm["channel"]["id"])
-    resp = await deps.slack.chat_postMessage(channel=dm_channel, text=text, blocks=blocks)
+    dm_channel = await open_dm(deps, job.user_id)
+    resp = await post_message(deps, channel=dm_channel, text=text, blocks=blocks)
     ts = str(resp["ts"])
     return dm_channel, ts, ts
+
+
+async def open_dm(deps: Deps, user_id: str) -> str:
+    dm = await deps.slack.conversations_open(users=user_id)
+    return str(dm["channel"]["id"])
+
+
+async def tell_privately(deps: Deps, job: Job, text: str) -> tuple[str | None, str]:
+    """Reach the job's owner without its thread: response_url, an ephemeral, else a DM.
+
+    Returns (message ts if known, how). Raises the last Slack error when nothing got through.
+    """
+    if await respond(deps, job.response_url, text):
+        return None, "respond"
+    try:
+        await deps.slack.chat_postEphemeral(channel=job.channel_id, user=job.user_id, text=text)
+        return None, "ephemeral"
+    except SlackApiError as exc:
+        log.info("job %s: ephemeral to %s failed (%s); sending a DM", job.id, job.user_id, slack_error(exc))
+    resp = await deps.slack.chat_postMessage(channel=await open_dm(deps, job.user_id), text=text)
+    return str(resp["ts"]), "dm"
 
 
 async def _try_join(deps: Deps, channel_id: str) -> bool:
@@ -144,9 +214,11 @@ async def update_status(deps: Deps, job: Job, *, give_up_at: Any = None) -> None
         return
     text, blocks = await render_request(deps, job, give_up_at=give_up_at)
     try:
-        await deps.slack.chat_update(channel=job.channel_id, ts=job.status_ts, text=text, blocks=blocks)
+        await update_message(deps, channel=job.channel_id, ts=job.status_ts, text=text, blocks=blocks)
     except SlackApiError as exc:
         log.info("job %s: status edit failed: %s", job.id, slack_error(exc))
+    except SlackRefused as exc:
+        log.warning("job %s: Slack refused every form of the status edit (%s)", job.id, exc.error)
 
 
 async def render_request(deps: Deps, job: Job, *, give_up_at: Any = None) -> tuple[str, messages.Blocks]:
@@ -207,7 +279,7 @@ async def upload_video(
     if r.status_code >= 400:
         raise httpx.HTTPStatusError(f"upload answered {r.status_code}", request=r.request, response=r)
     await on_uploaded(file_id)
-    files = [{"id": file_id, "title": f"{job.model}: {job.prompt[:80]}"}]
+    files = [{"id": file_id, "title": messages.file_title(job)}]
     try:
         done = await _complete(deps, job, files, comment)
     except SlackApiError as exc:

@@ -39,7 +39,8 @@ TABLE = [
 
 
 def test_the_table_covers_every_kind() -> None:
-    assert {row[0] for row in TABLE} == {k.value for k in FailureKind}
+    # slack_refused is Slack's refusal, not a provider's: tests/test_slack_limits.py drives it
+    assert {row[0] for row in TABLE} | {"slack_refused"} == {k.value for k in FailureKind}
 
 
 @pytest.mark.parametrize(("kind", "marker", "words"), TABLE, ids=[row[0] for row in TABLE])
