@@ -18,7 +18,7 @@ from bot.errors import BudgetExceeded, InvalidRequest, NotAllowed
 from bot.fallback import fallback_for
 from bot.models import Job, JobStatus
 from bot.money import format_usd
-from bot.parsing import JobRequest, clean_text
+from bot.parsing import JobRequest, strip_controls
 from storage import jobs as jobstore
 
 
@@ -81,7 +81,7 @@ def _request_like(deps: Deps, old: Job, prompt: str | None) -> JobRequest:
         )
     try:
         return JobRequest.model_validate(
-            {"prompt": clean_text(prompt) if prompt is not None else old.prompt, "model": old.model,
+            {"prompt": strip_controls(prompt) if prompt is not None else old.prompt, "model": old.model,
              "duration_s": old.duration_seconds, "resolution": old.resolution, "aspect_ratio": old.aspect_ratio},
             context={"catalog": deps.catalog},
         )

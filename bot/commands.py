@@ -6,7 +6,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from bot import compare, flow, messages
+from bot import compare, flow, messages, slack_text
 from bot.clock import budget_day, next_reset
 from bot.deps import Deps
 from bot.errors import BudgetExceeded, InvalidRequest, NotAllowed
@@ -42,15 +42,27 @@ class Origin:
     dedupe_key: str | None = None
     image_file: dict[str, Any] | None = None  # a Slack file to animate (mentions, DMs)
     like: JobRequest | None = None  # a previous request whose options are the defaults
+    drop_user: str | None = None  # the bot's own user id: its mentions aren't part of a prompt
 
 
 async def handle_text(deps: Deps, text: str, origin: Origin) -> Reply:
     """Parse and run one request; refusals come back as text, never as exceptions."""
     try:
-        command = parse_command(text, deps.catalog, like=origin.like)
+        mentioned = [u for u in slack_text.user_ids(text) if u != origin.drop_user]
+        names = await slack_text.display_names(deps, mentioned) if mentioned else None
+        command = parse_command(text, deps.catalog, like=origin.like, names=names, drop_user=origin.drop_user)
         return await run_command(deps, command, origin)
     except (InvalidRequest, BudgetExceeded, NotAllowed) as exc:
         return Reply(exc.user_message())
+
+
+def not_an_image_text(files: list[dict[str, Any]]) -> str:
+    """The refusal for a request that came with files a model can't start from."""
+    names = ", ".join(f"`{messages.escape_mrkdwn(str(f.get('name') or f.get('title') or 'a file'), 60)}`"
+                      for f in files[:3])
+    more = f" and {len(files) - 3} more" if len(files) > 3 else ""
+    return (f"I can only start a video from an image (JPEG, PNG or WebP), and {names}{more} isn't one. "
+            "Nothing was charged. Send the prompt again without the file, or with an image.")
 
 
 async def request_like(deps: Deps, channel_id: str, thread_ts: str | None) -> JobRequest | None:

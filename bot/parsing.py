@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import html
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from pydantic import BaseModel, ConfigDict, ValidationError, ValidationInfo, field_validator, model_validator
 
 from bot.catalog import Catalog, ModelSpec
 from bot.errors import InvalidRequest
+from bot.slack_text import to_plain
 
 MAX_PROMPT_CHARS = 4000
 
@@ -135,21 +137,32 @@ COMPARE_USAGE = "`/sora compare [-m model1,model2,…] [-d seconds] <prompt>`"
 
 def _short(value: str, limit: int = 40) -> str:
     """An echo of a user's value that is safe in mrkdwn code spans and short."""
-    value = value.replace("`", "'")
-    return value if len(value) <= limit else value[: limit - 1] + "…"
+    value = value if len(value) <= limit else value[: limit - 1] + "…"
+    return value.replace("`", "'").replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
 def clean_text(text: str) -> str:
-    """Slack's &amp;/&lt;/&gt; escaping undone, control characters removed."""
+    """Slack's &amp;/&lt;/&gt; escaping undone, control characters removed (markup kept)."""
     return _CONTROL.sub("", html.unescape(text or ""))
 
 
-def parse_command(text: str, catalog: Catalog, *, like: "JobRequest | None" = None) -> Command:
-    """Parse what followed `/sora` (or a mention). Raises InvalidRequest with a clear message.
+def strip_controls(text: str) -> str:
+    """Control characters removed: for text typed into a modal, which Slack doesn't escape."""
+    return _CONTROL.sub("", text or "")
 
-    `like`: a previous request whose options are the defaults ("again but at night").
+
+def parse_command(
+    text: str, catalog: Catalog, *, like: "JobRequest | None" = None,
+    names: Mapping[str, str] | None = None, drop_user: str | None = None,
+) -> Command:
+    """Parse what followed `/sora` (or a mention), as Slack sent it. Raises InvalidRequest
+    with a clear message.
+
+    Slack's markup becomes the words a person saw (`names`: display names by user id;
+    `drop_user`'s mentions, the bot's own, go). `like`: a previous request whose options are
+    the defaults ("again but at night").
     """
-    cleaned = clean_text(text).strip()
+    cleaned = strip_controls(to_plain(text, names, drop_user=drop_user)).strip()
     words = cleaned.split()
     if words:
         head, rest = words[0].lower(), words[1:]

@@ -13,10 +13,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from bot import prompt_input
 from bot.catalog import ModelSpec
 from bot.clock import budget_day
 from bot.deps import Deps
 from bot.money import format_usd
+from bot.parsing import MAX_PROMPT_CHARS
 from storage import ledger
 
 MODAL = "sora_request_modal"
@@ -25,7 +27,6 @@ DURATION_ACTION = "sora_modal_duration"
 RESOLUTION_ACTION = "sora_modal_resolution"
 ASPECT_ACTION = "sora_modal_aspect"
 OPEN_ACTION = "sora_open_request_modal"  # the App Home button
-PROMPT_LIMIT = 3000  # plain_text_input's own maximum
 MENU_MAX = 100  # a select's options, its option groups, and one group's options (Block Kit)
 
 
@@ -44,9 +45,10 @@ class Target:
 
     channel: str | None = None
     thread_ts: str | None = None
+    cut_from: int | None = None  # the message shortcut's text was this long and had to be cut
 
     def dump(self) -> str:
-        return json.dumps({"channel": self.channel, "thread_ts": self.thread_ts})
+        return json.dumps({"channel": self.channel, "thread_ts": self.thread_ts, "cut_from": self.cut_from})
 
     @classmethod
     def load(cls, text: str | None) -> "Target":
@@ -58,7 +60,8 @@ class Target:
             return cls()
         channel = data.get("channel") if isinstance(data.get("channel"), str) else None
         thread_ts = data.get("thread_ts") if isinstance(data.get("thread_ts"), str) else None
-        return cls(channel, thread_ts)
+        cut_from = data.get("cut_from") if isinstance(data.get("cut_from"), int) else None
+        return cls(channel, thread_ts, cut_from)
 
 
 def _option(text: str, value: str) -> dict[str, Any]:
@@ -137,14 +140,15 @@ async def build_view(deps: Deps, user_id: str, choices: Choices, target: Target,
     resolutions = [_option(r, r) for r in spec.resolutions]
     aspects = [_option(a, a) for a in spec.aspect_ratios]
     blocks: list[dict[str, Any]] = [
-        {
-            "type": "input", "block_id": "prompt",
-            "label": {"type": "plain_text", "text": "What should the video show?"},
-            "element": {"type": "plain_text_input", "action_id": "value", "multiline": True,
-                        "max_length": PROMPT_LIMIT,
-                        **({"initial_value": choices.prompt[:PROMPT_LIMIT]} if choices.prompt else {}),
-                        "placeholder": {"type": "plain_text", "text": "A golden retriever running through autumn leaves"}},
-        },
+        *prompt_input.blocks(choices.prompt, label="What should the video show?",
+                             placeholder="A golden retriever running through autumn leaves"),
+    ]
+    if target.cut_from:
+        blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text": (
+            f":warning: That message is {target.cut_from:,} characters long and a prompt holds "
+            f"{MAX_PROMPT_CHARS:,}, so only its first {MAX_PROMPT_CHARS:,} are above. Nothing is "
+            "charged until you press Generate.")}]})
+    blocks += [
         _select("model", "Model", MODEL_ACTION, models, spec.id),
         # these ids change with the model so Slack forgets choices the new model lacks
         _select(f"resolution:{spec.id}", "Resolution", RESOLUTION_ACTION, {"options": resolutions}, choices.resolution),
@@ -202,7 +206,7 @@ def _selected(values: dict[str, Any], prefix: str, action: str) -> str | None:
 def read_state(deps: Deps, view: dict[str, Any]) -> tuple[Choices, dict[str, Any]]:
     """The choices in a submitted or changing view, snapped to what the model allows."""
     values = ((view.get("state") or {}).get("values")) or {}
-    prompt = (((values.get("prompt") or {}).get("value")) or {}).get("value")
+    prompt = prompt_input.read(values)
     base = defaults(deps)
     model = _selected(values, "model", MODEL_ACTION) or base.model
     duration_text = _selected(values, "duration", DURATION_ACTION)
@@ -276,7 +280,7 @@ async def submit(deps: Deps, *, user_id: str, team_id: str | None, view: dict[st
     from bot import flow
     from bot.commands import ACK_WAIT_S
     from bot.errors import BudgetExceeded, InvalidRequest, NotAllowed
-    from bot.parsing import JobRequest, clean_text
+    from bot.parsing import JobRequest, strip_controls
 
     raw, values = read_state(deps, view)
     target = Target.load(view.get("private_metadata"))
@@ -288,7 +292,7 @@ async def submit(deps: Deps, *, user_id: str, team_id: str | None, view: dict[st
         return Outcome(errors={block_id_for(values, "model"): "That model isn't offered any more; pick another."})
     try:
         request = JobRequest.model_validate(
-            {"prompt": clean_text(raw.prompt), "model": spec.id, "duration_s": raw.duration_s,
+            {"prompt": strip_controls(raw.prompt), "model": spec.id, "duration_s": raw.duration_s,
              "resolution": raw.resolution, "aspect_ratio": raw.aspect},
             context={"catalog": deps.catalog},
         )

@@ -8,7 +8,7 @@ from typing import Any
 from slack_bolt.async_app import AsyncAck, AsyncApp, AsyncBoltContext, AsyncRespond
 from slack_sdk.errors import SlackApiError
 
-from bot import actions, approval, compare, messages
+from bot import actions, approval, compare, messages, prompt_input
 from bot.deps import Deps
 from bot.errors import InvalidRequest, NotAllowed
 
@@ -57,10 +57,9 @@ async def on_edit_submitted(ack: AsyncAck, body: dict[str, Any], view: dict[str,
     deps: Deps = context["deps"]
     user_id = str((body.get("user") or {}).get("id") or "")
     values = (view.get("state") or {}).get("values") or {}
-    prompt = ((values.get("prompt") or {}).get("value") or {}).get("value")
     result = await actions.edit_submitted(
         deps, job_id=str(view.get("private_metadata") or ""), user_id=user_id,
-        prompt=prompt if isinstance(prompt, str) else None, view_id=str(view.get("id") or ""),
+        prompt=prompt_input.read(values), view_id=str(view.get("id") or ""),
     )
     if not result.ok:
         await ack(response_action="errors", errors={"prompt": result.text[:300]})

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import re
 from typing import Any
 
 from slack_bolt.async_app import AsyncAck, AsyncApp, AsyncBoltContext, AsyncRespond
@@ -15,9 +14,6 @@ from bot.messages import help_text
 from handlers.modals import open_modal
 
 log = logging.getLogger(__name__)
-
-_MENTION = re.compile(r"<@[UW][A-Z0-9]+(?:\|[^>]*)?>")
-
 
 async def on_sora_command(ack: AsyncAck, command: dict[str, Any], respond: AsyncRespond, context: AsyncBoltContext) -> None:
     """Validation and the budget reservation are fast local work, so they run before the ack
@@ -47,7 +43,7 @@ async def on_app_mention(ack: AsyncAck, event: dict[str, Any], body: dict[str, A
     deps: Deps = context["deps"]
     if event.get("bot_id") or event.get("subtype"):
         return
-    await _request_from_message(deps, event, body, source="mention")
+    await _request_from_message(deps, event, body, source="mention", bot_user_id=_bot_user(context, body))
 
 
 async def on_direct_message(ack: AsyncAck, event: dict[str, Any], body: dict[str, Any], context: AsyncBoltContext) -> None:
@@ -55,21 +51,37 @@ async def on_direct_message(ack: AsyncAck, event: dict[str, Any], body: dict[str
     await ack()
     if event.get("channel_type") != "im" or event.get("bot_id") or event.get("subtype") not in (None, "file_share"):
         return
-    await _request_from_message(context["deps"], event, body, source="dm")
+    await _request_from_message(context["deps"], event, body, source="dm", bot_user_id=_bot_user(context, body))
 
 
-async def _request_from_message(deps: Deps, event: dict[str, Any], body: dict[str, Any], *, source: str) -> None:
-    text = _MENTION.sub(" ", event.get("text") or "").strip()
+def _bot_user(context: AsyncBoltContext, body: dict[str, Any]) -> str | None:
+    """The bot's own user id: its mentions start a request and are no part of the prompt."""
+    if context.bot_user_id:
+        return str(context.bot_user_id)
+    auths = body.get("authorizations") or [{}]
+    return str(auths[0].get("user_id") or "") or None
+
+
+async def _request_from_message(deps: Deps, event: dict[str, Any], body: dict[str, Any], *, source: str,
+                                bot_user_id: str | None) -> None:
+    text = event.get("text") or ""
     channel = event["channel"]
     thread_ts = event.get("thread_ts") or event.get("ts")
     event_id = body.get("event_id")
-    images = [f for f in event.get("files") or [] if str(f.get("mimetype", "")).startswith("image/")]
+    files = [f for f in event.get("files") or [] if isinstance(f, dict)]
+    others = [f for f in files if not str(f.get("mimetype", "")).startswith("image/")]
+    if others:
+        # refused before anything is charged: the person meant the file to count
+        await slack_io.post_ephemeral(deps, channel=channel, user=event["user"], thread_ts=thread_ts,
+                                      text=commands.not_an_image_text(others))
+        return
     origin = Origin(
         user_id=event["user"], team_id=body.get("team_id"), channel_id=channel,
         source=source, thread_ts=thread_ts,
         # Slack retries unacknowledged events with the same event_id
         dedupe_key=f"evt:{event_id}" if event_id else None,
-        image_file=images[0] if images else None,
+        image_file=files[0] if files else None,
+        drop_user=bot_user_id,
         # inside a thread that already has a video, its options are the defaults
         like=await commands.request_like(deps, channel, event.get("thread_ts")),
     )

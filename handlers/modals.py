@@ -10,7 +10,8 @@ from slack_sdk.errors import SlackApiError
 
 from bot import request_modal as rm
 from bot.deps import Deps
-from bot.parsing import clean_text
+from bot.parsing import MAX_PROMPT_CHARS, strip_controls
+from bot.slack_text import plain_prompt
 
 log = logging.getLogger(__name__)
 
@@ -40,10 +41,14 @@ async def on_message_shortcut(ack: AsyncAck, body: dict[str, Any], context: Asyn
     message = body.get("message") or {}
     channel = str((body.get("channel") or {}).get("id") or "")
     thread_ts = message.get("thread_ts") or message.get("ts")
-    # the message's own words are the starting prompt; mentions stay as they are, escaped on echo
-    prompt = clean_text(str(message.get("text") or ""))[: rm.PROMPT_LIMIT]
-    target = rm.Target(channel=channel or None, thread_ts=str(thread_ts) if thread_ts else None)
-    await open_modal(context["deps"], body.get("trigger_id"), str(body["user"]["id"]), prompt=prompt, target=target)
+    deps: Deps = context["deps"]
+    # the message's own words, as a person reads them, are the starting prompt
+    prompt = strip_controls(await plain_prompt(deps, str(message.get("text") or ""),
+                                               drop_user=context.bot_user_id)).strip()
+    cut_from = len(prompt) if len(prompt) > MAX_PROMPT_CHARS else None
+    target = rm.Target(channel=channel or None, thread_ts=str(thread_ts) if thread_ts else None, cut_from=cut_from)
+    await open_modal(deps, body.get("trigger_id"), str(body["user"]["id"]), prompt=prompt[:MAX_PROMPT_CHARS],
+                     target=target)
 
 
 async def on_open_clicked(ack: AsyncAck, body: dict[str, Any], context: AsyncBoltContext) -> None:

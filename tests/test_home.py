@@ -164,7 +164,8 @@ async def test_a_user_sees_budget_reset_time_and_recent_jobs_with_thread_links(m
     link = f"https://fake-workspace.slack.com/archives/C1/p{jobs[done].thread_ts.replace('.', '')}"
     assert f"<{link}|open thread>" in ok
     # the prompt is echoed, never as a ping
-    assert "&lt;!channel&gt; &amp; &lt;@U2&gt;" in ok and "<!channel>" not in text and "<@U2>" not in text
+    # Slack's markup became what a person reads (<@U2> is bob), and the broadcast stays inert
+    assert "@\u200bchannel &amp; @bob" in ok and "<!channel>" not in text and "<@U2>" not in text
     bad = next(t for t in rows if ":x:" in t)
     assert "failed (`generation_failed`)" in bad and "not charged" in bad and "4 s" in bad
     assert f"job `{failed}`" in text and f"job `{done}`" in text
