@@ -367,14 +367,23 @@ def help_text(catalog: Catalog) -> str:
     )
 
 
+# An answer longer than this is cut to whole lines: msg_too_long has been seen near 4,000.
+ANSWER_CHARS = 3800
+
+
 def models_text(catalog: Catalog) -> str:
     lines = ["*Models available here:*"]
-    for spec in catalog:
+    specs = list(catalog)
+    used = utf16_len(lines[0])
+    for n, spec in enumerate(specs):
         default = " _(default)_" if spec.id == catalog.default_model else ""
-        lines.append(
-            f"• `{spec.id}`{default}: {spec.label}. {spec.prices_text()}. Lengths {spec.durations_text()} "
-            f"(default {spec.default_duration} s); aspect {', '.join(spec.aspect_ratios)}."
-        )
+        line = (f"• `{spec.id}`{default}: {spec.label}. {spec.prices_text()}. Lengths {spec.durations_text()} "
+                f"(default {spec.default_duration} s); aspect {', '.join(spec.aspect_ratios)}.")
+        if used + utf16_len(line) + 120 > ANSWER_CHARS:
+            lines.append(f"…and {len(specs) - n} more: the request form (`/sora` alone) lists every model.")
+            break
+        lines.append(line)
+        used += utf16_len(line) + 1
     return "\n".join(lines)
 
 

@@ -219,6 +219,17 @@ def test_home_with_many_long_jobs_fits_a_view() -> None:
     assert view_problems(view) == []
 
 
+def test_the_models_answer_stays_short_with_150_models(tmp_path) -> None:
+    from bot.catalog import build_catalog
+
+    ids = [f"vendor/model-{i:03d}-{'x' * 60}" for i in range(150)]
+    prices = tmp_path / "prices.toml"
+    prices.write_text("".join(f'["{i}"]\n720p = 0.1\n' for i in ids), encoding="utf-8")
+    text = messages.models_text(build_catalog(providers=["gateway"], gateway_models=ids, prices_file=prices))
+    assert utf16_len(text) <= messages.ANSWER_CHARS and ids[0] in text
+    assert "more: the request form" in text
+
+
 def test_a_file_title_never_broadcasts() -> None:
     title = messages.file_title(_job(prompt="<!channel> look @here " + "y" * 500))
     assert "<!channel>" not in title and "@here" not in title and utf16_len(title) <= 100
