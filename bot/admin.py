@@ -12,7 +12,7 @@ from bot.deps import Deps
 from bot.errors import InvalidRequest, NotAllowed
 from bot.models import JobStatus
 from bot.money import format_usd, usd_to_micros
-from bot.parsing import clean_text
+from bot.parsing import clean_text, model_list
 from storage import admin as settings_store
 from storage import jobs as jobstore
 from storage import ledger
@@ -286,7 +286,7 @@ async def set_fallback(deps: Deps, actor: str, arg: str) -> str:
         if unknown or not order:
             raise InvalidRequest(
                 f"I don't offer {', '.join(f'`{messages.escape_mrkdwn(m, 40)}`' for m in unknown) or 'those'}. "
-                f"Models here: {', '.join(f'`{m}`' for m in deps.catalog.ids())}."
+                f"Models here: {model_list(deps.catalog)}."
             )
     now = iso(deps.clock())
     before = await deps.fallback_order()

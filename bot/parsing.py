@@ -66,7 +66,7 @@ class JobRequest(BaseModel):
         if spec is None:
             raise InvalidRequest(
                 f"I don't know the model `{_short(self.model)}`. Models here: "
-                f"{', '.join(f'`{m}`' for m in catalog.ids())}. `/sora models` shows prices."
+                f"{model_list(catalog)}. `/sora models` shows prices."
             )
         if self.resolution not in spec.resolutions:
             raise InvalidRequest(
@@ -133,6 +133,13 @@ Command = Generate | Help | Models | Budget | Status | Cancel | Compare
 
 COMPARE_MIN, COMPARE_MAX = 2, 4
 COMPARE_USAGE = "`/sora compare [-m model1,model2,…] [-d seconds] <prompt>`"
+
+
+def model_list(catalog: Catalog, most: int = 20) -> str:
+    """The offered model ids for an answer, at most `most` of them: a gateway may serve 150."""
+    ids = catalog.ids()
+    shown = ", ".join(f"`{m}`" for m in ids[:most])
+    return shown + (f" and {len(ids) - most} more" if len(ids) > most else "")
 
 
 def _short(value: str, limit: int = 40) -> str:
@@ -289,7 +296,7 @@ def plan_compare(text: str, catalog: Catalog) -> list[JobRequest]:
             if spec is None:
                 raise InvalidRequest(
                     f"I don't know the model `{_short(name)}`. Models here: "
-                    f"{', '.join(f'`{m}`' for m in catalog.ids())}."
+                    f"{model_list(catalog)}."
                 )
             chosen.append(spec)
     else:

@@ -373,3 +373,31 @@ async def test_a_compare_slack_refuses_fails_every_model_and_says_so_once(two_mo
     [told] = slack.responses[url]
     assert "`sora-2`" in told["text"] and "`simulator`" in told["text"]
     assert not any(m.text.startswith("*Side by side*") for m in slack.messages)
+
+
+def test_an_unknown_model_answer_names_a_few_of_150(tmp_path) -> None:
+    from bot.catalog import build_catalog
+    from bot.errors import InvalidRequest
+    from bot.parsing import parse_command
+
+    ids = [f"vendor/model-{i:03d}" for i in range(150)]
+    prices = tmp_path / "prices.toml"
+    prices.write_text("".join(f'["{i}"]\n720p = 0.1\n' for i in ids), encoding="utf-8")
+    catalog = build_catalog(providers=["gateway"], gateway_models=ids, prices_file=prices)
+    with pytest.raises(InvalidRequest) as exc:
+        parse_command("-m nope a cat", catalog)
+    assert "`vendor/model-019`" in exc.value.user_message() and "and 130 more" in exc.value.user_message()
+    assert utf16_len(exc.value.user_message()) < 1000
+
+
+async def test_a_status_edit_gives_the_message_new_block_ids(make_bot, slack) -> None:
+    bot = await make_bot()
+    await bot.slash("a paper boat")
+    await bot.runtime.poller.idle(20)
+    root = slack.roots("C1")[0]
+    versions = [blocks for _, blocks in root.edits] + [root.blocks]
+    assert len(versions) >= 2
+    ids = [tuple(b["block_id"] for b in blocks) for blocks in versions]
+    # a version whose blocks changed has ids of its own (Slack clients keep blocks by id)
+    for a, b, ids_a, ids_b in zip(versions, versions[1:], ids, ids[1:]):
+        assert (a == b) or not set(ids_a) & set(ids_b)
