@@ -80,6 +80,13 @@ class Problems:
         elif required and not value:
             self.add(path, "must be more than 0 characters")
 
+    def array(self, value: Any, path: str, most: int, *, least: int = 0) -> list[Any]:
+        """`value` if it is an array of `least` to `most` items, else [] with the problem noted."""
+        if isinstance(value, list) and least <= len(value) <= most:
+            return value
+        self.add(path, f"must be an array of {least} to {most} items")
+        return []
+
     def string(self, value: Any, path: str, limit: int) -> None:
         if value is not None and (not isinstance(value, str) or units(value) > limit):
             self.add(path, f"must be a string of at most {limit} characters")
@@ -115,27 +122,17 @@ def _element(p: Problems, element: Any, path: str) -> None:
         if options is not None and groups is not None:
             p.add(path, "must provide either options or option_groups, not both")
         if options is not None:
-            if not isinstance(options, list) or len(options) > SELECT_OPTIONS:
-                p.add(f"{path}/options", f"must be an array of at most {SELECT_OPTIONS} items")
-            else:
-                for i, option in enumerate(options):
-                    _option(p, option, f"{path}/options/{i}")
+            for i, option in enumerate(p.array(options, f"{path}/options", SELECT_OPTIONS)):
+                _option(p, option, f"{path}/options/{i}")
         if groups is not None:
-            if not isinstance(groups, list) or len(groups) > OPTION_GROUPS:
-                p.add(f"{path}/option_groups", f"must be an array of at most {OPTION_GROUPS} items")
-            else:
-                for i, group in enumerate(groups):
-                    gpath = f"{path}/option_groups/{i}"
-                    p.text((group or {}).get("label"), f"{gpath}/label", OPTION_GROUP_LABEL)
-                    members = (group or {}).get("options")
-                    if not isinstance(members, list) or not members or len(members) > SELECT_OPTIONS:
-                        p.add(f"{gpath}/options", f"must be an array of 1 to {SELECT_OPTIONS} items")
-                        continue
-                    for j, option in enumerate(members):
-                        _option(p, option, f"{gpath}/options/{j}")
-        for key in ("initial_option",):
-            if element.get(key) is not None:
-                _option(p, element[key], f"{path}/{key}")
+            for i, group in enumerate(p.array(groups, f"{path}/option_groups", OPTION_GROUPS)):
+                gpath = f"{path}/option_groups/{i}"
+                p.text((group or {}).get("label"), f"{gpath}/label", OPTION_GROUP_LABEL)
+                members = p.array((group or {}).get("options"), f"{gpath}/options", SELECT_OPTIONS, least=1)
+                for j, option in enumerate(members):
+                    _option(p, option, f"{gpath}/options/{j}")
+        if element.get("initial_option") is not None:
+            _option(p, element["initial_option"], f"{path}/initial_option")
         for i, option in enumerate(element.get("initial_options") or []):
             _option(p, option, f"{path}/initial_options/{i}")
     elif kind == "plain_text_input":
@@ -159,31 +156,19 @@ def _block(p: Problems, block: Any, path: str) -> None:
             p.add(path, "must provide text or fields")
         if block.get("text") is not None:
             p.text(block["text"], f"{path}/text", SECTION_TEXT)
-        fields = block.get("fields")
-        if fields is not None:
-            if not isinstance(fields, list) or len(fields) > SECTION_FIELDS:
-                p.add(f"{path}/fields", f"must be an array of at most {SECTION_FIELDS} items")
-            else:
-                for i, f in enumerate(fields):
-                    p.text(f, f"{path}/fields/{i}", SECTION_FIELD_TEXT)
+        if block.get("fields") is not None:
+            for i, f in enumerate(p.array(block["fields"], f"{path}/fields", SECTION_FIELDS)):
+                p.text(f, f"{path}/fields/{i}", SECTION_FIELD_TEXT)
         if block.get("accessory") is not None:
             _element(p, block["accessory"], f"{path}/accessory")
     elif kind == "header":
         p.text(block.get("text"), f"{path}/text", HEADER_TEXT)
     elif kind == "context":
-        elements = block.get("elements")
-        if not isinstance(elements, list) or not elements or len(elements) > CONTEXT_ELEMENTS:
-            p.add(f"{path}/elements", f"must be an array of 1 to {CONTEXT_ELEMENTS} items")
-            return
-        for i, e in enumerate(elements):
+        for i, e in enumerate(p.array(block.get("elements"), f"{path}/elements", CONTEXT_ELEMENTS, least=1)):
             if isinstance(e, dict) and e.get("type") in ("mrkdwn", "plain_text"):
                 p.text(e, f"{path}/elements/{i}", TEXT_OBJECT)
     elif kind == "actions":
-        elements = block.get("elements")
-        if not isinstance(elements, list) or not elements or len(elements) > ACTIONS_ELEMENTS:
-            p.add(f"{path}/elements", f"must be an array of 1 to {ACTIONS_ELEMENTS} items")
-            return
-        for i, e in enumerate(elements):
+        for i, e in enumerate(p.array(block.get("elements"), f"{path}/elements", ACTIONS_ELEMENTS, least=1)):
             _element(p, e, f"{path}/elements/{i}")
     elif kind == "input":
         p.text(block.get("label"), f"{path}/label", INPUT_LABEL)
