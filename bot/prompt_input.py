@@ -57,9 +57,13 @@ def blocks(prompt: str, *, label: str, placeholder: str | None = None) -> list[d
             block["optional"] = True
         out.append(block)
     if len(pieces) > 1:
-        out[0]["hint"] = {"type": "plain_text", "text": (
-            f"This prompt is longer than one field holds ({INPUT_CHARS:,}), so it continues below. "
-            f"Prompts may be up to {MAX_PROMPT_CHARS:,} characters.")}
+        hint = (f"This prompt is longer than one field holds ({INPUT_CHARS:,}), so it continues below. "
+                f"Prompts may be up to {MAX_PROMPT_CHARS:,} characters.")
+    else:
+        # Slack's field stops the typing at its limit (nothing is cut silently); say where more fits
+        hint = (f"Up to {INPUT_CHARS:,} characters here; `/sora <prompt>` or a mention takes up to "
+                f"{MAX_PROMPT_CHARS:,}.")
+    out[0]["hint"] = {"type": "plain_text", "text": hint}
     return out
 
 

@@ -58,15 +58,15 @@ def to_plain(text: str, names: Mapping[str, str] | None = None, *, drop_user: st
     """
     names = names or {}
 
-    def plain(m: re.Match[str]) -> str:
-        inner = m.group(1)
+    def plain(inner: str) -> str:
+        # Slack escaped the labels it sent; a name from users.info is as the person set it
         target, _, label = inner.partition("|")
+        label = unescape(label)
         if target.startswith("@"):
             user = target[1:]
             if user == drop_user:
                 return " "
-            name = names.get(user) or label.lstrip("@") or "someone"
-            return f"@{name}"
+            return "@" + (names.get(user) or label.lstrip("@") or "someone")
         if target.startswith("#"):
             return f"#{label or 'channel'}"
         if target.startswith("!"):
@@ -75,10 +75,17 @@ def to_plain(text: str, names: Mapping[str, str] | None = None, *, drop_user: st
                 return label if label.startswith("@") else f"@{label or 'group'}"
             if word in ("here", "channel", "everyone"):
                 return f"@{word}"
-            return label or ""  # <!date^…|fallback> and other special forms
-        return label or target  # a link: its label, else its address
+            return label  # <!date^…|fallback> and other special forms
+        return label or unescape(target)  # a link: its label, else its address
 
-    return unescape(_MARKUP.sub(plain, text or ""))
+    text = text or ""
+    out: list[str] = []
+    at = 0
+    for m in _MARKUP.finditer(text):
+        out += [unescape(text[at:m.start()]), plain(m.group(1))]
+        at = m.end()
+    out.append(unescape(text[at:]))
+    return "".join(out)
 
 
 async def plain_prompt(deps: "Deps", text: str, *, drop_user: str | None = None) -> str:

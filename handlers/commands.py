@@ -69,7 +69,8 @@ async def _request_from_message(deps: Deps, event: dict[str, Any], body: dict[st
     thread_ts = event.get("thread_ts") or event.get("ts")
     event_id = body.get("event_id")
     files = [f for f in event.get("files") or [] if isinstance(f, dict)]
-    others = [f for f in files if not str(f.get("mimetype", "")).startswith("image/")]
+    # a file without a mimetype (Slack Connect's "check_file_info" stub) is looked up by id later
+    others = [f for f in files if f.get("mimetype") and not str(f["mimetype"]).startswith("image/")]
     if others:
         # refused before anything is charged: the person meant the file to count
         await slack_io.post_ephemeral(deps, channel=channel, user=event["user"], thread_ts=thread_ts,

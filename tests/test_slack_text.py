@@ -361,3 +361,25 @@ async def test_edit_and_retry_carries_a_whole_4000_character_prompt(make_bot, sl
     assert bot.deps.providers["simulator"].submits[-1].prompt == edited
     await slack.wait_for(lambda: any(m.files for m in slack.thread("C1", new["thread_ts"])), timeout=10)
     assert all(row["reserved_usd"] == 0 for row in await _usage(bot))
+
+
+def test_a_display_name_is_kept_as_the_person_set_it() -> None:
+    # only what Slack escaped is unescaped: a name from users.info may hold "&amp;" itself
+    assert to_plain("<@U2> &amp; co", {"U2": "Tom &amp; Jerry"}) == "@Tom &amp; Jerry & co"
+    assert to_plain("<https://x.example|a &amp; b>") == "a & b"
+
+
+async def test_a_slack_connect_file_stub_is_checked_by_id_not_refused(make_bot, slack) -> None:
+    """Slack Connect sends `{"mode": "file_access", "file_access": "check_file_info"}` with no
+    mimetype: the bot treats it as the image it may be (files.info decides), not as "not an image"."""
+    bot = await make_bot()
+    slack.add_file("F0IMG9", b"\x89PNG\r\n\x1a\n", name="dog.png", mimetype="image/png")
+    root = slack.add_message("C1", "<@UBOT> a dog", user="U1")
+    event = {"type": "app_mention", "user": "U1", "text": root.text, "ts": root.ts, "channel": "C1",
+             "event_ts": root.ts, "files": [{"id": "F0IMG9", "mode": "file_access", "file_access": "check_file_info"}]}
+    resp = await post_signed(bot.http, bot.url, _event_body(event, "EvStub-1"))
+    assert resp.status_code == 200
+    await slack.wait_for(lambda: bool(slack.ephemerals), timeout=5)
+    (answer,) = slack.ephemerals
+    # taken as the image it may be (the simulator can't start from one: that is the refusal)
+    assert "isn't one" not in answer.text and "can't start from an image" in answer.text
