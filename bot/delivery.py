@@ -86,13 +86,12 @@ async def _post_final(deps: Deps, job: Job, delivery: jobstore.Delivery) -> tupl
 async def _tell_refused(deps: Deps, job: Job) -> tuple[str | None, str]:
     """A job Slack never let start a thread: its owner hears it by ephemeral or DM, once per
     request (a compare's first job speaks for the set)."""
-    if job.compare_id is not None:
-        first = (await compares.jobs_of(deps.db, job.compare_id))[0]
-        if first.id != job.id:
-            return None, "with_set"
     text = await _failure_text(deps, job)
     if job.compare_id is not None:
-        models = ", ".join(f"`{j.model}`" for j in await compares.jobs_of(deps.db, job.compare_id))
+        members = await compares.jobs_of(deps.db, job.compare_id)
+        if members[0].id != job.id:
+            return None, "with_set"
+        models = ", ".join(f"`{j.model}`" for j in members)
         text += f" This was the compare of {models}; none of them was started."
     return await slack_io.tell_privately(deps, job, text)
 
