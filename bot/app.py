@@ -23,7 +23,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from bot import ack_runner, callbacks
 from bot.authz import AdminCheck
-from bot.catalog import FAL, GATEWAY, KLING, OPENAI, RUNWAY, SEEDANCE, SIMULATOR, VEO, CatalogError, build_catalog
+from bot.catalog import FAL, GATEWAY, KLING, OPENAI, RUNWAY, SEEDANCE, SIMULATOR, CatalogError, build_catalog
 from bot.clock import Clock, utcnow
 from bot.config import Settings
 from bot.deps import Deps, Timing
@@ -35,7 +35,6 @@ from bot.providers.kling import KlingProvider
 from bot.providers.openai_videos import OpenAIVideosProvider
 from bot.providers.runway import RunwayProvider
 from bot.providers.seedance import SeedanceProvider
-from bot.providers.veo import VeoProvider
 from bot.providers.simulator import SimulatorProvider
 from bot.slack_io import SLACK_TIMEOUT_S, make_slack_client
 from handlers import actions as action_handlers
@@ -74,8 +73,6 @@ def build_providers(settings: Settings) -> dict[str, VideoProvider]:
         )
     if RUNWAY in configured:
         providers[RUNWAY] = RunwayProvider(secret(settings.runwayml_api_secret), base_url=settings.runway_base_url)
-    if VEO in configured:
-        providers[VEO] = VeoProvider(secret(settings.gemini_api_key), base_url=settings.gemini_base_url)
     if KLING in configured:
         providers[KLING] = KlingProvider(
             secret(settings.kling_access_key), secret(settings.kling_secret_key), base_url=settings.kling_base_url,
@@ -216,6 +213,7 @@ async def create_runtime(
         gateway_models=settings.gateway_models,
         default_model=settings.sora_default_model,
         prices_file=settings.sora_prices,
+        models_file=settings.sora_models,
         include_simulator=include_simulator,
     )
     unknown = [m for m in settings.fallback_models if catalog.get(m) is None]

@@ -1,15 +1,19 @@
 """The model catalog: which models exist, where they run, what they allow and cost.
 
-Prices are integer micro-dollars per second of video, by resolution. Each price carries
-its source; `SORA_PRICES` (a TOML file) may override any of them.
+The catalog is data: `bot/catalog.toml` is the built-in one, and an admin's file in the
+same format (`SORA_MODELS`) adds, changes, renames or retires models without a release.
+Prices are integer micro-dollars per second of video, by resolution; each carries its
+source. `SORA_PRICES` (a TOML file of `["model"] resolution = $/s`) may still override
+any price.
 """
 
 from __future__ import annotations
 
 import tomllib
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 from bot.money import format_usd, usd_to_micros
 
@@ -17,26 +21,30 @@ SIMULATOR = "simulator"
 GATEWAY = "gateway"
 OPENAI = "openai"
 RUNWAY = "runway"
-VEO = "veo"
+VEO = "veo"  # Google's Agent Platform (formerly Vertex AI)
+GEMINI = "gemini"  # the Gemini API, with an API key
 KLING = "kling"
 SEEDANCE = "seedance"
 FAL = "fal"
+XAI = "xai"
+ROUTES = (SIMULATOR, GATEWAY, OPENAI, RUNWAY, VEO, GEMINI, KLING, SEEDANCE, FAL, XAI)
+
+BUILTIN_CATALOG = Path(__file__).with_name("catalog.toml")
 
 # What the request modal needs of an id (Block Kit): a menu option's `value` holds at most
-# 150 characters. Resolutions (price-file keys) are option values too, and both go into
-# block ids of at most 255: the longest, `duration:{model}:{resolution}`, is then
+# 150 characters. Resolutions (price keys) are option values too, and both go into block
+# ids of at most 255: the longest, `duration:{model}:{resolution}`, is then
 # 9 + 150 + 1 + 32 = 192 characters.
 MODEL_ID_MAX = 150
 RESOLUTION_MAX = 32
 
-# Sizes the OpenAI Videos API accepts, by (resolution, aspect ratio).
+# Sizes the OpenAI Videos shape accepts, by (resolution, aspect ratio): openai 3.57's
+# VideoCreateParams types `size` as exactly these four.
 OPENAI_SIZES: dict[tuple[str, str], str] = {
     ("720p", "16:9"): "1280x720",
     ("720p", "9:16"): "720x1280",
     ("1024p", "16:9"): "1792x1024",
     ("1024p", "9:16"): "1024x1792",
-    ("1080p", "16:9"): "1920x1080",
-    ("1080p", "9:16"): "1080x1920",
 }
 
 
@@ -53,7 +61,11 @@ class ModelSpec:
     default_resolution: str = "720p"
     default_aspect: str = "16:9"
     price_source: str = ""
+    # what to say when the provider answers that it no longer serves the model
     retired_note: str | None = None
+    # set when the catalog retired it: why, and the bot id to suggest instead
+    retired: str | None = None
+    replacement: str | None = None
     # resolutions that allow fewer lengths than `durations` (Veo: 1080p and 4k only at 8 s)
     durations_by_resolution: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
     audio: bool = False
@@ -93,165 +105,289 @@ class ModelSpec:
         return ", ".join(f"{res} {format_usd(p)}/s" for res, p in self.prices_micros.items())
 
 
-def _usd(x: str) -> int:
-    return usd_to_micros(x)
-
-
-# Prices: OpenAI's published Sora 2 API prices (historical since the 2026-09-24 shutdown),
-# as recorded in reference/video-apis.md §5 on 2026-11-24. Gateways resell at their own
-# prices; SORA_PRICES overrides these.
-_SORA_2_PRICES = {"720p": _usd("0.10")}
-_SORA_2_PRO_PRICES = {"720p": _usd("0.30"), "1024p": _usd("0.50"), "1080p": _usd("0.50")}
-_SORA_SOURCE = "OpenAI API pricing for sora-2/sora-2-pro (reference §5, 2026-11-24)"
-_SORA_NOTE = (
-    "OpenAI shut the Sora 2 API down on 2026-09-24, so this model only works through a "
-    "gateway that still serves it."
-)
-
-
-def _sora_models(provider: str) -> list[ModelSpec]:
-    if provider == OPENAI:
-        durations_2: tuple[int, ...] = (4, 8, 12, 16, 20)
-        durations_pro: tuple[int, ...] = (4, 8, 12, 16, 20)
-        # The contract's default of 10 s is not a length the OpenAI shape accepts.
-        default_pro = 8
-    else:
-        durations_2 = tuple(range(4, 21))
-        durations_pro = tuple(range(4, 26))
-        default_pro = 10
-    return [
-        ModelSpec(
-            id="sora-2",
-            provider=provider,
-            provider_model="sora-2",
-            label="Sora 2",
-            durations=durations_2,
-            default_duration=8,
-            prices_micros=dict(_SORA_2_PRICES),
-            aspect_ratios=("16:9", "9:16"),
-            price_source=_SORA_SOURCE,
-            retired_note=_SORA_NOTE if provider == OPENAI else None,
-            # the OpenAI shape takes input_reference; the seed gateway shape has no image field
-            image_to_video=provider == OPENAI,
-        ),
-        ModelSpec(
-            id="sora-2-pro",
-            provider=provider,
-            provider_model="sora-2-pro",
-            label="Sora 2 Pro",
-            durations=durations_pro,
-            default_duration=default_pro,
-            prices_micros=dict(_SORA_2_PRO_PRICES),
-            aspect_ratios=("16:9", "9:16"),
-            price_source=_SORA_SOURCE,
-            retired_note=_SORA_NOTE if provider == OPENAI else None,
-            # the OpenAI shape takes input_reference; the seed gateway shape has no image field
-            image_to_video=provider == OPENAI,
-        ),
-    ]
-
-
-SIMULATOR_MODEL = ModelSpec(
-    id="simulator",
-    provider=SIMULATOR,
-    provider_model="simulator",
-    label="Simulator (built in, play money)",
-    durations=tuple(range(4, 21)),
-    default_duration=8,
-    # play money, priced like sora-2 so that budgets show
-    prices_micros={"720p": _usd("0.10")},
-    aspect_ratios=("16:9", "9:16", "1:1"),
-    price_source="built-in simulator; priced like sora-2 so budgets show",
-)
-
-# Google documents Veo's latency as 11 s to 6 min (reference §1.5).
-_VEO_MIN_RENDER_S = 11.0
-
-# Prices of the models teams moved to, in micro-dollars per second, with where they come
-# from (reference/video-apis.md §5, compiled 2026-11-24). "estimate" marks prices nobody
-# has confirmed from the provider's own list: SORA_PRICES can correct them.
-_PROVIDER_MODELS: tuple[ModelSpec, ...] = (
-    ModelSpec(
-        id="gen4.5", provider=RUNWAY, provider_model="gen4.5", label="Runway Gen-4.5",
-        durations=tuple(range(2, 11)), default_duration=5,
-        prices_micros={"720p": _usd("0.12")}, aspect_ratios=("16:9", "9:16"),
-        price_source="Runway API: 12 credits/s at $0.01 a credit (reference §5, 2026-11-24)",
-        image_to_video=True,
-    ),
-    ModelSpec(
-        id="veo-3.1", provider=VEO, provider_model="veo-3.1-generate-preview", label="Google Veo 3.1",
-        durations=(4, 6, 8), default_duration=8,
-        prices_micros={"720p": _usd("0.40"), "1080p": _usd("0.40"), "4k": _usd("0.60")},
-        aspect_ratios=("16:9", "9:16"), durations_by_resolution={"1080p": (8,), "4k": (8,)},
-        price_source="Gemini API pricing, Veo 3.1 with audio (reference §5, transcribed 2026-09-20)",
-        audio=True, image_to_video=True, min_render_s=_VEO_MIN_RENDER_S,
-    ),
-    ModelSpec(
-        id="veo-3.1-fast", provider=VEO, provider_model="veo-3.1-fast-generate-preview",
-        label="Google Veo 3.1 Fast", durations=(4, 6, 8), default_duration=8,
-        prices_micros={"720p": _usd("0.15"), "1080p": _usd("0.15")},
-        aspect_ratios=("16:9", "9:16"), durations_by_resolution={"1080p": (8,)},
-        price_source="estimate: third-party figure for Veo 3.1 Fast (reference §5)",
-        audio=True, image_to_video=True, min_render_s=_VEO_MIN_RENDER_S,
-    ),
-    ModelSpec(
-        # kling-v3 takes 3-15 s (third-party sources; Kling's own docs list 5 and 10 for v2)
-        id="kling-3.0", provider=KLING, provider_model="kling-v3", label="Kling 3.0",
-        durations=tuple(range(3, 16)), default_duration=5,
-        prices_micros={"720p": _usd("0.157"), "1080p": _usd("0.235")},
-        aspect_ratios=("16:9", "9:16", "1:1"),
-        price_source="estimate: Kling on fal.ai, $0.157/s 720p, $0.235/s 1080p (reference §5 [F4])",
-        image_to_video=True,
-    ),
-    ModelSpec(
-        # BytePlus's model id as public projects use it; not yet confirmed in Ark's own docs
-        id="seedance-2.0", provider=SEEDANCE, provider_model="dreamina-seedance-2-0-260128",
-        label="ByteDance Seedance 2.0", durations=tuple(range(4, 16)), default_duration=5,
-        prices_micros={"480p": _usd("0.18"), "720p": _usd("0.36"), "1080p": _usd("0.50")},
-        aspect_ratios=("16:9", "9:16", "1:1"),
-        price_source="estimate: Seedance is billed in tokens; 720p from Runway's 36 credits/s resale (reference §5)",
-        audio=True, image_to_video=True,
-    ),
-    ModelSpec(
-        id="fal/fal-ai/kling-video/v2.1/standard/text-to-video", provider=FAL,
-        provider_model="fal-ai/kling-video/v2.1/standard/text-to-video", label="Kling 2.1 on fal.ai",
-        durations=(5, 10), default_duration=5, prices_micros={"720p": _usd("0.157")},
-        aspect_ratios=("16:9", "9:16", "1:1"),
-        price_source="estimate: fal.ai Kling page, $0.157/s at 720p (reference §5 [F4])",
-    ),
-    ModelSpec(
-        id="fal/fal-ai/veo3/fast", provider=FAL, provider_model="fal-ai/veo3/fast",
-        label="Veo 3 Fast on fal.ai", durations=(4, 6, 8), default_duration=8,
-        prices_micros={"720p": _usd("0.25"), "1080p": _usd("0.25")},
-        aspect_ratios=("16:9", "9:16"),
-        price_source="estimate: not on a published list (reference §5); set SORA_PRICES",
-        audio=True,
-    ),
-)
-
-# Preference order for the default model (CONTRACT: SORA_DEFAULT_MODEL).
-DEFAULT_ORDER = ("sora-2", "veo-3.1", "kling-3.0", "gen4.5", "seedance-2.0")
+class CatalogError(ValueError):
+    """A configuration problem (unknown model, bad catalog or price file): stops start-up."""
 
 
 @dataclass(slots=True)
 class Catalog:
-    """The offered models, keyed by the bot's model id, in display order."""
+    """The offered models, keyed by the bot's model id, in display order, and what is known
+    of the others: retired ones, ones whose provider isn't set up, and older names."""
 
     models: dict[str, ModelSpec] = field(default_factory=dict)
     default_model: str = SIMULATOR
+    aliases: dict[str, str] = field(default_factory=dict)  # an older id -> the current one
+    absent: dict[str, ModelSpec] = field(default_factory=dict)  # known, not offered
+
+    def canonical(self, model_id: str) -> str:
+        key = model_id.strip().lower()
+        return self.aliases.get(key, key)
 
     def get(self, model_id: str) -> ModelSpec | None:
-        return self.models.get(model_id.strip().lower())
+        return self.models.get(self.canonical(model_id))
 
     def ids(self) -> list[str]:
         return list(self.models)
 
-    def __iter__(self):  # type: ignore[no-untyped-def]
+    def __iter__(self) -> Iterator[ModelSpec]:
         return iter(self.models.values())
 
+    def why_not(self, model_id: str) -> str | None:
+        """Why a known model isn't offered here, with what to use instead; None if unknown."""
+        spec = self.absent.get(self.canonical(model_id))
+        if spec is None:
+            return None
+        instead = self.get(spec.replacement) if spec.replacement else None
+        if spec.retired:
+            text = f"`{spec.id}` is retired: {spec.retired.rstrip('.')}."
+        else:
+            text = f"`{spec.id}` runs on {route_name(spec.provider)}, which this bot isn't set up for."
+        if instead is not None:
+            return f"{text} Try `{instead.id}` instead."
+        return text
 
-class CatalogError(ValueError):
-    """A configuration problem (unknown model, bad price file): stops start-up."""
+
+_ROUTE_NAMES = {
+    SIMULATOR: "the built-in simulator", GATEWAY: "the video gateway", OPENAI: "the OpenAI Videos API",
+    RUNWAY: "Runway", VEO: "Google's Agent Platform", GEMINI: "the Gemini API", KLING: "Kling",
+    SEEDANCE: "BytePlus ModelArk", FAL: "fal.ai", XAI: "xAI",
+}
+
+
+def route_name(route: str) -> str:
+    return _ROUTE_NAMES.get(route, route)
+
+
+# --- reading catalog files ---------------------------------------------------------------------
+
+_FIELDS = {
+    "route", "provider_model", "label", "durations", "default_duration", "prices", "aspect_ratios",
+    "default_resolution", "default_aspect", "durations_by_resolution", "image", "audio", "min_render_s",
+    "price_source", "retired", "replacement", "if_retired", "renamed_from", "via",
+}
+_VIA_FIELDS = _FIELDS - {"route", "renamed_from", "via"}
+_REQUIRED = ("route", "durations", "prices")
+
+
+def _read_toml(path: Path, what: str) -> dict[str, Any]:
+    try:
+        return tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise CatalogError(f"{what}: file not found: {path}") from exc
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise CatalogError(f"{what}: not valid TOML: {exc}") from exc
+
+
+@dataclass(slots=True)
+class _Entries:
+    tables: dict[str, dict[str, Any]]  # bot id -> its keys, in display order
+    default_order: list[str]
+    aliases: dict[str, str]
+    from_file: set[str]  # ids whose table came from (or was touched by) the admin's file
+
+
+def _load_entries(models_file: Path | None) -> _Entries:
+    builtin = _read_toml(BUILTIN_CATALOG, "built-in catalog")
+    entries = _Entries(tables={}, default_order=list(builtin.get("default_order", [])), aliases={}, from_file=set())
+    _lay_over(entries, builtin, "built-in catalog", admin=False)
+    if models_file is not None:
+        _lay_over(entries, _read_toml(models_file, "SORA_MODELS"), "SORA_MODELS", admin=True)
+    return entries
+
+
+def _lay_over(entries: _Entries, data: dict[str, Any], what: str, *, admin: bool) -> None:
+    unknown = set(data) - {"models", "default_order"}
+    if unknown:
+        raise CatalogError(f"{what}: unknown top-level key {sorted(unknown)[0]!r} (expected [models.\"<id>\"] tables)")
+    if "default_order" in data:
+        order = data["default_order"]
+        if not isinstance(order, list) or not all(isinstance(m, str) for m in order):
+            raise CatalogError(f"{what}: default_order must be a list of model ids")
+        entries.default_order = [m.strip().lower() for m in order]
+    models = data.get("models", {})
+    if not isinstance(models, dict):
+        raise CatalogError(f"{what}: models must be tables, e.g. [models.\"veo-3.1\"]")
+    for raw_id, table in models.items():
+        model_id = str(raw_id).strip().lower()
+        where = f"{what}: [models.\"{raw_id}\"]"
+        if not model_id:
+            raise CatalogError(f"{what}: a model id is empty")
+        if len(model_id) > MODEL_ID_MAX:
+            raise CatalogError(f"{what}: model id {model_id[:40]!r}... is {len(model_id)} characters; "
+                               f"Slack's menus carry model ids of at most {MODEL_ID_MAX}")
+        if not isinstance(table, dict):
+            raise CatalogError(f"{where} must be a table")
+        bad = set(table) - _FIELDS
+        if bad:
+            raise CatalogError(f"{where}: unknown key {sorted(bad)[0]!r} (known: {', '.join(sorted(_FIELDS))})")
+        table = dict(table)
+        old = table.pop("renamed_from", None)
+        if old is not None:
+            if not isinstance(old, str) or entries.tables.get(old.strip().lower()) is None:
+                raise CatalogError(f"{where}: renamed_from {old!r} is not a model in the catalog")
+            old_id = old.strip().lower()
+            base = entries.tables.pop(old_id)
+            # our new name for it is not the provider's: its id stays what it was
+            base.setdefault("provider_model", _default_provider_model(old_id, base.get("route")))
+            entries.aliases[old_id] = model_id
+            entries.aliases = {k: (model_id if v == old_id else v) for k, v in entries.aliases.items()}
+            entries.default_order = [model_id if m == old_id else m for m in entries.default_order]
+            entries.from_file.discard(old_id)
+            entries.tables[model_id] = _merged(base, table)
+        elif model_id in entries.tables:
+            entries.tables[model_id] = _merged(entries.tables[model_id], table)
+        else:
+            missing = [k for k in _REQUIRED if k not in table]
+            if missing:
+                raise CatalogError(f"{where}: a new model needs {', '.join(missing)}")
+            entries.tables[model_id] = table
+        entries.aliases.pop(model_id, None)  # an id of its own is no longer another's name
+        if admin:
+            entries.from_file.add(model_id)
+
+
+def _merged(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        if key == "via" and isinstance(value, dict) and isinstance(out.get("via"), dict):
+            via = {r: dict(t) for r, t in out["via"].items()}
+            for route, table in value.items():
+                via[route] = {**via.get(route, {}), **table} if isinstance(table, dict) else table
+            out["via"] = via
+        else:
+            out[key] = value
+    return out
+
+
+def _default_provider_model(model_id: str, route: Any) -> str:
+    """The provider's id when a table names none: the bot id, less fal's `fal/` prefix."""
+    first = route[0] if isinstance(route, list) and route else route
+    return model_id.removeprefix("fal/") if first == FAL else model_id
+
+
+def _routes(table: dict[str, Any], where: str) -> list[str]:
+    route = table.get("route")
+    routes = [route] if isinstance(route, str) else route
+    if not isinstance(routes, list) or not routes or not all(isinstance(r, str) for r in routes):
+        raise CatalogError(f"{where}: route must be one of {', '.join(ROUTES)}, or a list of them")
+    routes = [r.strip().lower() for r in routes]
+    for r in routes:
+        if r not in ROUTES:
+            raise CatalogError(f"{where}: route {r!r} is not one of {', '.join(ROUTES)}")
+    return routes
+
+
+def _durations(value: Any, where: str) -> tuple[int, ...]:
+    if isinstance(value, str):
+        lo, sep, hi = value.partition("-")
+        try:
+            first, last = int(lo), int(hi if sep else lo)
+        except ValueError:
+            raise CatalogError(f"{where}: durations {value!r} must be a list like [4, 8] or a range like \"3-15\"") from None
+        out = tuple(range(first, last + 1))
+    elif isinstance(value, list) and all(isinstance(d, int) and not isinstance(d, bool) for d in value):
+        out = tuple(sorted(set(value)))
+    else:
+        raise CatalogError(f"{where}: durations must be a list like [4, 8] or a range like \"3-15\"")
+    if not out or out[0] < 1 or out[-1] > 600:
+        raise CatalogError(f"{where}: durations must be whole seconds from 1 to 600")
+    return out
+
+
+def _prices(value: Any, where: str) -> dict[str, int]:
+    if not isinstance(value, dict) or not value:
+        raise CatalogError(f"{where}: prices must be a table of resolution = $/s, e.g. {{ \"720p\" = 0.10 }}")
+    out: dict[str, int] = {}
+    for res, amount in value.items():
+        out[_resolution(res, where)] = _price(amount, f"{where} prices.{res}")
+    return out
+
+
+def _resolution(res: Any, where: str) -> str:
+    res = str(res).strip()
+    if not res or len(res) > RESOLUTION_MAX:
+        raise CatalogError(f"{where}: resolution {res[:40]!r} must be 1 to {RESOLUTION_MAX} characters")
+    return res
+
+
+def _price(value: Any, where: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise CatalogError(f"{where} must be a number of dollars per second")
+    try:
+        micros = usd_to_micros(value)
+    except ValueError as exc:
+        raise CatalogError(f"{where}: {exc}") from exc
+    if micros < 0:
+        raise CatalogError(f"{where} must not be negative")
+    return micros
+
+
+def _text(table: dict[str, Any], key: str, where: str) -> str | None:
+    value = table.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.strip():
+        raise CatalogError(f"{where}: {key} must be text")
+    return value.strip()
+
+
+def _flag(table: dict[str, Any], key: str, where: str) -> bool:
+    value = table.get(key, False)
+    if not isinstance(value, bool):
+        raise CatalogError(f"{where}: {key} must be true or false")
+    return value
+
+
+def _spec(model_id: str, table: dict[str, Any], route: str, where: str) -> ModelSpec:
+    """One model on one route, its `via.<route>` keys applied, every value checked."""
+    via = table.get("via", {})
+    if not isinstance(via, dict) or not all(isinstance(t, dict) for t in via.values()):
+        raise CatalogError(f"{where}: via must hold tables, e.g. [models.\"{model_id}\".via.openai]")
+    for r, t in via.items():
+        bad = set(t) - _VIA_FIELDS
+        if bad:
+            raise CatalogError(f"{where}: via.{r} has an unknown key {sorted(bad)[0]!r}")
+    t = {**table, **via.get(route, {})}
+    durations = _durations(t["durations"], where)
+    prices = _prices(t["prices"], where)
+    default_duration = t.get("default_duration", durations[0])
+    if default_duration not in durations:
+        raise CatalogError(f"{where}: default_duration {default_duration!r} is not one of its durations")
+    aspects = t.get("aspect_ratios", ["16:9", "9:16"])
+    if not isinstance(aspects, list) or not aspects or not all(isinstance(a, str) and a.strip() for a in aspects):
+        raise CatalogError(f"{where}: aspect_ratios must be a list like [\"16:9\", \"9:16\"]")
+    aspects = [a.strip() for a in aspects]
+    default_res = t.get("default_resolution", "720p" if "720p" in prices else next(iter(prices)))
+    if default_res not in prices:
+        raise CatalogError(f"{where}: default_resolution {default_res!r} has no price")
+    default_aspect = t.get("default_aspect", aspects[0])
+    if default_aspect not in aspects:
+        raise CatalogError(f"{where}: default_aspect {default_aspect!r} is not one of its aspect_ratios")
+    by_res_raw = t.get("durations_by_resolution", {})
+    if not isinstance(by_res_raw, dict):
+        raise CatalogError(f"{where}: durations_by_resolution must be a table like {{ \"4k\" = [8] }}")
+    by_res = {}
+    for res, value in by_res_raw.items():
+        if res in prices:  # a resolution this route doesn't offer needs no limit
+            by_res[str(res)] = _durations(value, f"{where} durations_by_resolution.{res}")
+    min_render = t.get("min_render_s", 0)
+    if isinstance(min_render, bool) or not isinstance(min_render, (int, float)) or not 0 <= min_render <= 3600:
+        raise CatalogError(f"{where}: min_render_s must be a number of seconds from 0 to 3600")
+    provider_model = _text(t, "provider_model", where) or _default_provider_model(model_id, route)
+    return ModelSpec(
+        id=model_id, provider=route, provider_model=provider_model,
+        label=_text(t, "label", where) or model_id,
+        durations=durations, default_duration=default_duration, prices_micros=prices,
+        aspect_ratios=tuple(aspects), default_resolution=default_res, default_aspect=default_aspect,
+        price_source=_text(t, "price_source", where) or "",
+        retired_note=_text(t, "if_retired", where),
+        retired=_text(t, "retired", where), replacement=(_text(t, "replacement", where) or "").lower() or None,
+        durations_by_resolution=by_res, audio=_flag(t, "audio", where), image_to_video=_flag(t, "image", where),
+        min_render_s=float(min_render),
+    )
+
+
+# --- building the catalog ----------------------------------------------------------------------
 
 
 def build_catalog(
@@ -260,48 +396,80 @@ def build_catalog(
     gateway_models: Iterable[str] = (),
     default_model: str | None = None,
     prices_file: Path | None = None,
+    models_file: Path | None = None,
     include_simulator: bool | None = None,
 ) -> Catalog:
-    """Offer the models whose provider is configured.
+    """Offer the models whose route is configured.
 
-    Sora models go through the gateway when listed in VIDEO_GATEWAY_MODELS, else through the
-    OpenAI shape when that key is set. The simulator is offered when nothing else is, or when
-    asked for explicitly (demo, tests).
+    A model runs on the first of its routes that is configured; the gateway runs the ids in
+    VIDEO_GATEWAY_MODELS (and those the admin's file routes to it), and a listed id the
+    catalog knows keeps its limits there. The simulator is offered when nothing else is, or
+    when asked for explicitly (demo, tests).
     """
     configured = set(providers)
-    gateway_set = {m.strip() for m in gateway_models if m.strip()}
-    offered: dict[str, ModelSpec] = {}
-    if GATEWAY in configured:
-        for spec in _sora_models(GATEWAY):
-            if spec.id in gateway_set:
-                offered[spec.id] = spec
+    entries = _load_entries(models_file)
+    # a renamed model listed under its old name is still the one the gateway serves
+    gateway_set = {entries.aliases.get(k, k) for k in (m.strip().lower() for m in gateway_models) if k}
     price_table = _read_price_file(prices_file) if prices_file is not None else {}
+    offered: dict[str, ModelSpec] = {}
+    absent: dict[str, ModelSpec] = {}
+
+    for model_id, table in entries.tables.items():
+        where = f"[models.\"{model_id}\"]"
+        if model_id in entries.from_file:
+            where = f"SORA_MODELS: {where}"
+        routes = _routes(table, where)
+        on_gateway = model_id in gateway_set or (model_id in entries.from_file and GATEWAY in routes)
+        if GATEWAY in configured and model_id in gateway_set and GATEWAY not in routes:
+            # the gateway serves a model the catalog knows elsewhere: same limits, its own name
+            known = _spec(model_id, table, routes[0], where)
+            offered[model_id] = replace(known, provider=GATEWAY, provider_model=model_id,
+                                        label=f"{known.label} (through the gateway)", retired=None)
+            continue
+        usable = [r for r in routes if r in configured and (r != GATEWAY or on_gateway)
+                  and (r != SIMULATOR or include_simulator is not False)]
+        if model_id == SIMULATOR:
+            usable = [SIMULATOR] if include_simulator else []
+        spec = _spec(model_id, table, usable[0] if usable else routes[0], where)
+        if usable and spec.retired is None:
+            offered[model_id] = spec
+        else:
+            absent[model_id] = spec
+
     if GATEWAY in configured:
-        sora_ids = {spec.id for spec in _sora_models(GATEWAY)}
-        for model_id in sorted(gateway_set - sora_ids):
+        for model_id in sorted(gateway_set - set(entries.tables)):
             _check_model_id(model_id)
             offered[model_id] = _gateway_model(model_id, price_table)
-    if OPENAI in configured:
-        for spec in _sora_models(OPENAI):
-            offered.setdefault(spec.id, spec)
-    for spec in _PROVIDER_MODELS:
-        if spec.provider in configured:
-            offered.setdefault(spec.id, spec)
-    if include_simulator or (include_simulator is None and not offered):
-        offered[SIMULATOR_MODEL.id] = SIMULATOR_MODEL
+    simulator = absent.pop(SIMULATOR, None) or offered.get(SIMULATOR)
+    if include_simulator is None and not offered and simulator is not None:
+        offered[SIMULATOR] = replace(simulator, provider=SIMULATOR)
+    elif include_simulator is False:
+        offered.pop(SIMULATOR, None)
+    if simulator is not None and SIMULATOR not in offered:
+        absent[SIMULATOR] = simulator
     if prices_file is not None:
         offered = _apply_price_overrides(offered, price_table, prices_file)
+    for spec in [*offered.values(), *absent.values()]:
+        if spec.replacement is not None and spec.replacement not in offered and spec.replacement not in absent:
+            origin = "SORA_MODELS: " if spec.id in entries.from_file else ""
+            raise CatalogError(f"{origin}[models.\"{spec.id}\"]: replacement {spec.replacement!r} is not a model "
+                               "in the catalog")
 
+    aliases = {old: new for old, new in entries.aliases.items() if old not in offered}
+    catalog = Catalog(models=offered, aliases=aliases, absent=absent)
     if default_model:
-        if default_model not in offered:
+        chosen = catalog.canonical(default_model)
+        if chosen not in offered:
+            why = catalog.why_not(chosen)
             raise CatalogError(
-                f"SORA_DEFAULT_MODEL: {default_model!r} is not an offered model "
-                f"(offered: {', '.join(offered)})"
+                f"SORA_DEFAULT_MODEL: {default_model!r} is not an offered model"
+                + (f" ({why.replace('`', '')})" if why else "")
+                + f" (offered: {', '.join(offered)})"
             )
-        chosen = default_model
     else:
-        chosen = next((m for m in DEFAULT_ORDER if m in offered), None) or next(iter(offered))
-    return Catalog(models=offered, default_model=chosen)
+        chosen = next((m for m in entries.default_order if m in offered), None) or next(iter(offered), SIMULATOR)
+    catalog.default_model = chosen
+    return catalog
 
 
 def _check_model_id(model_id: str) -> None:
@@ -313,16 +481,12 @@ def _check_model_id(model_id: str) -> None:
 
 
 def _gateway_model(model_id: str, price_table: dict[str, object]) -> ModelSpec:
-    """A model the gateway serves: a known one keeps its limits, any other needs a price."""
-    known = next((m for m in _PROVIDER_MODELS if m.id == model_id), None)
-    if known is not None:
-        return replace(known, provider=GATEWAY, provider_model=model_id,
-                       label=f"{known.label} (through the gateway)")
+    """A model only the gateway knows: it needs a price (SORA_PRICES, or a SORA_MODELS table)."""
     table = price_table.get(model_id)
     if not isinstance(table, dict) or not table:
         raise CatalogError(
             f"VIDEO_GATEWAY_MODELS: {model_id!r} has no price; add it to the SORA_PRICES file, "
-            f'e.g. ["{model_id}"] 720p = 0.10'
+            f'e.g. ["{model_id}"] 720p = 0.10, or describe it in the SORA_MODELS file'
         )
     return ModelSpec(
         id=model_id, provider=GATEWAY, provider_model=model_id, label=f"{model_id} (through the gateway)",
@@ -334,12 +498,7 @@ def _gateway_model(model_id: str, price_table: dict[str, object]) -> ModelSpec:
 
 
 def _read_price_file(path: Path) -> dict[str, object]:
-    try:
-        return tomllib.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError as exc:
-        raise CatalogError(f"SORA_PRICES: file not found: {path}") from exc
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise CatalogError(f"SORA_PRICES: not valid TOML: {exc}") from exc
+    return _read_toml(path, "SORA_PRICES")
 
 
 def _apply_price_overrides(
@@ -358,14 +517,11 @@ def _apply_price_overrides(
             if len(str(res)) > RESOLUTION_MAX:
                 raise CatalogError(f"SORA_PRICES: [{model_id}] resolution {str(res)[:40]!r} is longer than "
                                    f"{RESOLUTION_MAX} characters")
-            if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-                raise CatalogError(f"SORA_PRICES: [{model_id}] {res} must be a number")
-            try:
-                micros = usd_to_micros(value)
-            except ValueError as exc:
-                raise CatalogError(f"SORA_PRICES: [{model_id}] {res}: {exc}") from exc
-            if micros < 0:
-                raise CatalogError(f"SORA_PRICES: [{model_id}] {res} must not be negative")
-            prices[str(res)] = micros
+            prices[str(res)] = _price(value, f"SORA_PRICES: [{model_id}] {res}")
         out[model_id] = replace(spec, prices_micros=prices, price_source=f"SORA_PRICES ({path})")
     return out
+
+
+def builtin_models() -> Mapping[str, dict[str, Any]]:
+    """The built-in catalog's tables, for tests and `sora-bot doctor`."""
+    return _load_entries(None).tables

@@ -7,7 +7,7 @@ from decimal import Decimal
 from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from bot.money import usd_to_micros
@@ -40,6 +40,8 @@ class Settings(BaseSettings):
     sora_stall_timeout: float = Field(600.0, gt=0)
     sora_job_timeout: float = Field(1800.0, gt=0)
     sora_prices: Path | None = None
+    # the admin's catalog file: models added, changed, renamed or retired (bot/catalog.toml's format)
+    sora_models: Path | None = None
     # requests costing more than this wait for an admin; models to run on when a provider fails
     sora_approval_over_usd: Decimal | None = None
     sora_fallback_models: str = ""
@@ -58,8 +60,18 @@ class Settings(BaseSettings):
     openai_base_url: str = "https://api.openai.com/v1"
     runwayml_api_secret: SecretStr | None = None
     runway_base_url: str = "https://api.dev.runwayml.com"
+    # Gemini Omni through the Gemini API's Interactions API. google-genai 3.x defaults the
+    # Gemini API to v1 (it posts to /v1/interactions), and the SDK that ships today wins.
     gemini_api_key: SecretStr | None = None
-    gemini_base_url: str = "https://generativelanguage.googleapis.com/v1beta"
+    gemini_base_url: str = "https://generativelanguage.googleapis.com/v1"
+    # Veo on Google's Agent Platform (formerly Vertex AI): OAuth tokens from a service-account
+    # file, else application default credentials. The base defaults to the location's host.
+    google_cloud_project: str | None = None
+    google_cloud_location: str = "us-central1"
+    google_application_credentials: Path | None = None
+    agent_platform_base_url: str | None = None
+    xai_api_key: SecretStr | None = None
+    xai_base_url: str = "https://api.x.ai/v1"
     kling_access_key: SecretStr | None = None
     kling_secret_key: SecretStr | None = None
     kling_base_url: str = "https://api-singapore.klingai.com"
@@ -106,6 +118,7 @@ class Settings(BaseSettings):
     @field_validator(
         "slack_api_url", "video_gateway_base_url", "openai_base_url", "runway_base_url",
         "gemini_base_url", "kling_base_url", "ark_base_url", "fal_queue_url", "sora_public_base_url",
+        "agent_platform_base_url", "xai_base_url",
     )
     @classmethod
     def _url(cls, v: str | None) -> str | None:
@@ -113,6 +126,17 @@ class Settings(BaseSettings):
             return None
         if not v.startswith(("http://", "https://")):
             raise ValueError(f"must be an http(s) URL, got {v!r}")
+        return v
+
+    @field_validator("google_cloud_project", "google_cloud_location")
+    @classmethod
+    def _google_name(cls, v: str | None, info: ValidationInfo) -> str | None:
+        if v is None or not v.strip():
+            return "us-central1" if info.field_name == "google_cloud_location" else None
+        v = v.strip()
+        # they go into URL paths and a host name
+        if not all(c.isalnum() or c in "-_." for c in v):
+            raise ValueError(f"must be a Google Cloud project id or location like us-central1, got {v!r}")
         return v
 
     @field_validator("openai_webhook_secret")
@@ -155,7 +179,7 @@ class Settings(BaseSettings):
             self.slack_api_url = "https://slack.com/api/"
         # an empty base URL in the environment means "the default", not "no URL"
         for name, info in type(self).model_fields.items():
-            if name.endswith(("_base_url", "_queue_url")) and name != "video_gateway_base_url":
+            if name.endswith(("_base_url", "_queue_url")) and name not in ("video_gateway_base_url", "agent_platform_base_url"):
                 if getattr(self, name) is None:
                     setattr(self, name, info.default)
         if self.kling_access_key is not None and self.kling_secret_key is None:
@@ -204,14 +228,18 @@ class Settings(BaseSettings):
             out.append("openai")
         if self.runwayml_api_secret:
             out.append("runway")
-        if self.gemini_api_key:
+        if self.google_cloud_project:
             out.append("veo")
+        if self.gemini_api_key:
+            out.append("gemini")
         if self.kling_access_key and self.kling_secret_key:
             out.append("kling")
         if self.ark_api_key:
             out.append("seedance")
         if self.fal_key:
             out.append("fal")
+        if self.xai_api_key:
+            out.append("xai")
         return out
 
 

@@ -6,7 +6,7 @@ import asyncio
 
 from slack_sdk.errors import SlackApiError
 
-from bot.catalog import CatalogError, build_catalog
+from bot.catalog import Catalog, CatalogError, ModelSpec, build_catalog
 from bot.config import Settings
 from bot.errors import ProviderError
 from bot.slack_io import make_slack_client, slack_error
@@ -25,10 +25,12 @@ async def run_checks(settings: Settings) -> int:
     from bot.app import build_providers
 
     results: list[tuple[bool | None, str, str]] = []
+    catalog: Catalog | None = None
     try:
         catalog = build_catalog(
             providers=settings.configured_providers, gateway_models=settings.gateway_models,
             default_model=settings.sora_default_model, prices_file=settings.sora_prices,
+            models_file=settings.sora_models,
         )
         results.append((True, "config", f"models {', '.join(catalog.ids())}; default {catalog.default_model}"))
     except CatalogError as exc:
@@ -48,6 +50,11 @@ async def run_checks(settings: Settings) -> int:
     try:
         for name, provider in providers.items():
             results.append(await _check_provider(name, provider))
+        if catalog is not None:
+            for spec in catalog:
+                provider = providers.get(spec.provider)
+                if provider is not None:
+                    results.append(await _check_model(spec, provider))
     finally:
         for provider in providers.values():
             await provider.aclose()
@@ -68,6 +75,23 @@ async def _check_slack(settings: Settings) -> tuple[bool | None, str, str]:
         return False, "slack", f"auth.test failed: {slack_error(exc)}"
     except Exception as exc:  # network errors of any library
         return False, "slack", f"cannot reach {settings.slack_api_url}: {type(exc).__name__}"
+
+
+async def _check_model(spec: ModelSpec, provider: object) -> tuple[bool | None, str, str]:
+    """One cheap lookup of the model at its provider, where the provider has one (a model
+    list or a model lookup); else a skip line that says so."""
+    name = f"model {spec.id}"
+    check_model = getattr(provider, "check_model", None)
+    if check_model is None:
+        return None, name, f"{spec.provider} has no model lookup; the first request will tell"
+    try:
+        async with asyncio.timeout(CHECK_TIMEOUT_S):
+            detail = await check_model(spec.provider_model)
+        return True, name, detail
+    except ProviderError as exc:
+        return False, name, f"{spec.provider_model}: {exc.kind.value}: {exc.user_message()}"
+    except TimeoutError:
+        return False, name, f"no answer within {CHECK_TIMEOUT_S:.0f} s"
 
 
 async def _check_provider(name: str, provider: object) -> tuple[bool, str, str]:

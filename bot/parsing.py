@@ -64,10 +64,7 @@ class JobRequest(BaseModel):
         catalog: Catalog = (info.context or {})["catalog"]
         spec = catalog.get(self.model)
         if spec is None:
-            raise InvalidRequest(
-                f"I don't know the model `{_short(self.model)}`. Models here: "
-                f"{model_list(catalog)}. `/sora models` shows prices."
-            )
+            raise InvalidRequest(unknown_model_text(catalog, self.model) + " `/sora models` shows prices.")
         if self.resolution not in spec.resolutions:
             raise InvalidRequest(
                 f"`{spec.id}` doesn't offer `{_short(self.resolution)}`. Allowed resolutions: "
@@ -142,6 +139,14 @@ def model_list(catalog: Catalog, most: int = 20) -> str:
     return shown + (f" and {len(ids) - most} more" if len(ids) > most else "")
 
 
+def unknown_model_text(catalog: Catalog, name: str) -> str:
+    """Why `name` can't be used: retired or not set up here (with what to use instead), or unknown."""
+    why = catalog.why_not(name)
+    if why is not None:
+        return f"{why} Models here: {model_list(catalog)}."
+    return f"I don't know the model `{_short(name)}`. Models here: {model_list(catalog)}."
+
+
 def _short(value: str, limit: int = 40) -> str:
     """An echo of a user's value that is safe in mrkdwn code spans and short."""
     value = value if len(value) <= limit else value[: limit - 1] + "…"
@@ -197,6 +202,8 @@ def parse_request(cleaned: str, catalog: Catalog, *, like: "JobRequest | None" =
     same_model = like is not None and "model" not in options and catalog.get(like.model) is not None
     model = options.get("model", like.model if same_model and like else catalog.default_model).strip().lower()
     spec = catalog.get(model)  # None: the validator names the unknown model
+    if spec is not None:
+        model = spec.id  # an older name of a renamed model becomes the current one
     duration = _parse_duration(options["duration"]) if "duration" in options else (
         like.duration_s if same_model and like else spec.default_duration if spec else 0)
     resolution = _parse_resolution(options["resolution"]) if "resolution" in options else (
@@ -294,10 +301,7 @@ def plan_compare(text: str, catalog: Catalog) -> list[JobRequest]:
         for name in names:
             spec = catalog.get(name)
             if spec is None:
-                raise InvalidRequest(
-                    f"I don't know the model `{_short(name)}`. Models here: "
-                    f"{model_list(catalog)}."
-                )
+                raise InvalidRequest(unknown_model_text(catalog, name))
             chosen.append(spec)
     else:
         real = [m for m in catalog if m.id != "simulator"] or list(catalog)

@@ -306,7 +306,7 @@ UNSIGNED = [
              "seedance-2.0", "-d 5"),
     Unsigned("fal", FakeFalServer,
              lambda s, c, cb: FalProvider(s.api_key, queue_url=s.base_url, client=c, callback_url_for=cb),
-             "fal/fal-ai/kling-video/v2.1/standard/text-to-video", "-d 5"),
+             "fal/fal-ai/kling-video/v3/standard/text-to-video", "-d 5"),
 ]
 
 

@@ -22,7 +22,9 @@ def test_gateway_models_route_sora_through_the_gateway() -> None:
 def test_openai_route_only_offers_lengths_that_shape_accepts() -> None:
     catalog = build_catalog(providers=["openai"])
     pro = catalog.get("sora-2-pro")
-    assert pro.durations == (4, 8, 12, 16, 20) and pro.default_duration in pro.durations
+    # openai 3.57 types `seconds` as "4" | "8" | "12" (the contract's 16 and 20 get a 400 today)
+    assert pro.durations == (4, 8, 12) and pro.default_duration in pro.durations
+    assert "1080p" not in pro.resolutions and pro.resolutions == ("720p", "1024p")
     gateway_pro = build_catalog(providers=["gateway"], gateway_models=["sora-2-pro"]).get("sora-2-pro")
     assert gateway_pro.durations[-1] == 25 and gateway_pro.default_duration == 10
 

@@ -138,9 +138,9 @@ def test_planning_picks_models_that_make_the_length_and_refuses_odd_sets() -> No
     assert "simulator" not in [r.model for r in plan.requests]  # play money only when it is all there is
     ten = parse_command("compare -d 10 a cat", catalog)
     assert all(r.duration_s == 10 for r in ten.requests) and "veo-3.1" not in [r.model for r in ten.requests]
-    fal_kling = "fal/fal-ai/kling-video/v2.1/standard/text-to-video"  # makes 5 or 10 s: nearest to 8 is 10
-    named = parse_command(f"compare -m {fal_kling},sora-2 a cat", catalog)
-    assert [(r.model, r.duration_s) for r in named.requests] == [(fal_kling, 10), ("sora-2", 8)]
+    fal_veo = "fal/fal-ai/veo3.1/fast"  # makes 4, 6 or 8 s: nearest to 12 is 8
+    named = parse_command(f"compare -m {fal_veo},kling-3.0 a cat", catalog)
+    assert [(r.model, r.duration_s) for r in named.requests] == [(fal_veo, 8), ("kling-3.0", 8)]
     for text, words in [
         ("compare -m sora-2 a cat", "2 to 4 models"),
         ("compare -m sora-2,sora-2 a cat", "named twice"),

@@ -48,13 +48,13 @@ async def test_doctor_reports_every_configured_provider_as_reachable(tmp_path, c
         code = await run_checks(_settings(tmp_path, slack, servers))
     out = capsys.readouterr().out
     assert code == 0, out
-    for name in ("config", "database", "slack", "gateway", "openai", "runway", "veo", "kling", "seedance", "fal", "simulator"):
+    for name in ("config", "database", "slack", "gateway", "openai", "runway", "kling", "seedance", "fal", "simulator"):
         assert f"[ok  ] {name}:" in out, (name, out)
     assert "1234 credits left" in out
 
 
 async def test_doctor_explains_a_refused_key_without_printing_it(tmp_path, capsys) -> None:
-    for provider in ("gateway", "runway", "veo", "kling", "seedance", "fal"):
+    for provider in ("gateway", "runway", "kling", "seedance", "fal"):
         async with AsyncExitStack() as stack:
             slack = await stack.enter_async_context(FakeSlack())
             servers = await _world(stack)

@@ -99,7 +99,8 @@ def test_the_nearest_model_keeps_the_length_and_never_falls_back_to_play_money()
     job = replace(_job(), model="sora-2", provider="gateway", duration_seconds=12, estimate_micros=1_200_000,
                   status=JobStatus.FAILED, failure_kind=FailureKind.QUOTA_EXHAUSTED)
     choice = fallback_for(catalog, job)
-    assert choice is not None and choice.spec.id == "gen4.5" and choice.duration_s == 10  # Runway's longest
+    # Runway's own gen4.5 tops out at 10 s; seedance2 on Runway keeps the whole 12
+    assert choice is not None and choice.spec.id == "runway/seedance2" and choice.duration_s == 12
     alone = build_catalog(providers=["gateway"], gateway_models=["sora-2"], include_simulator=True)
     assert fallback_for(alone, job) is None
 

@@ -42,7 +42,7 @@ CASES = [
     Case("seedance", FakeSeedanceServer, lambda s, c: SeedanceProvider(s.api_key, base_url=s.base_url, client=c),
          "seedance-2.0", "-d 5", "[input-sensitive]", "[output-sensitive]"),
     Case("fal", FakeFalServer, lambda s, c: FalProvider(s.api_key, queue_url=s.base_url, client=c),
-         "fal/fal-ai/kling-video/v2.1/standard/text-to-video", "-d 5", "[content-policy]", "[result-422]"),
+         "fal/fal-ai/kling-video/v3/standard/text-to-video", "-d 5", "[content-policy]", "[result-422]"),
 ]
 
 

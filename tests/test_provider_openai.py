@@ -80,7 +80,7 @@ async def test_success_end_to_end(
 
 @pytest.mark.parametrize(
     ("resolution", "aspect", "size"),
-    [("720p", "9:16", "720x1280"), ("1024p", "16:9", "1792x1024"), ("1080p", "9:16", "1080x1920")],
+    [("720p", "9:16", "720x1280"), ("1024p", "16:9", "1792x1024"), ("1024p", "9:16", "1024x1792")],
 )
 async def test_size_is_mapped_and_seconds_sent_as_string(
     server: FakeOpenAIServer,

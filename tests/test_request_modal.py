@@ -133,7 +133,7 @@ async def test_changing_the_model_updates_the_choices_and_the_cost(two_models, s
     await post_signed(bot.http, bot.url, _shortcut("sora_generate", kind="shortcut"))
     view = await _opened(slack, 0)
     models = next(b for b in view["blocks"] if b.get("block_id") == "model")["element"]["options"]
-    assert {o["value"] for o in models} == {"simulator", "veo-3.1", "veo-3.1-fast"}
+    assert {o["value"] for o in models} == {"simulator", "veo-3.1", "veo-3.1-fast", "veo-3.1-lite"}
     state = {"values": _values(view, model="veo-3.1")}
     action = {"type": "block_actions", "user": {"id": "U1"}, "team": {"id": "T0001"}, "api_app_id": "A1",
               "trigger_id": "t", "view": {**view, "id": "V42", "hash": "h1", "state": state},
@@ -202,7 +202,7 @@ async def test_compare_models_in_the_form_runs_a_compare(two_models, slack) -> N
     view = await rm.build_view(bot.deps, "U1", rm.defaults(bot.deps), rm.Target())
     assert_valid_modal(view)
     compare_block = next(b for b in view["blocks"] if b.get("block_id") == "compare")
-    assert [o["value"] for o in compare_block["element"]["options"]] == ["veo-3.1", "veo-3.1-fast"]
+    assert [o["value"] for o in compare_block["element"]["options"]] == ["veo-3.1", "veo-3.1-fast", "veo-3.1-lite"]
     values = _values(view, model="simulator", duration="8", compare="veo-3.1")
     resp = await post_signed(bot.http, bot.url, view_submission_body(rm.MODAL, private_metadata="{}", values=values))
     assert resp.status_code == 200 and not resp.content
