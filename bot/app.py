@@ -23,7 +23,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from bot import ack_runner, callbacks
 from bot.authz import AdminCheck
-from bot.catalog import FAL, GATEWAY, KLING, OPENAI, RUNWAY, SEEDANCE, SIMULATOR, CatalogError, build_catalog
+from bot.catalog import FAL, GATEWAY, KLING, OPENAI, RUNWAY, SEEDANCE, SIMULATOR, XAI, CatalogError, build_catalog
 from bot.clock import Clock, utcnow
 from bot.config import Settings
 from bot.deps import Deps, Timing
@@ -36,6 +36,7 @@ from bot.providers.openai_videos import OpenAIVideosProvider
 from bot.providers.runway import RunwayProvider
 from bot.providers.seedance import SeedanceProvider
 from bot.providers.simulator import SimulatorProvider
+from bot.providers.xai import XaiProvider
 from bot.slack_io import SLACK_TIMEOUT_S, make_slack_client
 from handlers import actions as action_handlers
 from handlers import admin as admin_handlers
@@ -88,6 +89,8 @@ def build_providers(settings: Settings) -> dict[str, VideoProvider]:
             secret(settings.fal_key), queue_url=settings.fal_queue_url,
             callback_url_for=callbacks.url_builder(settings, FAL),
         )
+    if XAI in configured:
+        providers[XAI] = XaiProvider(secret(settings.xai_api_key), base_url=settings.xai_base_url)
     return providers
 
 

@@ -10,13 +10,14 @@ from bot.fakeslack import FakeSlack
 from tests.fakes.kling_seedance_fal import FakeFalServer, FakeKlingServer, FakeSeedanceServer
 from tests.fakes.providers import FakeGatewayServer, FakeOpenAIServer
 from tests.fakes.runway_veo import FakeRunwayServer, FakeVeoServer
+from tests.fakes.xai import FakeXaiServer
 
 
 async def _world(stack: AsyncExitStack) -> dict:
     servers = {
         "gateway": FakeGatewayServer(), "openai": FakeOpenAIServer(), "runway": FakeRunwayServer(),
         "veo": FakeVeoServer(), "kling": FakeKlingServer(), "seedance": FakeSeedanceServer(),
-        "fal": FakeFalServer(),
+        "fal": FakeFalServer(), "xai": FakeXaiServer(),
     }
     for server in servers.values():
         await stack.enter_async_context(server)
@@ -38,6 +39,7 @@ def _settings(tmp_path, slack: FakeSlack, s: dict, *, bad_key: str | None = None
         kling_secret_key=key("kling", s["kling"].secret_key),
         ark_base_url=s["seedance"].base_url, ark_api_key=key("seedance", s["seedance"].api_key),
         fal_queue_url=s["fal"].base_url, fal_key=key("fal", s["fal"].api_key),
+        xai_base_url=s["xai"].base_url, xai_api_key=key("xai", s["xai"].api_key),
     )
 
 
@@ -48,13 +50,13 @@ async def test_doctor_reports_every_configured_provider_as_reachable(tmp_path, c
         code = await run_checks(_settings(tmp_path, slack, servers))
     out = capsys.readouterr().out
     assert code == 0, out
-    for name in ("config", "database", "slack", "gateway", "openai", "runway", "kling", "seedance", "fal", "simulator"):
+    for name in ("config", "database", "slack", "gateway", "openai", "runway", "kling", "seedance", "fal", "xai", "simulator"):
         assert f"[ok  ] {name}:" in out, (name, out)
     assert "1234 credits left" in out
 
 
 async def test_doctor_explains_a_refused_key_without_printing_it(tmp_path, capsys) -> None:
-    for provider in ("gateway", "runway", "kling", "seedance", "fal"):
+    for provider in ("gateway", "runway", "kling", "seedance", "fal", "xai"):
         async with AsyncExitStack() as stack:
             slack = await stack.enter_async_context(FakeSlack())
             servers = await _world(stack)

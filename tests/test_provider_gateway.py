@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -15,6 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from bot.cli import jobs_json
 from bot.errors import (
     AmbiguousSubmit,
     AuthFailed,
@@ -425,6 +427,8 @@ URL = "https://cdn.example/v.mp4"
         {"status": "success", "video_url": URL},
         {"data": {"status": "succeeded", "url": "", "video_url": URL}},
         {"status": "completed", "unsigned_urls": [URL, "https://other"]},
+        {"status": "done", "video": {"url": URL, "duration": 6, "respect_moderation": True}},
+        {"data": {"status": "succeeded", "video": {"url": URL}}},
     ],
 )
 def test_video_url_is_taken_from_any_known_place(body: dict[str, Any]) -> None:
@@ -725,3 +729,113 @@ def test_status_parser_never_crashes(body: object) -> None:
         assert status.video_url
     if status.state is ProviderState.FAILED:
         assert status.error is not None
+
+
+# --- where to poll follows the create answer -----------------------------------------------
+
+
+async def test_xai_like_reply_is_polled_at_videos_id_and_its_video_url_delivered(tmp_path: Path) -> None:
+    async with FakeGatewayServer(run_seconds=RUN_S, reply_style="xai", files_host="localhost") as srv:
+        gateway = GatewayProvider(srv.base_url, srv.api_key)
+        try:
+            job_ref = await gateway.submit(make_spec("an xAI-like gateway"))
+            (job_id,) = srv.jobs
+            assert job_ref == f"xai:{job_id}"
+            seen = await poll_until_terminal(gateway, job_ref)
+            final = seen[-1]
+            assert (final.state, final.raw_status) == (ProviderState.SUCCEEDED, "done")
+            assert final.video_url == srv.file_url(job_id)
+            await gateway.download(job_ref, final.video_url, tmp_path / "v.mp4")
+            assert await gateway.cancel(job_ref) is False
+        finally:
+            await gateway.aclose()
+    assert srv.polls[job_id] == len(seen)  # every poll reached /v1/videos/{id}
+    assert (tmp_path / "v.mp4").read_bytes() == video_bytes(job_id)
+    assert srv.download_auth == [None]  # the CDN host never sees the key
+
+
+@pytest.mark.parametrize(
+    ("marker", "kind"),
+    [("[blocked-output]", FailureKind.BLOCKED_OUTPUT), ("[fail]", FailureKind.GENERATION_FAILED),
+     ("[expired]", FailureKind.RESULT_EXPIRED), ("[no-url]", FailureKind.GENERATION_FAILED)],
+)
+async def test_xai_like_failures_keep_their_kind(marker: str, kind: FailureKind) -> None:
+    async with FakeGatewayServer(run_seconds=RUN_S, reply_style="xai") as srv:
+        gateway = GatewayProvider(srv.base_url, srv.api_key)
+        try:
+            final = (await poll_until_terminal(gateway, await gateway.submit(make_spec(f"{marker} x"))))[-1]
+        finally:
+            await gateway.aclose()
+    assert final.state is ProviderState.FAILED
+    assert final.error is not None and final.error.kind is kind
+
+
+async def test_a_restarted_adapter_polls_where_the_stored_id_says() -> None:
+    async with FakeGatewayServer(run_seconds=0.0, reply_style="xai") as srv:
+        first = GatewayProvider(srv.base_url, srv.api_key)
+        job_ref = await first.submit(make_spec("before a restart"))
+        await first.aclose()
+        second = GatewayProvider(srv.base_url, srv.api_key)
+        try:
+            final = (await poll_until_terminal(second, job_ref))[-1]
+        finally:
+            await second.aclose()
+    assert final.state is ProviderState.SUCCEEDED
+
+
+async def test_a_named_polling_url_is_followed(tmp_path: Path) -> None:
+    async with FakeGatewayServer(run_seconds=RUN_S, reply_style="polling_url") as srv:
+        gateway = GatewayProvider(srv.base_url, srv.api_key)
+        try:
+            job_ref = await gateway.submit(make_spec("an OpenRouter-like gateway"))
+            (job_id,) = srv.jobs
+            assert job_ref == f"poll:/v1/jobs/{job_id}"
+            final = (await poll_until_terminal(gateway, job_ref))[-1]
+            await gateway.download(job_ref, None, tmp_path / "v.mp4")
+        finally:
+            await gateway.aclose()
+    assert final.state is ProviderState.SUCCEEDED
+    assert (tmp_path / "v.mp4").read_bytes() == video_bytes(job_id)
+
+
+@pytest.mark.parametrize(
+    ("answer", "job_ref", "polled"),
+    [
+        ({"id": "j1", "polling_url": "/v1/jobs/j1/status?x=1"}, "poll:/v1/jobs/j1/status?x=1",
+         "https://gw.example/v1/jobs/j1/status?x=1"),
+        ({"id": "j1", "status_url": "https://gw.example/v1/q/j1"}, "poll:/v1/q/j1", "https://gw.example/v1/q/j1"),
+        # another host would be handed the key: the usual path instead
+        ({"id": "j1", "polling_url": "https://elsewhere.example/j1"}, "j1", "https://gw.example/v1/videos/generations/j1"),
+        ({"id": "j1", "polling_url": "https://gw.example:8443/j1"}, "j1", "https://gw.example/v1/videos/generations/j1"),
+        ({"request_id": "r1"}, "xai:r1", "https://gw.example/v1/videos/r1"),
+        ({"request_id": "r1", "data": {"id": "r1"}}, "r1", "https://gw.example/v1/videos/generations/r1"),
+        ({"code": "success", "data": {"id": "j1"}}, "j1", "https://gw.example/v1/videos/generations/j1"),
+    ],
+)
+async def test_the_create_answer_decides_where_to_poll(answer: dict[str, Any], job_ref: str, polled: str) -> None:
+    seen: list[str] = []
+
+    def reply(request: httpx.Request) -> httpx.Response:
+        if request.method == "POST":
+            return httpx.Response(200, json=answer)
+        seen.append(str(request.url))
+        return httpx.Response(200, json={"status": "pending"})
+
+    async with httpx.AsyncClient(transport=httpx.MockTransport(reply)) as client:
+        gateway = GatewayProvider("https://gw.example/v1", "k", client=client)
+        assert await gateway.submit(make_spec("x")) == job_ref
+        await gateway.poll(job_ref)
+    assert seen == [polled]
+
+
+async def test_an_xai_like_gateway_video_lands_in_the_thread(make_bot, slack) -> None:
+    async with FakeGatewayServer(run_seconds=0.2, reply_style="xai") as srv, httpx.AsyncClient() as client:
+        bot = await make_bot(providers={"gateway": GatewayProvider(srv.base_url, srv.api_key, client=client)},
+                             include_simulator=False, sora_default_model="sora-2")
+        resp = await bot.slash("-d 8 a kite over the dunes")
+        assert "Got it" in resp.json()["text"], resp.json()["text"]
+        await bot.runtime.poller.idle(20)
+        (job,) = json.loads(await jobs_json(bot.deps.db))
+    assert job["status"] == "succeeded", job
+    replies = slack.thread(job["channel_id"], job["thread_ts"])[1:]
+    assert len(replies) == 1 and replies[0].files

@@ -3,16 +3,28 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import io
+import json
 import time
+import typing
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
+import openai
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from openai.types import Video
+from openai.types.image_input_reference_param import ImageInputReferenceParam
+from openai.types.video_create_params import VideoCreateParams
+from openai.types.video_seconds import VideoSeconds
+from openai.types.video_size import VideoSize
+from PIL import Image
+from pydantic import TypeAdapter
 
 from bot.errors import (
     AmbiguousSubmit,
@@ -27,11 +39,17 @@ from bot.errors import (
     RateLimited,
     ResultExpired,
 )
-from bot.models import FailureKind, ProviderState, ProviderStatus
+from bot.models import FailureKind, ProviderState, ProviderStatus, ReferenceImage, VideoSpec
 from bot.providers.base import VideoProvider
 from bot.providers.http import error_for_response
 from bot.providers.openai_videos import OpenAIVideosProvider, matches_spec, parse_video
-from tests.fakes.providers import FakeOpenAIServer, make_spec, poll_until_terminal, video_bytes
+from tests.fakes.providers import (
+    INPAINT_MISMATCH,
+    FakeOpenAIServer,
+    make_spec,
+    poll_until_terminal,
+    video_bytes,
+)
 from tests.provider_checks import assert_key_hidden
 
 RUN_S = 0.1
@@ -385,3 +403,159 @@ def test_video_parser_never_crashes(body: object, content: str | None) -> None:
     assert isinstance(status, ProviderStatus)
     if status.state is ProviderState.FAILED:
         assert status.error is not None
+
+
+# --- checked by the openai SDK (3.57) ----------------------------------------------------------
+
+SDK_SECONDS = typing.get_args(VideoSeconds)
+SDK_SIZES = typing.get_args(VideoSize)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [{"duration_s": 16}, {"duration_s": 20}, {"duration_s": 10}, {"resolution": "1080p"},
+     {"resolution": "1080p", "aspect_ratio": "9:16"}],
+)
+async def test_lengths_and_sizes_outside_the_sdk_types_are_refused_before_any_call(
+    server: FakeOpenAIServer, provider: OpenAIVideosProvider, change: dict[str, Any]
+) -> None:
+    with pytest.raises(InvalidProviderRequest):
+        await provider.submit(make_spec("x", model="sora-2-pro", **change))
+    assert server.create_attempts == []
+
+
+async def _raw_create(server: FakeOpenAIServer, body: dict[str, Any]) -> httpx.Response:
+    async with httpx.AsyncClient() as client:
+        return await client.post(f"{server.base_url}/videos", json=body,
+                                 headers={"Authorization": f"Bearer {server.api_key}"})
+
+
+@pytest.mark.parametrize(
+    "change",
+    [{"seconds": "16"}, {"seconds": "20"}, {"seconds": "10"}, {"seconds": 8},
+     {"size": "1920x1080"}, {"size": "1080x1920"}, {"size": "1280x1280"}],
+)
+async def test_fake_answers_400_to_what_the_sdk_types_refuse(
+    server: FakeOpenAIServer, change: dict[str, Any]
+) -> None:
+    field, value = next(iter(change.items()))
+    assert value not in (SDK_SECONDS if field == "seconds" else SDK_SIZES)
+    answer = await _raw_create(server, {"model": "sora-2-pro", "prompt": "p", "seconds": "8",
+                                        "size": "1280x720", **change})
+    assert answer.status_code == 400, answer.text
+    assert answer.json()["error"]["code"] in ("invalid_value", "invalid_type")
+    assert server.submits == []
+
+
+async def test_fake_takes_every_value_the_sdk_types_allow(server: FakeOpenAIServer) -> None:
+    for seconds in SDK_SECONDS:
+        for size in SDK_SIZES:
+            answer = await _raw_create(server, {"model": "sora-2-pro", "prompt": "p", "seconds": seconds,
+                                                "size": size})
+            assert answer.status_code == 200, (seconds, size, answer.text)
+            Video.model_validate(answer.json())  # the SDK's own response type
+
+
+def _sdk(server: FakeOpenAIServer) -> openai.AsyncOpenAI:
+    return openai.AsyncOpenAI(base_url=server.base_url, api_key=server.api_key, max_retries=0)
+
+
+def _png(width: int, height: int) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (width, height), (30, 120, 200)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # every videos.* call: Sora shutdown notice
+async def test_openai_sdk_drives_the_fake_create_retrieve_download(server: FakeOpenAIServer) -> None:
+    async with _sdk(server) as client:
+        created = await client.videos.create(prompt="a lighthouse at dusk", model="sora-2",
+                                             seconds="8", size="1280x720")
+        assert (created.status, created.seconds, created.size) == ("queued", "8", "1280x720")
+        async with asyncio.timeout(5):
+            while (video := await client.videos.retrieve(created.id)).status != "completed":
+                assert video.status in ("queued", "in_progress")
+                await asyncio.sleep(0.02)
+        content = await client.videos.download_content(created.id)
+        raw = await client.videos.with_raw_response.retrieve(created.id)
+    assert content.content == video_bytes(created.id)
+    assert server.download_auth == [f"Bearer {server.api_key}"]
+    # the SDK builds its objects without validating: validate the fake's answer here
+    assert Video.model_validate(json.loads(raw.text)).status == "completed"
+    # the SDK sends a multipart form; the fake read the same create the adapter sends as JSON
+    assert server.submits == [{"prompt": "a lighthouse at dusk", "model": "sora-2", "seconds": "8",
+                               "size": "1280x720"}]
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+async def test_openai_sdk_image_upload_must_match_the_size(server: FakeOpenAIServer) -> None:
+    async with _sdk(server) as client:
+        await client.videos.create(prompt="animate", seconds="4", size="720x1280",
+                                   input_reference=("ref.png", _png(720, 1280), "image/png"))
+        with pytest.raises(openai.BadRequestError) as info:
+            await client.videos.create(prompt="animate", seconds="4", size="720x1280",
+                                       input_reference=("ref.png", _png(1280, 720), "image/png"))
+    assert server.submits[0]["_image_size"] == (720, 1280)
+    assert INPAINT_MISMATCH in str(info.value)
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+@pytest.mark.parametrize(("seconds", "size"), [("16", "1280x720"), ("20", "720x1280"), ("8", "1920x1080")])
+async def test_openai_sdk_gets_a_400_for_values_outside_its_types(
+    server: FakeOpenAIServer, seconds: str, size: str
+) -> None:
+    async with _sdk(server) as client:
+        with pytest.raises(openai.BadRequestError) as info:
+            await client.videos.create(prompt="p", seconds=seconds, size=size)  # type: ignore[arg-type]
+    assert info.value.status_code == 400 and server.submits == []
+
+
+def _check_against_video_create_params(body: dict[str, Any]) -> None:
+    """Each field of a JSON create body against the SDK's VideoCreateParams type, strictly."""
+    hints = typing.get_type_hints(VideoCreateParams)
+    assert "prompt" in body and set(body) <= set(hints), set(body) - set(hints)
+    for key, value in body.items():
+        # the JSON form of input_reference is the ImageInputReferenceParam branch (the others
+        # are file uploads)
+        hint = ImageInputReferenceParam if key == "input_reference" else hints[key]
+        TypeAdapter(hint).validate_python(value, strict=True)
+        if key == "input_reference":
+            assert set(value) <= set(typing.get_type_hints(ImageInputReferenceParam))
+
+
+def _with_image(spec: VideoSpec, width: int, height: int) -> VideoSpec:
+    image = ReferenceImage(data=_png(width, height), mime_type="image/png", width=width, height=height)
+    return dataclasses.replace(spec, image=image)
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        make_spec("a", duration_s=4, aspect_ratio="9:16"),
+        make_spec("b", duration_s=8),
+        make_spec("c", model="sora-2-pro", duration_s=12, resolution="1024p", aspect_ratio="9:16"),
+        make_spec("d", model="sora-2-pro", duration_s=12, resolution="1024p"),
+        _with_image(make_spec("e", duration_s=4), 1280, 720),
+    ],
+    ids=["4s-portrait", "8s", "pro-1024x1792", "pro-1792x1024", "image"],
+)
+async def test_adapter_bodies_fit_the_sdk_video_create_params(spec: VideoSpec) -> None:
+    bodies: list[dict[str, Any]] = []
+
+    def reply(request: httpx.Request) -> httpx.Response:
+        bodies.append(json.loads(request.content))
+        return httpx.Response(200, json={"id": "video_1", "object": "video", "status": "queued"})
+
+    async with httpx.AsyncClient(transport=httpx.MockTransport(reply)) as client:
+        adapter = OpenAIVideosProvider("https://api.example/v1", "k", client=client)
+        assert await adapter.submit(spec) == "video_1"
+    (body,) = bodies
+    _check_against_video_create_params(body)
+    assert body["seconds"] in SDK_SECONDS and body["size"] in SDK_SIZES
+
+
+def test_the_video_create_params_check_can_fail() -> None:
+    for bad in ({"prompt": "p", "seconds": "16"}, {"prompt": "p", "seconds": 8},
+                {"prompt": "p", "size": "1920x1080"}, {"prompt": "p", "duration": 8}):
+        with pytest.raises((ValueError, AssertionError)):
+            _check_against_video_create_params(bad)

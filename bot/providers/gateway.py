@@ -3,8 +3,17 @@
 Two request styles: the "seed" shape (`POST {base}/videos/generations` with
 `{model, prompt, duration, resolution}`) and new-api's task style (`POST
 {base}/video/generations` with `{model, prompt, duration, width, height}`); both poll
-`…/{id}`. Gateways differ in where they put ids, statuses, URLs and errors, so answers
-are read loosely whatever the style.
+`…/{id}` unless the create answer says otherwise. Gateways differ in where they put ids,
+statuses, URLs and errors, so answers are read loosely whatever the style.
+
+Where to poll follows the create answer, and the provider job id records it so a restarted
+bot polls the same place:
+- the answer names a status URL (`polling_url`, `status_url`, `poll_url`, as OpenRouter
+  does) on the gateway's own host: poll it; the id is `poll:<path>`;
+- the answer is xAI's `{request_id}` alone: poll `{base}/videos/{id}` and read `video.url`,
+  as xAI does; the id is `xai:<id>`;
+- anything else (`{data:{id}}`, `{id, task_id}`): the old `…/{id}`; the id is the bare id,
+  so jobs stored before this change poll where they always did.
 """
 
 from __future__ import annotations
@@ -73,7 +82,16 @@ URL_PATHS = (
     "data.video_url",
     "unsigned_urls[0]",
     "data.unsigned_urls[0]",
+    "video.url",  # xAI's shape, and gateways that pass it through
+    "data.video.url",
+    "data.data.video.url",
 )
+# A status URL named by the create answer (OpenRouter's `polling_url`, others' names).
+POLL_URL_PATHS = (
+    "polling_url", "status_url", "poll_url", "data.polling_url", "data.status_url", "data.poll_url",
+)
+XAI_PREFIX = "xai:"
+POLL_PREFIX = "poll:"
 PROGRESS_PATHS = ("data.progress", "progress")
 # new-api nests a failed Seedance task's error one level deeper (reference §1.2).
 ERROR_PATHS = ("data.error", "error", "data.data.error")
@@ -84,6 +102,11 @@ EXPIRES_PATHS = ("data.expires_at", "expires_at")
 def parse_job_id(body: Any) -> str | None:
     """The job id of a create answer, wherever this gateway put it."""
     return first_text(body, ID_PATHS)
+
+
+def is_xai_answer(body: Any) -> bool:
+    """xAI answers a create with `{request_id}` and nothing that names another id."""
+    return first_text(body, ID_PATHS[:-1]) is None and first_text(body, ("request_id",)) is not None
 
 
 def parse_generation(body: Any, *, base_url: str | None = None) -> ProviderStatus:
@@ -104,7 +127,13 @@ def parse_generation(body: Any, *, base_url: str | None = None) -> ProviderStatu
     expires_at = parse_timestamp(first_non_empty(body, EXPIRES_PATHS))
     error: ProviderErrorInfo | None = None
 
-    if state is ProviderState.SUCCEEDED and url is None:
+    video = body.get("video")
+    moderated = isinstance(video, dict) and video.get("respect_moderation") is False
+    if state is ProviderState.SUCCEEDED and moderated:
+        # xAI's `done` with `respect_moderation: false`: held back by its moderation
+        state = ProviderState.FAILED
+        error = ProviderErrorInfo(kind=FailureKind.BLOCKED_OUTPUT, detail="respect_moderation: false")
+    elif state is ProviderState.SUCCEEDED and url is None:
         state = ProviderState.FAILED
         error = ProviderErrorInfo(kind=FailureKind.GENERATION_FAILED, detail="no_output")
     elif state is ProviderState.FAILED:
@@ -203,8 +232,33 @@ class GatewayProvider(HttpAdapter):
         body = json_object(response, op="submit", label=LABEL)
         job_id = parse_job_id(body)
         if job_id is not None:
-            return job_id
+            return self._job_ref(body, job_id)
         raise self._refusal_without_id(body)
+
+    def _job_ref(self, body: dict[str, Any], job_id: str) -> str:
+        """The provider job id to store: it says where this job is polled (module docstring)."""
+        named = first_text(body, POLL_URL_PATHS)
+        if named is not None:
+            try:
+                url = httpx.URL(self._base + "/").join(named)
+            except httpx.InvalidURL:
+                url = None
+            same_origin = url is not None and url.netloc == httpx.URL(self._base).netloc
+            if url is not None and same_origin and url.scheme in ("http", "https"):
+                # only the path is kept: the key must never follow a stored host elsewhere
+                return f"{POLL_PREFIX}{url.raw_path.decode('ascii')}"
+            log.warning("gateway named a status URL off its host; polling the usual path for %s", job_id)
+        if is_xai_answer(body):
+            return f"{XAI_PREFIX}{job_id}"
+        return job_id
+
+    def _poll_url(self, provider_job_id: str) -> str:
+        if provider_job_id.startswith(POLL_PREFIX):
+            path = provider_job_id[len(POLL_PREFIX):].encode("ascii")
+            return str(httpx.URL(self._base).copy_with(raw_path=path))
+        if provider_job_id.startswith(XAI_PREFIX):
+            return f"{self._base}/videos/{provider_job_id[len(XAI_PREFIX):]}"
+        return f"{self._jobs_url}/{provider_job_id}"
 
     def _refusal_without_id(self, body: dict[str, Any]) -> ProviderError:
         # Some gateways answer 200 with `{code: "error", message}` instead of an HTTP error;
@@ -248,7 +302,7 @@ class GatewayProvider(HttpAdapter):
             self._client,
             self._sem,
             "GET",
-            f"{self._jobs_url}/{provider_job_id}",
+            self._poll_url(provider_job_id),
             op="poll",
             label=LABEL,
             secrets=self._secrets,
@@ -264,6 +318,8 @@ class GatewayProvider(HttpAdapter):
 
     async def cancel(self, provider_job_id: str) -> bool:
         """Best effort: not every gateway has a cancel route, and none is required to."""
+        if provider_job_id.startswith((POLL_PREFIX, XAI_PREFIX)):
+            return False  # xAI-like and status-URL APIs publish no cancel route
         try:
             await send(
                 self._client,

@@ -36,6 +36,10 @@ log = logging.getLogger(__name__)
 
 LABEL = "OpenAI"
 
+# openai 3.57's VideoSeconds Literal. OpenAI's March-2026 guide also named "16" and "20"
+# (and 1920x1080 sizes); the SDK that ships today wins, and the API answered them with a 400.
+OPENAI_SECONDS = ("4", "8", "12")
+
 # A list answer's created_at may trail our own clock a little.
 _CLOCK_SLACK_S = 5.0
 _LIST_LIMIT = 20
@@ -50,6 +54,17 @@ def openai_size(resolution: str, aspect_ratio: str) -> str:
             detail=f"no OPENAI_SIZES entry for ({resolution!r}, {aspect_ratio!r})",
         )
     return size
+
+
+def openai_seconds(duration_s: int) -> str:
+    """`seconds` as OpenAI takes it, a string; InvalidProviderRequest for other lengths."""
+    seconds = str(duration_s)
+    if seconds not in OPENAI_SECONDS:
+        raise InvalidProviderRequest(
+            f"{LABEL} makes videos of {', '.join(OPENAI_SECONDS)} seconds.",
+            detail=f"seconds {seconds!r} not in {OPENAI_SECONDS}",
+        )
+    return seconds
 
 
 def parse_video(
@@ -139,7 +154,8 @@ class OpenAIVideosProvider(HttpAdapter):
         super().__init__(client=client, max_concurrency=max_concurrency)
 
     async def submit(self, spec: VideoSpec) -> str:
-        """Create the job. `seconds` must be a string: OpenAI rejects an integer.
+        """Create the job. `seconds` must be a string: OpenAI rejects an integer. Lengths and
+        sizes outside the SDK's Literals are refused here, before anything is sent.
 
         A reference image goes as `input_reference: {image_url: <data URL>}` (the JSON form);
         it must already be exactly `size` (bot.images pads it), or OpenAI answers 400.
@@ -147,7 +163,7 @@ class OpenAIVideosProvider(HttpAdapter):
         payload: dict[str, Any] = {
             "model": spec.provider_model,
             "prompt": spec.prompt,
-            "seconds": str(spec.duration_s),
+            "seconds": openai_seconds(spec.duration_s),
             "size": openai_size(spec.resolution, spec.aspect_ratio),
         }
         if spec.image is not None:

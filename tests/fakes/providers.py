@@ -68,8 +68,11 @@ MODERATION_INPUT = (
 )
 MODERATION_OUTPUT = "Your request was blocked by our moderation system."
 RETIRED_MESSAGE = "The model 'sora-2' does not exist or you do not have access to it."
-OPENAI_SECONDS = ("4", "8", "12", "16", "20")
-OPENAI_SIZES = ("720x1280", "1280x720", "1024x1792", "1792x1024", "1920x1080", "1080x1920")
+# openai 3.57's VideoSeconds and VideoSize Literals. OpenAI's March-2026 guide also named
+# "16"/"20" and 1920x1080/1080x1920 (reference §1.1); the SDK that ships today wins, and the
+# API answered those with a 400.
+OPENAI_SECONDS = ("4", "8", "12")
+OPENAI_SIZES = ("720x1280", "1280x720", "1024x1792", "1792x1024")
 INPAINT_MISMATCH = "Inpaint image must match the requested width and height"
 MAX_IMAGE_URL_CHARS = 20 * 1024 * 1024  # "max 20 MB string" (reference §1.1)
 _IMAGE_FORMATS = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp"}
@@ -100,6 +103,26 @@ def decode_data_url_image(url: Any) -> tuple[int, int] | str:
     if _IMAGE_FORMATS[fmt] != mime:
         return f"declares {mime} but holds {_IMAGE_FORMATS[fmt]}"
     return size
+
+
+@dataclass(frozen=True)
+class Upload:
+    """A file part of a multipart create (the openai SDK uploads `input_reference` so)."""
+
+    data: bytes
+    content_type: str
+    filename: str | None
+
+
+async def _form_body(request: web.Request) -> dict[str, Any]:
+    """A multipart/form-data create as a dict: text fields as strings, files as Upload."""
+    body: dict[str, Any] = {}
+    for name, value in (await request.post()).items():
+        if isinstance(value, web.FileField):
+            body[name] = Upload(value.file.read(), value.content_type, value.filename)
+        else:
+            body[name] = str(value)
+    return body
 
 
 def video_bytes(job_id: str, size: int = 4096) -> bytes:
@@ -267,8 +290,11 @@ class _FakeServer:
     ) -> tuple[dict[str, Any], web.Response | None]:
         """Record a create attempt and apply the create-time markers; a Response means refused."""
         try:
-            body = await request.json()
-        except (json.JSONDecodeError, UnicodeDecodeError):
+            if request.content_type == "multipart/form-data":
+                body = await _form_body(request)  # how the openai SDK sends a create
+            else:
+                body = await request.json()
+        except (json.JSONDecodeError, UnicodeDecodeError, ValueError):
             self.create_attempts.append({})
             return {}, _error(400, "We could not parse the JSON body of your request.")
         if not isinstance(body, dict):
@@ -388,6 +414,12 @@ class FakeGatewayServer(_FakeServer):
     another host name than the API, to check the key is not sent there. An optional `image`
     (a URL or data URL) is accepted and kept in the submit; a data URL's decoded size is
     recorded as `submits[-1]["_image_size"]`.
+
+    `reply_style` says how a create is answered and where the job is then polled: "seed"
+    (`{code, data:{id}}`, polled at `…/generations/{id}`), "xai" (xAI's `{request_id}`,
+    polled at `/v1/videos/{id}` with `{status: pending|done|failed|expired, video:{url}}`,
+    `[expired]` ending it `expired`, and nothing at the old path), or "polling_url"
+    (`{id, status, polling_url}` naming `/v1/jobs/{id}`, the only place the job is polled).
     """
 
     _WORDS: ClassVar[dict[str, dict[str, str]]] = {
@@ -417,8 +449,10 @@ class FakeGatewayServer(_FakeServer):
         supports_cancel: bool = True,
         api_style: str = "seed",
         retired_models: frozenset[str] = frozenset(),
+        reply_style: str = "seed",
     ) -> None:
         super().__init__(run_seconds=run_seconds, slow_seconds=slow_seconds)
+        self.reply_style = reply_style
         self.retired_models = retired_models  # models this gateway stopped serving: create → 404
         self.api_style = api_style  # "seed": /videos/generations; "newapi": /video/generations
         self.status_style = status_style
@@ -429,7 +463,12 @@ class FakeGatewayServer(_FakeServer):
         app.router.add_get("/v1/models", self._models)
         jobs = "/v1/video/generations" if self.api_style == "newapi" else "/v1/videos/generations"
         app.router.add_post(jobs, self._create)
-        app.router.add_get(f"{jobs}/{{id}}", self._poll)
+        if self.reply_style == "xai":
+            app.router.add_get("/v1/videos/{id}", self._poll_xai)
+        elif self.reply_style == "polling_url":
+            app.router.add_get("/v1/jobs/{id}", self._poll)
+        else:
+            app.router.add_get(f"{jobs}/{{id}}", self._poll)
         app.router.add_post(f"{jobs}/{{id}}/cancel", self._cancel)
         app.router.add_get("/files/{name}", self._file)
 
@@ -464,6 +503,12 @@ class FakeGatewayServer(_FakeServer):
                 body = {**body, "_image_size": decoded}
         job = self._new_job("task_", body)
         await self._slow_if_asked(job)
+        if self.reply_style == "xai":
+            return web.json_response({"request_id": job.id})
+        if self.reply_style == "polling_url":
+            return web.json_response(
+                {"id": job.id, "status": "pending", "polling_url": f"{self.origin}/v1/jobs/{job.id}"}
+            )
         if self.api_style == "newapi":
             # new-api answers with an OpenAI-style object carrying both ids
             return web.json_response({"id": job.id, "task_id": job.id, "object": "video", "status": "queued"})
@@ -500,6 +545,32 @@ class FakeGatewayServer(_FakeServer):
             data["error"] = "upstream render error"
             data["fail_reason"] = "task_failed: upstream render error"
         return web.json_response({"code": "success", "message": "", "data": data})
+
+    async def _poll_xai(self, request: web.Request) -> web.Response:
+        """xAI's deferred video answer (reference 2026-12 §7)."""
+        job_id = request.match_info["id"]
+        fault = self._poll_fault(job_id)
+        if fault is not None:
+            return fault
+        job = self.jobs.get(job_id)
+        if job is None:
+            return web.json_response({"code": "Some requested entity was not found",
+                                      "error": f"Request {job_id} not found."}, status=404)
+        stage = job.stage(self.run_seconds)
+        if stage in ("queued", "in_progress", "cancelled"):
+            return web.json_response({"status": "pending"})
+        if stage == "failed" and job.has("[blocked-output]"):
+            return web.json_response({"status": "done", "model": job.model,
+                                      "video": {"duration": 0, "respect_moderation": False}})
+        if stage == "failed":
+            return web.json_response({"status": "failed", "model": "", "video": {"duration": 0},
+                                      "error": {"code": "internal_error", "message": "upstream render error"}})
+        if job.has("[expired]"):
+            return web.json_response({"status": "expired"})
+        video: dict[str, Any] = {"duration": job.body.get("duration"), "respect_moderation": True}
+        if not job.has("[no-url]"):
+            video["url"] = self.file_url(job.id)
+        return web.json_response({"status": "done", "model": job.model, "video": video})
 
     async def _cancel(self, request: web.Request) -> web.Response:
         job_id = request.match_info["id"]
@@ -643,12 +714,17 @@ class FakeOpenAIServer(_FakeServer):
             self.create_attempts[-1] = {**body, "refused": "seconds"}
             return _error(
                 400,
-                f"Invalid value: '{seconds}'. Supported values are: '4', '8', '12', '16' and '20'.",
+                f"Invalid value: '{seconds}'. Supported values are: '4', '8', and '12'.",
                 code="invalid_value",
             )
         if size not in OPENAI_SIZES:
             self.create_attempts[-1] = {**body, "refused": "size"}
-            return _error(400, f"Invalid value: '{size}' for 'size'.", code="invalid_value")
+            return _error(
+                400,
+                f"Invalid value: '{size}'. Supported values are: '720x1280', '1280x720', "
+                "'1024x1792', and '1792x1024'.",
+                code="invalid_value",
+            )
         extra: dict[str, Any] = {}
         if "input_reference" in body:
             checked = self._check_reference(body["input_reference"], size)
@@ -656,16 +732,22 @@ class FakeOpenAIServer(_FakeServer):
                 self.create_attempts[-1] = {**body, "refused": "input_reference"}
                 return checked
             extra["_image_size"] = checked
+            if isinstance(body["input_reference"], Upload):
+                extra["input_reference"] = {"upload": body["input_reference"].content_type}
         job = self._new_job("video_", {**body, "seconds": seconds, "size": size, **extra})
         await self._slow_if_asked(job)
         return web.json_response(self._video(job, "queued"))
 
     @staticmethod
     def _check_reference(ref: Any, size: str) -> tuple[int, int] | web.Response:
-        """The JSON `input_reference`: `{image_url}` as a data URL, exactly `size` (§1.1).
+        """`input_reference`: a multipart image upload, or JSON `{image_url}` as a data URL;
+        either exactly `size` (§1.1).
 
         `{file_id}` and remote URLs are refused: this fake has no Files API and fetches nothing.
         """
+        if isinstance(ref, Upload):
+            encoded = base64.b64encode(ref.data).decode("ascii")
+            ref = {"image_url": f"data:{ref.content_type};base64,{encoded}"}
         if not isinstance(ref, dict) or len([k for k in ("file_id", "image_url") if k in ref]) != 1:
             return _error(400, "input_reference must have exactly one of 'file_id' or 'image_url'.",
                           code="invalid_value")
