@@ -34,6 +34,8 @@ class Timing:
     job_timeout_s: float = 1800.0
     progress_edit_interval_s: float = 15.0
     submit_retry_window_s: float = 600.0
+    # the least wait after a rate limit that names no Retry-After (bot.flow._backoff)
+    rate_limit_floor_s: float = 1.0
     download_attempts: int = 5
     delivery_retry_max_s: float = 300.0
     approval_ttl_s: float = 24 * 3600.0  # an unanswered approval request expires after this

@@ -291,7 +291,8 @@ async def submit(deps: Deps, job: Job) -> Job:
                                   now=iso(deps.clock()), submit_started_at=None)
             if exc.retryable and exc.surely_not_created and deps.clock() < deadline:
                 attempt += 1
-                delay = _backoff(deps, attempt, exc.retry_after_s)
+                delay = _backoff(deps, attempt, exc.retry_after_s,
+                                 rate_limited=isinstance(exc, RateLimited))
                 log.info("job %s: submit %s, retrying in %.1fs", job.id, exc.kind.value, delay)
                 await asyncio.sleep(delay)
                 continue
@@ -317,9 +318,17 @@ async def _mark_submitted(deps: Deps, job: Job, provider_job_id: str) -> Job:
     return job
 
 
-def _backoff(deps: Deps, attempt: int, hint_s: float | None) -> float:
+def _backoff(deps: Deps, attempt: int, hint_s: float | None, *, rate_limited: bool = False) -> float:
+    """Seconds before retry `attempt` (1, 2, …): doubling from the poll interval, jittered.
+
+    A provider's hint wins when longer. A rate limit without one (Kling's 429 code 1302
+    carries no Retry-After) waits at least `timing.rate_limit_floor_s`, with up to 50% more
+    at random so jobs refused together don't all come back in the same instant.
+    """
     base = min(deps.timing.max_poll_interval_s * 2, deps.timing.poll_interval_s * (2 ** (attempt - 1)))
     delay = base * random.uniform(0.8, 1.2)
+    if rate_limited and hint_s is None:
+        delay = max(delay, deps.timing.rate_limit_floor_s * random.uniform(1.0, 1.5))
     return max(delay, hint_s or 0.0)
 
 
@@ -337,6 +346,7 @@ async def watch(deps: Deps, job: Job, throttle: EditThrottle, *, first_delay_s: 
     transient_errors = 0
     hard_errors = 0
     hint: float | None = None
+    rate_limited = False
     t = deps.timing
     while job.status in (JobStatus.SUBMITTED, JobStatus.RUNNING):
         now = deps.clock()
@@ -352,7 +362,7 @@ async def watch(deps: Deps, job: Job, throttle: EditThrottle, *, first_delay_s: 
         else:
             delay = next_poll_delay(t, job, now, track, min_render_s=min_render_s, calls_back=calls_back)
         if transient_errors:
-            delay = _backoff(deps, transient_errors, None)
+            delay = _backoff(deps, transient_errors, hint, rate_limited=rate_limited)
         if hint:
             delay = max(delay, hint)
         delay = min(delay, max(0.0, (give_up_at - now).total_seconds()) + 0.01)
@@ -365,6 +375,7 @@ async def watch(deps: Deps, job: Job, throttle: EditThrottle, *, first_delay_s: 
             status = await provider.poll(job.provider_job_id)
         except ProviderError as exc:
             hint = exc.retry_after_s
+            rate_limited = isinstance(exc, RateLimited)
             if exc.retryable or isinstance(exc, RateLimited):
                 transient_errors += 1
                 log.info("job %s: poll %s (%s); will retry", job.id, exc.kind.value, exc.detail)

@@ -39,6 +39,7 @@ FAST = Timing(
     job_timeout_s=30.0,
     progress_edit_interval_s=0.0,
     submit_retry_window_s=20.0,
+    rate_limit_floor_s=0.05,
     download_attempts=4,
     delivery_retry_max_s=0.5,
     lateness_floor_s=0.05,

@@ -327,6 +327,39 @@ async def test_1303_is_rate_limited_then_the_retry_works(
     assert (len(server.create_attempts), len(server.submits)) == (2, 1)
 
 
+async def test_1302_is_rate_limited_without_a_retry_after(
+    server: FakeKlingServer, provider: KlingProvider
+) -> None:
+    # bot.flow._backoff gives such a refusal its floor (tests/test_loop_runway_kling_seedance.py)
+    with pytest.raises(RateLimited) as info:
+        await provider.submit(kling_spec("[1302] rush"))
+    assert info.value.retry_after_s is None and "1302" in info.value.detail
+    assert info.value.retryable and info.value.surely_not_created
+    await provider.submit(kling_spec("[1302] rush"))
+    assert (len(server.create_attempts), len(server.submits)) == (2, 1)
+
+
+@pytest.mark.parametrize("seconds", [3, 9, 15])
+async def test_kling_v3_takes_three_to_fifteen_seconds_as_strings(
+    server: FakeKlingServer, provider: KlingProvider, seconds: int
+) -> None:
+    # kling-v3 and "3"-"15": Kling's docs and the Vercel AI SDK's Kling provider agree
+    await provider.submit(kling_spec("x", duration_s=seconds))
+    assert server.submits[0]["model_name"] == "kling-v3"
+    assert server.submits[0]["duration"] == str(seconds)
+
+
+async def test_fake_refuses_lengths_kling_v3_lacks(server: FakeKlingServer) -> None:
+    kling = KlingProvider(server.access_key, server.secret_key, base_url=server.base_url)
+    try:
+        for seconds in (2, 16):
+            with pytest.raises(InvalidProviderRequest):
+                await kling.submit(kling_spec("x", duration_s=seconds))
+    finally:
+        await kling.aclose()
+    assert server.submits == []
+
+
 async def test_1102_is_quota_exhausted(provider: KlingProvider) -> None:
     with pytest.raises(QuotaExhausted) as info:
         await provider.submit(kling_spec("[1102] x"))

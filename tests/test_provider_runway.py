@@ -4,15 +4,25 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Annotated, Any, Literal, NotRequired, Required, get_args, get_origin, get_type_hints
 
 import httpx
+import pydantic
 import pytest
+import runwayml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from pydantic import TypeAdapter
+from runwayml._utils import PropertyInfo
+from runwayml._utils import transform as sdk_transform
+from runwayml.types import image_to_video_create_params, text_to_video_create_params
+from runwayml.types.task_retrieve_response import Succeeded
 
 from bot.errors import (
+    AmbiguousSubmit,
     AuthFailed,
     InvalidProviderRequest,
     ProviderError,
@@ -24,11 +34,16 @@ from bot.models import FailureKind, ProviderState, ProviderStatus, ReferenceImag
 from bot.providers.base import VideoProvider
 from bot.providers.runway import (
     API_VERSION,
+    MICROS_PER_CREDIT,
+    RUNWAY_MODELS,
     RunwayProvider,
+    build_task_request,
     failure_kind,
     parse_task,
+    runway_error,
     runway_progress,
     runway_ratio,
+    utf16_units,
 )
 from tests.fakes.providers import poll_until_terminal, video_bytes
 from tests.fakes.runway_veo import FakeRunwayServer
@@ -428,3 +443,319 @@ def test_task_parser_never_crashes(body: object) -> None:
         assert status.video_url
     if status.state is ProviderState.FAILED:
         assert status.error is not None
+
+
+# --- issue 17: limits, cost, retries and the other makers' models ----------------------------
+
+
+def model_spec(model: str, prompt: str = "a kite over dunes", **kw: Any) -> VideoSpec:
+    kw.setdefault("duration_s", {"veo3.1": 8, "gemini_omni_flash": 6}.get(model, 5))
+    audio = kw.pop("audio", None)
+    return dataclasses.replace(
+        spec(prompt, **kw), model=f"runway/{model}", provider_model=model, audio=audio
+    )
+
+
+async def test_prompt_limit_counts_utf16_units_so_an_emoji_counts_twice(
+    server: FakeRunwayServer, provider: RunwayProvider
+) -> None:
+    assert utf16_units("x😀") == 3
+    with pytest.raises(InvalidProviderRequest) as info:
+        await provider.submit(spec("x" * 999 + "😀"))  # 1,000 characters, 1,001 units
+    assert "1000 characters" in info.value.user_message()
+    assert "emoji counts as two" in info.value.user_message()
+    assert "1001" in info.value.user_message()
+    assert server.create_attempts == []
+    await provider.submit(spec("x" * 998 + "😀"))  # exactly 1,000 units: the fake agrees
+    assert len(server.submits) == 1
+
+
+async def test_fake_counts_prompts_in_utf16_units_too(server: FakeRunwayServer) -> None:
+    body = {"model": "gen4.5", "ratio": "1280:720", "duration": 5, "promptText": "😀" * 501}
+    async with httpx.AsyncClient() as client:
+        answer = await client.post(
+            f"{server.base_url}/v1/text_to_video", json=body,
+            headers={"Authorization": f"Bearer {server.api_key}", "X-Runway-Version": API_VERSION},
+        )
+    assert answer.status_code == 400 and "1000" in answer.text
+    assert server.submits == []
+
+
+async def test_gen45_image_to_video_needs_a_prompt(
+    server: FakeRunwayServer, provider: RunwayProvider
+) -> None:
+    with pytest.raises(InvalidProviderRequest) as info:
+        await provider.submit(spec("  ", image=PNG))
+    assert "prompt" in info.value.user_message()
+    assert server.create_attempts == []
+    # veo3.1 types promptText as optional for image_to_video: an image alone is fine
+    await provider.submit(model_spec("veo3.1", "", image=PNG))
+    assert "promptText" not in server.submits[0]
+
+
+@pytest.mark.parametrize(
+    ("model", "duration", "resolution", "aspect"),
+    [("veo3.1", 5, "720p", "16:9"), ("gen4.5", 11, "720p", "16:9"),
+     ("gemini_omni_flash", 12, "720p", "9:16"), ("gemini_omni_flash", 6, "1080p", "16:9")],
+)
+async def test_what_a_model_lacks_is_refused_before_sending(
+    server: FakeRunwayServer, provider: RunwayProvider,
+    model: str, duration: int, resolution: str, aspect: str,
+) -> None:
+    with pytest.raises(InvalidProviderRequest):
+        await provider.submit(
+            model_spec(model, duration_s=duration, resolution=resolution, aspect_ratio=aspect)
+        )
+    assert server.create_attempts == []
+
+
+async def test_a_finished_task_reports_its_cost_in_micros(provider: RunwayProvider) -> None:
+    default = await provider.submit(spec("x"))  # gen4.5: 12 credits/s for 5 s at the fake
+    told = await provider.submit(spec("[credits=30] x"))
+    assert (await poll_until_terminal(provider, default))[-1].cost_micros == 60 * 10_000
+    final = (await poll_until_terminal(provider, told))[-1]
+    assert final.cost_micros == 300_000  # 30 credits at $0.01
+    assert final.cost_micros == 30 * MICROS_PER_CREDIT
+
+
+@pytest.mark.parametrize(
+    ("cost", "micros"),
+    [({"credits": 12}, 120_000), ({"credits": 0}, 0), ({"credits": 2.5}, 25_000),
+     ({"credits": True}, None), ({"credits": -3}, None), ({"credits": "12"}, None),
+     ({}, None), (None, None), ({"credits": float("inf")}, None), ({"credits": 10**30}, None)],
+)
+def test_cost_is_read_from_cost_credits_only(cost: object, micros: int | None) -> None:
+    body = {"status": "SUCCEEDED", "output": ["https://cdn.example/v.mp4"], "cost": cost}
+    assert parse_task(body).cost_micros == micros
+    # a waiting task's estimate is not a charge
+    assert parse_task({"status": "RUNNING", "estimatedCost": {"credits": 60}}).cost_micros is None
+
+
+def _answer(status: int, headers: dict[str, str] | None = None) -> httpx.Response:
+    return httpx.Response(status, json={"error": "x"}, headers=headers or {})
+
+
+@pytest.mark.parametrize(
+    ("status", "header", "op", "expected", "retryable", "not_created"),
+    [
+        # the SDK retries 409 (lock timeout): a refusal made nothing, so we retry it too
+        (409, None, "submit", ProviderUnavailable, True, True),
+        (409, None, "poll", ProviderUnavailable, True, True),
+        # a refusal the server marks retryable
+        (400, "true", "submit", ProviderUnavailable, True, True),
+        (404, "true", "poll", ProviderUnavailable, True, True),
+        # a 5xx at submit may have made the task: never resent, whatever the header says
+        (500, "true", "submit", AmbiguousSubmit, False, False),
+        (502, "true", "submit", AmbiguousSubmit, False, False),
+        (500, "true", "poll", ProviderUnavailable, True, True),
+        # `false` overrides what the status alone would do
+        (429, "false", "submit", RateLimited, False, True),
+        (503, "false", "submit", ProviderUnavailable, False, True),
+        (409, "false", "submit", InvalidProviderRequest, False, True),
+        # no header: our usual reading
+        (429, None, "submit", RateLimited, True, True),
+        (400, None, "submit", InvalidProviderRequest, False, True),
+        (500, None, "submit", AmbiguousSubmit, False, False),
+    ],
+)
+def test_runway_errors_follow_the_sdks_retry_rules(
+    status: int, header: str | None, op: str, expected: type[ProviderError],
+    retryable: bool, not_created: bool,
+) -> None:
+    headers = {"x-should-retry": header} if header else {}
+    error = runway_error(_answer(status, headers), op=op)  # type: ignore[arg-type]
+    assert type(error) is expected
+    assert (error.retryable, error.surely_not_created) == (retryable, not_created)
+
+
+async def test_409_at_submit_is_retryable_and_the_retry_makes_one_task(
+    server: FakeRunwayServer, provider: RunwayProvider
+) -> None:
+    with pytest.raises(ProviderUnavailable) as info:
+        await provider.submit(spec("[409-submit] x"))
+    assert info.value.retryable and info.value.surely_not_created
+    await provider.submit(spec("[409-submit] x"))
+    assert (len(server.create_attempts), len(server.submits)) == (2, 1)
+
+
+async def test_500_with_should_retry_at_submit_is_ambiguous_not_retried(
+    server: FakeRunwayServer, provider: RunwayProvider
+) -> None:
+    with pytest.raises(AmbiguousSubmit) as info:
+        await provider.submit(spec("[500-after-create] x"))
+    assert not info.value.retryable and not info.value.surely_not_created
+    assert len(server.submits) == 1  # the task exists: resending would make a second
+
+
+# --- the bodies, checked against runwayml 5.24's own param types -----------------------------
+
+T2V = text_to_video_create_params.TextToVideoCreateParams
+I2V = image_to_video_create_params.ImageToVideoCreateParams
+
+
+def _unwrap(hint: Any) -> tuple[Any, str | None]:
+    """(the bare type, its JSON alias) of a TypedDict field's annotation."""
+    alias = None
+    while True:
+        origin = get_origin(hint)
+        if origin in (Required, NotRequired):
+            hint = get_args(hint)[0]
+        elif origin is Annotated:
+            alias = next(
+                (m.alias for m in hint.__metadata__ if isinstance(m, PropertyInfo) and m.alias),
+                alias,
+            )
+            hint = get_args(hint)[0]
+        else:
+            return hint, alias
+
+
+def sdk_params_type(union: Any, model: str) -> type:
+    """The member of runwayml's params union whose `model` Literal is `model`."""
+    for typed_dict in get_args(union):
+        bare, _ = _unwrap(get_type_hints(typed_dict, include_extras=True)["model"])
+        if model in get_args(bare):
+            return typed_dict
+    raise AssertionError(f"runwayml has no params type for {model}")
+
+
+def sdk_kwargs(union: Any, body: dict[str, Any]) -> tuple[type, dict[str, Any]]:
+    """(params type, snake_case kwargs) for a JSON body; fails on a key the type lacks."""
+    typed_dict = sdk_params_type(union, body["model"])
+    names = {}
+    for name, hint in get_type_hints(typed_dict, include_extras=True).items():
+        names[_unwrap(hint)[1] or name] = name
+    unknown = set(body) - set(names)
+    assert not unknown, f"{typed_dict.__name__} has no {unknown}"
+    return typed_dict, {names[key]: value for key, value in body.items()}
+
+
+def assert_sdk_accepts(union: Any, body: dict[str, Any]) -> None:
+    """The SDK's TypedDict accepts `body` (strictly), and the SDK would send exactly it."""
+    typed_dict, kwargs = sdk_kwargs(union, body)
+    TypeAdapter(typed_dict).validate_python(kwargs, strict=True)
+    assert sdk_transform(kwargs, typed_dict) == body
+
+
+MODEL_CASES = [
+    ("gen4.5", {}),
+    ("veo3.1", {"resolution": "1080p", "aspect_ratio": "9:16"}),
+    ("veo3.1", {"duration_s": 4, "audio": False}),
+    ("seedance2", {"aspect_ratio": "1:1", "duration_s": 12, "audio": True}),
+    ("seedance2", {"resolution": "480p"}),
+    ("seedance2", {"resolution": "1080p", "aspect_ratio": "9:16"}),
+    ("gemini_omni_flash", {"aspect_ratio": "9:16", "duration_s": 3}),
+    ("gemini_omni_flash", {"audio": True}),  # it has no audio flag: none is sent
+]
+
+
+@pytest.mark.parametrize("image", [None, PNG], ids=["text", "image"])
+@pytest.mark.parametrize(("model", "options"), MODEL_CASES)
+async def test_each_models_body_is_what_its_sdk_type_allows(
+    server: FakeRunwayServer, provider: RunwayProvider,
+    model: str, options: dict[str, Any], image: ReferenceImage | None,
+) -> None:
+    path, body = build_task_request(model_spec(model, image=image, **options))
+    assert path == ("/v1/image_to_video" if image else "/v1/text_to_video")
+    assert_sdk_accepts(I2V if image else T2V, body)
+    assert ("audio" in body) == (model in ("veo3.1", "seedance2") and "audio" in options)
+    # and the fake, written from the same types, takes it
+    await provider.submit(model_spec(model, image=image, **options))
+    assert server.submits == [body]
+
+
+def test_the_sdk_types_tell_the_ratios_the_adapter_uses() -> None:
+    for model, rules in RUNWAY_MODELS.items():
+        for union in (T2V, I2V):
+            hints = get_type_hints(sdk_params_type(union, model), include_extras=True)
+            allowed = get_args(_unwrap(hints["ratio"])[0])
+            assert set(rules.ratios.values()) <= set(allowed), (model, union)
+            duration = _unwrap(hints["duration"])[0]
+            if get_origin(duration) is Literal:
+                assert set(rules.durations) == set(get_args(duration)), model
+
+
+# --- the fake, checked by runwayml's own client ----------------------------------------------
+
+
+@pytest.fixture
+async def sdk(server: FakeRunwayServer) -> AsyncIterator[runwayml.AsyncRunwayML]:
+    client = runwayml.AsyncRunwayML(api_key=server.api_key, base_url=server.base_url, max_retries=1)
+    yield client
+    await client.close()
+
+
+async def _sdk_until_done(sdk: runwayml.AsyncRunwayML, task_id: str) -> Any:
+    for _ in range(200):
+        task = await sdk.tasks.retrieve(task_id)
+        if task.status in ("SUCCEEDED", "FAILED", "CANCELLED"):
+            return task
+        await asyncio.sleep(0.01)
+    raise AssertionError("the task never finished")
+
+
+async def test_runways_sdk_creates_retrieves_and_downloads_from_the_fake(
+    server: FakeRunwayServer, sdk: runwayml.AsyncRunwayML
+) -> None:
+    created = await sdk.text_to_video.create(
+        model="gen4.5", prompt_text="a paper boat in the rain", ratio="1280:720", duration=5
+    )
+    first = await sdk.tasks.retrieve(created.id)
+    assert first.status == "PENDING" and first.estimated_cost.credits == 60
+    task = await _sdk_until_done(sdk, created.id)
+    assert isinstance(task, Succeeded) and task.cost.credits == 60
+    async with httpx.AsyncClient() as client:
+        video = await client.get(task.output[0])
+    assert video.content == video_bytes(created.id)
+
+    image = await sdk.image_to_video.create(
+        model="veo3.1", prompt_image="data:image/png;base64," + base64.b64encode(PNG.data).decode(),
+        ratio="1920:1080", duration=8, audio=False,
+    )
+    assert (await _sdk_until_done(sdk, image.id)).status == "SUCCEEDED"
+    assert server.jobs[image.id].extra["path"] == "/v1/image_to_video"
+
+
+BAD_BODIES = [
+    {"model": "gen4.5", "promptText": "x", "ratio": "1920:1080", "duration": 5},  # ratio Literal
+    {"model": "gen4.5", "promptText": "x", "ratio": "1280:720", "duration": "5"},  # int
+    {"model": "gen4.5", "promptText": "x", "ratio": "1280:720", "duration": 5, "audio": True},
+    {"model": "gen4.5", "ratio": "1280:720", "duration": 5},  # promptText Required
+    {"model": "veo3.1", "promptText": "x", "ratio": "1280:720", "duration": 5},  # Literal[4, 6, 8]
+    {"model": "veo3.1", "promptText": "x", "ratio": "1280:720", "audio": "yes"},  # bool
+    {"model": "seedance2", "promptText": "x", "ratio": "16:9"},  # ratios are pixel pairs
+    {"model": "gemini_omni_flash", "promptText": "x", "ratio": "1920:1080"},
+]
+
+
+@pytest.mark.parametrize("body", BAD_BODIES)
+async def test_the_fake_refuses_what_the_sdk_types_refuse(
+    server: FakeRunwayServer, sdk: runwayml.AsyncRunwayML, body: dict[str, Any]
+) -> None:
+    with pytest.raises((pydantic.ValidationError, AssertionError)):
+        assert_sdk_accepts(T2V, body)
+    with pytest.raises(runwayml.BadRequestError):
+        # the SDK does not check types at run time; sent as it would send them
+        await sdk.post("/v1/text_to_video", body=body, cast_to=object)
+    assert server.submits == []
+
+
+async def test_the_sdk_retries_a_409_and_the_fake_makes_one_task(
+    server: FakeRunwayServer, sdk: runwayml.AsyncRunwayML
+) -> None:
+    await sdk.text_to_video.create(
+        model="gen4.5", prompt_text="[409-submit] x", ratio="1280:720", duration=5
+    )
+    assert (len(server.create_attempts), len(server.submits)) == (2, 1)
+
+
+async def test_why_we_do_not_resend_a_5xx_create_the_sdk_does_and_pays_twice(
+    server: FakeRunwayServer, sdk: runwayml.AsyncRunwayML, provider: RunwayProvider
+) -> None:
+    await sdk.text_to_video.create(
+        model="gen4.5", prompt_text="[500-after-create] x", ratio="1280:720", duration=5
+    )
+    assert len(server.submits) == 2  # two paid tasks from one call
+    with pytest.raises(AmbiguousSubmit):
+        await provider.submit(spec("[500-after-create] y"))
+    assert len(server.submits) == 3  # ours made exactly one

@@ -4,16 +4,29 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import dataclasses
+import inspect
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, get_type_hints
 
 import httpx
+import pydantic
 import pytest
+from byteplussdkarkruntime import AsyncArk
+from byteplussdkarkruntime._exceptions import ArkBadRequestError, ArkNotFoundError
+from byteplussdkarkruntime.resources.content_generation.tasks import AsyncTasks
+from byteplussdkarkruntime.types.content_generation.content_generation_task import (
+    ContentGenerationTask,
+)
+from byteplussdkarkruntime.types.content_generation.create_task_content_param import (
+    CreateTaskContentParam,
+)
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from pydantic import TypeAdapter
 
 from bot.errors import (
     AuthFailed,
@@ -310,3 +323,156 @@ def test_task_parser_never_crashes(body: object) -> None:
         assert status.video_url
     if status.state is ProviderState.FAILED:
         assert status.error is not None
+
+
+# --- issue 17: current ids, roles, and the Ark SDK's own types and client --------------------
+
+MODELS = {
+    "dreamina-seedance-2-0-260128": (4, 15),
+    "dreamina-seedance-2-0-fast-260128": (4, 15),
+    "dreamina-seedance-2-5-260628": (4, 30),
+}
+_NOT_BODY = {"self", "extra_headers", "extra_query", "extra_body", "timeout"}
+# `tasks.create` is wrapped by `async_apikey_required` without functools.wraps: the typed
+# function is the wrapper's one closure cell
+_CREATE = next(
+    cell.cell_contents for cell in AsyncTasks.create.__closure__ or ()
+    if inspect.isfunction(cell.cell_contents) and cell.cell_contents.__name__ == "create"
+)
+CREATE_FIELDS = set(inspect.signature(_CREATE).parameters) - _NOT_BODY
+
+
+def assert_sdk_accepts(body: dict[str, Any]) -> None:
+    """Each field is a keyword of the SDK's `tasks.create()` and has the type it declares."""
+    unknown = set(body) - CREATE_FIELDS
+    assert not unknown, f"tasks.create() takes no {unknown}"
+    hints = get_type_hints(_CREATE)
+    for key, value in body.items():
+        # `Iterable[...]` validates lazily in pydantic: a list makes it check every item
+        hint = list[CreateTaskContentParam] if key == "content" else hints[key]
+        TypeAdapter(hint).validate_python(value, strict=True)
+
+
+def model_spec(model: str, prompt: str = "a lantern festival", **kw: Any) -> VideoSpec:
+    audio = kw.pop("audio", None)
+    image = kw.pop("image", None)
+    kw.setdefault("duration_s", 5)
+    return dataclasses.replace(make_spec(prompt, model=model, **kw), audio=audio, image=image)
+
+
+async def test_the_image_is_the_first_frame_and_says_so(
+    server: FakeSeedanceServer, provider: SeedanceProvider
+) -> None:
+    await provider.submit(model_spec(MODEL, image=IMAGE))
+    image = server.submits[0]["content"][1]
+    assert (image["type"], image["role"]) == ("image_url", "first_frame")
+
+
+@pytest.mark.parametrize("image", [None, IMAGE], ids=["text", "image"])
+@pytest.mark.parametrize(
+    ("model", "options"),
+    [
+        ("dreamina-seedance-2-0-260128", {"resolution": "1080p", "duration_s": 15}),
+        ("dreamina-seedance-2-0-fast-260128", {"resolution": "480p", "audio": False}),
+        ("dreamina-seedance-2-5-260628", {"duration_s": 30, "aspect_ratio": "9:16", "audio": True}),
+        ("dreamina-seedance-2-5-260628", {"duration_s": 4, "aspect_ratio": "1:1"}),
+    ],
+)
+async def test_each_body_is_what_the_ark_sdk_types_allow(
+    server: FakeSeedanceServer, provider: SeedanceProvider,
+    model: str, options: dict[str, Any], image: ReferenceImage | None,
+) -> None:
+    await provider.submit(model_spec(model, image=image, **options))
+    body = server.submits[0]
+    assert_sdk_accepts(body)
+    assert body["model"] == model and isinstance(body["duration"], int)
+    # the SDK, handed the same fields, sends the same body (its nulls mean "not set")
+    async with ark(server) as client:
+        await client.content_generation.tasks.create(**body)
+    assert server.submits[1] == body
+
+
+def test_an_image_without_its_role_is_what_the_sdk_types_refuse() -> None:
+    no_role = {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}
+    with pytest.raises(pydantic.ValidationError):
+        assert_sdk_accepts({"model": MODEL, "content": [{"type": "text", "text": "x"}, no_role]})
+
+
+@pytest.mark.parametrize(
+    ("model", "seconds", "resolution"),
+    [("dreamina-seedance-2-0-260128", 16, "720p"), ("dreamina-seedance-2-0-260128", 3, "720p"),
+     ("dreamina-seedance-2-5-260628", 31, "720p"), ("dreamina-seedance-2-0-fast-260128", 5, "1080p")],
+)
+async def test_lengths_and_resolutions_a_model_lacks_are_refused_before_sending(
+    server: FakeSeedanceServer, provider: SeedanceProvider,
+    model: str, seconds: int, resolution: str,
+) -> None:
+    with pytest.raises(InvalidProviderRequest):
+        await provider.submit(model_spec(model, duration_s=seconds, resolution=resolution))
+    assert server.create_attempts == []
+
+
+@contextlib.asynccontextmanager
+async def ark(server: FakeSeedanceServer) -> AsyncIterator[AsyncArk]:
+    client = AsyncArk(api_key=server.api_key, base_url=f"{server.base_url}/api/v3", max_retries=0)
+    try:
+        yield client
+    finally:
+        await client.close()
+
+
+async def test_the_ark_sdk_creates_gets_and_downloads_from_the_fake(
+    server: FakeSeedanceServer,
+) -> None:
+    url = "data:image/png;base64," + base64.b64encode(IMAGE.data).decode()
+    async with ark(server) as client:
+        created = await client.content_generation.tasks.create(
+            model="dreamina-seedance-2-5-260628",
+            content=[
+                {"type": "text", "text": "a lantern festival"},
+                {"type": "image_url", "image_url": {"url": url}, "role": "first_frame"},
+            ],
+            ratio="16:9", resolution="720p", duration=20, generate_audio=True,
+        )
+        for _ in range(200):
+            task = await client.content_generation.tasks.get(task_id=created.id)
+            if task.status not in ("queued", "running"):
+                break
+            await asyncio.sleep(0.01)
+    assert isinstance(task, ContentGenerationTask)
+    assert (task.status, task.model, task.duration) == ("succeeded", "dreamina-seedance-2-5-260628", 20)
+    async with httpx.AsyncClient() as http:
+        video = await http.get(task.content.video_url)
+    assert video.content == video_bytes(created.id)
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"duration": "5"},  # create() types duration as an int
+        {"generate_audio": "yes"},  # and generate_audio as a bool
+        {"content": [{"type": "text", "text": "x"},
+                     {"type": "image_url", "image_url": {"url": "https://x/a.png"}}]},  # no role
+        {"content": [{"type": "text", "text": "x"},
+                     {"type": "image_url", "image_url": {"url": "https://x/a.png"}, "role": 1}]},
+    ],
+)
+async def test_the_fake_refuses_what_the_sdk_types_refuse(
+    server: FakeSeedanceServer, fields: dict[str, Any]
+) -> None:
+    body = {"model": MODEL, "content": [{"type": "text", "text": "x"}], "duration": 5, **fields}
+    with pytest.raises(pydantic.ValidationError):
+        assert_sdk_accepts(body)
+    async with ark(server) as client:
+        with pytest.raises(ArkBadRequestError):
+            # the SDK does not check types at run time: it sends what it is given
+            await client.content_generation.tasks.create(**body)
+    assert server.submits == []
+
+
+async def test_the_fake_answers_an_unknown_model_404(server: FakeSeedanceServer) -> None:
+    async with ark(server) as client:
+        with pytest.raises(ArkNotFoundError):
+            await client.content_generation.tasks.create(
+                model="seedance-1-0-pro-250528", content=[{"type": "text", "text": "x"}]
+            )

@@ -1,4 +1,10 @@
-"""The adapter for Kling's official API (reference §1.4): per-request JWTs and business codes."""
+"""The adapter for Kling's official API (reference §1.4): per-request JWTs and business codes.
+
+Kling publishes no official Python SDK, so there is none to check this against. Its docs
+and the Vercel AI SDK's Kling provider (`packages/klingai`, TypeScript) are the sources:
+both send `model_name` "kling-v3" with `duration` a string "3"-"15" (older models "5" or
+"10"), and both sign the HS256 token below.
+"""
 
 from __future__ import annotations
 
@@ -135,6 +141,8 @@ def error_for_code(
             "The safety filter rejected the prompt.", stage="input", detail=detail
         )
     if code in (1302, 1303):
+        # 1302 (rate) comes without Retry-After; bot.flow._backoff then waits at least the
+        # rate-limit floor rather than the poll interval.
         return RateLimited(
             f"{LABEL} is busy or at its limit.", detail=detail, retry_after_s=retry_after_s
         )

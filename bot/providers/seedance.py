@@ -1,4 +1,9 @@
-"""The adapter for ByteDance Seedance on BytePlus ModelArk (reference §1.7)."""
+"""The adapter for ByteDance Seedance on BytePlus ModelArk (reference §1.7, 2026-12 §5).
+
+Checked against the Ark SDK (byteplussdkarkruntime 3.0.63): the body has the fields and
+types of `content_generation.tasks.create()`, and each content item is a
+`CreateTaskContentParam` (an image item must carry its `role`).
+"""
 
 from __future__ import annotations
 
@@ -40,6 +45,13 @@ LABEL = "Seedance"
 
 RATIOS = ("16:9", "9:16", "1:1")
 RESOLUTIONS = ("480p", "720p", "1080p")
+# What the current ids allow (reference 2026-12 §5): (shortest s, longest s, resolutions).
+# An id not listed here (an admin's catalog entry) is left to ModelArk to judge.
+MODEL_LIMITS: dict[str, tuple[int, int, tuple[str, ...]]] = {
+    "dreamina-seedance-2-0-260128": (4, 15, RESOLUTIONS),
+    "dreamina-seedance-2-0-fast-260128": (4, 15, ("480p", "720p")),
+    "dreamina-seedance-2-5-260628": (4, 30, RESOLUTIONS),
+}
 # `video_url` works for about 24 hours (reference §1.7).
 URL_LIFETIME = timedelta(hours=24)
 _DETAIL_LIMIT = 500
@@ -67,7 +79,11 @@ def failure_for_code(code: str | None) -> tuple[FailureKind, str | None]:
 
 
 def build_content(spec: VideoSpec) -> list[dict[str, Any]]:
-    """The `content` list: the prompt, then the reference image as a data URI when set."""
+    """The `content` list: the prompt, then the reference image as the first frame.
+
+    The SDK's `CreateTaskContentImageParam` requires `role`; ModelArk's roles are
+    first_frame, last_frame and reference_image, and a request's image is its first frame.
+    """
     content: list[dict[str, Any]] = [{"type": "text", "text": spec.prompt}]
     if spec.image is not None:
         encoded = base64.b64encode(spec.image.data).decode("ascii")
@@ -75,9 +91,30 @@ def build_content(spec: VideoSpec) -> list[dict[str, Any]]:
             {
                 "type": "image_url",
                 "image_url": {"url": f"data:{spec.image.mime_type};base64,{encoded}"},
+                "role": "first_frame",
             }
         )
     return content
+
+
+def check_limits(spec: VideoSpec) -> None:
+    """InvalidProviderRequest, before sending, for a length or resolution the model lacks."""
+    if spec.aspect_ratio not in RATIOS:
+        raise InvalidProviderRequest(
+            f"{LABEL} has no {spec.aspect_ratio} aspect ratio.",
+            detail=f"ratio {spec.aspect_ratio!r} not in {RATIOS}",
+        )
+    shortest, longest, resolutions = MODEL_LIMITS.get(spec.provider_model, (0, 0, RESOLUTIONS))
+    if spec.resolution not in resolutions:
+        raise InvalidProviderRequest(
+            f"{LABEL} has no {spec.resolution} resolution for this model.",
+            detail=f"resolution {spec.resolution!r} not in {resolutions}",
+        )
+    if longest and not shortest <= spec.duration_s <= longest:
+        raise InvalidProviderRequest(
+            f"{LABEL} makes videos of {shortest} to {longest} seconds with this model.",
+            detail=f"duration {spec.duration_s} outside {shortest}-{longest}",
+        )
 
 
 def parse_task(body: Any) -> ProviderStatus:
@@ -178,17 +215,12 @@ class SeedanceProvider(HttpAdapter):
         return error_for_response(response, op=op, label=LABEL, secrets=self._secrets)
 
     async def submit(self, spec: VideoSpec) -> str:
-        """Create the task. ModelArk has no idempotency key, so this is never retried here."""
-        if spec.aspect_ratio not in RATIOS:
-            raise InvalidProviderRequest(
-                f"{LABEL} has no {spec.aspect_ratio} aspect ratio.",
-                detail=f"ratio {spec.aspect_ratio!r} not in {RATIOS}",
-            )
-        if spec.resolution not in RESOLUTIONS:
-            raise InvalidProviderRequest(
-                f"{LABEL} has no {spec.resolution} resolution.",
-                detail=f"resolution {spec.resolution!r} not in {RESOLUTIONS}",
-            )
+        """Create the task. ModelArk has no idempotency key, so this is never retried here.
+
+        Field types follow the SDK's `create()`: ratio and resolution strings, duration an
+        int, generate_audio a bool (sent only when the request chose).
+        """
+        check_limits(spec)
         payload: dict[str, Any] = {
             "model": spec.provider_model,
             "content": build_content(spec),

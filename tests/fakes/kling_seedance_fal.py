@@ -10,18 +10,25 @@ bad signature or issuer → 401 code 1002, not yet valid → 1003, expired → 1
 `expire_tokens_now(n)` makes the next n requests fail with 1004 whatever the token.
     [1301]        create → 400 code 1301 (content security policy)
     [1303]        the first create for this prompt → 429 code 1303 (concurrency limit)
+    [1302]        the first create for this prompt → 429 code 1302 (rate limit), no Retry-After
     [1102]        every create → 429 code 1102 (resource pack depleted)
     [failed-risk] the task ends `failed`, task_status_msg about risk control
     [stuck]       `processing` forever
   `duration` must be a string ("5", "10"; "3"-"15" for kling-v3), `external_task_id` unique;
   `GET /v1/videos/{kind}` lists tasks newest first (`external_task_id=` filters).
+  `.create_times` holds the arrival time of each create, for tests of the retry spacing.
 
 Seedance (`FakeSeedanceServer`, Bearer key on `/api/v3/`):
     [input-sensitive]  create → 400 InputTextSensitiveContentDetected
     [output-sensitive] the task ends failed with OutputVideoSensitiveContentDetected
     [expired]          the task ends `expired` (and its video URL is gone)
     [stuck]            `running` forever
-  `duration` must be an int, `ratio`/`resolution` from the documented sets; DELETE cancels a
+  The create body is checked as the Ark SDK (byteplussdkarkruntime 3.0.63,
+  `resources/content_generation/tasks.py`) types it: only the fields `create()` takes, a null
+  meaning "not set" (the SDK sends every unset field as null), `duration` an int within the
+  model's range (`ARK_MODELS`; -1 lets the model choose), `ratio`/`resolution` from the
+  documented sets, and every image/video/audio content item carrying its `role`
+  (`CreateTaskContentImageParam` requires it). An unknown model → 404. DELETE cancels a
   queued task, deletes a finished one and refuses a running one.
 
 fal (`FakeFalServer`, `Authorization: Key <key>`): POST `/{model path}` queues; status, result
@@ -68,6 +75,25 @@ KLING_V3_DURATIONS = tuple(str(n) for n in range(3, 16))
 
 ARK_RATIOS = ("16:9", "9:16", "1:1", "4:3", "3:4", "21:9", "adaptive")
 ARK_RESOLUTIONS = ("480p", "720p", "1080p")
+# model → (shortest, longest seconds, resolutions): reference 2026-12 §5
+ARK_MODELS: dict[str, tuple[int, int, tuple[str, ...]]] = {
+    "dreamina-seedance-2-0-260128": (4, 15, ARK_RESOLUTIONS),
+    "dreamina-seedance-2-0-fast-260128": (4, 15, ("480p", "720p")),
+    "dreamina-seedance-2-5-260628": (4, 30, ARK_RESOLUTIONS),
+}
+# the keyword arguments of the SDK's `content_generation.tasks.create()`
+ARK_CREATE_FIELDS = frozenset({
+    "model", "content", "safety_identifier", "callback_url", "return_last_frame", "service_tier",
+    "execution_expires_after", "priority", "generate_audio", "draft", "camera_fixed",
+    "watermark", "seed", "resolution", "ratio", "duration", "frames", "output_format",
+    "omni_reference_task_type",
+})
+# content item type → the roles ModelArk's docs list for it
+ARK_ROLES = {
+    "image_url": ("first_frame", "last_frame", "reference_image"),
+    "video_url": ("reference_video",),
+    "audio_url": ("reference_audio",),
+}
 ARK_INPUT_SENSITIVE = (
     "The request failed because the input text may contain sensitive information."
 )
@@ -144,6 +170,7 @@ class FakeKlingServer(_FakeServer):
         self.tokens: list[str] = []  # every token that passed the check, in order
         self.auth_failures: list[int] = []  # business codes of refused tokens
         self.lists: list[dict[str, str]] = []  # query strings of list requests
+        self.create_times: list[float] = []  # time.monotonic() of each create that got past auth
         self._force_expired = 0
         self._external_ids: dict[str, str] = {}
 
@@ -277,11 +304,14 @@ class FakeKlingServer(_FakeServer):
             self.create_attempts.append({"kind": kind})
             return _kling_error(400, 1200, "Invalid request parameters")
         self.create_attempts.append({**body, "kind": kind})
+        self.create_times.append(time.monotonic())
         prompt = body.get("prompt") if isinstance(body.get("prompt"), str) else ""
         self._creates_per_prompt[prompt] += 1
         first = self._creates_per_prompt[prompt] == 1
         if "[1303]" in prompt and first:
             return _kling_error(429, 1303, "parallel task over resource pack limit")
+        if "[1302]" in prompt and first:
+            return _kling_error(429, 1302, "API request rate too high, please reduce your rate")
         if "[1102]" in prompt:
             return _kling_error(429, 1102, "Account resource pack has been depleted")
         if "[1301]" in prompt:
@@ -438,7 +468,10 @@ class FakeSeedanceServer(_FakeServer):
 
     @staticmethod
     def _invalid(body: dict[str, Any]) -> tuple[str, str] | None:
-        """(param, message) of the first invalid field."""
+        """(param, message) of the first invalid field; null fields count as not sent."""
+        unknown = sorted(set(body) - ARK_CREATE_FIELDS)
+        if unknown:
+            return unknown[0], f"unknown parameter {unknown[0]}"
         if not isinstance(body.get("model"), str) or not body["model"]:
             return "model", "model is required"
         content = body.get("content")
@@ -448,22 +481,30 @@ class FakeSeedanceServer(_FakeServer):
         if not texts or not isinstance(texts[0].get("text"), str):
             return "content", "content needs a text item"
         for item in content:
-            if not isinstance(item, dict) or item.get("type") not in ("text", "image_url"):
-                return "content", "content items are text or image_url"
-            if item["type"] == "image_url":
-                holder = item.get("image_url")
-                url = holder.get("url") if isinstance(holder, dict) else None
-                if not _image_data_uri(url):
-                    return "content.image_url", "image_url.url must be a URL or a base64 data URI"
+            if not isinstance(item, dict) or item.get("type") not in ("text", *ARK_ROLES):
+                return "content", "content items are text, image_url, video_url or audio_url"
+            kind = item["type"]
+            if kind == "text":
+                continue
+            if item.get("role") not in ARK_ROLES[kind]:
+                return "content.role", f"{kind} needs a role: {', '.join(ARK_ROLES[kind])}"
+            holder = item.get(kind)
+            url = holder.get("url") if isinstance(holder, dict) else None
+            if kind == "image_url" and not _image_data_uri(url):
+                return "content.image_url", "image_url.url must be a URL or a base64 data URI"
+        shortest, longest, resolutions = ARK_MODELS[body["model"]]
         if body.get("ratio", "16:9") not in ARK_RATIOS:
             return "ratio", "ratio is not supported"
-        if body.get("resolution", "720p") not in ARK_RESOLUTIONS:
-            return "resolution", "resolution is not supported"
+        if body.get("resolution", "720p") not in resolutions:
+            return "resolution", f"resolution must be one of {', '.join(resolutions)}"
         duration = body.get("duration", 5)
-        if isinstance(duration, bool) or not isinstance(duration, int) or not 2 <= duration <= 15:
-            return "duration", "duration must be an integer from 2 to 15"
-        if "generate_audio" in body and not isinstance(body["generate_audio"], bool):
-            return "generate_audio", "generate_audio must be a boolean"
+        if isinstance(duration, bool) or not isinstance(duration, int) or not (
+            duration == -1 or shortest <= duration <= longest
+        ):
+            return "duration", f"duration must be an integer from {shortest} to {longest}, or -1"
+        for flag in ("generate_audio", "watermark", "return_last_frame", "camera_fixed", "draft"):
+            if flag in body and not isinstance(body[flag], bool):
+                return flag, f"{flag} must be a boolean"
         return None
 
     async def _create(self, request: web.Request) -> web.Response:
@@ -471,6 +512,9 @@ class FakeSeedanceServer(_FakeServer):
         if body is None:
             self.create_attempts.append({})
             return _ark_error(400, "InvalidParameter", "The request body must be a JSON object.")
+        # The Ark SDK sends every field create() was not given as null: ModelArk takes a null
+        # as "not set" (the shipping SDK wins over docs that never show a null).
+        body = {key: value for key, value in body.items() if value is not None}
         self.create_attempts.append(body)
         content = body.get("content") if isinstance(body.get("content"), list) else []
         prompt = next(
@@ -489,6 +533,13 @@ class FakeSeedanceServer(_FakeServer):
                               headers={"Retry-After": "1"})
         if "[input-sensitive]" in prompt:
             return _ark_error(400, "InputTextSensitiveContentDetected", ARK_INPUT_SENSITIVE)
+        if isinstance(body.get("model"), str) and body["model"] not in ARK_MODELS:
+            self.create_attempts[-1] = {**body, "refused": "model"}
+            return _ark_error(
+                404, "InvalidEndpointOrModel.NotFound",
+                f"The model or endpoint {body['model']} does not exist or you do not have "
+                "access to it.", param="model",
+            )
         problem = self._invalid(body)
         if problem is not None:
             param, message = problem

@@ -13,7 +13,15 @@ Runway (`FakeRunwayServer`, base URL = origin; the adapter adds `/v1/...`):
                      fresh URL that works (older URLs stay dead)
     [expired]        every download → 403
     [stuck]          RUNNING forever, progress creeping to 0.99
-  Requests without `X-Runway-Version: 2024-11-06` → 400; promptText over 1000 chars → 400.
+    [409-submit]     the first create for this prompt → 409 (a lock timeout; nothing made)
+    [500-after-create] the first create for this prompt makes the task, then answers 500
+                     with `x-should-retry: true` (what a proxy failing late looks like)
+    [credits=N]      the finished task reports `cost.credits` N instead of the model's rate
+  Requests without `X-Runway-Version: 2024-11-06` → 400. Each create body is checked
+  against `RUNWAY_BODIES`, written from runwayml 5.24's param TypedDicts: unknown fields,
+  a missing required field, a ratio or duration the model's type does not list, a
+  promptText over its limit in UTF-16 code units (an emoji counts two) → 400. Tasks carry
+  `estimatedCost` while waiting and `cost` when finished, as `TaskRetrieveResponse` has.
 
 Veo (`FakeVeoServer`, base URL = origin + `/v1beta`):
     [rai]            done, no samples, raiMediaFilteredReasons about a celebrity likeness
@@ -31,8 +39,10 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 import time
 import uuid
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -43,6 +53,65 @@ from tests.fakes.providers import FakeJob, _FakeServer, video_bytes
 
 RUNWAY_VERSION = "2024-11-06"
 RUNWAY_RATIOS = ("1280:720", "720:1280")
+_SEEDANCE2_RATIOS = (
+    "992:432", "864:496", "752:560", "640:640", "560:752", "496:864", "1470:630", "1280:720",
+    "1112:834", "960:960", "834:1112", "720:1280", "2206:946", "1920:1080", "1664:1248",
+    "1440:1440", "1248:1664", "1080:1920", "3840:1646", "3840:2160", "3840:2880", "3840:3840",
+    "2880:3840", "2160:3840",
+)
+_VEO_RATIOS = ("1280:720", "720:1280", "1080:1920", "1920:1080")
+_GEN45_OPTIONAL = ("contentModeration", "outputFormat", "proresProfile", "seed")
+
+
+@dataclass(frozen=True)
+class RunwayBody:
+    """One runwayml params TypedDict, as the fake enforces it (camelCase keys)."""
+
+    required: tuple[str, ...]
+    optional: tuple[str, ...]
+    ratios: tuple[str, ...]
+    durations: tuple[int, ...] | None  # None: any int (and "auto" where `auto` is True)
+    prompt_limit: int | None  # UTF-16 code units; None = not stated by the SDK
+    auto: bool = False
+    credits_per_s: int = 12  # what the finished task reports as `cost.credits` per second
+
+
+# (endpoint, model) → its body, from runwayml 5.24 `types/{text,image}_to_video_create_params.py`.
+RUNWAY_BODIES: dict[tuple[str, str], RunwayBody] = {
+    ("text", "gen4.5"): RunwayBody(
+        ("duration", "promptText", "ratio"), _GEN45_OPTIONAL, RUNWAY_RATIOS, tuple(range(2, 11)), 1000
+    ),
+    ("image", "gen4.5"): RunwayBody(
+        ("duration", "promptImage", "promptText", "ratio"), _GEN45_OPTIONAL,
+        ("1280:720", "720:1280", "1104:832", "960:960", "832:1104", "1584:672"),
+        tuple(range(2, 11)), 1000,
+    ),
+    ("text", "veo3.1"): RunwayBody(
+        ("promptText", "ratio"), ("audio", "duration", "negativePrompt", "seed"), _VEO_RATIOS,
+        (4, 6, 8), 1000, credits_per_s=40,
+    ),
+    ("image", "veo3.1"): RunwayBody(
+        ("promptImage", "ratio"), ("audio", "duration", "negativePrompt", "promptText", "seed"),
+        _VEO_RATIOS, (4, 6, 8), 1000, credits_per_s=40,
+    ),
+    ("text", "seedance2"): RunwayBody(
+        ("promptText",),
+        ("audio", "duration", "ratio", "referenceAudio", "references", "referenceVideos", "seed"),
+        _SEEDANCE2_RATIOS, None, 3500, auto=True, credits_per_s=36,
+    ),
+    ("image", "seedance2"): RunwayBody(
+        ("promptImage",), ("audio", "duration", "promptText", "ratio", "referenceAudio", "seed"),
+        _SEEDANCE2_RATIOS, None, 3500, auto=True, credits_per_s=36,
+    ),
+    ("text", "gemini_omni_flash"): RunwayBody(
+        ("promptText",), ("duration", "ratio"), RUNWAY_RATIOS, tuple(range(3, 11)), None,
+        credits_per_s=15,
+    ),
+    ("image", "gemini_omni_flash"): RunwayBody(
+        ("promptImage",), ("duration", "promptText", "ratio"), RUNWAY_RATIOS, tuple(range(3, 11)),
+        None, credits_per_s=15,
+    ),
+}
 RUNWAY_FAILURES = {
     "[safety-input]": ("SAFETY.INPUT.TEXT", "The prompt text did not pass content moderation."),
     "[safety-output]": ("SAFETY.OUTPUT.VIDEO", "The output did not pass content moderation."),
@@ -131,8 +200,11 @@ class FakeRunwayServer(_FakeServer):
         prompt = body.get("promptText", "")
         prompt = prompt if isinstance(prompt, str) else ""
         self._creates_per_prompt[prompt] += 1
-        if "[429-submit]" in prompt and self._creates_per_prompt[prompt] == 1:
+        first = self._creates_per_prompt[prompt] == 1
+        if "[429-submit]" in prompt and first:
             return _runway_error(429, "You have exceeded your daily generation limit.")
+        if "[409-submit]" in prompt and first:
+            return _runway_error(409, "Could not acquire a lock; try again.")
         problem = self._invalid(body, image=request.path == "/v1/image_to_video")
         if problem is not None:
             self.create_attempts[-1]["refused"] = problem
@@ -149,24 +221,46 @@ class FakeRunwayServer(_FakeServer):
         )
         self.jobs[job.id] = job
         self.submits.append(body)
+        if "[500-after-create]" in prompt and first:
+            # The task exists and will bill; the answer that would have said so is lost.
+            return web.json_response(
+                {"error": "Internal server error"}, status=500, headers={"x-should-retry": "true"}
+            )
         return web.json_response({"id": job.id})
 
     @staticmethod
     def _invalid(body: dict[str, Any], *, image: bool) -> str | None:
-        prompt = body.get("promptText")
-        if not isinstance(body.get("model"), str) or not body["model"]:
+        model = body.get("model")
+        if not isinstance(model, str) or not model:
             return "model is required"
-        if prompt is not None and not isinstance(prompt, str):
-            return "promptText must be a string"
-        if isinstance(prompt, str) and len(prompt) > 1000:
-            return "promptText must be at most 1000 characters"
-        if not image and not prompt:
-            return "promptText is required"
-        if body.get("ratio") not in RUNWAY_RATIOS:
-            return f"ratio must be one of {', '.join(RUNWAY_RATIOS)}"
-        duration = body.get("duration")
-        if isinstance(duration, bool) or not isinstance(duration, int) or not 2 <= duration <= 10:
-            return "duration must be an integer from 2 to 10"
+        rules = RUNWAY_BODIES.get(("image" if image else "text", model))
+        if rules is None:
+            return f"model {model!r} is not available on this endpoint"
+        unknown = sorted(set(body) - {"model", *rules.required, *rules.optional})
+        if unknown:
+            return f"unrecognized keys: {', '.join(unknown)}"
+        missing = [key for key in rules.required if key not in body]
+        if missing:
+            return f"{missing[0]} is required"
+        prompt = body.get("promptText")
+        if prompt is not None:
+            if not isinstance(prompt, str) or not prompt:
+                return "promptText must be a non-empty string"
+            units = len(prompt.encode("utf-16-le")) // 2
+            if rules.prompt_limit is not None and units > rules.prompt_limit:
+                return f"promptText must be at most {rules.prompt_limit} characters"
+        if "ratio" in body and body["ratio"] not in rules.ratios:
+            return f"ratio must be one of {', '.join(rules.ratios)}"
+        if "duration" in body:
+            duration = body["duration"]
+            if rules.auto and duration == "auto":
+                pass
+            elif isinstance(duration, bool) or not isinstance(duration, int):
+                return "duration must be an integer"
+            elif rules.durations is not None and duration not in rules.durations:
+                return f"duration must be one of {', '.join(map(str, rules.durations))}"
+        if "audio" in body and not isinstance(body["audio"], bool):
+            return "audio must be a boolean"
         if image:
             uri = body.get("promptImage")
             if not isinstance(uri, str) or not uri.startswith("data:image/"):
@@ -175,6 +269,17 @@ class FakeRunwayServer(_FakeServer):
             if not header.endswith(";base64") or not _decodes(data):
                 return "promptImage data URI is not valid base64"
         return None
+
+    @staticmethod
+    def credits(job: FakeJob) -> int:
+        """What the finished task reports as `cost.credits`: `[credits=N]`, else rate × length."""
+        match = re.search(r"\[credits=(\d+)\]", job.prompt)
+        if match:
+            return int(match.group(1))
+        kind = "image" if job.extra["path"] == "/v1/image_to_video" else "text"
+        rules = RUNWAY_BODIES[(kind, job.model)]
+        duration = job.body.get("duration", 5)
+        return rules.credits_per_s * (duration if isinstance(duration, int) else 10)
 
     def _stage(self, job: FakeJob) -> str:
         if job.cancelled:
@@ -211,6 +316,11 @@ class FakeRunwayServer(_FakeServer):
         stage = self._stage(job)
         created = datetime.fromtimestamp(job.created_at, tz=UTC).isoformat()
         task: dict[str, Any] = {"id": job.id, "createdAt": created, "status": stage}
+        if stage in ("PENDING", "THROTTLED", "RUNNING"):
+            task["estimatedCost"] = {"credits": float(self.credits(job))}
+        else:
+            # this fake refunds failed and cancelled tasks in full, which FailedCost reports as 0
+            task["cost"] = {"credits": self.credits(job) if stage == "SUCCEEDED" else 0}
         if stage == "RUNNING":
             task["progress"] = job.progress / 100
         elif stage == "SUCCEEDED":
