@@ -88,6 +88,7 @@ def build_providers(settings: Settings) -> dict[str, VideoProvider]:
         providers[FAL] = FalProvider(
             secret(settings.fal_key), queue_url=settings.fal_queue_url,
             callback_url_for=callbacks.url_builder(settings, FAL),
+            jwks_url=settings.fal_jwks_url,
         )
     if XAI in configured:
         providers[XAI] = XaiProvider(secret(settings.xai_api_key), base_url=settings.xai_base_url)

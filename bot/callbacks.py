@@ -5,10 +5,13 @@ finish, fail or charge a job: the watcher asks the provider and acts on that ans
 forged or replayed callback can at most cause one extra status call. Slow polling stays on
 as the safety net for callbacks that never come.
 
-OpenAI-shape webhooks are signed (Standard Webhooks, OPENAI_WEBHOOK_SECRET). Kling,
-Seedance and fal calls are not, so the URL we give them at submit carries our job id and a
-token only this bot can make: HMAC-SHA256 of "<provider>:<job id>" under a key derived from
-the Slack signing secret (HTTP mode requires it; nothing extra to store or configure).
+OpenAI-shape webhooks are signed (Standard Webhooks, OPENAI_WEBHOOK_SECRET). Kling and
+Seedance calls are not, so the URL we give them at submit carries our job id and a token only
+this bot can make: HMAC-SHA256 of "<provider>:<job id>" under a key derived from the Slack
+signing secret (HTTP mode requires it; nothing extra to store or configure). fal's URL carries
+the same token, and fal also signs each webhook with ED25519 (keys from its JWKS, checked by
+`FalWebhookVerifier`): an unsigned or badly signed fal webhook is refused before anything is
+recorded.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from bot.catalog import FAL, KLING, OPENAI, SEEDANCE
 from bot.clock import iso
 from bot.config import Settings
 from bot.deps import Deps
+from bot.providers.fal import FalKeysUnavailable, FalProvider, FalSignatureError
 from bot.providers.http import first_text
 from storage import jobs as jobstore
 
@@ -164,6 +168,10 @@ def add_routes(web_app: web.Application, deps: Deps) -> None:
             body = await _read_body(request)
             if body is None:
                 return _answer(413, "body too large")
+            if provider == FAL:
+                refused = await _fal_signature_refused(deps, request, body)
+                if refused is not None:
+                    return refused
             try:
                 payload = json.loads(body)
             except ValueError:
@@ -191,6 +199,23 @@ def add_routes(web_app: web.Application, deps: Deps) -> None:
     web_app.router.add_post("/callbacks/openai", openai)
     for provider in (KLING, SEEDANCE, FAL):
         web_app.router.add_post(f"/callbacks/{provider}", unsigned(provider))
+
+
+async def _fal_signature_refused(deps: Deps, request: web.Request, body: bytes) -> web.Response | None:
+    """None when fal signed this body; else the answer: 401 for an unsigned, stale or forged
+    webhook, 503 (fal retries) when its key set can't be fetched."""
+    fal = deps.providers.get(FAL)
+    if not isinstance(fal, FalProvider):
+        return _answer(404, "fal is not configured")
+    try:
+        await fal.webhooks.verify(request.headers, body)
+    except FalKeysUnavailable as exc:
+        log.warning("callback fal: can't check the signature now (%s)", exc)
+        return _answer(503, "signing keys unavailable")
+    except FalSignatureError as exc:
+        log.info("callback fal: refused (%s)", exc)
+        return _answer(401, "bad signature")
+    return None
 
 
 async def _read_body(request: web.Request) -> bytes | None:

@@ -79,6 +79,8 @@ class Settings(BaseSettings):
     ark_base_url: str = "https://ark.ap-southeast.bytepluses.com"
     fal_key: SecretStr | None = None
     fal_queue_url: str = "https://queue.fal.run"
+    # Not in the contract: where fal publishes the ED25519 keys its webhooks are signed with
+    fal_jwks_url: str = "https://rest.fal.ai/.well-known/jwks.json"
     # Not in the contract: provider callbacks (HTTP mode). The public base URL is where
     # providers reach this bot (unset = no callbacks); the whsec_ key verifies OpenAI's.
     sora_public_base_url: str | None = None
@@ -118,7 +120,7 @@ class Settings(BaseSettings):
     @field_validator(
         "slack_api_url", "video_gateway_base_url", "openai_base_url", "runway_base_url",
         "gemini_base_url", "kling_base_url", "ark_base_url", "fal_queue_url", "sora_public_base_url",
-        "agent_platform_base_url", "xai_base_url",
+        "agent_platform_base_url", "xai_base_url", "fal_jwks_url",
     )
     @classmethod
     def _url(cls, v: str | None) -> str | None:
@@ -179,7 +181,7 @@ class Settings(BaseSettings):
             self.slack_api_url = "https://slack.com/api/"
         # an empty base URL in the environment means "the default", not "no URL"
         for name, info in type(self).model_fields.items():
-            if name.endswith(("_base_url", "_queue_url")) and name not in ("video_gateway_base_url", "agent_platform_base_url"):
+            if name.endswith(("_base_url", "_queue_url", "_jwks_url")) and name not in ("video_gateway_base_url", "agent_platform_base_url"):
                 if getattr(self, name) is None:
                     setattr(self, name, info.default)
         if self.kling_access_key is not None and self.kling_secret_key is None:

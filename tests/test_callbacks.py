@@ -28,7 +28,8 @@ from bot.providers.kling import KlingProvider
 from bot.providers.openai_videos import OpenAIVideosProvider
 from bot.providers.seedance import SeedanceProvider
 from storage import jobs as jobstore
-from tests.fakes.kling_seedance_fal import FakeFalServer, FakeKlingServer, FakeSeedanceServer
+from tests.fakes.fal import FakeFalServer
+from tests.fakes.kling_seedance_fal import FakeKlingServer, FakeSeedanceServer
 from tests.fakes.providers import FakeOpenAIServer, sign_webhook
 from tests.slack_requests import SIGNING_SECRET
 
@@ -305,7 +306,8 @@ UNSIGNED = [
              lambda s, c, cb: SeedanceProvider(s.api_key, base_url=s.base_url, client=c, callback_url_for=cb),
              "seedance-2.0", "-d 5"),
     Unsigned("fal", FakeFalServer,
-             lambda s, c, cb: FalProvider(s.api_key, queue_url=s.base_url, client=c, callback_url_for=cb),
+             lambda s, c, cb: FalProvider(s.api_key, queue_url=s.base_url, client=c, callback_url_for=cb,
+                                          jwks_url=s.jwks_url),
              "fal/fal-ai/kling-video/v3/standard/text-to-video", "-d 5"),
 ]
 

@@ -7,7 +7,8 @@ from contextlib import AsyncExitStack
 from bot.config import Settings
 from bot.doctor import run_checks
 from bot.fakeslack import FakeSlack
-from tests.fakes.kling_seedance_fal import FakeFalServer, FakeKlingServer, FakeSeedanceServer
+from tests.fakes.fal import FakeFalServer
+from tests.fakes.kling_seedance_fal import FakeKlingServer, FakeSeedanceServer
 from tests.fakes.providers import FakeGatewayServer, FakeOpenAIServer
 from tests.fakes.runway_veo import FakeRunwayServer, FakeVeoServer
 from tests.fakes.xai import FakeXaiServer

@@ -16,7 +16,8 @@ from bot.providers.kling import KlingProvider
 from bot.providers.runway import RunwayProvider
 from bot.providers.seedance import SeedanceProvider
 from bot.providers.veo import VeoProvider
-from tests.fakes.kling_seedance_fal import FakeFalServer, FakeKlingServer, FakeSeedanceServer
+from tests.fakes.fal import FakeFalServer
+from tests.fakes.kling_seedance_fal import FakeKlingServer, FakeSeedanceServer
 from tests.fakes.runway_veo import FakeRunwayServer, FakeVeoServer
 
 

@@ -1,4 +1,4 @@
-"""Local fake Kling (reference §1.4), Seedance on ModelArk (§1.7) and fal.ai queue (§1.6).
+"""Local fake Kling (reference §1.4) and Seedance on ModelArk (§1.7).
 
 All three reuse the lifecycle, counters and poll faults of `tests.fakes.providers` (so
 `[5xx-poll]` and `[malformed]` work here too; `.base_url` is the origin, the adapter adds
@@ -31,20 +31,11 @@ Seedance (`FakeSeedanceServer`, Bearer key on `/api/v3/`):
   (`CreateTaskContentImageParam` requires it). An unknown model → 404. DELETE cancels a
   queued task, deletes a finished one and refuses a running one.
 
-fal (`FakeFalServer`, `Authorization: Key <key>`): POST `/{model path}` queues; status, result
-and cancel live under `/{app id}/requests/{id}` where the app id is the path's first two
-segments (three for `workflows/…`, `comfy/…`).
-    [content-policy]  create → 422 content_policy_violation
-    [retryable-503]   the first status request → 503 with `X-Fal-Retryable: true`
-    [result-422]      COMPLETED, but the result is a 422 content_policy_violation
-    [stuck]           IN_PROGRESS forever
-  `duration` must be "5"/"10" for `fal-ai/kling-video…`, "4s"/"6s"/"8s" for `fal-ai/veo3…`,
-  an int elsewhere. Cancel works only while IN_QUEUE.
+fal's queue is faked in `tests.fakes.fal`.
 
 Callbacks: each fake's `send_callback(job_id)` posts what that provider sends to the URL it
-got at submit (Kling and Seedance: `callback_url` in the body, fal: `?fal_webhook=`): Kling
-and Seedance the task object as their query answers it, fal `{request_id, gateway_request_id,
-status, payload, error}`. `body=` sends something else to that URL instead.
+got at submit (`callback_url` in the body): the task object as their query answers it.
+`body=` sends something else to that URL instead.
 """
 
 from __future__ import annotations
@@ -61,12 +52,11 @@ import jwt
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from tests.fakes.providers import FakeJob, _FakeServer, video_bytes
+from tests.fakes.providers import FakeJob, _FakeServer
 
 KLING_ACCESS_KEY = "test-kling-access-key"
 KLING_SECRET_KEY = "test-kling-secret-key-0123456789abcdef"
 ARK_API_KEY = "test-ark-api-key-0123456789"
-FAL_KEY = "test-fal-key-id:test-fal-key-secret-0123456789"
 
 KLING_RISK_MESSAGE = "Failure to pass the risk control system"
 KLING_RATIOS = ("16:9", "9:16", "1:1")
@@ -101,11 +91,6 @@ ARK_OUTPUT_SENSITIVE = (
     "The request failed because the output video may contain sensitive information."
 )
 
-FAL_CONTENT_POLICY_MESSAGE = (
-    "The content could not be processed because it contained material flagged by a content "
-    "checker."
-)
-FAL_NAMESPACES = ("workflows", "comfy")
 
 
 async def _json_body(request: web.Request) -> dict[str, Any] | None:
@@ -625,207 +610,6 @@ class FakeSeedanceServer(_FakeServer):
         self._skip_queue(job)
         return await self._post_callback(
             job.body["callback_url"], json.dumps(self._task(job)).encode() if body is None else body
-        )
-
-    async def _file(self, request: web.Request) -> web.Response:
-        return self._download(request.match_info["name"].removesuffix(".mp4"), request)
-
-
-# --- fal.ai queue ----------------------------------------------------------------------------
-
-
-def fal_app_id(model_path: str) -> str:
-    """The fake's own reading of fal's rule: owner/alias, or namespace/owner/alias."""
-    parts = model_path.split("/")
-    return "/".join(parts[: 3 if parts[0] in FAL_NAMESPACES else 2])
-
-
-def _fal_detail(
-    status: int, msg: str, type_: str, *, retryable: bool | None = None
-) -> web.Response:
-    headers = {} if retryable is None else {"X-Fal-Retryable": "true" if retryable else "false"}
-    body = {"detail": [{"loc": ["body", "prompt"], "msg": msg, "type": type_}]}
-    return web.json_response(body, status=status, headers=headers)
-
-
-class FakeFalServer(_FakeServer):
-    """fal's queue for any model path (see the module docstring)."""
-
-    def __init__(self, *, run_seconds: float = 0.5, slow_seconds: float = 0.5) -> None:
-        super().__init__(run_seconds=run_seconds, slow_seconds=slow_seconds)
-        self.api_key = FAL_KEY
-        self.results: dict[str, int] = {}  # result fetches per request id
-        self.status_requests: list[str] = []  # paths of status requests, to check the URL rule
-
-    @property
-    def base_url(self) -> str:
-        return self.origin
-
-    def file_url(self, job_id: str) -> str:
-        return f"{self.origin}/files/{job_id}.mp4"
-
-    def requests_url(self, job: FakeJob) -> str:
-        return f"{self.origin}/{fal_app_id(job.model)}/requests/{job.id}"
-
-    def _add_routes(self, app: web.Application) -> None:
-        app.router.add_get("/files/{name}", self._file)
-        app.router.add_get("/{app:.+}/requests/{id}/status", self._status)
-        app.router.add_put("/{app:.+}/requests/{id}/cancel", self._cancel)
-        app.router.add_get("/{app:.+}/requests/{id}", self._result)
-        app.router.add_post("/{model:.+}", self._create)
-
-    @web.middleware
-    async def _auth(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        if not request.path.startswith("/files/"):
-            sent = request.headers.get("Authorization", "")
-            if sent != f"Key {self.api_key}":
-                if request.method == "POST":
-                    self.create_attempts.append({"unauthorized": True})
-                shown = sent.removeprefix("Key ") or "(none)"
-                return web.json_response(
-                    {"detail": f"Invalid credentials: {shown}"}, status=401
-                )
-        return await handler(request)
-
-    @staticmethod
-    def _invalid(model: str, body: dict[str, Any]) -> str | None:
-        if not isinstance(body.get("prompt"), str) or not body["prompt"]:
-            return "field required: prompt"
-        duration = body.get("duration")
-        if model.startswith("fal-ai/kling-video"):
-            if duration not in ("5", "10"):
-                return "duration: value is not a valid enumeration member; permitted: '5', '10'"
-        elif model.startswith("fal-ai/veo3"):
-            if duration not in ("4s", "6s", "8s"):
-                return "duration: permitted: '4s', '6s', '8s'"
-        elif isinstance(duration, bool) or not isinstance(duration, int):
-            return "duration: value is not a valid integer"
-        if "image_url" in body and not _image_data_uri(body["image_url"]):
-            return "image_url: not a URL or an image data URI"
-        return None
-
-    async def _create(self, request: web.Request) -> web.Response:
-        model = request.match_info["model"].strip("/")
-        body = await _json_body(request)
-        if body is None:
-            self.create_attempts.append({"model": model})
-            return _fal_detail(422, "body must be a JSON object", "value_error")
-        self.create_attempts.append({**body, "model": model})
-        if len([p for p in model.split("/") if p]) < 2:
-            return web.json_response({"detail": f"Application '{model}' not found"}, status=404)
-        prompt = body.get("prompt") if isinstance(body.get("prompt"), str) else ""
-        self._creates_per_prompt[prompt] += 1
-        if "[429-submit]" in prompt and self._creates_per_prompt[prompt] == 1:
-            return web.json_response({"detail": "Too many requests"}, status=429, headers={"Retry-After": "1"})
-        if "[content-policy]" in prompt:
-            return _fal_detail(422, FAL_CONTENT_POLICY_MESSAGE, "content_policy_violation")
-        problem = self._invalid(model, body)
-        if problem is not None:
-            self.create_attempts[-1]["refused"] = problem
-            return _fal_detail(422, problem, "value_error")
-        job = FakeJob(
-            id=str(uuid.uuid4()), prompt=prompt, model=model, body=body, created_at=time.time(),
-            extra={"fal_webhook": request.query.get("fal_webhook")},
-        )
-        self.jobs[job.id] = job
-        self.submits.append({**body, "model": model})
-        await self._slow_if_asked(job)
-        base = self.requests_url(job)
-        return web.json_response(
-            {
-                "request_id": job.id,
-                "response_url": base,
-                "status_url": f"{base}/status",
-                "cancel_url": f"{base}/cancel",
-                "queue_position": 0,
-            }
-        )
-
-    def _job_for(self, request: web.Request) -> FakeJob | None:
-        job = self.jobs.get(request.match_info["id"])
-        if job is None or fal_app_id(job.model) != request.match_info["app"]:
-            return None
-        return job
-
-    async def _status(self, request: web.Request) -> web.Response:
-        job_id = request.match_info["id"]
-        self.status_requests.append(request.path)
-        job = self.jobs.get(job_id)
-        if job is not None and job.has("[retryable-503]") and self.polls[job_id] == 0:
-            self.polls[job_id] += 1
-            return web.json_response(
-                {"detail": "Service temporarily unavailable"},
-                status=503,
-                headers={"X-Fal-Retryable": "true"},
-            )
-        fault = self._poll_fault(job_id)
-        if fault is not None:
-            return fault
-        job = self._job_for(request)
-        if job is None:
-            return web.json_response({"detail": "Request not found"}, status=404)
-        stage = job.stage(self.run_seconds)
-        base = self.requests_url(job)
-        if stage == "queued":
-            waiting = sum(1 for j in self.jobs.values() if j.created_at < job.created_at)
-            return web.json_response(
-                {"status": "IN_QUEUE", "queue_position": waiting, "response_url": base}
-            )
-        if stage == "in_progress":
-            return web.json_response({"status": "IN_PROGRESS", "logs": None, "response_url": base})
-        return web.json_response({"status": "COMPLETED", "logs": None, "response_url": base})
-
-    async def _result(self, request: web.Request) -> web.Response:
-        job = self._job_for(request)
-        if job is None:
-            return web.json_response({"detail": "Request not found"}, status=404)
-        self.results[job.id] = self.results.get(job.id, 0) + 1
-        stage = job.stage(self.run_seconds)
-        if stage == "cancelled":
-            return web.json_response({"detail": "Request was cancelled"}, status=400)
-        if stage not in ("completed", "failed"):
-            return web.json_response({"detail": "Request is still in progress"}, status=400)
-        if job.has("[result-422]"):
-            return _fal_detail(
-                422, FAL_CONTENT_POLICY_MESSAGE, "content_policy_violation", retryable=False
-            )
-        return web.json_response(
-            {
-                "video": {
-                    "url": self.file_url(job.id),
-                    "content_type": "video/mp4",
-                    "file_name": "output.mp4",
-                    "file_size": len(video_bytes(job.id)),
-                },
-                "seed": 42,
-            }
-        )
-
-    async def _cancel(self, request: web.Request) -> web.Response:
-        job = self._job_for(request)
-        if job is None:
-            return web.json_response({"detail": "Request not found"}, status=404)
-        if job.cancelled or job.served_polls > 1:
-            # fal cancels only requests that are still waiting in the queue
-            return web.json_response({"status": "ALREADY_COMPLETED"}, status=400)
-        job.cancelled = True
-        self.cancels.append(job.id)
-        return web.json_response({"status": "CANCELLATION_REQUESTED"}, status=202)
-
-    async def send_callback(self, job_id: str, *, body: bytes | None = None) -> int:
-        """POST fal's webhook body to the job's `?fal_webhook=` URL; the receiver's HTTP status."""
-        job = self.jobs[job_id]
-        self._skip_queue(job)
-        ok = job.finished_ok(self.run_seconds) and not job.has("[result-422]")
-        event = {
-            "request_id": job.id,
-            "gateway_request_id": job.id,
-            "status": "OK" if ok else "ERROR",
-            "payload": {"video": {"url": self.file_url(job.id), "content_type": "video/mp4"}} if ok else None,
-            "error": None if ok else "Request failed",
-        }
-        return await self._post_callback(
-            job.extra["fal_webhook"], json.dumps(event).encode() if body is None else body
         )
 
     async def _file(self, request: web.Request) -> web.Response:
