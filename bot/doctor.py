@@ -26,9 +26,13 @@ async def run_checks(settings: Settings) -> int:
 
     results: list[tuple[bool | None, str, str]] = []
     catalog: Catalog | None = None
+    providers = build_providers(settings)
+    unserved = [name for name in settings.configured_providers if name not in providers]
+    if unserved:
+        results.append((False, "config", f"set up but not served by this version: {', '.join(unserved)}"))
     try:
         catalog = build_catalog(
-            providers=settings.configured_providers, gateway_models=settings.gateway_models,
+            providers=[p for p in providers if p != "simulator"], gateway_models=settings.gateway_models,
             default_model=settings.sora_default_model, prices_file=settings.sora_prices,
             models_file=settings.sora_models,
         )
@@ -46,7 +50,6 @@ async def run_checks(settings: Settings) -> int:
 
     results.append(await _check_slack(settings))
 
-    providers = build_providers(settings)
     try:
         for name, provider in providers.items():
             results.append(await _check_provider(name, provider))

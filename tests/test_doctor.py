@@ -35,7 +35,6 @@ def _settings(tmp_path, slack: FakeSlack, s: dict, *, bad_key: str | None = None
         video_gateway_base_url=s["gateway"].base_url, video_gateway_api_key=key("gateway", s["gateway"].api_key),
         openai_base_url=s["openai"].base_url, openai_api_key=key("openai", s["openai"].api_key),
         runway_base_url=s["runway"].base_url, runwayml_api_secret=key("runway", s["runway"].api_key),
-        gemini_base_url=s["veo"].base_url, gemini_api_key=key("veo", s["veo"].api_key),
         kling_base_url=s["kling"].base_url, kling_access_key=s["kling"].access_key,
         kling_secret_key=key("kling", s["kling"].secret_key),
         ark_base_url=s["seedance"].base_url, ark_api_key=key("seedance", s["seedance"].api_key),
