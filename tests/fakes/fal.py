@@ -41,7 +41,6 @@ sends it unsigned, stale, signed with another key, or with a body changed after 
 from __future__ import annotations
 
 import base64
-import binascii
 import hashlib
 import json
 import re
@@ -56,6 +55,7 @@ from aiohttp.typedefs import Handler
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
+from tests.fakes.kling_seedance_fal import _image_data_uri
 from tests.fakes.providers import FakeJob, _FakeServer, video_bytes
 
 FAL_KEY = "test-fal-key-id:test-fal-key-secret-0123456789"
@@ -95,25 +95,6 @@ def _number_in(low: float, high: float) -> Check:
     return lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and low <= v <= high
 
 
-def _plain_base64(data: Any) -> bool:
-    if not isinstance(data, str) or not data or data.startswith("data:"):
-        return False
-    try:
-        base64.b64decode(data, validate=True)
-    except (binascii.Error, ValueError):
-        return False
-    return True
-
-
-def _image_uri(uri: Any) -> bool:
-    if not isinstance(uri, str):
-        return False
-    if uri.startswith(("http://", "https://")):
-        return True
-    header, _, data = uri.partition(",")
-    return header.startswith("data:image/") and header.endswith(";base64") and _plain_base64(data)
-
-
 _KLING_V3: dict[str, Check] = {
     "prompt": _is(str),
     "duration": _one_of(*(str(n) for n in range(3, 16))),
@@ -137,7 +118,7 @@ FAL_SCHEMAS: dict[str, tuple[dict[str, Check], tuple[str, ...]]] = {
     "fal-ai/kling-video/v3/standard/text-to-video": (_KLING_V3, ("prompt",)),
     "fal-ai/kling-video/v3/pro/text-to-video": (_KLING_V3, ("prompt",)),
     "fal-ai/kling-video/v3/standard/image-to-video": (
-        {**_KLING_V3, "start_image_url": _image_uri, "end_image_url": _image_uri},
+        {**_KLING_V3, "start_image_url": _image_data_uri, "end_image_url": _image_data_uri},
         ("start_image_url",),
     ),
     "fal-ai/veo3.1": (_VEO_31, ("prompt",)),
@@ -171,7 +152,7 @@ def schema_problem(model: str, body: dict[str, Any]) -> str | None:
             return "duration: permitted: '4s', '6s', '8s'"
     elif isinstance(duration, bool) or not isinstance(duration, int):
         return "duration: value is not a valid integer"
-    if "image_url" in body and not _image_uri(body["image_url"]):
+    if "image_url" in body and not _image_data_uri(body["image_url"]):
         return "image_url: not a URL or an image data URI"
     return None
 
