@@ -23,7 +23,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from bot import ack_runner, callbacks
 from bot.authz import AdminCheck
-from bot.catalog import FAL, GATEWAY, KLING, OPENAI, RUNWAY, SEEDANCE, SIMULATOR, XAI, CatalogError, build_catalog
+from bot.catalog import FAL, GATEWAY, GEMINI, KLING, OPENAI, RUNWAY, SEEDANCE, SIMULATOR, XAI, CatalogError, build_catalog
 from bot.clock import Clock, utcnow
 from bot.config import Settings
 from bot.deps import Deps, Timing
@@ -31,6 +31,7 @@ from bot.poller import Poller
 from bot.providers.base import VideoProvider
 from bot.providers.fal import FalProvider
 from bot.providers.gateway import GatewayProvider
+from bot.providers.gemini import GeminiProvider
 from bot.providers.kling import KlingProvider
 from bot.providers.openai_videos import OpenAIVideosProvider
 from bot.providers.runway import RunwayProvider
@@ -90,6 +91,8 @@ def build_providers(settings: Settings) -> dict[str, VideoProvider]:
             callback_url_for=callbacks.url_builder(settings, FAL),
             jwks_url=settings.fal_jwks_url,
         )
+    if GEMINI in configured:
+        providers[GEMINI] = GeminiProvider(secret(settings.gemini_api_key), base_url=settings.gemini_base_url)
     if XAI in configured:
         providers[XAI] = XaiProvider(secret(settings.xai_api_key), base_url=settings.xai_base_url)
     return providers

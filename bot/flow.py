@@ -417,7 +417,8 @@ async def _apply_status(deps: Deps, job: Job, status: ProviderStatus, throttle: 
     now = deps.clock()
     state = status.state
     if state is ProviderState.SUCCEEDED:
-        if not status.video_url:
+        # an adapter whose results come inline (Veo's base64 video) fetches them by job id
+        if not status.video_url and not getattr(_provider(deps, job), "downloads_by_job_id", False):
             await fail_job(deps, job, FailureKind.GENERATION_FAILED, "no_output: succeeded without a URL")
         else:
             await finish_success(deps, job, status)

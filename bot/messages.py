@@ -337,7 +337,8 @@ def failure_message(
         ),
         FailureKind.PROVIDER_RETIRED: (
             f"`{job.model}` is no longer available"
-            + (f": {retired_note}" if retired_note else ".")
+            # the catalog's words for this route, else the provider's short reason
+            + (f": {retired_note}" if retired_note else f": {escape_mrkdwn(reason, 200).rstrip('.')}." if reason else ".")
             + pick
         ),
         FailureKind.SLACK_REFUSED: (

@@ -120,6 +120,36 @@ def parse_retry_after(headers: Mapping[str, str], *, now: float | None = None) -
     return max(0.0, seconds)
 
 
+_RPC_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)s\s*$")
+_RETRY_INFO = "type.googleapis.com/google.rpc.RetryInfo"
+
+
+def rpc_retry_delay(body: Any) -> float | None:
+    """Seconds from a Google error's `google.rpc.RetryInfo` detail (`retryDelay` "12s", "1.5s")."""
+    details = _walk(body, "error.details")
+    if not isinstance(details, list):
+        return None
+    for item in details:
+        if isinstance(item, Mapping) and item.get("@type") == _RETRY_INFO:
+            raw = item.get("retryDelay")
+            match = _RPC_DURATION.match(raw) if isinstance(raw, str) else None
+            if match:
+                seconds = float(match.group(1))
+                return seconds if math.isfinite(seconds) else None
+    return None
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    """The wait a refusal asks for: its headers first, else Google's RetryInfo in the body."""
+    seconds = parse_retry_after(response.headers)
+    if seconds is None:
+        try:
+            seconds = rpc_retry_delay(response.json())
+        except (ValueError, httpx.ResponseNotRead):
+            return None
+    return seconds
+
+
 # --- loose JSON ----------------------------------------------------------------------------
 
 _PATH_PART = re.compile(r"([^.\[\]]+)|\[(\d+)\]")
@@ -342,7 +372,7 @@ def error_for_response(
         return RateLimited(
             f"{label} is busy or at its limit.",
             detail=detail,
-            retry_after_s=parse_retry_after(response.headers),
+            retry_after_s=_retry_after(response),
         )
     if status in (401, 403):
         return AuthFailed(f"The bot can't authenticate with {label}.", detail=detail)
@@ -366,7 +396,7 @@ def error_for_response(
     return ProviderUnavailable(
         f"{label} is having problems.",
         detail=detail,
-        retry_after_s=parse_retry_after(response.headers),
+        retry_after_s=_retry_after(response),
     )
 
 
