@@ -426,9 +426,8 @@ def build_catalog(
             offered[model_id] = replace(known, provider=GATEWAY, provider_model=model_id,
                                         label=f"{known.label} (through the gateway)", retired=None)
             continue
-        usable = [r for r in routes if r in configured and (r != GATEWAY or on_gateway)
-                  and (r != SIMULATOR or include_simulator is not False)]
-        if model_id == SIMULATOR:
+        usable = [r for r in routes if r in configured and (r != GATEWAY or on_gateway)]
+        if model_id == SIMULATOR:  # never "configured": offered when asked for (or when alone, below)
             usable = [SIMULATOR] if include_simulator else []
         spec = _spec(model_id, table, usable[0] if usable else routes[0], where)
         if usable and spec.retired is None:
@@ -440,13 +439,8 @@ def build_catalog(
         for model_id in sorted(gateway_set - set(entries.tables)):
             _check_model_id(model_id)
             offered[model_id] = _gateway_model(model_id, price_table)
-    simulator = absent.pop(SIMULATOR, None) or offered.get(SIMULATOR)
-    if include_simulator is None and not offered and simulator is not None:
-        offered[SIMULATOR] = replace(simulator, provider=SIMULATOR)
-    elif include_simulator is False:
-        offered.pop(SIMULATOR, None)
-    if simulator is not None and SIMULATOR not in offered:
-        absent[SIMULATOR] = simulator
+    if include_simulator is None and not offered and SIMULATOR in absent:
+        offered[SIMULATOR] = absent.pop(SIMULATOR)
     if prices_file is not None:
         offered = _apply_price_overrides(offered, price_table, prices_file)
     for spec in [*offered.values(), *absent.values()]:
