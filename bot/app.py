@@ -23,7 +23,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from bot import ack_runner, callbacks
 from bot.authz import AdminCheck
-from bot.catalog import FAL, GATEWAY, GEMINI, KLING, OPENAI, RUNWAY, SEEDANCE, SIMULATOR, XAI, CatalogError, build_catalog
+from bot.catalog import FAL, GATEWAY, GEMINI, KLING, OPENAI, RUNWAY, SEEDANCE, SIMULATOR, VEO, XAI, CatalogError, build_catalog
 from bot.clock import Clock, utcnow
 from bot.config import Settings
 from bot.deps import Deps, Timing
@@ -32,11 +32,13 @@ from bot.providers.base import VideoProvider
 from bot.providers.fal import FalProvider
 from bot.providers.gateway import GatewayProvider
 from bot.providers.gemini import GeminiProvider
+from bot.providers.google_auth import GoogleTokenSource
 from bot.providers.kling import KlingProvider
 from bot.providers.openai_videos import OpenAIVideosProvider
 from bot.providers.runway import RunwayProvider
 from bot.providers.seedance import SeedanceProvider
 from bot.providers.simulator import SimulatorProvider
+from bot.providers.veo import VeoProvider
 from bot.providers.xai import XaiProvider
 from bot.slack_io import SLACK_TIMEOUT_S, make_slack_client
 from handlers import actions as action_handlers
@@ -90,6 +92,14 @@ def build_providers(settings: Settings) -> dict[str, VideoProvider]:
             secret(settings.fal_key), queue_url=settings.fal_queue_url,
             callback_url_for=callbacks.url_builder(settings, FAL),
             jwks_url=settings.fal_jwks_url,
+        )
+    if VEO in configured:
+        assert settings.google_cloud_project is not None
+        providers[VEO] = VeoProvider(
+            project=settings.google_cloud_project, location=settings.google_cloud_location,
+            # no file: application default credentials
+            token=GoogleTokenSource(settings.google_application_credentials),
+            base_url=settings.agent_platform_base_url,
         )
     if GEMINI in configured:
         providers[GEMINI] = GeminiProvider(secret(settings.gemini_api_key), base_url=settings.gemini_base_url)

@@ -13,19 +13,18 @@ from bot.errors import InvalidRequest
 from bot.messages import COMPARE_CANCEL_ACTION, FALLBACK_ACTION
 from bot.parsing import Compare, parse_command
 from bot.providers.gateway import GatewayProvider
-from bot.providers.veo import VeoProvider
+from tests.fakes.google_agent import FakeAgentPlatformServer, make_veo_provider
 from tests.fakes.providers import FakeGatewayServer
-from tests.fakes.runway_veo import FakeVeoServer
 from tests.slack_requests import action_body, post_signed
 
 
 @pytest.fixture
 async def world(make_bot, slack):
     async with FakeGatewayServer(run_seconds=0.3, retired_models=frozenset({"sora-2-pro"})) as gateway, \
-            FakeVeoServer(run_seconds=0.3) as veo, httpx.AsyncClient() as client:
+            FakeAgentPlatformServer(run_seconds=0.3) as veo, httpx.AsyncClient() as client:
         bot = await make_bot(
             providers={"gateway": GatewayProvider(gateway.base_url, gateway.api_key, client=client),
-                       "veo": VeoProvider(veo.api_key, base_url=veo.base_url, client=client)},
+                       "veo": make_veo_provider(veo, client)},
             include_simulator=True, sora_default_model="sora-2",
         )
         yield bot, gateway, veo
@@ -104,11 +103,11 @@ async def test_a_compare_is_one_request_for_the_budget_and_the_cap(world, slack)
 
 
 async def test_cancel_all_stops_every_model_and_releases_the_total(make_bot, slack) -> None:
-    async with FakeGatewayServer(run_seconds=30) as gateway, FakeVeoServer(run_seconds=30) as veo, \
+    async with FakeGatewayServer(run_seconds=30) as gateway, FakeAgentPlatformServer(run_seconds=30) as veo, \
             httpx.AsyncClient() as client:
         bot = await make_bot(
             providers={"gateway": GatewayProvider(gateway.base_url, gateway.api_key, client=client),
-                       "veo": VeoProvider(veo.api_key, base_url=veo.base_url, client=client)},
+                       "veo": make_veo_provider(veo, client)},
             sora_default_model="sora-2", sora_daily_budget_usd="20",
         )
         reply = (await bot.slash("compare -d 8 a slow heron")).json()["text"]

@@ -8,16 +8,17 @@ from bot.config import Settings
 from bot.doctor import run_checks
 from bot.fakeslack import FakeSlack
 from tests.fakes.fal import FakeFalServer
+from tests.fakes.google_agent import FakeAgentPlatformServer
 from tests.fakes.kling_seedance_fal import FakeKlingServer, FakeSeedanceServer
 from tests.fakes.providers import FakeGatewayServer, FakeOpenAIServer
-from tests.fakes.runway_veo import FakeRunwayServer, FakeVeoServer
+from tests.fakes.runway_veo import FakeRunwayServer
 from tests.fakes.xai import FakeXaiServer
 
 
 async def _world(stack: AsyncExitStack) -> dict:
     servers = {
         "gateway": FakeGatewayServer(), "openai": FakeOpenAIServer(), "runway": FakeRunwayServer(),
-        "veo": FakeVeoServer(), "kling": FakeKlingServer(), "seedance": FakeSeedanceServer(),
+        "veo": FakeAgentPlatformServer(), "kling": FakeKlingServer(), "seedance": FakeSeedanceServer(),
         "fal": FakeFalServer(), "xai": FakeXaiServer(),
     }
     for server in servers.values():
@@ -40,6 +41,8 @@ def _settings(tmp_path, slack: FakeSlack, s: dict, *, bad_key: str | None = None
         ark_base_url=s["seedance"].base_url, ark_api_key=key("seedance", s["seedance"].api_key),
         fal_queue_url=s["fal"].base_url, fal_key=key("fal", s["fal"].api_key),
         xai_base_url=s["xai"].base_url, xai_api_key=key("xai", s["xai"].api_key),
+        google_cloud_project=s["veo"].project, google_application_credentials=s["veo"].credentials_file,
+        agent_platform_base_url=s["veo"].base_url,
     )
 
 
@@ -50,7 +53,7 @@ async def test_doctor_reports_every_configured_provider_as_reachable(tmp_path, c
         code = await run_checks(_settings(tmp_path, slack, servers))
     out = capsys.readouterr().out
     assert code == 0, out
-    for name in ("config", "database", "slack", "gateway", "openai", "runway", "kling", "seedance", "fal", "xai", "simulator"):
+    for name in ("config", "database", "slack", "gateway", "openai", "runway", "veo", "kling", "seedance", "fal", "xai", "simulator"):
         assert f"[ok  ] {name}:" in out, (name, out)
     assert "1234 credits left" in out
 

@@ -13,20 +13,19 @@ from bot.cli import jobs_json, usage_json
 from bot.fallback import fallback_for
 from bot.messages import FALLBACK_ACTION, RETRY_ACTION
 from bot.providers.gateway import GatewayProvider
-from bot.providers.veo import VeoProvider
 from storage import jobs as jobstore
+from tests.fakes.google_agent import FakeAgentPlatformServer, make_veo_provider
 from tests.fakes.providers import FakeGatewayServer
-from tests.fakes.runway_veo import FakeVeoServer
 from tests.slack_requests import action_body, post_signed
 
 
 @pytest.fixture
 async def world(make_bot, slack):
-    async with FakeGatewayServer(run_seconds=0.2) as gateway, FakeVeoServer(run_seconds=0.2) as veo, \
+    async with FakeGatewayServer(run_seconds=0.2) as gateway, FakeAgentPlatformServer(run_seconds=0.2) as veo, \
             httpx.AsyncClient() as client:
         bot = await make_bot(
             providers={"gateway": GatewayProvider(gateway.base_url, gateway.api_key, client=client),
-                       "veo": VeoProvider(veo.api_key, base_url=veo.base_url, client=client)},
+                       "veo": make_veo_provider(veo, client)},
             include_simulator=True, sora_default_model="sora-2",
         )
         yield bot, gateway, veo
@@ -110,10 +109,10 @@ async def test_automatic_fallback_runs_the_next_listed_model_once_and_says_so(ma
     from bot.config import Settings
 
     async with FakeGatewayServer(run_seconds=0.2, retired_models=frozenset({"sora-2"})) as gateway, \
-            FakeVeoServer(run_seconds=0.2) as veo, httpx.AsyncClient() as client:
+            FakeAgentPlatformServer(run_seconds=0.2) as veo, httpx.AsyncClient() as client:
         bot = await make_bot(
             providers={"gateway": GatewayProvider(gateway.base_url, gateway.api_key, client=client),
-                       "veo": VeoProvider(veo.api_key, base_url=veo.base_url, client=client)},
+                       "veo": make_veo_provider(veo, client)},
             sora_default_model="sora-2", sora_fallback_models="sora-2,veo-3.1-fast,veo-3.1",
         )
         old_id = (await bot.slash("-d 8 a heron at dawn")).json()["text"].split("`")[1]

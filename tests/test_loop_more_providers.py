@@ -15,10 +15,10 @@ from bot.providers.fal import FalProvider
 from bot.providers.kling import KlingProvider
 from bot.providers.runway import RunwayProvider
 from bot.providers.seedance import SeedanceProvider
-from bot.providers.veo import VeoProvider
 from tests.fakes.fal import FakeFalServer
+from tests.fakes.google_agent import FakeAgentPlatformServer, make_veo_provider
 from tests.fakes.kling_seedance_fal import FakeKlingServer, FakeSeedanceServer
-from tests.fakes.runway_veo import FakeRunwayServer, FakeVeoServer
+from tests.fakes.runway_veo import FakeRunwayServer
 
 
 @dataclass(frozen=True)
@@ -36,8 +36,8 @@ class Case:
 CASES = [
     Case("runway", FakeRunwayServer, lambda s, c: RunwayProvider(s.api_key, base_url=s.base_url, client=c),
          "gen4.5", "-d 5", "[safety-input]", "[safety-output]"),
-    Case("veo", FakeVeoServer, lambda s, c: VeoProvider(s.api_key, base_url=s.base_url, client=c),
-         "veo-3.1", "-d 8 -r 1080p", "[rai-input-unused]", "[rai]"),
+    Case("veo", FakeAgentPlatformServer, lambda s, c: make_veo_provider(s, c),
+         "veo-3.1", "-d 8 -r 1080p", "[prompt-refused]", "[rai]"),
     Case("kling", FakeKlingServer, lambda s, c: KlingProvider(s.access_key, s.secret_key, base_url=s.base_url, client=c),
          "kling-3.0", "-d 5 -a 1:1", "[1301]", "[failed-risk]", "[1303]"),
     Case("seedance", FakeSeedanceServer, lambda s, c: SeedanceProvider(s.api_key, base_url=s.base_url, client=c),
@@ -78,11 +78,9 @@ async def test_a_video_from_each_provider_lands_in_the_thread(world, slack) -> N
 
 async def test_each_providers_safety_signals_map_to_the_right_kind(world, slack) -> None:
     case, server, bot = world
-    if case.provider != "veo":  # Veo has no input-side refusal in its API
-        job = await _one_job(bot, f"{case.options} {case.blocked_input} a riot")
-        assert job["failure_kind"] == "blocked_input", job
-        bot.deps.db  # noqa: B018 - the same bot handles the next request
-        await bot.runtime.poller.idle(5)
+    job = await _one_job(bot, f"{case.options} {case.blocked_input} a riot")
+    assert job["failure_kind"] == "blocked_input", job
+    await bot.runtime.poller.idle(5)
     resp = await bot.slash(f"{case.options} {case.blocked_output} a crowd", user="U2")
     assert "Got it" in resp.json()["text"]
     await bot.runtime.poller.idle(20)

@@ -15,9 +15,8 @@ from bot import request_modal as rm
 from bot.catalog import MODEL_ID_MAX, RESOLUTION_MAX
 from bot.cli import jobs_json
 from bot.providers.gateway import GatewayProvider
-from bot.providers.veo import VeoProvider
+from tests.fakes.google_agent import FakeAgentPlatformServer, make_veo_provider
 from tests.fakes.providers import FakeGatewayServer
-from tests.fakes.runway_veo import FakeVeoServer
 from tests.slack_requests import mention_body, post_signed, view_submission_body
 
 MODAL_BLOCKS = {"input", "context", "section", "actions", "divider", "header"}
@@ -111,8 +110,8 @@ async def _opened(slack, before: int) -> dict[str, Any]:
 @pytest.fixture
 async def two_models(make_bot, slack):
     """The simulator (4–20 s) and Veo 3.1 (4/6/8 s; 1080p only at 8 s)."""
-    async with FakeVeoServer(run_seconds=0.3) as veo, httpx.AsyncClient() as client:
-        bot = await make_bot(providers={"veo": VeoProvider(veo.api_key, base_url=veo.base_url, client=client)},
+    async with FakeAgentPlatformServer(run_seconds=0.3) as veo, httpx.AsyncClient() as client:
+        bot = await make_bot(providers={"veo": make_veo_provider(veo, client)},
                              include_simulator=True)
         yield bot
 

@@ -1,7 +1,8 @@
-"""Local fake Runway (ref. §1.3) and Veo-on-Gemini (§1.5) servers, scripted by prompt markers.
+"""Local fake Runway (ref. §1.3) server, scripted by prompt markers.
 
-Both reuse the lifecycle, counters and poll faults of `tests.fakes.providers` (so `[5xx-poll]`
-and `[malformed]` work here too) and add their own markers:
+It reuses the lifecycle, counters and poll faults of `tests.fakes.providers` (so `[5xx-poll]`
+and `[malformed]` work here too) and adds its own markers (Veo on Google's Agent Platform
+has its own fake in `tests.fakes.google_agent`):
 
 Runway (`FakeRunwayServer`, base URL = origin; the adapter adds `/v1/...`):
     [throttled]      THROTTLED for the first two polls, then the task runs
@@ -22,16 +23,6 @@ Runway (`FakeRunwayServer`, base URL = origin; the adapter adds `/v1/...`):
   a missing required field, a ratio or duration the model's type does not list, a
   promptText over its limit in UTF-16 code units (an emoji counts two) → 400. Tasks carry
   `estimatedCost` while waiting and `cost` when finished, as `TaskRetrieveResponse` has.
-
-Veo (`FakeVeoServer`, base URL = origin + `/v1beta`):
-    [rai]            done, no samples, raiMediaFilteredReasons about a celebrity likeness
-    [op-error]       done with error {code: 13}
-    [403-poll]       every operation GET → 403 PERMISSION_DENIED
-    [429-submit]     the first create for this prompt → 429 RESOURCE_EXHAUSTED
-    [stuck]          never done
-  Every route, the download included, needs `x-goog-api-key` (missing → 403, wrong → 400
-  API_KEY_INVALID, echoing the key so tests prove adapters redact it). The video URI answers
-  302 to another path, so the adapter must follow redirects with the key.
 """
 
 from __future__ import annotations
@@ -119,19 +110,8 @@ RUNWAY_FAILURES = {
 }
 THROTTLED_POLLS = 2
 
-VEO_RAI_REASON = (
-    "Unable to generate videos because the prompt contains a celebrity likeness. "
-    "You have not been charged for this request. Support codes: 29310472"
-)
-
-
 def _runway_error(status: int, message: str, **extra: Any) -> web.Response:
     return web.json_response({"error": message, **extra}, status=status)
-
-
-def _google_error(status: int, code_name: str, message: str, **extra: Any) -> web.Response:
-    error = {"code": status, "message": message, "status": code_name, **extra}
-    return web.json_response({"error": error}, status=status)
 
 
 def _decodes(data: Any) -> bool:
@@ -368,195 +348,3 @@ class FakeRunwayServer(_FakeServer):
                 return web.Response(status=403, text="AccessDenied: Request has expired")
         return web.Response(body=video_bytes(job_id), content_type="video/mp4")
 
-
-class FakeVeoServer(_FakeServer):
-    """The Gemini API's Veo surface: `predictLongRunning`, operations, `:cancel`, file download.
-
-    Job ids (and keys of `.jobs`, `.polls`, `.downloads`) are operation names,
-    "models/{model}/operations/{id}". `.download_auth` records the key sent on each leg of a
-    download (the URI and the redirect target).
-    """
-
-    def __init__(self, *, run_seconds: float = 0.5) -> None:
-        super().__init__(run_seconds=run_seconds)
-        self._files: dict[str, str] = {}  # file id → operation name
-
-    @property
-    def base_url(self) -> str:
-        return f"{self.origin}/v1beta"
-
-    def _add_routes(self, app: web.Application) -> None:
-        app.router.add_get("/v1beta/models", self._models)
-        app.router.add_post("/v1beta/models/{model}:predictLongRunning", self._create)
-        app.router.add_get("/v1beta/models/{model}/operations/{op}", self._operation)
-        app.router.add_post("/v1beta/models/{model}/operations/{op}:cancel", self._cancel)
-        app.router.add_get("/v1beta/files/{file}:download", self._file)
-        app.router.add_get("/blobs/{file}.mp4", self._blob)
-
-    def video_uri(self, file_id: str) -> str:
-        return f"{self.base_url}/files/{file_id}:download?alt=media"
-
-    @web.middleware
-    async def _auth(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.path.startswith(("/v1beta/", "/blobs/")):
-            sent = request.headers.get("x-goog-api-key")
-            if request.path.startswith(("/v1beta/files/", "/blobs/")):
-                self.download_auth.append(sent)
-            refusal: web.Response | None = None
-            if not sent:
-                refusal = _google_error(
-                    403,
-                    "PERMISSION_DENIED",
-                    "Method doesn't allow unregistered callers (callers without established "
-                    "identity). Please use API Key or other form of API consumer identity.",
-                )
-            elif sent != self.api_key:
-                # Google does not echo the key; this fake does, so tests prove redaction.
-                refusal = _google_error(
-                    400,
-                    "INVALID_ARGUMENT",
-                    f"API key not valid. Please pass a valid API key. (got {sent})",
-                    details=[{"reason": "API_KEY_INVALID", "domain": "googleapis.com"}],
-                )
-            if refusal is not None:
-                if request.path.endswith(":predictLongRunning"):
-                    self.create_attempts.append({"refused": "key"})
-                return refusal
-        return await handler(request)
-
-    async def _create(self, request: web.Request) -> web.Response:
-        body = await _json_body(request)
-        if body is None:
-            self.create_attempts.append({})
-            return _google_error(400, "INVALID_ARGUMENT", "Invalid JSON payload received.")
-        self.create_attempts.append(body)
-        instances = body.get("instances")
-        instance = instances[0] if isinstance(instances, list) and instances else None
-        prompt = instance.get("prompt") if isinstance(instance, dict) else None
-        prompt = prompt if isinstance(prompt, str) else ""
-        self._creates_per_prompt[prompt] += 1
-        if "[429-submit]" in prompt and self._creates_per_prompt[prompt] == 1:
-            return _google_error(
-                429,
-                "RESOURCE_EXHAUSTED",
-                "You exceeded your current quota, please check your plan and billing details.",
-            )
-        problem = self._invalid(instance, body.get("parameters"))
-        if problem is not None:
-            self.create_attempts[-1] = {**body, "refused": problem}
-            return _google_error(400, "INVALID_ARGUMENT", problem)
-        model = request.match_info["model"]
-        op_id = uuid.uuid4().hex[:16]
-        job = FakeJob(
-            id=f"models/{model}/operations/{op_id}",
-            prompt=prompt,
-            model=model,
-            body=body,
-            created_at=time.time(),
-            extra={"path": request.path, "file": f"file-{op_id}"},
-        )
-        self.jobs[job.id] = job
-        self._files[job.extra["file"]] = job.id
-        self.submits.append(body)
-        return web.json_response({"name": job.id})
-
-    @staticmethod
-    def _invalid(instance: Any, parameters: Any) -> str | None:
-        if not isinstance(instance, dict) or not instance.get("prompt"):
-            return "instances[0].prompt is required."
-        params = parameters if isinstance(parameters, dict) else {}
-        if params.get("aspectRatio", "16:9") not in ("16:9", "9:16"):
-            return "aspectRatio must be 16:9 or 9:16."
-        resolution = params.get("resolution", "720p")
-        if resolution not in ("720p", "1080p"):
-            return "resolution must be 720p or 1080p."
-        # Google's docs show durationSeconds as both "8" and 8; accept either.
-        duration = str(params.get("durationSeconds", "8"))
-        if duration not in ("4", "6", "8"):
-            return "durationSeconds must be 4, 6 or 8."
-        if resolution == "1080p" and duration != "8":
-            return "1080p is only supported for 8 second videos."
-        image = instance.get("image")
-        if image is not None:
-            if not isinstance(image, dict) or not _decodes(image.get("bytesBase64Encoded")):
-                return "instances[0].image.bytesBase64Encoded must be base64 image bytes."
-            if not str(image.get("mimeType", "")).startswith("image/"):
-                return "instances[0].image.mimeType must be an image type."
-        return None
-
-    def _done(self, job: FakeJob) -> bool:
-        if job.cancelled:
-            return True
-        return not job.has("[stuck]") and time.time() - job.created_at >= self.run_seconds
-
-    async def _operation(self, request: web.Request) -> web.Response:
-        name = f"models/{request.match_info['model']}/operations/{request.match_info['op']}"
-        fault = self._poll_fault(name)
-        if fault is not None:
-            return fault
-        job = self.jobs.get(name)
-        if job is not None and job.has("[403-poll]"):
-            return _google_error(
-                403, "PERMISSION_DENIED", "The caller does not have permission"
-            )
-        if job is None:
-            return _google_error(404, "NOT_FOUND", f"Operation {name} not found.")
-        if not self._done(job):
-            return web.json_response({"name": name})  # Google leaves `done` out until it is true
-        answer: dict[str, Any] = {"name": name, "done": True}
-        if job.cancelled:
-            answer["error"] = {"code": 1, "message": "Operation was cancelled."}
-        elif job.has("[op-error]"):
-            answer["error"] = {"code": 13, "message": "Video generation failed unexpectedly."}
-        elif job.has("[rai]"):
-            answer["response"] = {
-                "@type": "type.googleapis.com/google.ai.generativelanguage.v1beta."
-                "PredictLongRunningResponse",
-                "generateVideoResponse": {
-                    "raiMediaFilteredCount": 1,
-                    "raiMediaFilteredReasons": [VEO_RAI_REASON],
-                },
-            }
-        else:
-            uri = self.video_uri(job.extra["file"])
-            answer["response"] = {
-                "@type": "type.googleapis.com/google.ai.generativelanguage.v1beta."
-                "PredictLongRunningResponse",
-                "generateVideoResponse": {"generatedSamples": [{"video": {"uri": uri}}]},
-            }
-        return web.json_response(answer)
-
-    async def _cancel(self, request: web.Request) -> web.Response:
-        name = f"models/{request.match_info['model']}/operations/{request.match_info['op']}"
-        job = self.jobs.get(name)
-        if job is None:
-            return _google_error(404, "NOT_FOUND", f"Operation {name} not found.")
-        if self._done(job):
-            return _google_error(400, "FAILED_PRECONDITION", "Operation is already done.")
-        job.cancelled = True
-        self.cancels.append(name)
-        return web.json_response({})
-
-    def _ready_job(self, file_id: str) -> FakeJob | None:
-        job = self.jobs.get(self._files.get(file_id, ""))
-        if job is None or job.cancelled or not self._done(job):
-            return None
-        if job.has("[rai]") or job.has("[op-error]"):
-            return None
-        return job
-
-    async def _file(self, request: web.Request) -> web.Response:
-        file_id = request.match_info["file"]
-        job = self._ready_job(file_id)
-        if job is None:
-            return _google_error(404, "NOT_FOUND", "File not found.")
-        self.downloads[job.id] += 1
-        if job.has("[download-502]") and self.downloads[job.id] == 1:
-            return _google_error(502, "UNAVAILABLE", "Bad Gateway")
-        raise web.HTTPFound(f"/blobs/{file_id}.mp4")
-
-    async def _blob(self, request: web.Request) -> web.Response:
-        job = self._ready_job(request.match_info["file"])
-        if job is None:
-            return web.Response(status=404, text="Not Found")
-        return web.Response(body=video_bytes(job.id), content_type="video/mp4")
