@@ -39,8 +39,12 @@ LEAVES = (st.none() | st.booleans() | st.integers(min_value=-10**20, max_value=1
 JSON = st.recursive(LEAVES, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(KEYS, inner, max_size=6),
                     max_leaves=25)
 
+def _veo_status(body: object) -> object:
+    return veo.parse_operation(body)[0]  # (status, inline video bytes)
+
+
 PARSERS = [
-    gateway.parse_generation, openai_videos.parse_video, runway.parse_task, veo.parse_operation,
+    gateway.parse_generation, openai_videos.parse_video, runway.parse_task, _veo_status,
     kling.parse_task, seedance.parse_task, fal.parse_queue_status, fal.parse_result,
 ]
 
