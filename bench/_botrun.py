@@ -86,8 +86,8 @@ def _trace_storage() -> None:
     import time
     from contextlib import asynccontextmanager
 
-    from storage import db as dbmod
     from storage import jobs as jobstore
+    from storage.sqlite import SQLiteDatabase
 
     original_reserve = jobstore.reserve_request
 
@@ -99,8 +99,8 @@ def _trace_storage() -> None:
             TRACE.setdefault("reserve", []).append((time.monotonic(), time.perf_counter() - t0))
 
     jobstore.reserve_request = reserve_request
-    original_txn = dbmod.Database.write_txn
-    original_run_write = dbmod.Database.run_write
+    original_txn = SQLiteDatabase.write_txn
+    original_run_write = SQLiteDatabase.run_write
 
     # "wait": from the call until the transaction's work starts (the gate, the wait for the
     # loop's batch or the writer's thread, BEGIN); "hold": the work itself. The originals keep
@@ -119,10 +119,10 @@ def _trace_storage() -> None:
         t0 = time.perf_counter()
         spans: list[tuple[float, float]] = []
 
-        def timed(conn: Any, *a: Any, **k: Any) -> Any:
+        async def timed(conn: Any, *a: Any, **k: Any) -> Any:
             t1 = time.perf_counter()
             try:
-                return fn(conn, *a, **k)
+                return await fn(conn, *a, **k)
             finally:
                 spans.append((t1 - t0, time.perf_counter() - t1))
 
@@ -132,8 +132,8 @@ def _trace_storage() -> None:
             if spans:
                 TRACE.setdefault("txn", []).append((time.monotonic(), *spans[0]))
 
-    dbmod.Database.write_txn = write_txn  # type: ignore[method-assign]
-    dbmod.Database.run_write = run_write  # type: ignore[method-assign]
+    SQLiteDatabase.write_txn = write_txn  # type: ignore[method-assign]
+    SQLiteDatabase.run_write = run_write  # type: ignore[method-assign]
 
 
 def _stub_storage() -> None:

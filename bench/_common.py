@@ -665,11 +665,11 @@ async def seed_running_jobs(db_path: Path, count: int, *, max_age_s: float = 600
     import random
 
     from bot.clock import iso
-    from storage.db import Database
+    from storage.sqlite import SQLiteDatabase
     from storage.jobs import new_job_id
 
     rng = random.Random(seed)
-    db = await Database(db_path).open()
+    db = await SQLiteDatabase(db_path).open()
     await db.close()
     now = datetime.now(UTC)
     day = now.date().isoformat()

@@ -46,7 +46,7 @@ async def main() -> int:
     from bot.models import JobStatus
     from storage import jobs as jobstore
     from storage import ledger
-    from storage.db import Database
+    from storage.sqlite import SQLiteDatabase
     from storage.jobs import Limits, NewJob, reserve_and_insert
 
     report = Report("reservations", "Budget reservations through the storage layer")
@@ -61,7 +61,7 @@ async def main() -> int:
                       duration_seconds=8, resolution="720p", aspect_ratio="16:9", estimate_micros=COST,
                       dedupe_key=f"cmd:T0001:trig.{user}.{n}")
 
-    async def phase(db: Database, name: str, requests: list[tuple[str, int]], limits: Limits, *,
+    async def phase(db: SQLiteDatabase, name: str, requests: list[tuple[str, int]], limits: Limits, *,
                     concurrency: int, settle: bool, check: bool) -> dict:
         queue = list(requests)
         accepted: list[str] = []
@@ -136,7 +136,7 @@ async def main() -> int:
         return {"rate": calls / elapsed, "violations": violations, "accepted": accepted}
 
     # 1 + 2: a fresh day, 600 users asking 10 times each ($8 wanted, $5 allowed), random order
-    db = await Database(tmp / "reserve.db").open()
+    db = await SQLiteDatabase(tmp / "reserve.db").open()
     requests = [(f"U{u:04d}", n) for u in range(600) for n in range(10)]
     random.Random(1).shuffle(requests)
     limits = Limits(user_limit_micros=USER_LIMIT, workspace_limit_micros=2_400_000_000,
@@ -156,7 +156,7 @@ async def main() -> int:
     proto_rate = await _one_hop_rate(tmp / "proto.db", new_job, limits, day)
 
     # 3: a busy day: 20,000 reservations already stored, with a workspace cap
-    db = await Database(tmp / "busy.db").open()
+    db = await SQLiteDatabase(tmp / "busy.db").open()
     _prefill(tmp / "busy.db", day, 20_000)
     busy_requests = [(f"V{u:04d}", n) for u in range(300) for n in range(10)]
     random.Random(2).shuffle(busy_requests)
@@ -240,10 +240,10 @@ async def _round_trips(path: Path, new_job, limits, day: str) -> tuple[float, fl
     import aiosqlite
 
     from bot.clock import iso
-    from storage.db import Database
+    from storage.sqlite import SQLiteDatabase
     from storage.jobs import reserve_and_insert
 
-    db = await Database(path).open()
+    db = await SQLiteDatabase(path).open()
     calls = 0
     original = aiosqlite.Connection._execute
 
@@ -319,9 +319,9 @@ def _reserve_sync(conn: sqlite3.Connection, new, limits, day: str, now: str) -> 
 async def _one_hop_rate(path: Path, new_job, limits, day: str, n: int = 3000) -> float:
     """Reservations per second when each transaction is one trip (64 concurrent callers)."""
     from bot.clock import iso
-    from storage.db import Database
+    from storage.sqlite import SQLiteDatabase
 
-    db = await Database(path).open()
+    db = await SQLiteDatabase(path).open()
     writer = db._writer  # the bot's own writer connection and thread
     assert writer is not None
     queue = [(f"P{u:04d}", k) for u in range(n // 10) for k in range(10)]

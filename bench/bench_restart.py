@@ -122,10 +122,10 @@ async def main() -> int:
 async def _one_query_load(db_path: Path) -> float:
     """How long loading every unfinished job takes as one query through the storage layer
     (Database.fetchall + storage.jobs.row_to_job), against the per-job get_job of today."""
-    from storage.db import Database
+    from storage.sqlite import SQLiteDatabase
     from storage.jobs import row_to_job
 
-    db = await Database(db_path).open()
+    db = await SQLiteDatabase(db_path).open()
     try:
         t0 = time.perf_counter()
         rows = await db.fetchall("SELECT * FROM jobs WHERE status IN ('queued','submitted','running')")

@@ -47,7 +47,6 @@ from handlers import commands as command_handlers
 from handlers import home as home_handlers
 from handlers import modals as modal_handlers
 from storage import compares
-from storage.db import Database
 
 log = logging.getLogger(__name__)
 
@@ -238,7 +237,7 @@ async def create_runtime(
         raise CatalogError(
             f"SORA_FALLBACK_MODELS: {', '.join(map(repr, unknown))} not offered here (offered: {', '.join(catalog.ids())})"
         )
-    db = await Database(settings.sora_db_path).open()
+    db = await settings.database().open()
     token = settings.slack_bot_token.get_secret_value() if settings.slack_bot_token else None
     slack_session: aiohttp.ClientSession | None = None
     if slack is None:

@@ -19,7 +19,7 @@ from bot.money import format_usd, micros_to_usd
 from storage import admin as admin_store
 from storage import jobs as jobstore
 from storage import ledger
-from storage.db import Database
+from storage.db import Database, SchemaTooNew
 
 log = logging.getLogger("bot")
 
@@ -88,7 +88,7 @@ async def usage_json(deps: Deps, day: str | None) -> str:
 
 
 async def cmd_jobs(settings: Settings, args: argparse.Namespace) -> int:
-    db = await Database(settings.sora_db_path).open()
+    db = await settings.database().open()
     try:
         if args.json:
             print(await jobs_json(db, user=args.user, status=args.status, limit=args.limit))
@@ -117,7 +117,7 @@ async def cmd_usage(settings: Settings, args: argparse.Namespace) -> int:
         except ValueError:
             print(f"--date: expected YYYY-MM-DD, got {args.date!r}", file=sys.stderr)
             return 2
-    db = await Database(settings.sora_db_path).open()
+    db = await settings.database().open()
     try:
         rows = await _usage_rows(db, settings, args.date)
         if args.json:
@@ -153,6 +153,9 @@ async def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
         runtime = await create_runtime(settings)
     except CatalogError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
+    except SchemaTooNew as exc:
+        print(str(exc), file=sys.stderr)
         return 2
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -220,6 +223,21 @@ async def _check_app_token(slack: Any, app_token: str) -> str | None:
         return f"cannot reach {slack.base_url} ({type(exc).__name__})"
 
 
+async def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
+    """Bring the database's schema up to date once, before replicas of a new version start."""
+    db = settings.database()
+    try:
+        await db.open()  # migrates; on PostgreSQL one replica or command at a time
+    except SchemaTooNew as exc:
+        print(str(exc), file=sys.stderr)
+        return 2
+    try:
+        print(f"{db.describe()}: schema {await db.schema_version()}")
+    finally:
+        await db.close()
+    return 0
+
+
 async def cmd_doctor(settings: Settings, args: argparse.Namespace) -> int:
     from bot.doctor import run_checks
 
@@ -241,6 +259,7 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("run", help="serve Slack (Socket Mode with SLACK_APP_TOKEN, else HTTP)")
     sub.add_parser("demo", help="run the real app against an embedded fake Slack and the simulator")
     sub.add_parser("doctor", help="check config, database, Slack token and providers")
+    sub.add_parser("migrate", help="bring the database schema up to date (once for all replicas)")
     j = sub.add_parser("jobs", help="list jobs, newest first")
     j.add_argument("--json", action="store_true")
     j.add_argument("--user")
@@ -267,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "jobs" and args.limit < 0:
         print("--limit: must be 0 (all) or more", file=sys.stderr)
         return 2
-    handlers = {"run": cmd_run, "doctor": cmd_doctor, "jobs": cmd_jobs, "usage": cmd_usage}
+    handlers = {"run": cmd_run, "doctor": cmd_doctor, "migrate": cmd_migrate, "jobs": cmd_jobs, "usage": cmd_usage}
     try:
         return asyncio.run(handlers[args.command](settings, args))
     except KeyboardInterrupt:

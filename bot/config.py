@@ -5,12 +5,16 @@ from __future__ import annotations
 import base64
 from decimal import Decimal
 from pathlib import Path
+from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from bot.money import usd_to_micros
+
+if TYPE_CHECKING:
+    from storage.db import Database
 
 
 class ConfigError(Exception):
@@ -30,6 +34,11 @@ class Settings(BaseSettings):
     host: str = "0.0.0.0"
 
     sora_db_path: Path = Path("./sora-bot.db")
+    # unset or sqlite:///path: the embedded SQLite file; postgresql://…: a PostgreSQL server
+    # several replicas share (it may carry a password, so it is kept secret)
+    sora_database_url: SecretStr | None = None
+    # PostgreSQL: a replica that stops renewing its jobs' leases loses them after this long
+    sora_lease_seconds: float = Field(30.0, ge=3, le=3600)
     sora_default_model: str | None = None
     sora_daily_budget_usd: Decimal = Decimal("5.00")  # always set: see _daily
     sora_workspace_daily_budget_usd: Decimal | None = None
@@ -107,6 +116,14 @@ class Settings(BaseSettings):
         if not amount.is_finite() or amount < 0:
             raise ValueError(f"must be a non-negative amount of dollars, got {v!r}")
         return amount
+
+    @field_validator("sora_database_url")
+    @classmethod
+    def _database_url(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is not None and v.get_secret_value() and not v.get_secret_value().startswith(
+                ("sqlite:///", "postgresql://", "postgres://")):
+            raise ValueError("must start with sqlite:/// or postgresql://")
+        return v
 
     @field_validator("sora_timezone")
     @classmethod
@@ -191,6 +208,13 @@ class Settings(BaseSettings):
         return self
 
     # Derived values, in the units the code uses.
+    def database(self) -> "Database":
+        """The database these settings name (unopened)."""
+        from storage.db import database_for
+
+        url = self.sora_database_url.get_secret_value() if self.sora_database_url else None
+        return database_for(url, self.sora_db_path)
+
     @property
     def daily_budget_micros(self) -> int:
         return usd_to_micros(self.sora_daily_budget_usd)

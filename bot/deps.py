@@ -7,7 +7,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import aiosqlite
 import httpx
 from slack_sdk.web.async_client import AsyncWebClient
 
@@ -18,7 +17,7 @@ from bot.clock import Clock, utcnow
 from bot.config import Settings
 from bot.providers.base import VideoProvider
 from storage.admin import FALLBACK_MODELS, Budgets, effective_budgets
-from storage.db import Database
+from storage.db import Conn, Database
 
 if TYPE_CHECKING:
     from bot.poller import Poller
@@ -83,7 +82,7 @@ class Deps:
     def provider_label(self, provider: str) -> str:
         return PROVIDER_LABELS.get(provider, provider)
 
-    async def budgets(self, conn: aiosqlite.Connection | None = None) -> Budgets:
+    async def budgets(self, conn: Conn | None = None) -> Budgets:
         """The limits in force: what admins set in Slack, else the environment's defaults.
 
         Pass the write transaction's connection to read them inside it.
@@ -100,7 +99,7 @@ class Deps:
             return self.settings.fallback_models
         return [m for m in (row[0] or "").split(",") if m]
 
-    async def _budgets_on(self, conn: aiosqlite.Connection) -> Budgets:
+    async def _budgets_on(self, conn: Conn) -> Budgets:
         return await effective_budgets(
             conn, env_default_micros=self.settings.daily_budget_micros,
             env_workspace_micros=self.settings.workspace_budget_micros,

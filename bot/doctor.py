@@ -10,7 +10,6 @@ from bot.catalog import Catalog, CatalogError, ModelSpec, build_catalog
 from bot.config import Settings
 from bot.errors import ProviderError
 from bot.slack_io import make_slack_client, slack_error
-from storage.db import Database
 
 CHECK_TIMEOUT_S = 20.0
 
@@ -40,13 +39,19 @@ async def run_checks(settings: Settings) -> int:
     except CatalogError as exc:
         results.append((False, "config", str(exc)))
 
+    where = "database"
     try:
-        db = await Database(settings.sora_db_path).open()
-        row = await db.fetchone("SELECT COUNT(*) FROM jobs WHERE status IN ('queued','submitted','running')")
-        await db.close()
-        results.append((True, "database", f"{settings.sora_db_path} ({row[0] if row else 0} unfinished jobs)"))
+        db = settings.database()
+        where = db.describe()
+        await db.open()
+        try:
+            row = await db.fetchone("SELECT COUNT(*) FROM jobs WHERE status IN ('queued','submitted','running')")
+            version = await db.schema_version()
+        finally:
+            await db.close()
+        results.append((True, "database", f"{where}, schema {version} ({row[0] if row else 0} unfinished jobs)"))
     except Exception as exc:  # any failure to open is the finding itself
-        results.append((False, "database", f"{settings.sora_db_path}: {type(exc).__name__}: {exc}"))
+        results.append((False, "database", f"{where}: {type(exc).__name__}: {exc}"))
 
     results.append(await _check_slack(settings))
 

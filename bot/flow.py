@@ -11,7 +11,6 @@ import dataclasses
 import logging
 import random
 import secrets
-import sqlite3
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -47,6 +46,7 @@ from bot.throttle import EditThrottle
 from storage import compares
 from storage import jobs as jobstore
 from storage import ledger
+from storage.db import Conn
 from storage.jobs import Limits, NewJob, Reserved
 
 log = logging.getLogger(__name__)
@@ -514,27 +514,27 @@ async def finish_success(deps: Deps, job: Job, status: ProviderStatus) -> None:
 # (Database.run_write): job row, ledger and outbox change together or not at all.
 
 
-def _succeed_in(
-    conn: sqlite3.Connection, job_id: str, provider: str, cost: int, video_url: str | None, dest: str, now: str
+async def _succeed_in(
+    conn: Conn, job_id: str, provider: str, cost: int, video_url: str | None, dest: str, now: str
 ) -> bool:
-    moved = jobstore.update_job_sync(
+    moved = await jobstore.update_job(
         conn, job_id, expect=[JobStatus.SUBMITTED, JobStatus.RUNNING], now=now,
         set_={"status": JobStatus.SUCCEEDED, "progress": 100, "cost_micros": cost,
               "video_url": video_url, "finished_at": now},
     )
     if moved:
-        ledger.charge_sync(conn, job_id, cost, now)
-        jobstore.add_delivery_sync(conn, job_id, "video", now=now, file_path=dest)
-        incidents.close_incidents_sync(conn, provider)  # the provider works again
+        await ledger.charge(conn, job_id, cost, now)
+        await jobstore.add_delivery(conn, job_id, "video", now=now, file_path=dest)
+        await incidents.close_incidents_in(conn, provider)  # the provider works again
     return moved
 
 
-def _stop_in(conn: sqlite3.Connection, job_id: str, set_: dict[str, object], kind: str, now: str) -> bool:
+async def _stop_in(conn: Conn, job_id: str, set_: dict[str, object], kind: str, now: str) -> bool:
     """Any unfinished state -> failed/cancelled (per `set_`), releasing the reservation."""
-    moved = jobstore.update_job_sync(conn, job_id, expect=UNFINISHED, now=now, set_=set_)
+    moved = await jobstore.update_job(conn, job_id, expect=UNFINISHED, now=now, set_=set_)
     if moved:
-        ledger.release_sync(conn, job_id, now)
-        jobstore.add_delivery_sync(conn, job_id, kind, now=now)
+        await ledger.release(conn, job_id, now)
+        await jobstore.add_delivery(conn, job_id, kind, now=now)
     return moved
 
 

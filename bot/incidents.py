@@ -7,13 +7,13 @@ success, so a burst of failed jobs sends one message, not one per job.
 from __future__ import annotations
 
 import logging
-import sqlite3
 
 from slack_sdk.errors import SlackApiError
 
 from bot.clock import iso
 from bot.deps import Deps
 from bot.models import FailureKind
+from storage.db import Conn
 
 log = logging.getLogger(__name__)
 
@@ -56,26 +56,25 @@ async def open_incident(deps: Deps, provider: str, kind: FailureKind, *, job_id:
     return told > 0
 
 
-def _open_in(conn: sqlite3.Connection, key: str, job_id: str, now: str) -> bool:
+async def _open_in(conn: Conn, key: str, job_id: str, now: str) -> bool:
     """False when the incident is open already."""
-    cur = conn.execute(
+    return await conn.execute(
         "INSERT INTO settings (key, value, updated_at, updated_by) VALUES (?, ?, ?, 'bot')"
         " ON CONFLICT(key) DO NOTHING",
         (key, job_id, now),
-    )
-    return cur.rowcount == 1
+    ) == 1
 
 
 async def close_incidents(deps: Deps, provider: str) -> None:
     """The provider works again: the next failure is news."""
-    await deps.db.run_write(close_incidents_sync, provider)
+    await deps.db.run_write(close_incidents_in, provider)
 
 
-def close_incidents_sync(conn: sqlite3.Connection, provider: str) -> None:
+async def close_incidents_in(conn: Conn, provider: str) -> None:
     """`close_incidents` inside a caller's transaction (a success closes them in the one
     that records it: no commit of its own)."""
     keys = [incident_key(provider, k) for k in ALERT_KINDS]
-    conn.execute(f"DELETE FROM settings WHERE key IN ({','.join('?' for _ in keys)})", keys)
+    await conn.execute(f"DELETE FROM settings WHERE key IN ({','.join('?' for _ in keys)})", keys)
 
 
 async def admin_recipients(deps: Deps) -> list[str]:

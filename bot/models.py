@@ -133,3 +133,4 @@ class Job:
     fallback_of: str | None = None  # the failed job this one replaces
     approval_key: str | None = None  # set when the request needed an admin's approval
     thread_permalink: str | None = None  # chat.getPermalink's answer for the thread, once a Home asked
+    owner: str | None = None  # the replica watching it (storage.leases); None once nobody needs to

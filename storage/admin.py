@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import sqlite3
 from dataclasses import dataclass
 
-import aiosqlite
-
-from storage.db import Database, fetchone_sync, run_in
+from storage.db import Conn, Database
+from storage.ledger import BUDGETS_LOCK
 
 # Setting keys. Amounts are micro-dollars as decimal text; None/"" means "no cap".
 DEFAULT_BUDGET = "daily_budget_micros"
@@ -36,13 +34,9 @@ class AuditEntry:
     note: str | None
 
 
-def get_setting_sync(conn: sqlite3.Connection, key: str) -> Setting | None:
-    row = fetchone_sync(conn, "SELECT value, updated_at, updated_by FROM settings WHERE key = ?", (key,))
+async def get_setting(conn: Conn, key: str) -> Setting | None:
+    row = await conn.fetchone("SELECT value, updated_at, updated_by FROM settings WHERE key = ?", (key,))
     return Setting(row[0], row[1], row[2]) if row else None
-
-
-async def get_setting(conn: aiosqlite.Connection, key: str) -> Setting | None:
-    return await run_in(conn, get_setting_sync, key)
 
 
 async def read_setting(db: Database, key: str) -> Setting | None:
@@ -50,7 +44,8 @@ async def read_setting(db: Database, key: str) -> Setting | None:
     return Setting(row[0], row[1], row[2]) if row else None
 
 
-async def put_setting(conn: aiosqlite.Connection, key: str, value: str | None, *, at: str, by: str) -> None:
+async def put_setting(conn: Conn, key: str, value: str | None, *, at: str, by: str) -> None:
+    await _lock_if_read_by_reservations(conn, key)
     await conn.execute(
         "INSERT INTO settings (key, value, updated_at, updated_by) VALUES (?, ?, ?, ?)"
         " ON CONFLICT(key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at,"
@@ -59,12 +54,13 @@ async def put_setting(conn: aiosqlite.Connection, key: str, value: str | None, *
     )
 
 
-async def delete_setting(conn: aiosqlite.Connection, key: str) -> None:
+async def delete_setting(conn: Conn, key: str) -> None:
+    await _lock_if_read_by_reservations(conn, key)
     await conn.execute("DELETE FROM settings WHERE key = ?", (key,))
 
 
 async def audit(
-    conn: aiosqlite.Connection,
+    conn: Conn,
     *,
     at: str,
     actor: str,
@@ -104,17 +100,17 @@ class Budgets:
         return self.paused_reason is not None
 
 
-def effective_budgets_sync(
-    conn: sqlite3.Connection, *, env_default_micros: int, env_workspace_micros: int | None,
+async def effective_budgets(
+    conn: Conn, *, env_default_micros: int, env_workspace_micros: int | None,
     env_approval_micros: int | None = None,
 ) -> Budgets:
     # one statement: this runs inside every reservation, on the event loop
     found = {
         row[0]: Setting(row[1], row[2], row[3])
-        for row in conn.execute(
+        for row in await conn.fetchall(
             "SELECT key, value, updated_at, updated_by FROM settings WHERE key IN (?, ?, ?, ?)",
             (DEFAULT_BUDGET, WORKSPACE_BUDGET, PAUSED_REASON, APPROVAL_OVER),
-        ).fetchall()
+        )
     }
     default, workspace = found.get(DEFAULT_BUDGET), found.get(WORKSPACE_BUDGET)
     paused, approval = found.get(PAUSED_REASON), found.get(APPROVAL_OVER)
@@ -130,11 +126,11 @@ def effective_budgets_sync(
     )
 
 
-async def effective_budgets(
-    conn: aiosqlite.Connection, *, env_default_micros: int, env_workspace_micros: int | None,
-    env_approval_micros: int | None = None,
-) -> Budgets:
-    return await run_in(
-        conn, effective_budgets_sync, env_default_micros=env_default_micros,
-        env_workspace_micros=env_workspace_micros, env_approval_micros=env_approval_micros,
-    )
+async def _lock_if_read_by_reservations(conn: Conn, key: str) -> None:
+    # every reservation reads these under BUDGETS_LOCK shared: a change waits for those in
+    # flight and holds new ones back until it commits (see storage.ledger)
+    if key in _READ_BY_RESERVATIONS:
+        await conn.lock(BUDGETS_LOCK)
+
+
+_READ_BY_RESERVATIONS = frozenset({DEFAULT_BUDGET, WORKSPACE_BUDGET, PAUSED_REASON, APPROVAL_OVER})

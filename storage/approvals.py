@@ -10,12 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-import aiosqlite
-
 from bot.clock import parse_iso
 from bot.models import FailureKind, JobStatus
 from storage import admin, ledger
-from storage.db import Database, fetchone_in
+from storage.db import Database, Row
 from storage.jobs import add_delivery
 
 
@@ -32,7 +30,7 @@ class Approval:
     expires_at: datetime
 
 
-def _row(row: aiosqlite.Row) -> Approval:
+def _row(row: Row) -> Approval:
     return Approval(
         key=row["key"], user_id=row["user_id"], amount_micros=int(row["amount_micros"]),
         threshold_micros=int(row["threshold_micros"]), state=row["state"], decided_by=row["decided_by"],
@@ -64,17 +62,16 @@ async def decide(db: Database, key: str, *, state: str, by: str, now: str) -> De
     """
     assert state in ("approved", "denied", "expired", "withdrawn")
     async with db.write_txn() as conn:
-        rows = await conn.execute_fetchall(
+        rows = await conn.fetchall(
             "SELECT id FROM jobs WHERE approval_key = ? AND status = 'queued' ORDER BY rowid", (key,))
         waiting = [r[0] for r in rows]
         moved = False
         if state != "withdrawn" or not waiting:  # withdrawn only once no part still waits
-            cur = await conn.execute(
+            moved = await conn.execute(
                 "UPDATE approvals SET state = ?, decided_by = ?, decided_at = ? WHERE key = ? AND state = 'pending'",
                 (state, by, now, key),
-            )
-            moved = cur.rowcount == 1
-        row = await fetchone_in(conn, "SELECT * FROM approvals WHERE key = ?", (key,))
+            ) == 1
+        row = await conn.fetchone("SELECT * FROM approvals WHERE key = ?", (key,))
         if row is None:
             return None
         if moved and state in ("denied", "expired"):
@@ -98,7 +95,8 @@ async def decide(db: Database, key: str, *, state: str, by: str, now: str) -> De
 
 async def add_message(db: Database, key: str, channel_id: str, ts: str) -> None:
     await db.execute(
-        "INSERT OR REPLACE INTO approval_messages (key, channel_id, ts) VALUES (?, ?, ?)", (key, channel_id, ts))
+        "INSERT INTO approval_messages (key, channel_id, ts) VALUES (?, ?, ?)"
+        " ON CONFLICT (key, channel_id) DO UPDATE SET ts = excluded.ts", (key, channel_id, ts))
 
 
 async def messages_of(db: Database, key: str) -> dict[str, str]:

@@ -60,11 +60,10 @@ async def all_delivered(db: Database, compare_id: str) -> bool:
 
 async def mark_summarized(db: Database, compare_id: str, ts: str | None) -> bool:
     async with db.write_txn() as conn:
-        cur = await conn.execute(
+        return await conn.execute(
             "UPDATE compares SET summary_state = 'done', summary_ts = ? WHERE id = ? AND summary_state = 'owed'",
             (ts, compare_id),
-        )
-        return cur.rowcount == 1
+        ) == 1
 
 
 async def owed_summaries(db: Database) -> list[str]:

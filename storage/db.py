@@ -1,850 +1,152 @@
-"""The SQLite connection pair (one writer, one reader), WAL, and numbered migrations."""
+"""What the rest of the bot sees of storage: a `Database` and the `Conn` its transactions get.
+
+Two backends stand behind it: embedded SQLite (`storage.sqlite`, the default) and PostgreSQL
+(`storage.postgres`, for several replicas). Repository functions are written once, as
+`async def f(conn: Conn, ...)` with `?` placeholders in SQL both engines run; whatever one
+engine needs in its own words (locks, placeholders, migrations' text) stays in its module.
+"""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import logging
-import os
-import sqlite3
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
-from contextlib import asynccontextmanager
+from abc import ABC, abstractmethod
+from collections.abc import Awaitable, Callable, Sequence
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar
 
-import aiosqlite
+from storage.migrations import MIGRATIONS
 
 T = TypeVar("T")
+P = ParamSpec("P")
 
-log = logging.getLogger(__name__)
+Row = Any  # sqlite3.Row or asyncpg.Record: both index by position and by column name
 
-# Each entry is one migration; PRAGMA user_version records how many have run.
-MIGRATIONS: tuple[tuple[str, str], ...] = (
-    (
-        "jobs, ledger, deliveries",
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+class SchemaTooNew(RuntimeError):
+    """The database was migrated by a newer sora-bot: this one must not touch it."""
+
+    def __init__(self, where: str, version: int) -> None:
+        super().__init__(
+            f"database {where} is at schema {version}, newer than this code ({SCHEMA_VERSION}): upgrade sora-bot"
+        )
+
+
+class Conn(Protocol):
+    """One connection inside one transaction."""
+
+    engine: str  # "sqlite" | "postgres"
+    # appended to a SELECT whose rows a claim will update: PostgreSQL's FOR UPDATE SKIP LOCKED
+    # (concurrent claimers take different rows); nothing on SQLite, which has one writer
+    skip_locked: str
+
+    async def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
+        """Run one statement; the number of rows it changed."""
+
+    async def fetchone(self, sql: str, params: Sequence[Any] = ()) -> Row | None: ...
+
+    async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[Row]: ...
+
+    async def lock(self, key: str, *, shared: bool = False) -> None:
+        """Hold `key` until the transaction ends, so that writers of one account take turns.
+
+        SQLite's BEGIN IMMEDIATE already lets one writer in at a time, so there it does
+        nothing; PostgreSQL takes a transaction-scoped advisory lock. Take keys in one order
+        everywhere (see `storage.jobs`), or two transactions can wait on each other.
         """
-        CREATE TABLE jobs (
-            id                TEXT PRIMARY KEY,
-            dedupe_key        TEXT UNIQUE,
-            user_id           TEXT NOT NULL,
-            team_id           TEXT,
-            channel_id        TEXT NOT NULL,
-            thread_ts         TEXT,
-            status_ts         TEXT,
-            source            TEXT NOT NULL,
-            response_url      TEXT,
-            model             TEXT NOT NULL,
-            provider          TEXT NOT NULL,
-            provider_model    TEXT NOT NULL,
-            prompt            TEXT NOT NULL,
-            duration_seconds  INTEGER NOT NULL,
-            resolution        TEXT NOT NULL,
-            aspect_ratio      TEXT NOT NULL,
-            status            TEXT NOT NULL CHECK (status IN
-                ('queued','submitted','running','succeeded','failed','cancelled')),
-            failure_kind      TEXT,
-            failure_detail    TEXT,
-            progress          INTEGER,
-            provider_job_id   TEXT,
-            estimate_micros   INTEGER NOT NULL CHECK (estimate_micros >= 0),
-            cost_micros       INTEGER NOT NULL DEFAULT 0 CHECK (cost_micros >= 0),
-            video_url         TEXT,
-            budget_day        TEXT NOT NULL,
-            created_at        TEXT NOT NULL,
-            updated_at        TEXT NOT NULL,
-            submit_started_at TEXT,
-            submitted_at      TEXT,
-            last_progress_at  TEXT,
-            stall_notified    INTEGER NOT NULL DEFAULT 0,
-            last_status_edit_at TEXT,
-            finished_at       TEXT,
-            CHECK (status NOT IN ('failed','cancelled') OR failure_kind IS NOT NULL),
-            CHECK (status NOT IN ('submitted','running','succeeded') OR provider_job_id IS NOT NULL)
-        );
-        CREATE INDEX jobs_status ON jobs(status);
-        CREATE INDEX jobs_user_status ON jobs(user_id, status);
-        CREATE INDEX jobs_created ON jobs(created_at);
-
-        -- One account row per job: reserved on accept, then charged or released.
-        CREATE TABLE ledger (
-            job_id          TEXT PRIMARY KEY REFERENCES jobs(id),
-            user_id         TEXT NOT NULL,
-            budget_day      TEXT NOT NULL,
-            reserved_micros INTEGER NOT NULL CHECK (reserved_micros >= 0),
-            charged_micros  INTEGER NOT NULL DEFAULT 0 CHECK (charged_micros >= 0),
-            state           TEXT NOT NULL CHECK (state IN ('reserved','charged','released','refunded')),
-            created_at      TEXT NOT NULL,
-            updated_at      TEXT NOT NULL
-        );
-        CREATE INDEX ledger_user_day ON ledger(user_id, budget_day, state);
-        CREATE INDEX ledger_day ON ledger(budget_day, state);
-
-        -- Append-only history of every money movement, for audits and explanations.
-        CREATE TABLE ledger_events (
-            id            INTEGER PRIMARY KEY AUTOINCREMENT,
-            job_id        TEXT NOT NULL,
-            user_id       TEXT NOT NULL,
-            budget_day    TEXT NOT NULL,
-            event         TEXT NOT NULL,
-            amount_micros INTEGER NOT NULL,
-            at            TEXT NOT NULL
-        );
-
-        -- Per-user limit overrides (admin commands fill this in).
-        CREATE TABLE user_limits (
-            user_id      TEXT PRIMARY KEY,
-            limit_micros INTEGER NOT NULL CHECK (limit_micros >= 0),
-            updated_at   TEXT NOT NULL,
-            updated_by   TEXT
-        );
-
-        -- The outbox: the final message each job still owes its thread.
-        CREATE TABLE deliveries (
-            job_id      TEXT PRIMARY KEY REFERENCES jobs(id),
-            kind        TEXT NOT NULL CHECK (kind IN ('video','failure','cancelled')),
-            state       TEXT NOT NULL CHECK (state IN ('pending','done')),
-            file_path   TEXT,
-            message_ts  TEXT,
-            method      TEXT,
-            attempts    INTEGER NOT NULL DEFAULT 0,
-            last_error  TEXT,
-            created_at  TEXT NOT NULL,
-            updated_at  TEXT NOT NULL
-        );
-        CREATE INDEX deliveries_state ON deliveries(state);
-        """,
-    ),
-    (
-        "run-time settings and the audit log",
-        """
-        -- Values admins change from Slack; once set they win over the environment.
-        CREATE TABLE settings (
-            key        TEXT PRIMARY KEY,
-            value      TEXT,
-            updated_at TEXT NOT NULL,
-            updated_by TEXT
-        );
-
-        CREATE TABLE audit_log (
-            id        INTEGER PRIMARY KEY AUTOINCREMENT,
-            at        TEXT NOT NULL,
-            actor     TEXT NOT NULL,
-            action    TEXT NOT NULL,
-            target    TEXT,
-            old_value TEXT,
-            new_value TEXT,
-            note      TEXT
-        );
-        CREATE INDEX audit_at ON audit_log(at);
-        """,
-    ),
-    (
-        "the uploaded file of a delivery",
-        """
-        -- Set before files.completeUploadExternal: after a crash, files.info on it tells
-        -- whether the video was already shared, so it is never posted twice.
-        ALTER TABLE deliveries ADD COLUMN upload_file_id TEXT;
-        """,
-    ),
-    (
-        "reference images for image-to-video",
-        """
-        -- A prepared image file beside the database; it outlives restarts like the job does.
-        ALTER TABLE jobs ADD COLUMN reference_image_path TEXT;
-        ALTER TABLE jobs ADD COLUMN reference_image_mime TEXT
-        """,
-    ),
-    (
-        "provider callbacks",
-        """
-        -- Callbacks name the provider's job id; this finds our job from it.
-        CREATE INDEX jobs_provider_job ON jobs(provider, provider_job_id);
-
-        -- Deliveries already acted on: providers retry, attackers replay.
-        CREATE TABLE webhook_deliveries (
-            provider    TEXT NOT NULL,
-            delivery_id TEXT NOT NULL,
-            received_at TEXT NOT NULL,
-            PRIMARY KEY (provider, delivery_id)
-        );
-        CREATE INDEX webhook_deliveries_received ON webhook_deliveries(received_at);
-        """,
-    ),
-    (
-        "compares, fallbacks and approvals",
-        """
-        -- One `/sora compare`: its jobs share the id, one request message and one summary.
-        CREATE TABLE compares (
-            id            TEXT PRIMARY KEY,
-            user_id       TEXT NOT NULL,
-            channel_id    TEXT NOT NULL,
-            thread_ts     TEXT,
-            status_ts     TEXT,
-            prompt        TEXT NOT NULL,
-            summary_state TEXT NOT NULL DEFAULT 'owed' CHECK (summary_state IN ('owed','done')),
-            summary_ts    TEXT,
-            created_at    TEXT NOT NULL
-        );
-        ALTER TABLE jobs ADD COLUMN compare_id TEXT REFERENCES compares(id);
-        CREATE INDEX jobs_compare ON jobs(compare_id);
-
-        -- The failed job a fallback job replaces (button or automatic).
-        ALTER TABLE jobs ADD COLUMN fallback_of TEXT;
-
-        -- A request over the approval threshold: its jobs wait in 'queued' until decided.
-        -- The key is the job id, or the compare id for a compare.
-        CREATE TABLE approvals (
-            key          TEXT PRIMARY KEY,
-            user_id      TEXT NOT NULL,
-            amount_micros INTEGER NOT NULL CHECK (amount_micros >= 0),
-            threshold_micros INTEGER NOT NULL,
-            state        TEXT NOT NULL CHECK (state IN ('pending','approved','denied','expired','withdrawn')),
-            decided_by   TEXT,
-            decided_at   TEXT,
-            created_at   TEXT NOT NULL,
-            expires_at   TEXT NOT NULL
-        );
-        -- The admin DMs that carry a request's Approve/Deny buttons, edited once decided.
-        CREATE TABLE approval_messages (
-            key        TEXT NOT NULL REFERENCES approvals(key),
-            channel_id TEXT NOT NULL,
-            ts         TEXT NOT NULL,
-            PRIMARY KEY (key, channel_id)
-        );
-        ALTER TABLE jobs ADD COLUMN approval_key TEXT REFERENCES approvals(key);
-        CREATE INDEX jobs_approval ON jobs(approval_key);
-        """,
-    ),
-    (
-        "running daily totals of the ledger",
-        """
-        -- The workspace cap is checked inside every reservation; summing the whole day's
-        -- ledger there grew with the day (20,000 rows: ~12 ms). Triggers keep one row per
-        -- budget day in the same transaction as every ledger change, whoever makes it, so the
-        -- total is exact and a crash can't leave it behind the ledger.
-        CREATE TABLE ledger_day_totals (
-            budget_day      TEXT PRIMARY KEY,
-            spent_micros    INTEGER NOT NULL DEFAULT 0,
-            reserved_micros INTEGER NOT NULL DEFAULT 0
-        );
-        INSERT INTO ledger_day_totals (budget_day, spent_micros, reserved_micros)
-            SELECT budget_day,
-                   SUM(CASE WHEN state='charged' THEN charged_micros ELSE 0 END),
-                   SUM(CASE WHEN state='reserved' THEN reserved_micros ELSE 0 END)
-            FROM ledger GROUP BY budget_day;
-
-        CREATE TRIGGER ledger_day_totals_insert AFTER INSERT ON ledger BEGIN
-            INSERT OR IGNORE INTO ledger_day_totals (budget_day) VALUES (new.budget_day);
-            UPDATE ledger_day_totals
-               SET spent_micros = spent_micros
-                       + CASE WHEN new.state='charged' THEN new.charged_micros ELSE 0 END,
-                   reserved_micros = reserved_micros
-                       + CASE WHEN new.state='reserved' THEN new.reserved_micros ELSE 0 END
-             WHERE budget_day = new.budget_day;
-        END;
-
-        CREATE TRIGGER ledger_day_totals_update
-        AFTER UPDATE OF budget_day, state, reserved_micros, charged_micros ON ledger BEGIN
-            UPDATE ledger_day_totals
-               SET spent_micros = spent_micros
-                       - CASE WHEN old.state='charged' THEN old.charged_micros ELSE 0 END,
-                   reserved_micros = reserved_micros
-                       - CASE WHEN old.state='reserved' THEN old.reserved_micros ELSE 0 END
-             WHERE budget_day = old.budget_day;
-            INSERT OR IGNORE INTO ledger_day_totals (budget_day) VALUES (new.budget_day);
-            UPDATE ledger_day_totals
-               SET spent_micros = spent_micros
-                       + CASE WHEN new.state='charged' THEN new.charged_micros ELSE 0 END,
-                   reserved_micros = reserved_micros
-                       + CASE WHEN new.state='reserved' THEN new.reserved_micros ELSE 0 END
-             WHERE budget_day = new.budget_day;
-        END;
-
-        CREATE TRIGGER ledger_day_totals_delete AFTER DELETE ON ledger BEGIN
-            UPDATE ledger_day_totals
-               SET spent_micros = spent_micros
-                       - CASE WHEN old.state='charged' THEN old.charged_micros ELSE 0 END,
-                   reserved_micros = reserved_micros
-                       - CASE WHEN old.state='reserved' THEN old.reserved_micros ELSE 0 END
-             WHERE budget_day = old.budget_day;
-        END;
-        """,
-    ),
-    (
-        "the permalink of a job's thread",
-        """
-        -- What chat.getPermalink answered for (channel_id, thread_ts), looked up once when a
-        -- Home first shows the job. A thread that moves (its parent deleted, a DM instead of
-        -- the channel) drops it, whoever moves it, so a link never points at the old place.
-        ALTER TABLE jobs ADD COLUMN thread_permalink TEXT;
-
-        CREATE TRIGGER jobs_thread_moved AFTER UPDATE OF channel_id, thread_ts ON jobs
-        WHEN old.channel_id IS NOT new.channel_id OR old.thread_ts IS NOT new.thread_ts BEGIN
-            UPDATE jobs SET thread_permalink = NULL WHERE id = new.id;
-        END;
-        """,
-    ),
-)
 
 
-def _statements(sql: str) -> Iterator[str]:
-    """A migration's statements. Trigger bodies hold semicolons, so a piece ends a statement
-    only when SQLite says the text so far is complete."""
-    # comments may hold semicolons: drop them before splitting statements
-    code = "\n".join(line for line in sql.splitlines() if not line.strip().startswith("--"))
-    pending = ""
-    for piece in code.split(";"):
-        pending += piece + ";"
-        if sqlite3.complete_statement(pending):
-            if pending.strip(" \t\r\n;"):
-                yield pending
-            pending = ""
-    if pending.strip(" \t\r\n;"):
-        yield pending
+Txn = Callable[Concatenate[Conn, P], Awaitable[T]]
 
 
-def _create_private_file(path: Path) -> None:
-    """The database holds prompts: create it readable by us only, before SQLite opens it.
+class Database(ABC):
+    """One process's access to the database."""
 
-    SQLite gives its -wal and -shm files the database file's mode. Never open and close
-    these files once a connection is open: closing any descriptor drops this process's
-    POSIX locks on the file, and another process could then checkpoint the WAL away.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if not path.exists():
-        fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
-        os.close(fd)
-    os.chmod(path, 0o600)
-
-
-class _Gate:
-    """Who may queue work for one connection (the reader's thread, or the loop's writes), and when.
-
-    Queued work runs one item (or one batch) at a time, in order. One-trip work (a whole
-    transaction or read in one function) therefore needs no lock: it is queued at once, and
-    many can be in flight. Work that spans several trips (`write_txn`, `reading`) takes the
-    lock and closes the gate, so nothing is queued between its steps; one-trip work waits
-    only while the gate is closed. Waiting on a lock for every one-trip item would cost an
-    event-loop turn per hand-over, which under load was most of the time a write took.
-    """
-
-    def __init__(self) -> None:
-        self.lock = asyncio.Lock()
-        self._open = asyncio.Event()
-        self._open.set()
-        self._waiting = 0  # one-trip work held at the closed gate
-        self._drained = asyncio.Event()
-
-    @property
-    def is_open(self) -> bool:
-        return self._open.is_set()
-
-    async def pass_through(self) -> None:
-        self._waiting += 1
-        try:
-            while not self._open.is_set():
-                await self._open.wait()
-        finally:
-            self._waiting -= 1
-            if not self._waiting:
-                self._drained.set()
-
-    @asynccontextmanager
-    async def exclusive(self, wait_s: float | None = None) -> AsyncIterator[None]:
-        async with asyncio.timeout(wait_s):  # None: no limit
-            await self.lock.acquire()
-            try:
-                # Work held up by the previous holder goes first; else a caller that runs one
-                # multi-step transaction after another would keep the gate shut for good.
-                while self._waiting:
-                    self._drained.clear()
-                    await self._drained.wait()
-            except BaseException:
-                self.lock.release()
-                raise
-        self._open.clear()
-        try:
-            yield
-        finally:
-            self._open.set()
-            self.lock.release()
-
-
-class _Write:
-    """One `run_write` call waiting for the next batch."""
-
-    __slots__ = ("done", "fn", "args", "kwargs", "deadline")
-
-    def __init__(self, done: asyncio.Future[Any], fn: Callable[..., Any], args: tuple[Any, ...],
-                 kwargs: dict[str, Any], deadline: float | None) -> None:
-        self.done, self.fn, self.args, self.kwargs, self.deadline = done, fn, args, kwargs, deadline
-
-
-def _pragmas(busy_timeout_s: float) -> tuple[str, ...]:
-    """Every connection's settings."""
-    return (f"PRAGMA busy_timeout={int(busy_timeout_s * 1000)}", "PRAGMA foreign_keys=ON", "PRAGMA synchronous=NORMAL")
-
-
-def _is_busy(exc: sqlite3.OperationalError) -> bool:
-    return getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_BUSY or "locked" in str(exc)
-
-
-class Database:
-    """One process's access to the SQLite file.
-
-    One-trip writes (`run_write`) run on the event loop's own connection, batched: every
-    write asked for in one turn of the loop shares one BEGIN IMMEDIATE … COMMIT, each inside
-    a savepoint of its own. A reservation is a fraction of a millisecond of SQLite work; handing
-    it to a thread cost more than that in hand-overs and GIL waits, and a COMMIT per write cost
-    as much as the write. That connection never waits on SQLite's lock (busy_timeout 0): when
-    another process holds it, the batch is tried again a few milliseconds later, so the loop is
-    never blocked, and it never checkpoints (a checkpoint syncs the disk): a third connection
-    does that on a worker thread.
-
-    Multi-step transactions (`write_txn`, rare admin work) run on a writer connection with a
-    thread of its own, and one-trip writes wait while one is open. Reads use a fourth connection
-    so they never see a half-done transaction. Relies on aiosqlite's `Connection._execute`
-    (run a callable on the connection's thread) and `_conn`.
-    """
-
-    # how long the loop's writes keep trying while another process holds SQLite's lock
-    # (the other connections' busy_timeout)
+    engine: str
+    # how long one-trip writes keep trying when the database is busy (SQLite: another process
+    # holds its lock; PostgreSQL: no pooled connection is free)
     BUSY_TIMEOUT_S = 10.0
-    # a commit is checkpointed into the database file at most this long after it
-    CHECKPOINT_AFTER_S = 1.0
 
-    def __init__(self, path: Path | str) -> None:
-        self.path = Path(path)
-        self._conn: sqlite3.Connection | None = None  # the loop's write connection
-        self._writer: aiosqlite.Connection | None = None
-        self._reader: aiosqlite.Connection | None = None
-        self._checkpointer: sqlite3.Connection | None = None
-        self._write_gate = _Gate()
-        # Held alone (without closing the gate) it excludes only other multi-step writers:
-        # enough for a caller that hands the writer's thread one whole transaction, as the
-        # benchmark's prototype does.
-        self._write_lock = self._write_gate.lock
-        # SQLite keeps a connection's read snapshot while any of its statements is unfinished;
-        # two interleaved reads would share an old snapshot and miss a fresh commit. One-trip
-        # reads finish their statements inside their trip; `reading()` holds the reader alone.
-        self._read_gate = _Gate()
-        self._queue: list[_Write] = []
-        self._flush_handle: asyncio.Handle | None = None
-        self._txn_open = False  # a write_txn holds SQLite's write lock on the writer's thread
-        self._busy_since: float | None = None
-        self._busy_delay = 0.0
-        self._checkpoint_timer: asyncio.TimerHandle | None = None
-        self._checkpoint_run: asyncio.Future[Any] | None = None
-        self._checkpoint_again = False
-
+    @abstractmethod
     async def open(self) -> "Database":
-        _create_private_file(self.path)
-        self._writer = await self._connect()
-        try:
-            await self._writer.execute("PRAGMA journal_mode=WAL")
-            await self._migrate(self._writer)
-            self._reader = await self._connect()
-            self._conn = self._plain_connection(busy_timeout_s=0)
-            self._conn.execute("PRAGMA wal_autocheckpoint=0")
-            self._checkpointer = self._plain_connection(check_same_thread=False)
-        except BaseException:
-            await self.close()
-            raise
-        for companion in (Path(f"{self.path}-wal"), Path(f"{self.path}-shm")):
-            if companion.exists():  # chmod needs no descriptor, so locks stay intact
-                os.chmod(companion, 0o600)
-        return self
+        """Connect and bring the schema up to date; refuses a newer schema than this code knows."""
 
-    def _plain_connection(self, *, busy_timeout_s: float = BUSY_TIMEOUT_S,
-                          check_same_thread: bool = True) -> sqlite3.Connection:
-        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=check_same_thread)
-        conn.row_factory = sqlite3.Row
-        for pragma in _pragmas(busy_timeout_s):
-            conn.execute(pragma)
-        return conn
+    @abstractmethod
+    async def close(self) -> None: ...
 
-    async def _connect(self) -> aiosqlite.Connection:
-        conn = await aiosqlite.connect(self.path, isolation_level=None)
-        conn.row_factory = aiosqlite.Row
-        for pragma in _pragmas(self.BUSY_TIMEOUT_S):
-            await conn.execute(pragma)
-        return conn
+    @abstractmethod
+    async def run_write(self, fn: Txn[P, T], /, *args: Any, wait_s: float | None = None, **kwargs: Any) -> T:
+        """`await fn(conn, *args, **kwargs)` in one write transaction; its result once committed.
 
-    async def _migrate(self, conn: aiosqlite.Connection) -> None:
-        async with conn.execute("PRAGMA user_version") as cur:
-            row = await cur.fetchone()
-        version = int(row[0]) if row else 0
-        if version > len(MIGRATIONS):
-            raise RuntimeError(
-                f"database {self.path.name} is at schema {version}, newer than this code "
-                f"({len(MIGRATIONS)}): upgrade sora-bot"
-            )
-        for number, (name, sql) in enumerate(MIGRATIONS[version:], start=version + 1):
-            log.info("migrating database to schema %d (%s)", number, name)
-            await conn.execute("BEGIN IMMEDIATE")
-            try:
-                for statement in _statements(sql):
-                    await conn.execute(statement)
-                await conn.execute(f"PRAGMA user_version={number}")
-                await conn.execute("COMMIT")
-            except BaseException:
-                await conn.execute("ROLLBACK")
-                raise
-
-    @asynccontextmanager
-    async def write_txn(self, *, wait_s: float | None = None) -> AsyncIterator[aiosqlite.Connection]:
-        """One serialised BEGIN IMMEDIATE transaction; commits on success, rolls back on error.
-
-        `wait_s` bounds only the wait for the writer (TimeoutError): once the transaction has
-        begun it runs to its end, so a deadline can never leave half a job behind.
-        Each statement inside is a trip to the writer's thread while every other write waits:
-        frequent transactions use `run_write` instead.
+        An exception from `fn` rolls back its work and reaches the caller. `wait_s` bounds the
+        wait for the writer: a write that has not begun within it writes nothing and raises
+        TimeoutError, so a deadline never leaves a late write behind. `fn` must only talk to
+        the database through `conn` (SQLite runs it on the event loop without suspending).
         """
-        assert self._writer is not None, "database not open"
-        writer = self._writer
-        async with self._write_gate.exclusive(wait_s):
-            # writes already queued were asked for first: they commit before this begins
-            if self._queue:
-                async with asyncio.timeout(wait_s):
-                    await self._enqueue(_nothing, (), {}, None)
-            self._txn_open = True
-            try:
-                try:
-                    await writer.execute("BEGIN IMMEDIATE")
-                except asyncio.CancelledError:
-                    # BEGIN runs on aiosqlite's thread even when its caller is cancelled (the
-                    # poller cancels a job's task on /sora cancel): end that transaction while
-                    # the gate is still held, or every later BEGIN fails
-                    with contextlib.suppress(sqlite3.OperationalError):
-                        await writer.execute("ROLLBACK")
-                    raise
-                try:
-                    yield writer
-                except BaseException:
-                    await writer.execute("ROLLBACK")
-                    raise
-                else:
-                    await writer.execute("COMMIT")
-            finally:
-                self._txn_open = False
-                self._schedule_flush()
 
-    async def run_write(
-        self, fn: Callable[..., T], /, *args: Any, wait_s: float | None = None, **kwargs: Any
-    ) -> T:
-        """`fn(conn, *args, **kwargs)` inside BEGIN IMMEDIATE … COMMIT, on the event loop.
+    @abstractmethod
+    async def run_read(self, fn: Txn[P, T], /, *args: Any, **kwargs: Any) -> T:
+        """`await fn(conn, ...)` in one read transaction: one snapshot; `fn` must not write."""
 
-        `conn` is a plain sqlite3.Connection. `fn` runs inside a savepoint of a transaction it
-        may share with other writes asked for in the same turn of the loop: an exception from
-        it rolls back its own work only and reaches its caller; its result is returned once the
-        shared COMMIT is done (if the COMMIT fails, every caller in the batch gets that error,
-        and nothing of theirs is stored). `fn` must only talk to SQLite, must be short (it
-        holds the event loop), and must not commit, roll back or use savepoints named `w`.
+    @abstractmethod
+    def write_txn(self, *, wait_s: float | None = None) -> AbstractAsyncContextManager[Conn]:
+        """A multi-step write transaction (rare admin work); commits on success, rolls back on error.
 
-        `wait_s` bounds the wait for the writer: a write that has not begun within `wait_s`
-        (while a `write_txn` is open, or another process holds SQLite's lock) writes nothing
-        and raises TimeoutError, so a deadline never leaves a late write behind; writes with a
-        deadline go first in their batch. A cancelled caller's write still runs unless it had
-        a deadline (then it never runs once the caller is gone).
+        `wait_s` bounds only the wait for the writer (TimeoutError): once begun it runs to its end.
         """
-        assert self._conn is not None, "database not open"
-        loop = asyncio.get_running_loop()
-        deadline = None if wait_s is None else loop.time() + wait_s
-        if not self._write_gate.is_open:
-            if wait_s is None:
-                await self._write_gate.pass_through()
-            else:
-                try:
-                    async with asyncio.timeout(wait_s):
-                        await self._write_gate.pass_through()
-                except TimeoutError:
-                    raise TimeoutError("the writer was not free in time") from None
-        # no await between the gate and the queue: nothing multi-step can begin in between
-        return await self._enqueue(fn, args, kwargs, deadline)
 
-    def _enqueue(self, fn: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str, Any],
-                 deadline: float | None) -> asyncio.Future[T]:
-        done: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        self._queue.append(_Write(done, fn, args, kwargs, deadline))
-        self._schedule_flush()
-        return done
+    @abstractmethod
+    def reading(self) -> AbstractAsyncContextManager[Conn]:
+        """A connection for several reads in a row; it must not write."""
 
-    def _schedule_flush(self) -> None:
-        if self._flush_handle is None and self._queue and not self._txn_open:
-            self._flush_handle = asyncio.get_running_loop().call_soon(self._flush)
+    @abstractmethod
+    async def fetchone(self, sql: str, params: Sequence[Any] = ()) -> Row | None: ...
 
-    def _cancel_flush(self) -> None:
-        if self._flush_handle is not None:
-            self._flush_handle.cancel()
-            self._flush_handle = None
+    @abstractmethod
+    async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[Row]: ...
 
-    def _flush(self) -> None:
-        """Run every queued write in one transaction (a loop callback)."""
-        self._flush_handle = None
-        conn = self._conn
-        if self._txn_open or not self._queue or conn is None:
-            return
-        loop = asyncio.get_running_loop()
-        now = loop.time()
-        batch: list[_Write] = []
-        for w in self._queue:
-            if w.deadline is not None:
-                if w.done.done():  # its caller gave up: it never runs
-                    continue
-                if now > w.deadline:
-                    w.done.set_exception(TimeoutError("the writer was not free in time"))
-                    continue
-            batch.append(w)
-        self._queue = []
-        if not batch:
-            return
-        batch.sort(key=lambda w: w.deadline is None)  # a Slack answer waits on the first kind
-        refused = _begin(conn, batch)
-        if refused is not None:
-            if _is_busy(refused):
-                self._retry_later(batch, refused, now)
-            return
-        self._busy_since = None
-        try:
-            outcomes = _run_batch(conn, batch)
-        except Exception as exc:
-            if len(batch) == 1:
-                _fail(batch, exc)
-                return
-            # one write can break the shared COMMIT (a deferred constraint): run each alone,
-            # so only that one fails
-            locked = [w for w in batch if not self._run_alone(conn, w)]
-            if locked:
-                self._retry_later(locked, sqlite3.OperationalError("database is locked"), now)
-        except BaseException:
-            _fail(batch, RuntimeError("the write was interrupted and rolled back"))
-            raise
-        else:
-            _deliver(outcomes)
-        self._after_commit(loop)
-
-    def _run_alone(self, conn: sqlite3.Connection, w: _Write) -> bool:
-        """One write in a transaction of its own; False if SQLite was locked before it began."""
-        refused = _begin(conn, [w])
-        if refused is not None:
-            return not _is_busy(refused)
-        try:
-            outcomes = _run_batch(conn, [w])
-        except Exception as exc:
-            _fail([w], exc)
-        else:
-            _deliver(outcomes)
-        return True
-
-    def _retry_later(self, batch: list[_Write], exc: sqlite3.OperationalError, now: float) -> None:
-        """Another process holds SQLite's lock: try again soon, without blocking the loop."""
-        if self._busy_since is None:
-            self._busy_since, self._busy_delay = now, 0.002
-        else:
-            self._busy_delay = min(self._busy_delay * 2, 0.05)
-        if now - self._busy_since > self.BUSY_TIMEOUT_S:
-            self._busy_since = None
-            _fail(batch, exc)
-            return
-        self._queue[:0] = batch
-        deadlines = [w.deadline for w in batch if w.deadline is not None]
-        delay = min([self._busy_delay, *(d - now for d in deadlines)])
-        loop = asyncio.get_running_loop()
-        self._flush_handle = loop.call_later(max(delay, 0.0) + 0.0005, self._flush)
-
-    def _after_commit(self, loop: asyncio.AbstractEventLoop) -> None:
-        if self._checkpoint_run is not None:
-            self._checkpoint_again = True
-        elif self._checkpoint_timer is None:
-            self._checkpoint_timer = loop.call_later(self.CHECKPOINT_AFTER_S, self._checkpoint)
-
-    def _checkpoint(self) -> None:
-        """Copy committed pages into the database file, on a worker thread: a checkpoint
-        syncs the disk, which the loop's connection must never wait for."""
-        self._checkpoint_timer = None
-        if self._checkpointer is None:
-            return
-        loop = asyncio.get_running_loop()
-        self._checkpoint_again = False
-        run = loop.run_in_executor(None, _checkpoint_sync, self._checkpointer)
-        self._checkpoint_run = run
-
-        def finished(fut: asyncio.Future[Any]) -> None:
-            self._checkpoint_run = None
-            if not fut.cancelled() and fut.exception() is not None:
-                log.warning("WAL checkpoint failed: %s", fut.exception())
-            if self._checkpoint_again and self._checkpointer is not None:
-                self._after_commit(loop)
-
-        run.add_done_callback(finished)
-
-    @asynccontextmanager
-    async def reading(self) -> AsyncIterator[aiosqlite.Connection]:
-        """The read connection, held alone, for helpers written against a connection.
-
-        Everything done inside sees one consistent snapshot; they must not write.
-        """
-        assert self._reader is not None, "database not open"
-        async with self._read_gate.exclusive():
-            yield self._reader
-
-    async def run_read(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
-        """`fn(conn, *args, **kwargs)` on the reader's thread, in one read transaction.
-
-        One round trip, one snapshot for every statement inside; `fn` must not write.
-        """
-        reader = await self._pass_reader()
-        return await reader._execute(_in_read_transaction, reader, fn, args, kwargs)
-
-    async def _pass_reader(self) -> aiosqlite.Connection:
-        assert self._reader is not None, "database not open"
-        if not self._read_gate.is_open:
-            await self._read_gate.pass_through()
-        return self._reader
-
-    async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[aiosqlite.Row]:
-        reader = await self._pass_reader()
-        return await reader._execute(_fetchall, reader, sql, params)
-
-    async def fetchone(self, sql: str, params: Sequence[Any] = ()) -> aiosqlite.Row | None:
-        reader = await self._pass_reader()
-        return await reader._execute(_fetchone, reader, sql, params)
-
-    async def execute(self, sql: str, params: Iterable[Any] = ()) -> int:
+    async def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
         """A single-statement write in its own transaction; returns the rowcount."""
-        return await self.run_write(execute_sync, sql, tuple(params))
+        return await self.run_write(_execute, sql, tuple(params))
 
-    async def close(self) -> None:
-        self._cancel_flush()
-        if self._queue and not self._txn_open:
-            self._flush()  # what was asked for before the close (unless SQLite is busy)
-        self._cancel_flush()  # a retry the flush may have scheduled
-        _fail(self._queue, RuntimeError("the database was closed"))
-        self._queue = []
-        if self._checkpoint_timer is not None:
-            self._checkpoint_timer.cancel()
-            self._checkpoint_timer = None
-        if self._checkpoint_run is not None:
-            with contextlib.suppress(Exception):
-                await self._checkpoint_run
-        for conn in (self._reader, self._writer):
-            if conn is not None:
-                await conn.close()
-        self._reader = self._writer = None
-        # the last connection to close checkpoints the WAL into the file and removes it
-        for plain in (self._checkpointer, self._conn):
-            if plain is not None:
-                plain.close()
-        self._checkpointer = self._conn = None
+    async def listen(self, on_message: Callable[[str], None]) -> None:
+        """Call `on_message` with every message any replica `notify`s (PostgreSQL's LISTEN).
+
+        One process has nobody to hear from, so SQLite hears nothing.
+        """
+
+    async def notify(self, message: str) -> None:
+        """Tell every replica listening (itself included); nothing on SQLite."""
+
+    @abstractmethod
+    async def schema_version(self) -> int: ...
+
+    @abstractmethod
+    def describe(self) -> str:
+        """Where the data lives, for people (no password)."""
 
 
-def _begin(conn: sqlite3.Connection, writes: list[_Write]) -> sqlite3.OperationalError | None:
-    """BEGIN IMMEDIATE for `writes`: None once begun, else SQLite's error. A busy error (another
-    process holds the lock) decides nothing for them; any other fails them."""
-    try:
-        conn.execute("BEGIN IMMEDIATE")
-    except sqlite3.OperationalError as exc:
-        if not _is_busy(exc):
-            _fail(writes, exc)
-        return exc
-    return None
+async def _execute(conn: Conn, sql: str, params: Sequence[Any]) -> int:
+    return await conn.execute(sql, params)
 
 
-def _run_batch(conn: sqlite3.Connection, batch: list[_Write]) -> list[tuple[_Write, bool, Any]]:
-    """Each write in its own savepoint of the open transaction, then COMMIT.
+def database_for(url: str | None, sqlite_path: Path | str) -> Database:
+    """The backend a database URL names: unset or `sqlite:///path` → SQLite, `postgresql://…` →
+    PostgreSQL. Unopened."""
+    from storage.sqlite import SQLiteDatabase
 
-    Returns each write's (write, ok, result or exception); raises (after ROLLBACK) when the
-    transaction as a whole fails, its COMMIT included."""
-    outcomes: list[tuple[_Write, bool, Any]] = []
-    try:
-        for w in batch:
-            conn.execute("SAVEPOINT w")
-            try:
-                value = w.fn(conn, *w.args, **w.kwargs)
-            except Exception as exc:
-                conn.execute("ROLLBACK TO w")
-                conn.execute("RELEASE w")
-                outcomes.append((w, False, exc))
-            else:
-                conn.execute("RELEASE w")
-                outcomes.append((w, True, value))
-        conn.execute("COMMIT")
-    except BaseException:
-        if conn.in_transaction:  # a failed COMMIT may have ended it already
-            conn.execute("ROLLBACK")
-        raise
-    return outcomes
+    if not url:
+        return SQLiteDatabase(sqlite_path)
+    if url.startswith("sqlite:///"):
+        return SQLiteDatabase(url.removeprefix("sqlite:///") or sqlite_path)
+    if url.startswith(("postgresql://", "postgres://")):
+        from storage.postgres import PostgresDatabase
+
+        return PostgresDatabase(url)
+    raise ValueError("SORA_DATABASE_URL must start with sqlite:/// or postgresql://")
 
 
-def _deliver(outcomes: list[tuple[_Write, bool, Any]]) -> None:
-    for w, ok, value in outcomes:
-        if not w.done.done():
-            if ok:
-                w.done.set_result(value)
-            else:
-                w.done.set_exception(value)
+async def connect(url: str | None, sqlite_path: Path | str) -> Database:
+    return await database_for(url, sqlite_path).open()
 
-
-def _fail(writes: Iterable[_Write], exc: BaseException) -> None:
-    for w in writes:
-        if not w.done.done():
-            w.done.set_exception(exc)
-
-
-def _nothing(conn: sqlite3.Connection) -> None:
-    return None
-
-
-def _checkpoint_sync(conn: sqlite3.Connection) -> None:
-    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-
-
-async def fetchone_in(conn: aiosqlite.Connection, sql: str, params: Sequence[Any] = ()) -> Any:
-    return await conn._execute(_fetchone, conn, sql, params)
-
-
-async def run_in(conn: aiosqlite.Connection, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
-    """`fn(sqlite3 connection, *args, **kwargs)` on `conn`'s thread, inside whatever
-    transaction `conn` is in: the async helpers share their SQL with the `*_sync` ones this way,
-    one round trip each."""
-    return await conn._execute(_call, conn, fn, args, kwargs)
-
-
-def fetchone_sync(conn: sqlite3.Connection, sql: str, params: Sequence[Any] = ()) -> Any:
-    cur = conn.execute(sql, params)
-    try:
-        return cur.fetchone()
-    finally:
-        # an unfinished statement would pin the connection's read snapshot
-        cur.close()
-
-
-def execute_sync(conn: sqlite3.Connection, sql: str, params: Sequence[Any] = ()) -> int:
-    return conn.execute(sql, params).rowcount
-
-
-# These run on an aiosqlite connection's own thread (handed over by `_execute`), where its
-# sqlite3 connection may be used directly.
-
-
-def _call(conn: aiosqlite.Connection, fn: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str, Any]) -> T:
-    return fn(conn._conn, *args, **kwargs)
-
-
-def _fetchone(conn: aiosqlite.Connection, sql: str, params: Sequence[Any]) -> Any:
-    return fetchone_sync(conn._conn, sql, params)
-
-
-def _fetchall(conn: aiosqlite.Connection, sql: str, params: Sequence[Any]) -> list[Any]:
-    return conn._conn.execute(sql, params).fetchall()
-
-
-def _in_read_transaction(
-    conn: aiosqlite.Connection, fn: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str, Any]
-) -> T:
-    raw = conn._conn
-    raw.execute("BEGIN")
-    try:
-        return fn(raw, *args, **kwargs)
-    finally:
-        raw.execute("COMMIT")

@@ -3,20 +3,17 @@
 from __future__ import annotations
 
 import secrets
-import sqlite3
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
-
-import aiosqlite
 
 from bot.clock import iso, parse_iso
 from bot.errors import BudgetExceeded, Busy, InvalidRequest, RequestsPaused
 from bot.models import UNFINISHED, FailureKind, Job, JobStatus
 from bot.money import format_usd
 from storage import admin, ledger
-from storage.db import Database, fetchone_sync, run_in
+from storage.db import Conn, Database, Row
 
 # No 0/o/1/l/i: people type these ids into `/sora cancel`.
 _ID_ALPHABET = "abcdefghjkmnpqrstuvwxyz23456789"
@@ -66,6 +63,14 @@ class Limits:
 
 
 @dataclass(frozen=True, slots=True)
+class Lease:
+    """A job's watcher and until when (ISO-8601 UTC) it holds it."""
+
+    owner: str
+    until: str
+
+
+@dataclass(frozen=True, slots=True)
 class Reserved:
     """What one accepted request stored: its jobs (several for a compare) and whether new."""
 
@@ -100,19 +105,21 @@ async def reserve_and_insert(
 
 async def reserve_request(
     db: Database, news: list[NewJob], *, limits: Limits, day: str, now: str,
-    wait_s: float | None = None, compare_prompt: str | None = None,
+    wait_s: float | None = None, compare_prompt: str | None = None, lease: Lease | None = None,
 ) -> Reserved:
     """One request: a single job, or the jobs of a compare (`compare_prompt` set).
 
     The request is checked and reserved as a whole (one budget check for the total, one
     slot of the concurrency cap) and each job gets its own ledger row, so each model's part
     is charged or released on its own. Over the approval threshold, the jobs are stored
-    waiting for an admin. The dedupe key is the first job's.
+    waiting for an admin. The dedupe key is the first job's. `lease` makes the new jobs the
+    calling replica's to watch (storage.leases).
     """
     try:
         # the whole check-and-insert is one function in one transaction (see Database.run_write)
         return await db.run_write(
-            _reserve_in, news, limits=limits, day=day, now=now, compare_prompt=compare_prompt, wait_s=wait_s
+            _reserve_in, news, limits=limits, day=day, now=now, compare_prompt=compare_prompt, lease=lease,
+            wait_s=wait_s,
         )
     except TimeoutError:
         raise Busy() from None
@@ -125,26 +132,31 @@ _RUNNING_SQL = (
 )
 
 
-def _reserve_in(
-    conn: sqlite3.Connection, news: list[NewJob], *, limits: Limits, day: str, now: str,
-    compare_prompt: str | None,
+async def _reserve_in(
+    conn: Conn, news: list[NewJob], *, limits: Limits, day: str, now: str,
+    compare_prompt: str | None, lease: Lease | None = None,
 ) -> Reserved:
     first = news[0]
+    # Budget locks in their one order (storage.ledger): the user's requests take turns, so the
+    # dedupe check, the cap and the budget below see every earlier reservation of theirs,
+    # whichever replica made it (a no-op on SQLite, where BEGIN IMMEDIATE does it).
+    await conn.lock(ledger.BUDGETS_LOCK, shared=True)
+    await conn.lock(ledger.user_lock(first.user_id))
     if first.dedupe_key is not None:
-        row = fetchone_sync(conn, "SELECT * FROM jobs WHERE dedupe_key = ?", (first.dedupe_key,))
+        row = await conn.fetchone("SELECT * FROM jobs WHERE dedupe_key = ?", (first.dedupe_key,))
         if row is not None:
             job = row_to_job(row)
             if job.compare_id is None:
                 return Reserved([job], False, None, job.approval_key)
-            rows = conn.execute(
-                "SELECT * FROM jobs WHERE compare_id = ? ORDER BY rowid", (job.compare_id,)).fetchall()
+            rows = await conn.fetchall(
+                "SELECT * FROM jobs WHERE compare_id = ? ORDER BY rowid", (job.compare_id,))
             return Reserved([row_to_job(r) for r in rows], False, job.compare_id, job.approval_key)
-    row = fetchone_sync(conn, _RUNNING_SQL, (first.user_id, *UNFINISHED))
+    row = await conn.fetchone(_RUNNING_SQL, (first.user_id, *UNFINISHED))
     running = int(row[0])
     if running >= limits.max_unfinished_per_user:
         raise TooManyJobs(running, limits.max_unfinished_per_user)
 
-    budgets = admin.effective_budgets_sync(
+    budgets = await admin.effective_budgets(
         conn, env_default_micros=limits.user_limit_micros,
         env_workspace_micros=limits.workspace_limit_micros,
         env_approval_micros=limits.approval_over_micros,
@@ -157,8 +169,8 @@ def _reserve_in(
         )
     total = sum(n.estimate_micros for n in news)
     what = "This video" if len(news) == 1 else f"These {len(news)} videos"
-    limit = ledger.user_limit_sync(conn, first.user_id, budgets.default_user_micros)
-    totals = ledger.user_totals_sync(conn, first.user_id, day)
+    limit = await ledger.user_limit(conn, first.user_id, budgets.default_user_micros)
+    totals = await ledger.user_totals(conn, first.user_id, day)
     remaining = limit - totals.used_micros
     if total > remaining:
         raise BudgetExceeded(
@@ -168,7 +180,8 @@ def _reserve_in(
             remaining_micros=max(remaining, 0),
         )
     if budgets.workspace_micros is not None:
-        ws = ledger.workspace_totals_sync(conn, day)
+        await conn.lock(ledger.day_lock(day))  # capped reservations of the day take turns
+        ws = await ledger.workspace_totals(conn, day)
         ws_remaining = budgets.workspace_micros - ws.used_micros
         if total > ws_remaining:
             raise BudgetExceeded(
@@ -182,21 +195,21 @@ def _reserve_in(
 
     compare_id = None
     if compare_prompt is not None:
-        compare_id = _free_id(conn, "compares")
-        conn.execute(
+        compare_id = await _free_id(conn, "compares")
+        await conn.execute(
             "INSERT INTO compares (id, user_id, channel_id, thread_ts, prompt, created_at) VALUES (?,?,?,?,?,?)",
             (compare_id, first.user_id, first.channel_id, first.thread_ts, compare_prompt, now),
         )
     job_ids: list[str] = []
     while len(job_ids) < len(news):
-        job_id = _free_id(conn, "jobs")
+        job_id = await _free_id(conn, "jobs")
         if job_id not in job_ids:
             job_ids.append(job_id)
     approval_key = None
     if budgets.approval_over_micros is not None and total > budgets.approval_over_micros:
         approval_key = compare_id or job_ids[0]  # a compare is approved as a whole
         expires = datetime.fromisoformat(now) + timedelta(seconds=limits.approval_ttl_s)
-        conn.execute(
+        await conn.execute(
             "INSERT INTO approvals (key, user_id, amount_micros, threshold_micros, state, created_at, expires_at)"
             " VALUES (?, ?, ?, ?, 'pending', ?, ?)",
             (approval_key, first.user_id, total, budgets.approval_over_micros, now, iso(expires)),
@@ -205,13 +218,14 @@ def _reserve_in(
     for i, new in enumerate(news):
         stored = new if i == 0 else _without_dedupe(new)
         job_id = job_ids[i]
-        _insert_job(conn, stored, job_id, day=day, now=now, compare_id=compare_id, approval_key=approval_key)
-        ledger.add_reservation_sync(
+        await _insert_job(conn, stored, job_id, day=day, now=now, compare_id=compare_id,
+                          approval_key=approval_key, lease=lease)
+        await ledger.add_reservation(
             conn, job_id=job_id, user_id=new.user_id, day=day, amount_micros=new.estimate_micros, at=now
         )
         # what the INSERT stored, without reading it back (this runs before every ack)
         jobs.append(_stored_job(stored, job_id, day=day, now=now, compare_id=compare_id,
-                                approval_key=approval_key))
+                                approval_key=approval_key, owner=lease.owner if lease else None))
     return Reserved(jobs, True, compare_id, approval_key)
 
 
@@ -219,37 +233,39 @@ def _without_dedupe(new: NewJob) -> NewJob:
     return replace(new, dedupe_key=None)
 
 
-def _free_id(conn: sqlite3.Connection, table: str) -> str:
+async def _free_id(conn: Conn, table: str) -> str:
     for _ in range(5):
         candidate = new_job_id()
-        if fetchone_sync(conn, f"SELECT 1 FROM {table} WHERE id = ?", (candidate,)) is None:
+        if await conn.fetchone(f"SELECT 1 FROM {table} WHERE id = ?", (candidate,)) is None:
             return candidate
     raise RuntimeError("could not pick a free id")  # pragma: no cover - 31^8 ids
 
 
-def _insert_job(
-    conn: sqlite3.Connection, new: NewJob, job_id: str, *, day: str, now: str,
-    compare_id: str | None = None, approval_key: str | None = None,
+async def _insert_job(
+    conn: Conn, new: NewJob, job_id: str, *, day: str, now: str,
+    compare_id: str | None = None, approval_key: str | None = None, lease: Lease | None = None,
 ) -> None:
-    conn.execute(
+    await conn.execute(
         """INSERT INTO jobs (id, dedupe_key, user_id, team_id, channel_id, thread_ts, source,
                response_url, model, provider, provider_model, prompt, duration_seconds,
                resolution, aspect_ratio, status, estimate_micros, budget_day, created_at,
                updated_at, last_progress_at, reference_image_path, reference_image_mime,
-               compare_id, fallback_of, approval_key)
-           VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,'queued',?,?,?,?,?,?,?,?,?,?)""",
+               compare_id, fallback_of, approval_key, owner, lease_until)
+           VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,'queued',?,?,?,?,?,?,?,?,?,?,?,?)""",
         (
             job_id, new.dedupe_key, new.user_id, new.team_id, new.channel_id, new.thread_ts,
             new.source, new.response_url, new.model, new.provider, new.provider_model,
             new.prompt, new.duration_seconds, new.resolution, new.aspect_ratio,
             new.estimate_micros, day, now, now, now, new.reference_image_path,
             new.reference_image_mime, compare_id, new.fallback_of, approval_key,
+            lease.owner if lease else None, lease.until if lease else None,
         ),
     )
 
 
 def _stored_job(
-    new: NewJob, job_id: str, *, day: str, now: str, compare_id: str | None, approval_key: str | None
+    new: NewJob, job_id: str, *, day: str, now: str, compare_id: str | None, approval_key: str | None,
+    owner: str | None = None,
 ) -> Job:
     """The row `_insert_job` stored, as `row_to_job` would read it (a test holds them equal)."""
     at = parse_iso(now)
@@ -265,11 +281,11 @@ def _stored_job(
         submit_started_at=None, last_progress_at=at, stall_notified=False,
         finished_at=None, budget_day=day, reference_image_path=new.reference_image_path,
         reference_image_mime=new.reference_image_mime, compare_id=compare_id,
-        fallback_of=new.fallback_of, approval_key=approval_key,
+        fallback_of=new.fallback_of, approval_key=approval_key, owner=owner,
     )
 
 
-def row_to_job(row: sqlite3.Row) -> Job:
+def row_to_job(row: Row) -> Job:
     return Job(
         id=row["id"],
         user_id=row["user_id"],
@@ -305,11 +321,12 @@ def row_to_job(row: sqlite3.Row) -> Job:
         fallback_of=row["fallback_of"],
         approval_key=row["approval_key"],
         thread_permalink=row["thread_permalink"],
+        owner=row["owner"],
     )
 
 
-def get_job_sync(conn: sqlite3.Connection, job_id: str) -> Job | None:
-    row = fetchone_sync(conn, "SELECT * FROM jobs WHERE id = ?", (job_id,))
+async def load_job(conn: Conn, job_id: str) -> Job | None:
+    row = await conn.fetchone("SELECT * FROM jobs WHERE id = ?", (job_id,))
     return row_to_job(row) if row else None
 
 
@@ -380,57 +397,52 @@ async def jobs_to_resume(db: Database) -> list[Job]:
     return [row_to_job(r) for r in rows]
 
 
-def update_job_sync(
-    conn: sqlite3.Connection,
+async def update_job(
+    conn: Conn,
     job_id: str,
     *,
     expect: Iterable[JobStatus],
     set_: dict[str, Any],
     now: str,
+    fence: str | None = None,
 ) -> bool:
-    """UPDATE … WHERE id=? AND status IN (expected). True only if this call moved the row."""
+    """UPDATE … WHERE id=? AND status IN (expected). True only if this call moved the row.
+
+    `fence`: the replica id the job's watcher acts as; the row moves only while that replica
+    still owns the job, so one that lost it (frozen past its lease) changes nothing.
+    """
     expected = [s.value for s in expect]
     fields = dict(set_)
     fields["updated_at"] = now
     assignments = ", ".join(f"{k} = ?" for k in fields)
     values = [v.value if isinstance(v, (JobStatus, FailureKind)) else v for v in fields.values()]
     placeholders = ",".join("?" for _ in expected)
-    cur = conn.execute(
-        f"UPDATE jobs SET {assignments} WHERE id = ? AND status IN ({placeholders})",
-        (*values, job_id, *expected),
+    owned = "" if fence is None else " AND owner = ?"
+    moved = await conn.execute(
+        f"UPDATE jobs SET {assignments} WHERE id = ? AND status IN ({placeholders}){owned}",
+        (*values, job_id, *expected, *(() if fence is None else (fence,))),
     )
-    return cur.rowcount == 1
+    return moved == 1
 
 
-async def update_job(
-    conn: aiosqlite.Connection,
-    job_id: str,
-    *,
-    expect: Iterable[JobStatus],
-    set_: dict[str, Any],
-    now: str,
-) -> bool:
-    """UPDATE … WHERE id=? AND status IN (expected). True only if this call moved the row."""
-    return await run_in(conn, update_job_sync, job_id, expect=list(expect), set_=set_, now=now)
+async def update(db: Database, job_id: str, *, expect: Iterable[JobStatus], now: str,
+                 fence: str | None = None, **set_: Any) -> bool:
+    return await db.run_write(update_job, job_id, expect=list(expect), set_=set_, now=now, fence=fence)
 
 
-async def update(db: Database, job_id: str, *, expect: Iterable[JobStatus], now: str, **set_: Any) -> bool:
-    return await db.run_write(update_job_sync, job_id, expect=list(expect), set_=set_, now=now)
-
-
-def _update_and_get(
-    conn: sqlite3.Connection, job_id: str, *, expect: list[JobStatus], set_: dict[str, Any], now: str
+async def _update_and_get(
+    conn: Conn, job_id: str, *, expect: list[JobStatus], set_: dict[str, Any], now: str, fence: str | None
 ) -> tuple[bool, Job | None]:
-    moved = update_job_sync(conn, job_id, expect=expect, set_=set_, now=now)
-    return moved, get_job_sync(conn, job_id)
+    moved = await update_job(conn, job_id, expect=expect, set_=set_, now=now, fence=fence)
+    return moved, await load_job(conn, job_id)
 
 
 async def update_and_get(
-    db: Database, job_id: str, *, expect: Iterable[JobStatus], now: str, **set_: Any
+    db: Database, job_id: str, *, expect: Iterable[JobStatus], now: str, fence: str | None = None, **set_: Any
 ) -> tuple[bool, Job | None]:
     """`update`, plus the row as it stands after it (moved or not), from the same transaction:
     no second trip, and no reader snapshot to be older than the write."""
-    return await db.run_write(_update_and_get, job_id, expect=list(expect), set_=set_, now=now)
+    return await db.run_write(_update_and_get, job_id, expect=list(expect), set_=set_, now=now, fence=fence)
 
 
 # --- delivery outbox -------------------------------------------------------------------
@@ -448,20 +460,14 @@ class Delivery:
     upload_file_id: str | None = None
 
 
-def add_delivery_sync(
-    conn: sqlite3.Connection, job_id: str, kind: str, *, now: str, file_path: str | None = None
+async def add_delivery(
+    conn: Conn, job_id: str, kind: str, *, now: str, file_path: str | None = None
 ) -> None:
-    conn.execute(
-        "INSERT OR IGNORE INTO deliveries (job_id, kind, state, file_path, created_at, updated_at)"
-        " VALUES (?, ?, 'pending', ?, ?, ?)",
+    await conn.execute(
+        "INSERT INTO deliveries (job_id, kind, state, file_path, created_at, updated_at)"
+        " VALUES (?, ?, 'pending', ?, ?, ?) ON CONFLICT (job_id) DO NOTHING",
         (job_id, kind, file_path, now, now),
     )
-
-
-async def add_delivery(
-    conn: aiosqlite.Connection, job_id: str, kind: str, *, now: str, file_path: str | None = None
-) -> None:
-    await run_in(conn, add_delivery_sync, job_id, kind, now=now, file_path=file_path)
 
 
 async def get_delivery(db: Database, job_id: str) -> Delivery | None:
@@ -519,7 +525,8 @@ async def note_thread_permalink(db: Database, job: Job, permalink: str) -> bool:
     """Keep Slack's permalink of the job's thread. Only while the thread is still where it was
     looked up: a thread that moved meanwhile keeps no link (the next lookup finds the new one)."""
     changed = await db.execute(
-        "UPDATE jobs SET thread_permalink = ? WHERE id = ? AND channel_id = ? AND thread_ts IS ?",
+        "UPDATE jobs SET thread_permalink = ? WHERE id = ? AND channel_id = ?"
+        " AND thread_ts IS NOT DISTINCT FROM ?",
         (permalink, job.id, job.channel_id, job.thread_ts),
     )
     return changed == 1
@@ -540,7 +547,8 @@ async def find_by_provider_job(db: Database, provider: str, provider_job_id: str
     placeholders = ",".join("?" for _ in UNFINISHED)
     row = await db.fetchone(
         f"""SELECT * FROM jobs WHERE provider = ? AND status IN ({placeholders})
-              AND (provider_job_id = ? OR substr(provider_job_id, -?) IN (?, ?))
+              AND (provider_job_id = ?
+                   OR substr(provider_job_id, length(provider_job_id) - ? + 1) IN (?, ?))
             ORDER BY created_at DESC LIMIT 1""",
         (provider, *UNFINISHED, provider_job_id, len(provider_job_id) + 1,
          f":{provider_job_id}", f"|{provider_job_id}"),
@@ -558,12 +566,13 @@ async def note_callback_delivery(
     return await db.run_write(_note_callback_delivery, provider, delivery_id, now=now, forget_before=forget_before)
 
 
-def _note_callback_delivery(
-    conn: sqlite3.Connection, provider: str, delivery_id: str, *, now: str, forget_before: str
+async def _note_callback_delivery(
+    conn: Conn, provider: str, delivery_id: str, *, now: str, forget_before: str
 ) -> bool:
-    conn.execute("DELETE FROM webhook_deliveries WHERE received_at < ?", (forget_before,))
-    cur = conn.execute(
-        "INSERT OR IGNORE INTO webhook_deliveries (provider, delivery_id, received_at) VALUES (?, ?, ?)",
+    await conn.execute("DELETE FROM webhook_deliveries WHERE received_at < ?", (forget_before,))
+    added = await conn.execute(
+        "INSERT INTO webhook_deliveries (provider, delivery_id, received_at) VALUES (?, ?, ?)"
+        " ON CONFLICT (provider, delivery_id) DO NOTHING",
         (provider, delivery_id, now),
     )
-    return cur.rowcount == 1
+    return added == 1

@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
-import sqlite3
 from dataclasses import dataclass
 
-import aiosqlite
+from storage.db import Conn, Database
 
-from storage.db import Database, fetchone_in, fetchone_sync, run_in
+# Lock keys (see Conn.lock), always taken in this order: BUDGETS (shared by every reservation,
+# exclusive for an admin changing a limit that applies to everyone), then the user's, then the
+# budget day's. So a reservation never checks limits an admin is halfway through changing, and
+# two reservations of one user (or, under a workspace cap, of one day) take turns.
+BUDGETS_LOCK = "budgets"
+
+
+def user_lock(user_id: str) -> str:
+    return f"budget-user:{user_id}"
+
+
+def day_lock(day: str) -> str:
+    return f"budget-day:{day}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,117 +52,90 @@ _TOTALS_SQL = """
 """
 
 
-# Each piece of ledger SQL is written once, as a `*_sync` function on a plain sqlite3
-# connection: transactions run through `Database.run_write` call them directly, and the async
-# helpers below run them on an aiosqlite connection's thread in one round trip.
+# Each piece of ledger SQL is written once, on a `Conn`: transactions run through
+# `Database.run_write` pass theirs, and admin work passes its `write_txn` connection.
 
 
-def user_totals_sync(conn: sqlite3.Connection, user_id: str, day: str) -> Totals:
-    row = fetchone_sync(conn, _TOTALS_SQL.format(user_clause="AND user_id = ?"), (day, user_id))
+async def user_totals(conn: Conn, user_id: str, day: str) -> Totals:
+    row = await conn.fetchone(_TOTALS_SQL.format(user_clause="AND user_id = ?"), (day, user_id))
     return Totals(int(row[0]), int(row[1]))
 
 
-def workspace_totals_sync(conn: sqlite3.Connection, day: str) -> Totals:
-    # ledger_day_totals is kept by triggers on ledger (migration 6): one row, not the whole day
-    row = fetchone_sync(
-        conn, "SELECT spent_micros, reserved_micros FROM ledger_day_totals WHERE budget_day = ?", (day,)
+async def workspace_totals(conn: Conn, day: str) -> Totals:
+    # ledger_day_totals is kept by triggers on ledger (migration 7): one row, not the whole day
+    row = await conn.fetchone(
+        "SELECT spent_micros, reserved_micros FROM ledger_day_totals WHERE budget_day = ?", (day,)
     )
     return Totals(int(row[0]), int(row[1])) if row else Totals(0, 0)
 
 
-def user_limit_sync(conn: sqlite3.Connection, user_id: str, default_micros: int) -> int:
-    row = fetchone_sync(conn, "SELECT limit_micros FROM user_limits WHERE user_id = ?", (user_id,))
+async def user_limit(conn: Conn, user_id: str, default_micros: int) -> int:
+    row = await conn.fetchone("SELECT limit_micros FROM user_limits WHERE user_id = ?", (user_id,))
     return int(row[0]) if row else default_micros
 
 
-def add_reservation_sync(
-    conn: sqlite3.Connection, *, job_id: str, user_id: str, day: str, amount_micros: int, at: str
+async def add_reservation(
+    conn: Conn, *, job_id: str, user_id: str, day: str, amount_micros: int, at: str
 ) -> None:
-    conn.execute(
+    await conn.execute(
         "INSERT INTO ledger (job_id, user_id, budget_day, reserved_micros, state, created_at,"
         " updated_at) VALUES (?, ?, ?, ?, 'reserved', ?, ?)",
         (job_id, user_id, day, amount_micros, at, at),
     )
-    # the row was just written from these values: no need to read it back as _event_sync does
-    conn.execute(
+    # the row was just written from these values: no need to read it back as _event does
+    await conn.execute(
         "INSERT INTO ledger_events (job_id, user_id, budget_day, event, amount_micros, at)"
         " VALUES (?, ?, ?, 'reserve', ?, ?)",
         (job_id, user_id, day, amount_micros, at),
     )
 
 
-def charge_sync(conn: sqlite3.Connection, job_id: str, amount_micros: int, at: str) -> bool:
+async def charge(conn: Conn, job_id: str, amount_micros: int, at: str) -> bool:
     """reserved -> charged. False when the reservation was already settled (idempotent)."""
-    cur = conn.execute(
+    moved = await conn.execute(
         "UPDATE ledger SET state='charged', charged_micros=?, updated_at=?"
         " WHERE job_id=? AND state='reserved'",
         (amount_micros, at, job_id),
     )
-    if cur.rowcount == 1:
-        _event_sync(conn, job_id, "charge", amount_micros, at)
-    return cur.rowcount == 1
+    if moved == 1:
+        await _event(conn, job_id, "charge", amount_micros, at)
+    return moved == 1
 
 
-def release_sync(conn: sqlite3.Connection, job_id: str, at: str) -> bool:
+async def release(conn: Conn, job_id: str, at: str) -> bool:
     """reserved -> released (failure, cancel, stuck). False when already settled."""
-    cur = conn.execute(
+    moved = await conn.execute(
         "UPDATE ledger SET state='released', updated_at=? WHERE job_id=? AND state='reserved'",
         (at, job_id),
     )
-    if cur.rowcount == 1:
-        _event_sync(conn, job_id, "release", 0, at)
-    return cur.rowcount == 1
+    if moved == 1:
+        await _event(conn, job_id, "release", 0, at)
+    return moved == 1
 
 
-def refund_sync(conn: sqlite3.Connection, job_id: str, at: str) -> int | None:
+async def refund(conn: Conn, job_id: str, at: str) -> int | None:
     """charged -> refunded: the money counts as unspent again. Returns the amount, or None."""
-    row = fetchone_sync(conn, "SELECT charged_micros FROM ledger WHERE job_id = ? AND state = 'charged'", (job_id,))
+    row = await conn.fetchone(
+        "SELECT charged_micros FROM ledger WHERE job_id = ? AND state = 'charged'", (job_id,))
     if row is None:
         return None
-    cur = conn.execute(
+    moved = await conn.execute(
         "UPDATE ledger SET state='refunded', updated_at=? WHERE job_id=? AND state='charged'", (at, job_id)
     )
-    if cur.rowcount != 1:
+    if moved != 1:
         return None
-    _event_sync(conn, job_id, "refund", int(row[0]), at)
+    await _event(conn, job_id, "refund", int(row[0]), at)
     return int(row[0])
 
 
-def _event_sync(conn: sqlite3.Connection, job_id: str, event: str, amount: int, at: str) -> None:
-    conn.execute(
+async def _event(conn: Conn, job_id: str, event: str, amount: int, at: str) -> None:
+    # typed casts: PostgreSQL can't guess the type of a bare parameter in a select list
+    await conn.execute(
         "INSERT INTO ledger_events (job_id, user_id, budget_day, event, amount_micros, at)"
-        " SELECT job_id, user_id, budget_day, ?, ?, ? FROM ledger WHERE job_id = ?",
+        " SELECT job_id, user_id, budget_day, CAST(? AS TEXT), CAST(? AS BIGINT), CAST(? AS TEXT)"
+        " FROM ledger WHERE job_id = ?",
         (event, amount, at, job_id),
     )
-
-
-async def user_totals(conn: aiosqlite.Connection, user_id: str, day: str) -> Totals:
-    return await run_in(conn, user_totals_sync, user_id, day)
-
-
-async def workspace_totals(conn: aiosqlite.Connection, day: str) -> Totals:
-    return await run_in(conn, workspace_totals_sync, day)
-
-
-async def user_limit(conn: aiosqlite.Connection, user_id: str, default_micros: int) -> int:
-    return await run_in(conn, user_limit_sync, user_id, default_micros)
-
-
-async def add_reservation(
-    conn: aiosqlite.Connection, *, job_id: str, user_id: str, day: str, amount_micros: int, at: str
-) -> None:
-    await run_in(conn, add_reservation_sync, job_id=job_id, user_id=user_id, day=day,
-                 amount_micros=amount_micros, at=at)
-
-
-async def charge(conn: aiosqlite.Connection, job_id: str, amount_micros: int, at: str) -> bool:
-    """reserved -> charged. False when the reservation was already settled (idempotent)."""
-    return await run_in(conn, charge_sync, job_id, amount_micros, at)
-
-
-async def release(conn: aiosqlite.Connection, job_id: str, at: str) -> bool:
-    """reserved -> released (failure, cancel, stuck). False when already settled."""
-    return await run_in(conn, release_sync, job_id, at)
 
 
 async def totals_for(db: Database, user_id: str, day: str, default_limit_micros: int) -> tuple[int, Totals]:
@@ -159,8 +143,8 @@ async def totals_for(db: Database, user_id: str, day: str, default_limit_micros:
     return await db.run_read(_totals_for, user_id, day, default_limit_micros)
 
 
-def _totals_for(conn: sqlite3.Connection, user_id: str, day: str, default_limit_micros: int) -> tuple[int, Totals]:
-    return user_limit_sync(conn, user_id, default_limit_micros), user_totals_sync(conn, user_id, day)
+async def _totals_for(conn: Conn, user_id: str, day: str, default_limit_micros: int) -> tuple[int, Totals]:
+    return await user_limit(conn, user_id, default_limit_micros), await user_totals(conn, user_id, day)
 
 
 async def usage_for_day(db: Database, day: str, default_limit_micros: int) -> list[UsageRow]:
@@ -187,14 +171,10 @@ async def usage_for_day(db: Database, day: str, default_limit_micros: int) -> li
     return [UsageRow(r[0], day, int(r[1]), int(r[2]), int(r[3]), int(r[4])) for r in rows]
 
 
-async def refund(conn: aiosqlite.Connection, job_id: str, at: str) -> int | None:
-    """charged -> refunded: the money counts as unspent again. Returns the amount, or None."""
-    return await run_in(conn, refund_sync, job_id, at)
-
-
-async def set_user_limit(conn: aiosqlite.Connection, user_id: str, limit_micros: int | None, *, at: str, by: str) -> int | None:
+async def set_user_limit(conn: Conn, user_id: str, limit_micros: int | None, *, at: str, by: str) -> int | None:
     """Set (or with None remove) a user's override; returns the previous override."""
-    old = await fetchone_in(conn, "SELECT limit_micros FROM user_limits WHERE user_id = ?", (user_id,))
+    await conn.lock(user_lock(user_id))  # not while a reservation of theirs is being checked
+    old = await conn.fetchone("SELECT limit_micros FROM user_limits WHERE user_id = ?", (user_id,))
     if limit_micros is None:
         await conn.execute("DELETE FROM user_limits WHERE user_id = ?", (user_id,))
     else:

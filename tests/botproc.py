@@ -57,9 +57,9 @@ class BotProcess:
 
 async def read_jobs(db_path: Path) -> list[dict]:
     from bot.cli import jobs_json
-    from storage.db import Database
+    from storage.sqlite import SQLiteDatabase
 
-    db = await Database(db_path).open()
+    db = await SQLiteDatabase(db_path).open()
     try:
         return json.loads(await jobs_json(db, limit=0))
     finally:

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
+import secrets
+import warnings
 from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +22,54 @@ from bot.fakeslack import FakeSlack
 from bot.providers.base import VideoProvider
 from bot.providers.simulator import SimulatorProvider
 from tests.slack_requests import SIGNING_SECRET, mention_body, post_signed, slash_body
+
+# A PostgreSQL server the tests may create databases on (.ci/run starts one and sets it), read
+# before clean_env drops every SORA_ variable. Without it the PostgreSQL tests are skipped.
+POSTGRES_URL = os.environ.get("SORA_TEST_POSTGRES_URL", "")
+NO_POSTGRES = "no PostgreSQL server: set SORA_TEST_POSTGRES_URL (.ci/run starts one and sets it)"
+
+
+@asynccontextmanager
+async def fresh_postgres_database() -> AsyncIterator[str]:
+    """The URL of a new, empty database on the test server, dropped afterwards."""
+    if not POSTGRES_URL:
+        pytest.skip(NO_POSTGRES)
+    import asyncpg
+    from urllib.parse import urlsplit, urlunsplit
+
+    name = f"sora_test_{secrets.token_hex(6)}"
+    admin = await asyncpg.connect(POSTGRES_URL)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    try:
+        yield urlunsplit(urlsplit(POSTGRES_URL)._replace(path=f"/{name}"))
+    finally:
+        admin = await asyncpg.connect(POSTGRES_URL)
+        try:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        except asyncpg.PostgresError as exc:  # a leftover database is no failure of the test
+            warnings.warn(f"could not drop test database {name}: {exc}", stacklevel=1)
+        finally:
+            await admin.close()
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    # tests marked both_backends run once on SQLite and once on PostgreSQL; others on SQLite
+    if "backend" in metafunc.fixturenames and metafunc.definition.get_closest_marker("both_backends"):
+        metafunc.parametrize("backend", ["sqlite", "postgres"], indirect=True)
+
+
+@pytest.fixture
+async def backend(request: pytest.FixtureRequest) -> AsyncIterator[str | None]:
+    """The database URL the bot is given: None (SQLite in tmp_path) or a fresh PostgreSQL database."""
+    if getattr(request, "param", "sqlite") == "sqlite":
+        yield None
+        return
+    async with fresh_postgres_database() as url:
+        yield url
+
 
 # Every variable the bot reads: tests never inherit the machine's keys or settings.
 _ENV_PREFIXES = ("SLACK_", "SORA_", "VIDEO_GATEWAY_", "OPENAI_", "RUNWAY", "GEMINI_", "KLING_", "ARK_", "FAL_")
@@ -91,7 +142,7 @@ BotFactory = Callable[..., Any]
 
 
 @pytest.fixture
-async def make_bot(slack: FakeSlack, tmp_path: Path) -> AsyncIterator[BotFactory]:
+async def make_bot(slack: FakeSlack, tmp_path: Path, backend: str | None) -> AsyncIterator[BotFactory]:
     started: list[tuple[Runtime, TestServer, httpx.AsyncClient]] = []
 
     async def factory(
@@ -110,6 +161,8 @@ async def make_bot(slack: FakeSlack, tmp_path: Path) -> AsyncIterator[BotFactory
             "sora_db_path": tmp_path / "bot.db",
             "sora_default_model": "simulator",
         }
+        if backend is not None:
+            values["sora_database_url"] = backend
         values.update(settings)
         s = Settings(_env_file=None, **values)
         provs = dict(providers) if providers is not None else {}

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import pytest
 import asyncio
 import json
 
 from bot.cli import jobs_json, usage_json
 from bot.messages import CANCEL_ACTION, EDIT_ACTION, EDIT_MODAL, RETRY_ACTION
 from tests.slack_requests import action_body, post_signed, view_submission_body
+
+# the storage a job's life touches, on both engines
+pytestmark = pytest.mark.both_backends
 
 
 async def _jobs(bot) -> list[dict]:

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
 import json
 
 from bot.cli import jobs_json, usage_json
+
+# the storage a job's life touches, on both engines
+pytestmark = pytest.mark.both_backends
 
 
 async def _usage(bot) -> dict[str, dict]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import asyncio
 import json
 from dataclasses import replace
@@ -11,6 +12,9 @@ from bot.messages import APPROVE_ACTION, DENY_ACTION
 from storage import admin as settings_store
 from tests.conftest import FAST
 from tests.slack_requests import action_body, post_signed
+
+# the storage a job's life touches, on both engines
+pytestmark = pytest.mark.both_backends
 
 ADMIN = "UADMIN"
 DM = f"D{ADMIN}"  # the fake Slack's DM channel with the admin

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import asyncio
 import json
 
@@ -9,6 +10,9 @@ from bot.cli import jobs_json, usage_json
 from bot.money import usd_to_micros
 from storage import ledger
 from tests.slack_requests import post_signed, slash_body
+
+# the storage a job's life touches, on both engines
+pytestmark = pytest.mark.both_backends
 
 USERS = [f"U{i:02d}" for i in range(12)]
 

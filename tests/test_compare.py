@@ -17,6 +17,9 @@ from tests.fakes.google_agent import FakeAgentPlatformServer, make_veo_provider
 from tests.fakes.providers import FakeGatewayServer
 from tests.slack_requests import action_body, post_signed
 
+# the storage a job's life touches, on both engines
+pytestmark = pytest.mark.both_backends
+
 
 @pytest.fixture
 async def world(make_bot, slack):

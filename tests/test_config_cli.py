@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import pytest
@@ -9,7 +10,7 @@ import pytest
 from bot import cli
 from bot.money import format_usd, usd_to_micros
 from storage import jobs as jobstore
-from storage.db import Database
+from storage.sqlite import SQLiteDatabase
 from storage.jobs import Limits, NewJob
 
 JOB_FIELDS = {"id", "user_id", "channel_id", "thread_ts", "model", "provider", "prompt",
@@ -54,7 +55,7 @@ def test_a_dotenv_file_is_read(monkeypatch, tmp_path, capsys) -> None:
 
 
 async def _seed(path) -> None:
-    db = await Database(path).open()
+    db = await SQLiteDatabase(path).open()
     limits = Limits(5_000_000, None, 10)
     for user, prompt in (("U1", "a dog"), ("U2", "a cat"), ("U1", "a cow")):
         await jobstore.reserve_and_insert(
@@ -93,3 +94,29 @@ def test_money_is_exact_in_micro_dollars() -> None:
     assert usd_to_micros("0.10") * 3 == usd_to_micros("0.30")
     assert usd_to_micros(0.157) == 157_000
     assert format_usd(800_000) == "$0.80" and format_usd(157_000) == "$0.157"
+
+
+@pytest.mark.both_backends
+async def test_migrate_brings_the_schema_up_and_run_refuses_a_newer_one(monkeypatch, capsys, tmp_path, backend) -> None:
+    from storage.db import SCHEMA_VERSION, database_for
+
+    monkeypatch.setenv("SORA_DB_PATH", str(tmp_path / "m.db"))
+    if backend is not None:
+        monkeypatch.setenv("SORA_DATABASE_URL", backend)
+    assert await asyncio.to_thread(cli.main, ["migrate"]) == 0
+    out = capsys.readouterr().out
+    assert out.strip().endswith(f"schema {SCHEMA_VERSION}")
+    assert ":sora_test@" not in out  # the URL's password is never printed
+
+    db = await database_for(backend, tmp_path / "m.db").open()
+    if db.engine == "sqlite":
+        await db.execute(f"PRAGMA user_version={SCHEMA_VERSION + 1}")
+    else:
+        await db.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION + 1,))
+    await db.close()
+    monkeypatch.setenv("SLACK_BOT_TOKEN", "xoxb-test")
+    monkeypatch.setenv("SLACK_SIGNING_SECRET", "s")
+    for command in (["run"], ["migrate"]):
+        assert await asyncio.to_thread(cli.main, command) == 2
+        err = capsys.readouterr().err.strip()
+        assert "newer than this code" in err and "\n" not in err, err

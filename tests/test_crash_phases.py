@@ -15,7 +15,7 @@ import pytest
 from bot.fakeslack import FakeSlack
 from tests.botproc import BotProcess, bot_env, free_port, read_jobs, wait_until
 from tests.fakes.providers import FakeGatewayServer
-from storage.db import Database
+from storage.sqlite import SQLiteDatabase
 from tests.slack_requests import post_signed, slash_body
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
@@ -79,7 +79,7 @@ async def test_kill_9_at_each_phase_then_restart(world, phase) -> None:
     assert job["cost_usd"] == 0.8
 
     # the ledger: charged once, nothing left reserved; the outbox closed
-    db = await Database(db_path).open()
+    db = await SQLiteDatabase(db_path).open()
     try:
         row = await db.fetchone("SELECT state, charged_micros FROM ledger WHERE job_id = ?", (job["id"],))
         assert tuple(row) == ("charged", 800_000)

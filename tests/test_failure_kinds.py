@@ -18,6 +18,9 @@ from bot.providers.gateway import GatewayProvider
 from tests.conftest import FAST
 from tests.fakes.providers import FakeGatewayServer
 
+# the storage a job's life touches, on both engines
+pytestmark = pytest.mark.both_backends
+
 TIMING = replace(FAST, submit_retry_window_s=1.2, download_attempts=3, stall_timeout_s=0.5, job_timeout_s=2.5)
 
 TABLE = [

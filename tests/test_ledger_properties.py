@@ -14,7 +14,7 @@ from bot.errors import BudgetExceeded
 from bot.models import JobStatus
 from storage import jobs as jobstore
 from storage import ledger
-from storage.db import Database
+from storage.sqlite import SQLiteDatabase
 from storage.jobs import Limits, NewJob, TooManyJobs
 
 USERS = ["UA", "UB", "UC"]
@@ -28,7 +28,7 @@ class LedgerMachine(RuleBasedStateMachine):
         super().__init__()
         self.loop = asyncio.new_event_loop()
         self.tmp = tempfile.TemporaryDirectory()
-        self.db = self.loop.run_until_complete(Database(Path(self.tmp.name) / "l.db").open())
+        self.db = self.loop.run_until_complete(SQLiteDatabase(Path(self.tmp.name) / "l.db").open())
         self.day_index = 0
         self.default_limit = 3_000_000
         self.workspace_limit: int | None = 6_000_000

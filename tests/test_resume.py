@@ -8,7 +8,7 @@ from bot.models import FailureKind, JobStatus
 from bot.poller import RESUME_POLLS_PER_S, resume_window
 from bot.providers.simulator import SimulatorProvider
 from storage import jobs as jobstore
-from storage.db import Database
+from storage.sqlite import SQLiteDatabase
 from storage.jobs import Limits, NewJob
 from tests.botproc import wait_until
 
@@ -26,7 +26,7 @@ def _new(n: int) -> NewJob:
 
 
 async def test_resume_loads_unfinished_jobs_and_owed_messages_not_settled_ones(tmp_path: Path) -> None:
-    db = await Database(tmp_path / "jobs.db").open()
+    db = await SQLiteDatabase(tmp_path / "jobs.db").open()
     try:
         ids = [(await jobstore.reserve_and_insert(db, _new(n), limits=LIMITS, day=DAY, now=NOW))[0].id
                for n in range(5)]

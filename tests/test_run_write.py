@@ -12,7 +12,8 @@ import pytest
 
 from bot.errors import Busy
 from storage import jobs as jobstore
-from storage.db import Database
+from storage.db import Conn
+from storage.sqlite import SQLiteDatabase
 from storage.jobs import Limits, NewJob
 
 NOW = "2026-11-25T10:00:00.000000Z"
@@ -30,18 +31,22 @@ def _new(user: str = "U1") -> NewJob:
 
 @pytest.fixture
 async def db(tmp_path):
-    database = await Database(tmp_path / "jobs.db").open()
+    database = await SQLiteDatabase(tmp_path / "jobs.db").open()
     yield database
     await database.close()
 
 
-def _put(conn: sqlite3.Connection, key: str, value: str, *, fail: bool = False) -> int:
-    cur = conn.execute(
+async def _put(conn: Conn, key: str, value: str, *, fail: bool = False) -> int:
+    added = await conn.execute(
         "INSERT INTO settings (key, value, updated_at) VALUES (?, ?, ?)", (key, value, NOW)
     )
     if fail:
         raise RuntimeError("boom")
-    return cur.rowcount
+    return added
+
+
+async def _nothing(conn: Conn) -> None:
+    return None
 
 
 def _count_settings(tmp_path) -> int:
@@ -89,7 +94,7 @@ async def test_a_write_that_cannot_begin_within_wait_s_writes_nothing(db, tmp_pa
     with _locked_by_another_process(tmp_path):
         with pytest.raises(TimeoutError):
             await db.run_write(_put, "late", "1", wait_s=0.05)
-    await db.run_write(lambda conn: None)  # anything still queued has run by now
+    await db.run_write(_nothing)  # anything still queued has run by now
     assert _count_settings(tmp_path) == 0
 
 
@@ -115,9 +120,9 @@ async def test_run_write_and_write_txn_never_interleave(db, tmp_path) -> None:
 
 
 async def test_a_cancelled_caller_leaves_its_transaction_whole(db, tmp_path) -> None:
-    def two_rows(conn: sqlite3.Connection) -> None:
-        _put(conn, "first", "1")
-        _put(conn, "second", "2")
+    async def two_rows(conn: Conn) -> None:
+        await _put(conn, "first", "1")
+        await _put(conn, "second", "2")
 
     async with db.write_txn():
         task = asyncio.create_task(db.run_write(two_rows))
@@ -125,7 +130,7 @@ async def test_a_cancelled_caller_leaves_its_transaction_whole(db, tmp_path) -> 
         task.cancel()  # still waiting for the writer: nothing is queued
     with pytest.raises(asyncio.CancelledError):
         await task
-    await db.run_write(lambda conn: None)
+    await db.run_write(_nothing)
     assert _count_settings(tmp_path) == 0
 
     task = asyncio.create_task(db.run_write(two_rows))
@@ -135,7 +140,7 @@ async def test_a_cancelled_caller_leaves_its_transaction_whole(db, tmp_path) -> 
         await task
     except asyncio.CancelledError:
         pass
-    await db.run_write(lambda conn: None)  # queued after it: both have run by now
+    await db.run_write(_nothing)  # queued after it: both have run by now
     assert _count_settings(tmp_path) in (0, 2)
 
 
@@ -148,9 +153,9 @@ async def test_update_and_get_returns_the_row_it_wrote(db) -> None:
 
 
 async def test_run_read_sees_one_snapshot(db) -> None:
-    def both(conn: sqlite3.Connection) -> tuple[int, int]:
-        a = conn.execute("SELECT COUNT(*) FROM settings").fetchone()[0]
-        b = conn.execute("SELECT COUNT(*) FROM settings").fetchone()[0]
+    async def both(conn: Conn) -> tuple[int, int]:
+        a = (await conn.fetchone("SELECT COUNT(*) FROM settings"))[0]
+        b = (await conn.fetchone("SELECT COUNT(*) FROM settings"))[0]
         return int(a), int(b)
 
     await db.run_write(_put, "a", "1")
@@ -228,10 +233,10 @@ async def test_writes_in_one_batch_succeed_or_fail_alone(db, tmp_path) -> None:
 
 
 async def test_a_write_that_breaks_the_commit_fails_alone(db, tmp_path) -> None:
-    def orphan_ledger_row(conn: sqlite3.Connection) -> None:
+    async def orphan_ledger_row(conn: Conn) -> None:
         # a foreign key checked only at COMMIT: the shared COMMIT fails because of this one
-        conn.execute("PRAGMA defer_foreign_keys=ON")
-        conn.execute(
+        await conn.execute("PRAGMA defer_foreign_keys=ON")
+        await conn.execute(
             "INSERT INTO ledger (job_id, user_id, budget_day, reserved_micros, state, created_at, updated_at)"
             " VALUES ('no-such-job', 'U1', ?, 1, 'reserved', ?, ?)", (DAY, NOW, NOW))
 
@@ -270,8 +275,8 @@ async def test_committed_writes_reach_the_database_file_while_open(db, tmp_path)
 async def test_a_write_begun_before_its_deadline_is_seen_through(db, tmp_path) -> None:
     import time
 
-    def slow_put(conn: sqlite3.Connection) -> int:
-        rows = _put(conn, "slow", "1")
+    async def slow_put(conn: Conn) -> int:
+        rows = await _put(conn, "slow", "1")
         time.sleep(0.2)  # outlives wait_s, but it had begun
         return rows
 
@@ -283,9 +288,9 @@ async def test_a_write_with_a_deadline_goes_before_queued_background_writes(db, 
     # a Slack answer waits on the first kind (a reservation); nobody waits on the second
     order: list[str] = []
 
-    def note(conn: sqlite3.Connection, name: str) -> None:
+    async def note(conn: Conn, name: str) -> None:
         order.append(name)
-        _put(conn, name, "1")
+        await _put(conn, name, "1")
 
     with _locked_by_another_process(tmp_path):
         background = [asyncio.create_task(db.run_write(note, f"bg{i}")) for i in range(3)]

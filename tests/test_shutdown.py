@@ -13,7 +13,7 @@ from PIL import Image
 
 from bot.providers.openai_videos import OpenAIVideosProvider
 from storage import jobs as jobstore
-from storage.db import Database
+from storage.sqlite import SQLiteDatabase
 from tests.fakes.providers import FakeOpenAIServer
 from tests.slack_requests import post_signed
 
@@ -52,7 +52,7 @@ async def test_closing_while_a_listener_works_after_its_ack_waits_for_it_and_los
         await asyncio.wait_for(closing, 10)
 
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR], [r.getMessage() for r in caplog.records]
-    db = await Database(tmp_path / "bot.db").open()
+    db = await SQLiteDatabase(tmp_path / "bot.db").open()
     try:
         jobs = await jobstore.list_jobs(db)
     finally:

@@ -12,7 +12,9 @@ from bot.errors import BudgetExceeded
 from bot.models import JobStatus
 from storage import jobs as jobstore
 from storage import ledger
-from storage.db import MIGRATIONS, Database
+from storage.migrations import MIGRATIONS
+from storage.db import database_for
+from storage.sqlite import SQLiteDatabase
 from storage.jobs import Limits, NewJob, TooManyJobs
 
 NOW = "2026-11-25T10:00:00.000000Z"
@@ -31,8 +33,9 @@ LIMITS = Limits(user_limit_micros=5_000_000, workspace_limit_micros=None, max_un
 
 
 @pytest.fixture
-async def db(tmp_path):
-    database = await Database(tmp_path / "jobs.db").open()
+async def db(tmp_path, backend):
+    # SQLite unless the test is marked both_backends (then PostgreSQL too)
+    database = await database_for(backend, tmp_path / "jobs.db").open()
     yield database
     await database.close()
 
@@ -48,7 +51,7 @@ async def test_database_file_is_private_and_in_wal_mode(db, tmp_path) -> None:
 
 async def test_reopening_does_not_migrate_again(db, tmp_path) -> None:
     await jobstore.reserve_and_insert(db, _new(), limits=LIMITS, day=DAY, now=NOW)
-    again = await Database(tmp_path / "jobs.db").open()
+    again = await SQLiteDatabase(tmp_path / "jobs.db").open()
     assert len(await jobstore.list_jobs(again)) == 1
     await again.close()
 
@@ -59,9 +62,10 @@ async def test_a_newer_schema_refuses_to_start(tmp_path) -> None:
     conn.execute(f"PRAGMA user_version={len(MIGRATIONS) + 1}")
     conn.close()
     with pytest.raises(RuntimeError, match="newer than this code"):
-        await Database(path).open()
+        await SQLiteDatabase(path).open()
 
 
+@pytest.mark.both_backends
 async def test_reserved_jobs_are_the_rows_stored(db) -> None:
     """reserve_request builds its jobs from what it inserted instead of reading them back."""
     from dataclasses import replace
@@ -99,6 +103,7 @@ async def test_reserve_commits_job_and_reservation_together(db, tmp_path) -> Non
     conn.close()
 
 
+@pytest.mark.both_backends
 async def test_guarded_update_moves_a_job_only_once(db) -> None:
     job, _ = await jobstore.reserve_and_insert(db, _new(), limits=LIMITS, day=DAY, now=NOW)
     first = await jobstore.update(db, job.id, expect=[JobStatus.QUEUED], now=NOW,
@@ -109,24 +114,24 @@ async def test_guarded_update_moves_a_job_only_once(db) -> None:
     assert (await jobstore.get_job(db, job.id)).provider_job_id == "p1"
 
 
-async def test_a_thread_permalink_is_kept_only_while_the_thread_stays_put(db, tmp_path) -> None:
+@pytest.mark.both_backends
+async def test_a_thread_permalink_is_kept_only_while_the_thread_stays_put(db) -> None:
     job, _ = await jobstore.reserve_and_insert(db, _new(), limits=LIMITS, day=DAY, now=NOW)
     _, job = await jobstore.update_and_get(db, job.id, expect=[JobStatus.QUEUED], now=NOW, thread_ts="1.000001")
     link = "https://acme.slack.com/archives/C1/p1000001"
     assert await jobstore.note_thread_permalink(db, job, link)
     await jobstore.update(db, job.id, expect=[JobStatus.QUEUED], now=NOW, status=JobStatus.SUBMITTED, provider_job_id="p1")
-    conn = sqlite3.connect(tmp_path / "jobs.db")
     stored = "SELECT thread_permalink FROM jobs WHERE id = ?"
-    assert conn.execute(stored, (job.id,)).fetchone()[0] == link  # other changes keep it
+    assert (await db.fetchone(stored, (job.id,)))[0] == link  # other changes keep it
     # the thread moves (its parent was deleted): whoever moves it, the old link goes
     await jobstore.update(db, job.id, expect=[JobStatus.SUBMITTED], now=NOW, thread_ts="2.000002")
-    assert conn.execute(stored, (job.id,)).fetchone()[0] is None
+    assert (await db.fetchone(stored, (job.id,)))[0] is None
     # a lookup made for the old thread that answers after the move is not kept
     assert not await jobstore.note_thread_permalink(db, job, link)
     assert (await jobstore.get_job(db, job.id)).thread_permalink is None
-    conn.close()
 
 
+@pytest.mark.both_backends
 async def test_a_settled_reservation_is_never_settled_twice(db) -> None:
     job, _ = await jobstore.reserve_and_insert(db, _new(), limits=LIMITS, day=DAY, now=NOW)
     async with db.write_txn() as conn:
@@ -137,6 +142,7 @@ async def test_a_settled_reservation_is_never_settled_twice(db) -> None:
     assert (totals.spent_micros, totals.reserved_micros) == (800_000, 0)
 
 
+@pytest.mark.both_backends
 async def test_a_dedupe_key_returns_the_first_job(db) -> None:
     a, created_a = await jobstore.reserve_and_insert(db, _new(key="evt:1"), limits=LIMITS, day=DAY, now=NOW)
     b, created_b = await jobstore.reserve_and_insert(db, _new(key="evt:1"), limits=LIMITS, day=DAY, now=NOW)
@@ -144,6 +150,7 @@ async def test_a_dedupe_key_returns_the_first_job(db) -> None:
     assert len(await jobstore.list_jobs(db)) == 1
 
 
+@pytest.mark.both_backends
 async def test_parallel_reservations_never_exceed_the_budget(db) -> None:
     limits = Limits(user_limit_micros=3_000_000, workspace_limit_micros=5_000_000, max_unfinished_per_user=100)
 
@@ -163,6 +170,7 @@ async def test_parallel_reservations_never_exceed_the_budget(db) -> None:
     assert len(await jobstore.list_jobs(db, limit=0)) == 7
 
 
+@pytest.mark.both_backends
 async def test_the_unfinished_job_cap_refuses_with_the_count(db) -> None:
     limits = Limits(user_limit_micros=50_000_000, workspace_limit_micros=None, max_unfinished_per_user=2)
     for _ in range(2):
@@ -171,6 +179,7 @@ async def test_the_unfinished_job_cap_refuses_with_the_count(db) -> None:
         await jobstore.reserve_and_insert(db, _new(), limits=limits, day=DAY, now=NOW)
 
 
+@pytest.mark.both_backends
 async def test_usage_lists_users_with_overrides_even_without_activity(db) -> None:
     await jobstore.reserve_and_insert(db, _new(user="U1"), limits=LIMITS, day=DAY, now=NOW)
     await db.execute("INSERT INTO user_limits (user_id, limit_micros, updated_at) VALUES ('U9', 10000000, ?)", (NOW,))
@@ -186,6 +195,7 @@ async def test_wal_companions_are_private_too(db, tmp_path) -> None:
         assert path.exists() and stat.S_IMODE(path.stat().st_mode) == 0o600, name
 
 
+@pytest.mark.both_backends
 async def test_a_read_never_misses_a_commit_made_before_it(db) -> None:
     """Interleaved reads on the shared reader must not share a snapshot older than a commit."""
     job, _ = await jobstore.reserve_and_insert(db, _new(), limits=LIMITS, day=DAY, now=NOW)
@@ -199,6 +209,7 @@ async def test_a_read_never_misses_a_commit_made_before_it(db) -> None:
         await asyncio.gather(*busy)
 
 
+@pytest.mark.both_backends
 async def test_a_writer_cancelled_while_its_transaction_begins_leaves_the_database_writable(db) -> None:
     async def write(n: int) -> None:
         async with db.write_txn() as conn:
@@ -221,11 +232,11 @@ async def test_running_day_totals_start_from_an_older_ledger(tmp_path) -> None:
     path = tmp_path / "old.db"
     conn = sqlite3.connect(path, isolation_level=None)
     conn.execute("PRAGMA foreign_keys=OFF")
-    from storage.db import _statements
+    from storage.sqlite import _statements
 
-    before = next(i for i, (name, _) in enumerate(MIGRATIONS) if name == "running daily totals of the ledger")
-    for number, (_, sql) in enumerate(MIGRATIONS[:before], start=1):
-        for statement in _statements(sql):
+    before = next(i for i, m in enumerate(MIGRATIONS) if m.name == "running daily totals of the ledger")
+    for number, migration in enumerate(MIGRATIONS[:before], start=1):
+        for statement in _statements(migration.sqlite):
             conn.execute(statement)
         conn.execute(f"PRAGMA user_version={number}")
     rows = [("j1", "U1", DAY, 500, 0, "reserved"), ("j2", "U2", DAY, 800, 700, "charged"),
@@ -236,7 +247,7 @@ async def test_running_day_totals_start_from_an_older_ledger(tmp_path) -> None:
         [(*r, NOW, NOW) for r in rows],
     )
     conn.close()
-    db = await Database(path).open()
+    db = await SQLiteDatabase(path).open()
     try:
         async with db.reading() as reader:
             assert await ledger.workspace_totals(reader, DAY) == ledger.Totals(700, 500)

@@ -1,0 +1,478 @@
+"""The numbered schema migrations, one list for both storage backends.
+
+Each migration is written once in SQL both engines run; where PostgreSQL needs other words
+(identity columns, PL/pgSQL triggers, BIGINT money), the entry carries its PostgreSQL text
+beside the SQLite one. Numbers are shared: schema N means the same tables on either engine.
+SQLite records the number in PRAGMA user_version, PostgreSQL in the schema_version table.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+
+class Migration(NamedTuple):
+    name: str
+    sqlite: str
+    postgres: str  # the same text unless PostgreSQL needs other words
+
+    def sql_for(self, engine: str) -> str:
+        return self.postgres if engine == "postgres" else self.sqlite
+
+
+_SQLITE: tuple[tuple[str, str], ...] = (
+    (
+        "jobs, ledger, deliveries",
+        """
+        CREATE TABLE jobs (
+            id                TEXT PRIMARY KEY,
+            dedupe_key        TEXT UNIQUE,
+            user_id           TEXT NOT NULL,
+            team_id           TEXT,
+            channel_id        TEXT NOT NULL,
+            thread_ts         TEXT,
+            status_ts         TEXT,
+            source            TEXT NOT NULL,
+            response_url      TEXT,
+            model             TEXT NOT NULL,
+            provider          TEXT NOT NULL,
+            provider_model    TEXT NOT NULL,
+            prompt            TEXT NOT NULL,
+            duration_seconds  INTEGER NOT NULL,
+            resolution        TEXT NOT NULL,
+            aspect_ratio      TEXT NOT NULL,
+            status            TEXT NOT NULL CHECK (status IN
+                ('queued','submitted','running','succeeded','failed','cancelled')),
+            failure_kind      TEXT,
+            failure_detail    TEXT,
+            progress          INTEGER,
+            provider_job_id   TEXT,
+            estimate_micros   INTEGER NOT NULL CHECK (estimate_micros >= 0),
+            cost_micros       INTEGER NOT NULL DEFAULT 0 CHECK (cost_micros >= 0),
+            video_url         TEXT,
+            budget_day        TEXT NOT NULL,
+            created_at        TEXT NOT NULL,
+            updated_at        TEXT NOT NULL,
+            submit_started_at TEXT,
+            submitted_at      TEXT,
+            last_progress_at  TEXT,
+            stall_notified    INTEGER NOT NULL DEFAULT 0,
+            last_status_edit_at TEXT,
+            finished_at       TEXT,
+            CHECK (status NOT IN ('failed','cancelled') OR failure_kind IS NOT NULL),
+            CHECK (status NOT IN ('submitted','running','succeeded') OR provider_job_id IS NOT NULL)
+        );
+        CREATE INDEX jobs_status ON jobs(status);
+        CREATE INDEX jobs_user_status ON jobs(user_id, status);
+        CREATE INDEX jobs_created ON jobs(created_at);
+
+        -- One account row per job: reserved on accept, then charged or released.
+        CREATE TABLE ledger (
+            job_id          TEXT PRIMARY KEY REFERENCES jobs(id),
+            user_id         TEXT NOT NULL,
+            budget_day      TEXT NOT NULL,
+            reserved_micros INTEGER NOT NULL CHECK (reserved_micros >= 0),
+            charged_micros  INTEGER NOT NULL DEFAULT 0 CHECK (charged_micros >= 0),
+            state           TEXT NOT NULL CHECK (state IN ('reserved','charged','released','refunded')),
+            created_at      TEXT NOT NULL,
+            updated_at      TEXT NOT NULL
+        );
+        CREATE INDEX ledger_user_day ON ledger(user_id, budget_day, state);
+        CREATE INDEX ledger_day ON ledger(budget_day, state);
+
+        -- Append-only history of every money movement, for audits and explanations.
+        CREATE TABLE ledger_events (
+            id            INTEGER PRIMARY KEY AUTOINCREMENT,
+            job_id        TEXT NOT NULL,
+            user_id       TEXT NOT NULL,
+            budget_day    TEXT NOT NULL,
+            event         TEXT NOT NULL,
+            amount_micros INTEGER NOT NULL,
+            at            TEXT NOT NULL
+        );
+
+        -- Per-user limit overrides (admin commands fill this in).
+        CREATE TABLE user_limits (
+            user_id      TEXT PRIMARY KEY,
+            limit_micros INTEGER NOT NULL CHECK (limit_micros >= 0),
+            updated_at   TEXT NOT NULL,
+            updated_by   TEXT
+        );
+
+        -- The outbox: the final message each job still owes its thread.
+        CREATE TABLE deliveries (
+            job_id      TEXT PRIMARY KEY REFERENCES jobs(id),
+            kind        TEXT NOT NULL CHECK (kind IN ('video','failure','cancelled')),
+            state       TEXT NOT NULL CHECK (state IN ('pending','done')),
+            file_path   TEXT,
+            message_ts  TEXT,
+            method      TEXT,
+            attempts    INTEGER NOT NULL DEFAULT 0,
+            last_error  TEXT,
+            created_at  TEXT NOT NULL,
+            updated_at  TEXT NOT NULL
+        );
+        CREATE INDEX deliveries_state ON deliveries(state);
+        """,
+    ),
+    (
+        "run-time settings and the audit log",
+        """
+        -- Values admins change from Slack; once set they win over the environment.
+        CREATE TABLE settings (
+            key        TEXT PRIMARY KEY,
+            value      TEXT,
+            updated_at TEXT NOT NULL,
+            updated_by TEXT
+        );
+
+        CREATE TABLE audit_log (
+            id        INTEGER PRIMARY KEY AUTOINCREMENT,
+            at        TEXT NOT NULL,
+            actor     TEXT NOT NULL,
+            action    TEXT NOT NULL,
+            target    TEXT,
+            old_value TEXT,
+            new_value TEXT,
+            note      TEXT
+        );
+        CREATE INDEX audit_at ON audit_log(at);
+        """,
+    ),
+    (
+        "the uploaded file of a delivery",
+        """
+        -- Set before files.completeUploadExternal: after a crash, files.info on it tells
+        -- whether the video was already shared, so it is never posted twice.
+        ALTER TABLE deliveries ADD COLUMN upload_file_id TEXT;
+        """,
+    ),
+    (
+        "reference images for image-to-video",
+        """
+        -- A prepared image file beside the database; it outlives restarts like the job does.
+        ALTER TABLE jobs ADD COLUMN reference_image_path TEXT;
+        ALTER TABLE jobs ADD COLUMN reference_image_mime TEXT
+        """,
+    ),
+    (
+        "provider callbacks",
+        """
+        -- Callbacks name the provider's job id; this finds our job from it.
+        CREATE INDEX jobs_provider_job ON jobs(provider, provider_job_id);
+
+        -- Deliveries already acted on: providers retry, attackers replay.
+        CREATE TABLE webhook_deliveries (
+            provider    TEXT NOT NULL,
+            delivery_id TEXT NOT NULL,
+            received_at TEXT NOT NULL,
+            PRIMARY KEY (provider, delivery_id)
+        );
+        CREATE INDEX webhook_deliveries_received ON webhook_deliveries(received_at);
+        """,
+    ),
+    (
+        "compares, fallbacks and approvals",
+        """
+        -- One `/sora compare`: its jobs share the id, one request message and one summary.
+        CREATE TABLE compares (
+            id            TEXT PRIMARY KEY,
+            user_id       TEXT NOT NULL,
+            channel_id    TEXT NOT NULL,
+            thread_ts     TEXT,
+            status_ts     TEXT,
+            prompt        TEXT NOT NULL,
+            summary_state TEXT NOT NULL DEFAULT 'owed' CHECK (summary_state IN ('owed','done')),
+            summary_ts    TEXT,
+            created_at    TEXT NOT NULL
+        );
+        ALTER TABLE jobs ADD COLUMN compare_id TEXT REFERENCES compares(id);
+        CREATE INDEX jobs_compare ON jobs(compare_id);
+
+        -- The failed job a fallback job replaces (button or automatic).
+        ALTER TABLE jobs ADD COLUMN fallback_of TEXT;
+
+        -- A request over the approval threshold: its jobs wait in 'queued' until decided.
+        -- The key is the job id, or the compare id for a compare.
+        CREATE TABLE approvals (
+            key          TEXT PRIMARY KEY,
+            user_id      TEXT NOT NULL,
+            amount_micros INTEGER NOT NULL CHECK (amount_micros >= 0),
+            threshold_micros INTEGER NOT NULL,
+            state        TEXT NOT NULL CHECK (state IN ('pending','approved','denied','expired','withdrawn')),
+            decided_by   TEXT,
+            decided_at   TEXT,
+            created_at   TEXT NOT NULL,
+            expires_at   TEXT NOT NULL
+        );
+        -- The admin DMs that carry a request's Approve/Deny buttons, edited once decided.
+        CREATE TABLE approval_messages (
+            key        TEXT NOT NULL REFERENCES approvals(key),
+            channel_id TEXT NOT NULL,
+            ts         TEXT NOT NULL,
+            PRIMARY KEY (key, channel_id)
+        );
+        ALTER TABLE jobs ADD COLUMN approval_key TEXT REFERENCES approvals(key);
+        CREATE INDEX jobs_approval ON jobs(approval_key);
+        """,
+    ),
+    (
+        "running daily totals of the ledger",
+        """
+        -- The workspace cap is checked inside every reservation; summing the whole day's
+        -- ledger there grew with the day (20,000 rows: ~12 ms). Triggers keep one row per
+        -- budget day in the same transaction as every ledger change, whoever makes it, so the
+        -- total is exact and a crash can't leave it behind the ledger.
+        CREATE TABLE ledger_day_totals (
+            budget_day      TEXT PRIMARY KEY,
+            spent_micros    INTEGER NOT NULL DEFAULT 0,
+            reserved_micros INTEGER NOT NULL DEFAULT 0
+        );
+        INSERT INTO ledger_day_totals (budget_day, spent_micros, reserved_micros)
+            SELECT budget_day,
+                   SUM(CASE WHEN state='charged' THEN charged_micros ELSE 0 END),
+                   SUM(CASE WHEN state='reserved' THEN reserved_micros ELSE 0 END)
+            FROM ledger GROUP BY budget_day;
+
+        CREATE TRIGGER ledger_day_totals_insert AFTER INSERT ON ledger BEGIN
+            INSERT OR IGNORE INTO ledger_day_totals (budget_day) VALUES (new.budget_day);
+            UPDATE ledger_day_totals
+               SET spent_micros = spent_micros
+                       + CASE WHEN new.state='charged' THEN new.charged_micros ELSE 0 END,
+                   reserved_micros = reserved_micros
+                       + CASE WHEN new.state='reserved' THEN new.reserved_micros ELSE 0 END
+             WHERE budget_day = new.budget_day;
+        END;
+
+        CREATE TRIGGER ledger_day_totals_update
+        AFTER UPDATE OF budget_day, state, reserved_micros, charged_micros ON ledger BEGIN
+            UPDATE ledger_day_totals
+               SET spent_micros = spent_micros
+                       - CASE WHEN old.state='charged' THEN old.charged_micros ELSE 0 END,
+                   reserved_micros = reserved_micros
+                       - CASE WHEN old.state='reserved' THEN old.reserved_micros ELSE 0 END
+             WHERE budget_day = old.budget_day;
+            INSERT OR IGNORE INTO ledger_day_totals (budget_day) VALUES (new.budget_day);
+            UPDATE ledger_day_totals
+               SET spent_micros = spent_micros
+                       + CASE WHEN new.state='charged' THEN new.charged_micros ELSE 0 END,
+                   reserved_micros = reserved_micros
+                       + CASE WHEN new.state='reserved' THEN new.reserved_micros ELSE 0 END
+             WHERE budget_day = new.budget_day;
+        END;
+
+        CREATE TRIGGER ledger_day_totals_delete AFTER DELETE ON ledger BEGIN
+            UPDATE ledger_day_totals
+               SET spent_micros = spent_micros
+                       - CASE WHEN old.state='charged' THEN old.charged_micros ELSE 0 END,
+                   reserved_micros = reserved_micros
+                       - CASE WHEN old.state='reserved' THEN old.reserved_micros ELSE 0 END
+             WHERE budget_day = old.budget_day;
+        END;
+        """,
+    ),
+    (
+        "the permalink of a job's thread",
+        """
+        -- What chat.getPermalink answered for (channel_id, thread_ts), looked up once when a
+        -- Home first shows the job. A thread that moves (its parent deleted, a DM instead of
+        -- the channel) drops it, whoever moves it, so a link never points at the old place.
+        ALTER TABLE jobs ADD COLUMN thread_permalink TEXT;
+
+        CREATE TRIGGER jobs_thread_moved AFTER UPDATE OF channel_id, thread_ts ON jobs
+        WHEN old.channel_id IS NOT new.channel_id OR old.thread_ts IS NOT new.thread_ts BEGIN
+            UPDATE jobs SET thread_permalink = NULL WHERE id = new.id;
+        END;
+        """,
+    ),
+    (
+        "job leases",
+        """
+        -- The replica watching a job, and until when (ISO-8601 UTC) it holds it: renewed by
+        -- that replica's heartbeat, taken over by another once it runs out. Cleared when the
+        -- job needs nobody any more.
+        ALTER TABLE jobs ADD COLUMN owner TEXT;
+        ALTER TABLE jobs ADD COLUMN lease_until TEXT;
+        CREATE INDEX jobs_owner ON jobs(owner);
+        """,
+    ),
+)
+
+
+# PostgreSQL's text for the migrations whose SQLite text it can't run. Money is BIGINT (micro-
+# dollars pass 2^31 at $2,147); timestamps stay ISO-8601 TEXT as in SQLite, so both engines
+# compare and sort them the same way. jobs.rowid keeps insertion order, which SQLite gives
+# every table for free and the code orders by.
+_POSTGRES: dict[int, str] = {
+    1: """
+        CREATE TABLE jobs (
+            rowid             BIGINT GENERATED ALWAYS AS IDENTITY UNIQUE,
+            id                TEXT PRIMARY KEY,
+            dedupe_key        TEXT UNIQUE,
+            user_id           TEXT NOT NULL,
+            team_id           TEXT,
+            channel_id        TEXT NOT NULL,
+            thread_ts         TEXT,
+            status_ts         TEXT,
+            source            TEXT NOT NULL,
+            response_url      TEXT,
+            model             TEXT NOT NULL,
+            provider          TEXT NOT NULL,
+            provider_model    TEXT NOT NULL,
+            prompt            TEXT NOT NULL,
+            duration_seconds  INTEGER NOT NULL,
+            resolution        TEXT NOT NULL,
+            aspect_ratio      TEXT NOT NULL,
+            status            TEXT NOT NULL CHECK (status IN
+                ('queued','submitted','running','succeeded','failed','cancelled')),
+            failure_kind      TEXT,
+            failure_detail    TEXT,
+            progress          INTEGER,
+            provider_job_id   TEXT,
+            estimate_micros   BIGINT NOT NULL CHECK (estimate_micros >= 0),
+            cost_micros       BIGINT NOT NULL DEFAULT 0 CHECK (cost_micros >= 0),
+            video_url         TEXT,
+            budget_day        TEXT NOT NULL,
+            created_at        TEXT NOT NULL,
+            updated_at        TEXT NOT NULL,
+            submit_started_at TEXT,
+            submitted_at      TEXT,
+            last_progress_at  TEXT,
+            stall_notified    INTEGER NOT NULL DEFAULT 0,
+            last_status_edit_at TEXT,
+            finished_at       TEXT,
+            CHECK (status NOT IN ('failed','cancelled') OR failure_kind IS NOT NULL),
+            CHECK (status NOT IN ('submitted','running','succeeded') OR provider_job_id IS NOT NULL)
+        );
+        CREATE INDEX jobs_status ON jobs(status);
+        CREATE INDEX jobs_user_status ON jobs(user_id, status);
+        CREATE INDEX jobs_created ON jobs(created_at);
+
+        CREATE TABLE ledger (
+            job_id          TEXT PRIMARY KEY REFERENCES jobs(id),
+            user_id         TEXT NOT NULL,
+            budget_day      TEXT NOT NULL,
+            reserved_micros BIGINT NOT NULL CHECK (reserved_micros >= 0),
+            charged_micros  BIGINT NOT NULL DEFAULT 0 CHECK (charged_micros >= 0),
+            state           TEXT NOT NULL CHECK (state IN ('reserved','charged','released','refunded')),
+            created_at      TEXT NOT NULL,
+            updated_at      TEXT NOT NULL
+        );
+        CREATE INDEX ledger_user_day ON ledger(user_id, budget_day, state);
+        CREATE INDEX ledger_day ON ledger(budget_day, state);
+
+        CREATE TABLE ledger_events (
+            id            BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY,
+            job_id        TEXT NOT NULL,
+            user_id       TEXT NOT NULL,
+            budget_day    TEXT NOT NULL,
+            event         TEXT NOT NULL,
+            amount_micros BIGINT NOT NULL,
+            at            TEXT NOT NULL
+        );
+
+        CREATE TABLE user_limits (
+            user_id      TEXT PRIMARY KEY,
+            limit_micros BIGINT NOT NULL CHECK (limit_micros >= 0),
+            updated_at   TEXT NOT NULL,
+            updated_by   TEXT
+        );
+
+        CREATE TABLE deliveries (
+            job_id      TEXT PRIMARY KEY REFERENCES jobs(id),
+            kind        TEXT NOT NULL CHECK (kind IN ('video','failure','cancelled')),
+            state       TEXT NOT NULL CHECK (state IN ('pending','done')),
+            file_path   TEXT,
+            message_ts  TEXT,
+            method      TEXT,
+            attempts    INTEGER NOT NULL DEFAULT 0,
+            last_error  TEXT,
+            created_at  TEXT NOT NULL,
+            updated_at  TEXT NOT NULL
+        );
+        CREATE INDEX deliveries_state ON deliveries(state);
+    """,
+    2: """
+        CREATE TABLE settings (
+            key        TEXT PRIMARY KEY,
+            value      TEXT,
+            updated_at TEXT NOT NULL,
+            updated_by TEXT
+        );
+
+        CREATE TABLE audit_log (
+            id        BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY,
+            at        TEXT NOT NULL,
+            actor     TEXT NOT NULL,
+            action    TEXT NOT NULL,
+            target    TEXT,
+            old_value TEXT,
+            new_value TEXT,
+            note      TEXT
+        );
+        CREATE INDEX audit_at ON audit_log(at);
+    """,
+    7: """
+        CREATE TABLE ledger_day_totals (
+            budget_day      TEXT PRIMARY KEY,
+            spent_micros    BIGINT NOT NULL DEFAULT 0,
+            reserved_micros BIGINT NOT NULL DEFAULT 0
+        );
+        INSERT INTO ledger_day_totals (budget_day, spent_micros, reserved_micros)
+            SELECT budget_day,
+                   SUM(CASE WHEN state='charged' THEN charged_micros ELSE 0 END),
+                   SUM(CASE WHEN state='reserved' THEN reserved_micros ELSE 0 END)
+            FROM ledger GROUP BY budget_day;
+
+        -- One function for insert, update and delete: take the old row's share off its day,
+        -- add the new row's share to its day.
+        CREATE FUNCTION ledger_day_totals_keep() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            IF TG_OP IN ('UPDATE', 'DELETE') THEN
+                UPDATE ledger_day_totals
+                   SET spent_micros = spent_micros
+                           - CASE WHEN OLD.state='charged' THEN OLD.charged_micros ELSE 0 END,
+                       reserved_micros = reserved_micros
+                           - CASE WHEN OLD.state='reserved' THEN OLD.reserved_micros ELSE 0 END
+                 WHERE budget_day = OLD.budget_day;
+            END IF;
+            IF TG_OP IN ('INSERT', 'UPDATE') THEN
+                INSERT INTO ledger_day_totals (budget_day) VALUES (NEW.budget_day)
+                    ON CONFLICT (budget_day) DO NOTHING;
+                UPDATE ledger_day_totals
+                   SET spent_micros = spent_micros
+                           + CASE WHEN NEW.state='charged' THEN NEW.charged_micros ELSE 0 END,
+                       reserved_micros = reserved_micros
+                           + CASE WHEN NEW.state='reserved' THEN NEW.reserved_micros ELSE 0 END
+                 WHERE budget_day = NEW.budget_day;
+            END IF;
+            RETURN NULL;
+        END $$;
+        CREATE TRIGGER ledger_day_totals_insert AFTER INSERT ON ledger
+            FOR EACH ROW EXECUTE FUNCTION ledger_day_totals_keep();
+        CREATE TRIGGER ledger_day_totals_update
+            AFTER UPDATE OF budget_day, state, reserved_micros, charged_micros ON ledger
+            FOR EACH ROW EXECUTE FUNCTION ledger_day_totals_keep();
+        CREATE TRIGGER ledger_day_totals_delete AFTER DELETE ON ledger
+            FOR EACH ROW EXECUTE FUNCTION ledger_day_totals_keep();
+    """,
+    8: """
+        ALTER TABLE jobs ADD COLUMN thread_permalink TEXT;
+
+        CREATE FUNCTION jobs_thread_moved() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            IF OLD.channel_id IS DISTINCT FROM NEW.channel_id
+               OR OLD.thread_ts IS DISTINCT FROM NEW.thread_ts THEN
+                NEW.thread_permalink := NULL;
+            END IF;
+            RETURN NEW;
+        END $$;
+        CREATE TRIGGER jobs_thread_moved BEFORE UPDATE OF channel_id, thread_ts ON jobs
+            FOR EACH ROW EXECUTE FUNCTION jobs_thread_moved();
+    """,
+}
+
+MIGRATIONS: tuple[Migration, ...] = tuple(
+    Migration(name, sql, _POSTGRES.get(number, sql))
+    for number, (name, sql) in enumerate(_SQLITE, start=1)
+)

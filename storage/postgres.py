@@ -1,0 +1,211 @@
+"""The PostgreSQL backend: an asyncpg pool, a transaction per write, advisory locks for budgets,
+and migrations run once for a fleet of replicas.
+
+Repository functions write SQL with `?` placeholders (what SQLite takes); `_native` turns them
+into PostgreSQL's `$1, $2, …` once per statement text. Transactions run at READ COMMITTED:
+each statement sees what committed before it began, so a transaction that first takes the
+lock of an account (`Conn.lock`) then reads it sees every earlier writer of that account.
+That, not SERIALIZABLE and its retry loops, is what keeps `spent + reserved <= limit` when
+replicas reserve at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+from functools import lru_cache
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+import asyncpg
+
+from storage.db import Conn, Database, Row, SchemaTooNew, Txn
+from storage.migrations import MIGRATIONS
+
+T = TypeVar("T")
+
+log = logging.getLogger(__name__)
+
+# Any fixed number: the advisory lock every replica takes to migrate, so one migrates at a time.
+_MIGRATION_LOCK = 0x50_52_41_00_01
+# A deadlock victim is rolled back whole and may simply run again.
+_RETRIES = 3
+# The NOTIFY channel replicas tell each other things on (storage.db.Database.notify).
+CHANNEL = "sora_bot"
+
+
+@lru_cache(maxsize=2048)
+def _native(sql: str) -> str:
+    """`?` placeholders as `$1, $2, …`, leaving quoted text alone."""
+    out: list[str] = []
+    n = 0
+    quote: str | None = None
+    for ch in sql:
+        if quote is not None:
+            if ch == quote:
+                quote = None
+        elif ch in ("'", '"'):
+            quote = ch
+        elif ch == "?":
+            n += 1
+            out.append(f"${n}")
+            continue
+        out.append(ch)
+    return "".join(out)
+
+
+def _rowcount(status: str) -> int:
+    """The row count in a command tag: 'UPDATE 3', 'INSERT 0 1', 'DELETE 0'."""
+    last = status.rsplit(" ", 1)[-1]
+    return int(last) if last.isdigit() else 0
+
+
+class _PgConn:
+    engine = "postgres"
+    skip_locked = " FOR UPDATE SKIP LOCKED"
+    __slots__ = ("conn",)
+
+    def __init__(self, conn: asyncpg.Connection) -> None:
+        self.conn = conn
+
+    async def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
+        return _rowcount(await self.conn.execute(_native(sql), *params))
+
+    async def fetchone(self, sql: str, params: Sequence[Any] = ()) -> Row | None:
+        return await self.conn.fetchrow(_native(sql), *params)
+
+    async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+        return list(await self.conn.fetch(_native(sql), *params))
+
+    async def lock(self, key: str, *, shared: bool = False) -> None:
+        how = "pg_advisory_xact_lock_shared" if shared else "pg_advisory_xact_lock"
+        await self.conn.execute(f"SELECT {how}(hashtextextended($1, 0))", key)
+
+
+class PostgresDatabase(Database):
+    """One replica's pool of connections to the shared PostgreSQL database."""
+
+    engine = "postgres"
+    POOL_SIZE = 10
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._pool: asyncpg.Pool | None = None
+        self._listener: asyncpg.Connection | None = None  # LISTEN needs a connection of its own
+
+    async def open(self) -> "PostgresDatabase":
+        self._pool = await asyncpg.create_pool(self.url, min_size=1, max_size=self.POOL_SIZE)
+        try:
+            await self.migrate()
+        except BaseException:
+            await self.close()
+            raise
+        return self
+
+    async def migrate(self) -> int:
+        """Bring the schema up to date, once for the fleet: replicas that start together
+        wait on one lock, and the later ones find nothing left to do. Returns the version."""
+        async with self._acquire(None) as conn, conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATION_LOCK)
+            await conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+            version = await conn.fetchval("SELECT max(version) FROM schema_version") or 0
+            if version > len(MIGRATIONS):
+                raise SchemaTooNew(self.describe(), version)
+            for number, migration in enumerate(MIGRATIONS[version:], start=version + 1):
+                log.info("migrating database to schema %d (%s)", number, migration.name)
+                await conn.execute(migration.postgres)  # several statements: the simple protocol
+                await conn.execute("DELETE FROM schema_version")
+                await conn.execute("INSERT INTO schema_version (version) VALUES ($1)", number)
+            return max(version, len(MIGRATIONS))
+
+    @asynccontextmanager
+    async def _acquire(self, wait_s: float | None) -> AsyncIterator[asyncpg.Connection]:
+        assert self._pool is not None, "database not open"
+        try:
+            conn = await self._pool.acquire(timeout=wait_s)
+        except (TimeoutError, asyncio.TimeoutError):
+            raise TimeoutError("the writer was not free in time") from None
+        try:
+            yield conn
+        finally:
+            await self._pool.release(conn)
+
+    async def run_write(self, fn: Txn[..., T], /, *args: Any, wait_s: float | None = None, **kwargs: Any) -> T:
+        loop = asyncio.get_running_loop()
+        deadline = None if wait_s is None else loop.time() + wait_s
+        async with self._acquire(wait_s) as conn:
+            for attempt in range(_RETRIES):
+                try:
+                    async with conn.transaction():
+                        if deadline is not None:
+                            # a lock held elsewhere past the deadline ends the transaction with
+                            # nothing written, as a busy SQLite does
+                            left_ms = max(int((deadline - loop.time()) * 1000), 1)
+                            await conn.execute(f"SET LOCAL lock_timeout = {left_ms}")
+                        return await fn(_PgConn(conn), *args, **kwargs)
+                except asyncpg.LockNotAvailableError:
+                    raise TimeoutError("the writer was not free in time") from None
+                except asyncpg.DeadlockDetectedError:
+                    if attempt == _RETRIES - 1:
+                        raise
+                    log.info("a write was chosen as a deadlock's victim; running it again")
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def run_read(self, fn: Txn[..., T], /, *args: Any, **kwargs: Any) -> T:
+        async with self._acquire(None) as conn, conn.transaction(isolation="repeatable_read", readonly=True):
+            return await fn(_PgConn(conn), *args, **kwargs)
+
+    @asynccontextmanager
+    async def write_txn(self, *, wait_s: float | None = None) -> AsyncIterator[Conn]:
+        async with self._acquire(wait_s) as conn, conn.transaction():
+            yield _PgConn(conn)
+
+    @asynccontextmanager
+    async def reading(self) -> AsyncIterator[Conn]:
+        async with self._acquire(None) as conn:
+            yield _PgConn(conn)
+
+    async def fetchone(self, sql: str, params: Sequence[Any] = ()) -> Row | None:
+        assert self._pool is not None, "database not open"
+        return await self._pool.fetchrow(_native(sql), *params)
+
+    async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+        assert self._pool is not None, "database not open"
+        return list(await self._pool.fetch(_native(sql), *params))
+
+    async def listen(self, on_message: Callable[[str], None]) -> None:
+        def heard(_conn: object, _pid: int, _channel: str, payload: str) -> None:
+            on_message(payload)
+
+        def lost(_conn: object) -> None:
+            # the heartbeat's claims and the safety polls still find every job, only later
+            log.warning("the LISTEN connection to %s closed; replicas' pokes reach this one no more", self.describe())
+
+        self._listener = await asyncpg.connect(self.url)
+        self._listener.add_termination_listener(lost)
+        await self._listener.add_listener(CHANNEL, heard)
+
+    async def notify(self, message: str) -> None:
+        assert self._pool is not None, "database not open"
+        await self._pool.execute("SELECT pg_notify($1, $2)", CHANNEL, message)
+
+    async def schema_version(self) -> int:
+        row = await self.fetchone("SELECT max(version) FROM schema_version")
+        return int(row[0] or 0) if row else 0
+
+    def describe(self) -> str:
+        parts = urlsplit(self.url)
+        host = parts.hostname or "localhost"
+        port = f":{parts.port}" if parts.port else ""
+        user = f"{parts.username}@" if parts.username else ""
+        return f"PostgreSQL {user}{host}{port}{parts.path or '/'}"
+
+    async def close(self) -> None:
+        if self._listener is not None:
+            listener, self._listener = self._listener, None
+            await listener.close()
+        if self._pool is not None:
+            pool, self._pool = self._pool, None
+            await pool.close()
