@@ -48,7 +48,7 @@ async def cancel_clicked(deps: Deps, job_id: str, user_id: str) -> ActionResult:
         return ActionResult(f"Job `{job.id}` already ended ({job.status.value}).", job, ok=False)
     if await flow.cancel_job(deps, job, by_user=user_id):
         if deps.poller is not None:
-            deps.poller.restart(job.id)
+            await deps.poller.restart_anywhere(job.id)
         return ActionResult(f"Cancelled job `{job.id}`; its {format_usd(job.estimate_micros)} reservation is released.", job)
     return ActionResult(f"Job `{job.id}` finished before it could be cancelled.", job, ok=False)
 

@@ -27,6 +27,7 @@ from bot.catalog import FAL, GATEWAY, GEMINI, KLING, OPENAI, RUNWAY, SEEDANCE, S
 from bot.clock import Clock, utcnow
 from bot.config import Settings
 from bot.deps import Deps, Timing
+from bot.leases import Leases, new_replica_id
 from bot.poller import Poller
 from bot.providers.base import VideoProvider
 from bot.providers.fal import FalProvider
@@ -189,11 +190,13 @@ class Runtime:
     listeners: ListenerTasks = field(default_factory=ListenerTasks)
     # the Slack client's connections, when this runtime made the client
     slack_session: aiohttp.ClientSession | None = None
+    _closed: bool = False
 
     async def start(self) -> int:
         resumed = await self.poller.resume()
         # a compare whose last model answered just before a stop still owes its summary
-        for job_id in await compares.owed_summaries(self.deps.db):
+        owed = compares.ready_summaries if self.deps.leases.shared else compares.owed_summaries
+        for job_id in await owed(self.deps.db):
             self.poller.watch(job_id)
         return resumed
 
@@ -201,8 +204,11 @@ class Runtime:
         """Shut down in order; the caller has already stopped taking Slack requests.
 
         Listeners still at work finish first (they use everything below), then the job
-        tasks stop, then the clients, then the database.
+        tasks stop, then the clients, then the database. Closing again does nothing.
         """
+        if self._closed:
+            return
+        self._closed = True
         await self.listeners.drain(LISTENER_DRAIN_S)
         await self.poller.close()
         for provider in self.deps.providers.values():
@@ -256,6 +262,7 @@ async def create_runtime(
         media_dir=Path(f"{settings.sora_db_path}.media"),
         timing=timing or Timing.from_settings(settings),
         clock=clock,
+        leases=Leases(new_replica_id(), settings.sora_lease_seconds, shared=db.engine == "postgres", clock=clock),
     )
     poller = Poller(deps)
     deps.poller = poller
@@ -281,8 +288,10 @@ def make_web_app(runtime: Runtime) -> web.Application:
 
     async def healthz(_: web.Request) -> web.Response:
         row = await runtime.deps.db.fetchone("SELECT COUNT(*) FROM jobs WHERE status IN ('queued','submitted','running')")
+        leases = runtime.deps.leases
         return web.json_response({"ok": True, "unfinished_jobs": int(row[0]) if row else 0,
-                                  "watching": len(runtime.poller.tasks)})
+                                  "watching": len(runtime.poller.tasks), "replica": leases.replica_id,
+                                  "owned_jobs": len(leases.held) if leases.shared else len(runtime.poller.tasks)})
 
     web_app = web.Application(client_max_size=1 << 20)
     web_app.router.add_post("/slack/events", slack_events)

@@ -92,8 +92,8 @@ async def settle(deps: Deps, key: str, *, state: str, by: str) -> approvals.Deci
         return decision
     _locks.pop(key, None)  # decided: notify_admins finds it so and sends nothing
     for job_id in decision.job_ids:
-        if deps.poller is not None and not deps.poller.poke(job_id):
-            deps.poller.watch(job_id)
+        if deps.poller is not None:
+            await deps.poller.wake(job_id)
     jobs = await jobstore.jobs_for_approval(deps.db, key)
     text, blocks = messages.approval_decided_message(
         jobs, state=state, by=by, amount_micros=decision.approval.amount_micros)

@@ -154,7 +154,7 @@ def add_routes(web_app: web.Application, deps: Deps) -> None:
         if job is None:
             log.info("callback openai: %s for %s matches no unfinished job", event["type"], video_id)
             return _answer(200, "unknown job")
-        return _poke(deps, OPENAI, job.id)
+        return await _poke(deps, OPENAI, job.id)
 
     def unsigned(provider: str) -> Callable[[web.Request], Any]:
         async def handler(request: web.Request) -> web.Response:
@@ -192,7 +192,7 @@ def add_routes(web_app: web.Application, deps: Deps) -> None:
             status = (first_text(payload, _STATUS_PATHS[provider]) or "").lower()
             if status in _STILL_GOING[provider]:
                 return _answer(200, "noted")
-            return _poke(deps, provider, job.id)
+            return await _poke(deps, provider, job.id)
 
         return handler
 
@@ -242,9 +242,10 @@ async def _first_delivery(deps: Deps, provider: str, delivery_id: str) -> bool:
     return first
 
 
-def _poke(deps: Deps, provider: str, job_id: str) -> web.Response:
-    watched = deps.poller is not None and deps.poller.poke(job_id)
-    log.info("callback %s: job %s %s", provider, job_id, "polls now" if watched else "has no watcher")
+async def _poke(deps: Deps, provider: str, job_id: str) -> web.Response:
+    if deps.poller is not None:
+        await deps.poller.wake(job_id)  # on its watcher, whichever replica that is
+    log.info("callback %s: job %s polls now", provider, job_id)
     return _answer(200, "ok")
 
 

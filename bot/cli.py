@@ -47,6 +47,8 @@ def _job_dict(job: Any) -> dict[str, Any]:
         "video_url": job.video_url,
         "created_at": iso(job.created_at),
         "finished_at": iso(job.finished_at) if job.finished_at else None,
+        # the replica watching it (PostgreSQL with several replicas); null once nobody needs to
+        "owner": job.owner,
         # beyond the contract's fields: a compare's jobs share compare_id; a fallback names the job it replaced
         "compare_id": job.compare_id,
         "fallback_of": job.fallback_of,

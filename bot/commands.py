@@ -168,7 +168,7 @@ async def cancel_reply(deps: Deps, user_id: str, job_ref: str) -> str:
         return f"Job `{job.id}` has already {_finished_words(job.status)}; nothing to cancel."
     if await flow.cancel_job(deps, job, by_user=user_id):
         if deps.poller is not None:
-            deps.poller.restart(job.id)
+            await deps.poller.restart_anywhere(job.id)
         whose = "Your" if job.user_id == user_id else f"<@{job.user_id}>'s"
         return f"Cancelled job `{job.id}`. {whose} {format_usd(job.estimate_micros)} reservation is released."
     return f"Job `{job.id}` finished before I could cancel it."

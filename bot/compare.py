@@ -44,7 +44,7 @@ async def cancel_all(deps: Deps, compare_id: str, user_id: str) -> str:
         if not job.status.terminal and await flow.cancel_job(deps, job, by_user=user_id):
             stopped.append(job)
             if deps.poller is not None:
-                deps.poller.restart(job.id)
+                await deps.poller.restart_anywhere(job.id)
     if not stopped:
         return f"Every model of compare `{compare_id}` had already finished; nothing to cancel."
     released = format_usd(sum(j.estimate_micros for j in stopped))

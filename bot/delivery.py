@@ -42,6 +42,7 @@ async def _deliver_final(deps: Deps, job_id: str) -> Job | None:
             return await jobstore.get_job(deps.db, job_id)
         job = await jobstore.get_job(deps.db, job_id)
         assert job is not None
+        deps.leases.check(job_id)  # one message per job: never from a replica that lost it
         try:
             if job.failure_kind is FailureKind.SLACK_REFUSED:
                 ts, method = await _tell_refused(deps, job)
@@ -210,8 +211,9 @@ async def _ensure_compare_message(deps: Deps, job: Job) -> Job:
 
 
 async def summarize_compare(deps: Deps, compare_id: str) -> None:
-    """Once every model has answered in the thread: the side-by-side summary, once."""
-    async with _compare_locks[compare_id]:
+    """Once every model has answered in the thread: the side-by-side summary, once (also
+    across replicas, whose last members may finish on two of them at once)."""
+    async with _compare_locks[compare_id], deps.db.hold(f"compare-summary:{compare_id}"):
         row = await compares.get(deps.db, compare_id)
         if row is None or row.summary_state == "done" or not await compares.all_delivered(deps.db, compare_id):
             return

@@ -15,6 +15,7 @@ from bot.authz import AdminCheck
 from bot.catalog import Catalog
 from bot.clock import Clock, utcnow
 from bot.config import Settings
+from bot.leases import Leases, new_replica_id
 from bot.providers.base import VideoProvider
 from storage.admin import FALLBACK_MODELS, Budgets, effective_budgets
 from storage.db import Conn, Database
@@ -78,6 +79,8 @@ class Deps:
     clock: Clock = utcnow
     poller: "Poller | None" = field(default=None)
     ack_first: AckFirst = field(default_factory=AckFirst)
+    # which jobs this replica watches (on SQLite: all of them, and checks cost nothing)
+    leases: Leases = field(default_factory=lambda: Leases(new_replica_id(), 30.0, shared=False, clock=utcnow))
 
     def provider_label(self, provider: str) -> str:
         return PROVIDER_LABELS.get(provider, provider)

@@ -11,14 +11,16 @@ import dataclasses
 import logging
 import random
 import secrets
+from collections.abc import Coroutine
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from bot import approval, fallback, incidents, slack_io
 from bot.delivery import deliver, ensure_request_message
 from bot.clock import budget_day, iso
 from bot.deps import Deps
+from bot.leases import LeaseLost
 from bot.errors import (
     AmbiguousSubmit,
     BudgetExceeded,
@@ -48,6 +50,8 @@ from storage import jobs as jobstore
 from storage import ledger
 from storage.db import Conn
 from storage.jobs import Limits, NewJob, Reserved
+
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +121,7 @@ async def accept_requests(
     try:
         got = await jobstore.reserve_request(
             deps.db, news, limits=limits, day=budget_day(now, deps.settings.tz), now=iso(now), wait_s=wait_s,
-            compare_prompt=requests[0].prompt if compare else None,
+            compare_prompt=requests[0].prompt if compare else None, lease=deps.leases.new_lease(),
         )
     except BaseException:
         if image_path is not None:
@@ -127,7 +131,7 @@ async def accept_requests(
         image_path.unlink(missing_ok=True)  # the first delivery of this request kept its own
     if got.created and deps.poller is not None:
         for job in got.jobs:
-            deps.poller.watch(job.id, row=job)  # just stored: its task needn't read it again
+            deps.poller.take(job)  # just stored: its task needn't read it again
     return got
 
 
@@ -188,6 +192,7 @@ async def run_job(
     if job is None:
         return
     if not job.status.terminal and job.status_ts is None:
+        deps.leases.check(job_id)  # the request message is posted by the job's watcher alone
         async with deps.ack_first.start():
             try:
                 job = await ensure_request_message(deps, job)
@@ -216,7 +221,7 @@ async def refused_by_slack(deps: Deps, job: Job, exc: SlackRefused) -> None:
         await fail_job(deps, member, FailureKind.SLACK_REFUSED, f"Slack refused the request message: {exc.error}",
                        reason=exc.error)
         if member.id != job.id and deps.poller is not None:
-            deps.poller.watch(member.id)  # its task may be gone or waiting: it delivers either way
+            await deps.poller.wake(member.id)  # its task may be gone or waiting: it delivers either way
 
 
 async def start_automatic_fallback(deps: Deps, job: Job) -> Job | None:
@@ -272,11 +277,19 @@ async def submit(deps: Deps, job: Job) -> Job:
     deadline = deps.clock() + timedelta(seconds=deps.timing.submit_retry_window_s)
     attempt = 0
     while True:
+        # not this replica's any more: stop before the mark that says a request may be out
+        deps.leases.check(job.id)
         started = deps.clock()
-        await jobstore.update(deps.db, job.id, expect=[JobStatus.QUEUED], now=iso(started),
-                              submit_started_at=iso(started))
+        if not await jobstore.update(deps.db, job.id, expect=[JobStatus.QUEUED], now=iso(started),
+                                     fence=deps.leases.fence, submit_started_at=iso(started)):
+            current = await _reload(deps, job.id)
+            if current.status is JobStatus.QUEUED:
+                raise LeaseLost(job.id)  # still waiting, but another replica's to send now
+            return current  # cancelled meanwhile: nothing to send
         try:
-            provider_job_id = await provider.submit(spec)
+            # a stop (SIGTERM) lets a create already on its way finish and its id be stored:
+            # cut off, it would leave a job that may or may not exist, failed to be safe
+            provider_job_id, moved, stored = await _unstoppable(deps, _create(deps, job, provider, spec))
         except AmbiguousSubmit as exc:
             found = await provider.find_existing(spec, since_epoch_s=started.timestamp())
             if found:
@@ -287,8 +300,8 @@ async def submit(deps: Deps, job: Job) -> Job:
             return await _reload(deps, job.id)
         except ProviderError as exc:
             # Nothing was created: forget the attempt so a restart may submit again.
-            await jobstore.update(deps.db, job.id, expect=[JobStatus.QUEUED],
-                                  now=iso(deps.clock()), submit_started_at=None)
+            await jobstore.update(deps.db, job.id, expect=[JobStatus.QUEUED], now=iso(deps.clock()),
+                                  fence=deps.leases.fence, submit_started_at=None)
             if exc.retryable and exc.surely_not_created and deps.clock() < deadline:
                 attempt += 1
                 delay = _backoff(deps, attempt, exc.retry_after_s,
@@ -298,18 +311,35 @@ async def submit(deps: Deps, job: Job) -> Job:
                 continue
             await fail_job(deps, job, exc.kind, exc.detail, reason=exc.reason)
             return await _reload(deps, job.id)
-        return await _mark_submitted(deps, job, provider_job_id)
+        return await _after_submit(deps, provider_job_id, moved, stored)
 
 
-async def _mark_submitted(deps: Deps, job: Job, provider_job_id: str) -> Job:
+async def _create(deps: Deps, job: Job, provider: VideoProvider, spec: VideoSpec) -> tuple[str, bool, Job]:
+    provider_job_id = await provider.submit(spec)
+    return (provider_job_id, *await _store_submitted(deps, job.id, provider_job_id))
+
+
+async def _unstoppable(deps: Deps, step: Coroutine[Any, Any, T]) -> T:
+    return await (deps.poller.finish_even_if_stopped(step) if deps.poller is not None else step)
+
+
+async def _store_submitted(deps: Deps, job_id: str, provider_job_id: str) -> tuple[bool, Job]:
     now = iso(deps.clock())
+    # not fenced: the provider made this job, and whoever watches it must know its id
     moved, stored = await jobstore.update_and_get(
-        deps.db, job.id, expect=[JobStatus.QUEUED], now=now,
+        deps.db, job_id, expect=[JobStatus.QUEUED], now=now,
         status=JobStatus.SUBMITTED, provider_job_id=provider_job_id, submitted_at=now,
         last_progress_at=now,
     )
-    assert stored is not None, f"job {job.id} vanished"
-    job = stored
+    assert stored is not None, f"job {job_id} vanished"
+    return moved, stored
+
+
+async def _mark_submitted(deps: Deps, job: Job, provider_job_id: str) -> Job:
+    return await _after_submit(deps, provider_job_id, *await _store_submitted(deps, job.id, provider_job_id))
+
+
+async def _after_submit(deps: Deps, provider_job_id: str, moved: bool, job: Job) -> Job:
     if not moved and job.status is JobStatus.CANCELLED:
         # Cancelled while the create was in flight: don't leave it rendering (and billing).
         await _cancel_at_provider(deps, job, provider_job_id)
@@ -458,10 +488,15 @@ async def _apply_status(deps: Deps, job: Job, status: ProviderStatus, throttle: 
             # restart the provider's figure differs from the stored one, which restarts the
             # stall clock, so keeping it in memory loses nothing.
             return dataclasses.replace(job, progress=fields["progress"], last_progress_at=now)
-        _, stored = await jobstore.update_and_get(
-            deps.db, job.id, expect=[JobStatus.SUBMITTED, JobStatus.RUNNING], now=iso(now), **fields
+        moved, stored = await jobstore.update_and_get(
+            deps.db, job.id, expect=[JobStatus.SUBMITTED, JobStatus.RUNNING], now=iso(now),
+            fence=deps.leases.fence, **fields
         )
         assert stored is not None, f"job {job.id} vanished"
+        if not moved:
+            if stored.status in (JobStatus.SUBMITTED, JobStatus.RUNNING):
+                raise LeaseLost(job.id)  # its state held, so the fence refused: another replica's now
+            return stored  # ended meanwhile (a cancel): whoever ended it shows it
         job = stored
         if edit:
             give_up_at = job.created_at + timedelta(seconds=deps.timing.job_timeout_s)
@@ -471,6 +506,7 @@ async def _apply_status(deps: Deps, job: Job, status: ProviderStatus, throttle: 
 
 async def finish_success(deps: Deps, job: Job, status: ProviderStatus) -> None:
     """Download at once (links expire), then charge and queue the upload in one transaction."""
+    deps.leases.check(job.id)  # a replica that lost the job leaves the download to its new watcher
     provider = _provider(deps, job)
     deps.media_dir.mkdir(parents=True, exist_ok=True)
     dest = deps.media_dir / f"{job.id}.mp4"
@@ -505,7 +541,8 @@ async def finish_success(deps: Deps, job: Job, status: ProviderStatus) -> None:
         log.warning("job %s: provider reports %d micros, above the %d reserved; charging the reservation",
                     job.id, status.cost_micros, cost)
     now = iso(deps.clock())
-    moved = await deps.db.run_write(_succeed_in, job.id, job.provider, cost, status.video_url, str(dest), now)
+    moved = await deps.db.run_write(_succeed_in, job.id, job.provider, cost, status.video_url, str(dest), now,
+                                    deps.leases.fence)
     if not moved:
         dest.unlink(missing_ok=True)
 
@@ -515,10 +552,11 @@ async def finish_success(deps: Deps, job: Job, status: ProviderStatus) -> None:
 
 
 async def _succeed_in(
-    conn: Conn, job_id: str, provider: str, cost: int, video_url: str | None, dest: str, now: str
+    conn: Conn, job_id: str, provider: str, cost: int, video_url: str | None, dest: str, now: str,
+    fence: str | None,
 ) -> bool:
     moved = await jobstore.update_job(
-        conn, job_id, expect=[JobStatus.SUBMITTED, JobStatus.RUNNING], now=now,
+        conn, job_id, expect=[JobStatus.SUBMITTED, JobStatus.RUNNING], now=now, fence=fence,
         set_={"status": JobStatus.SUCCEEDED, "progress": 100, "cost_micros": cost,
               "video_url": video_url, "finished_at": now},
     )
@@ -529,9 +567,11 @@ async def _succeed_in(
     return moved
 
 
-async def _stop_in(conn: Conn, job_id: str, set_: dict[str, object], kind: str, now: str) -> bool:
-    """Any unfinished state -> failed/cancelled (per `set_`), releasing the reservation."""
-    moved = await jobstore.update_job(conn, job_id, expect=UNFINISHED, now=now, set_=set_)
+async def _stop_in(conn: Conn, job_id: str, set_: dict[str, object], kind: str, now: str,
+                   fence: str | None = None) -> bool:
+    """Any unfinished state -> failed/cancelled (per `set_`), releasing the reservation.
+    `fence`: only while that replica owns the job (its watcher's own verdicts)."""
+    moved = await jobstore.update_job(conn, job_id, expect=UNFINISHED, now=now, set_=set_, fence=fence)
     if moved:
         await ledger.release(conn, job_id, now)
         await jobstore.add_delivery(conn, job_id, kind, now=now)
@@ -541,13 +581,14 @@ async def _stop_in(conn: Conn, job_id: str, set_: dict[str, object], kind: str, 
 async def fail_job(
     deps: Deps, job: Job, kind: FailureKind, detail: str, *, reason: str | None = None
 ) -> bool:
-    """Any unfinished state -> failed(kind); the reservation is released; a message is owed."""
+    """Any unfinished state -> failed(kind); the reservation is released; a message is owed.
+    Only the job's watcher decides that, so it is fenced by this replica's lease."""
     now = iso(deps.clock())
     moved = await deps.db.run_write(
         _stop_in, job.id,
         {"status": JobStatus.FAILED, "failure_kind": kind, "cost_micros": 0,
          "failure_detail": _detail_record(detail, reason), "finished_at": now},
-        "failure", now,
+        "failure", now, deps.leases.fence,
     )
     if moved:
         log.info("job %s failed: %s (%s)", job.id, kind.value, detail)
@@ -569,6 +610,8 @@ async def cancel_job(deps: Deps, job: Job, *, by_user: str | None, provider_side
          "cost_micros": 0, "finished_at": now,
          "failure_detail": f"cancelled by {by_user}" if by_user else "cancelled at the provider"},
         "cancelled", now,
+        # a person may cancel from any replica; the provider's own cancel is the watcher's news
+        deps.leases.fence if provider_side else None,
     )
     if moved and not provider_side and job.provider_job_id:
         await _cancel_at_provider(deps, job, job.provider_job_id)

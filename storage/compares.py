@@ -66,6 +66,19 @@ async def mark_summarized(db: Database, compare_id: str, ts: str | None) -> bool
         ) == 1
 
 
+async def ready_summaries(db: Database) -> list[str]:
+    """A job of each set whose every final message is in the thread but whose summary is still
+    owed: a replica that died between the two left it (any replica may post it: see
+    `Database.hold`)."""
+    rows = await db.fetchall(
+        """SELECT MIN(j.id) FROM compares c JOIN jobs j ON j.compare_id = c.id
+           LEFT JOIN deliveries d ON d.job_id = j.id
+           WHERE c.summary_state = 'owed' GROUP BY c.id
+           HAVING COUNT(*) = SUM(CASE WHEN d.state = 'done' THEN 1 ELSE 0 END)"""
+    )
+    return [r[0] for r in rows if r[0]]
+
+
 async def owed_summaries(db: Database) -> list[str]:
     """A job of each set whose summary is still owed (to watch again after a restart)."""
     rows = await db.fetchall(

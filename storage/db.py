@@ -9,8 +9,8 @@ engine needs in its own words (locks, placeholders, migrations' text) stays in i
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Callable, Sequence
-from contextlib import AbstractAsyncContextManager
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar
 
@@ -110,6 +110,12 @@ class Database(ABC):
         """A single-statement write in its own transaction; returns the rowcount."""
         return await self.run_write(_execute, sql, tuple(params))
 
+    def hold(self, key: str) -> AbstractAsyncContextManager[None]:
+        """Hold `key` across replicas while doing something outside the database (posting a
+        message) that must happen once: PostgreSQL's advisory lock, held by a transaction for
+        the while; on SQLite, one process, whose own asyncio locks already do it."""
+        return _nothing_held()
+
     async def listen(self, on_message: Callable[[str], None]) -> None:
         """Call `on_message` with every message any replica `notify`s (PostgreSQL's LISTEN).
 
@@ -125,6 +131,11 @@ class Database(ABC):
     @abstractmethod
     def describe(self) -> str:
         """Where the data lives, for people (no password)."""
+
+
+@asynccontextmanager
+async def _nothing_held() -> AsyncIterator[None]:
+    yield
 
 
 async def _execute(conn: Conn, sql: str, params: Sequence[Any]) -> int:

@@ -94,6 +94,7 @@ class PostgresDatabase(Database):
         self.url = url
         self._pool: asyncpg.Pool | None = None
         self._listener: asyncpg.Connection | None = None  # LISTEN needs a connection of its own
+        self._lost_listener: Callable[[object], None] | None = None
 
     async def open(self) -> "PostgresDatabase":
         self._pool = await asyncpg.create_pool(self.url, min_size=1, max_size=self.POOL_SIZE)
@@ -163,6 +164,12 @@ class PostgresDatabase(Database):
             yield _PgConn(conn)
 
     @asynccontextmanager
+    async def hold(self, key: str) -> AsyncIterator[None]:
+        async with self._acquire(None) as conn, conn.transaction():
+            await _PgConn(conn).lock(key)
+            yield
+
+    @asynccontextmanager
     async def reading(self) -> AsyncIterator[Conn]:
         async with self._acquire(None) as conn:
             yield _PgConn(conn)
@@ -185,6 +192,7 @@ class PostgresDatabase(Database):
 
         self._listener = await asyncpg.connect(self.url)
         self._listener.add_termination_listener(lost)
+        self._lost_listener = lost
         await self._listener.add_listener(CHANNEL, heard)
 
     async def notify(self, message: str) -> None:
@@ -205,6 +213,8 @@ class PostgresDatabase(Database):
     async def close(self) -> None:
         if self._listener is not None:
             listener, self._listener = self._listener, None
+            if self._lost_listener is not None:
+                listener.remove_termination_listener(self._lost_listener)  # this close is no loss
             await listener.close()
         if self._pool is not None:
             pool, self._pool = self._pool, None

@@ -37,7 +37,7 @@ async def test_a_poke_ends_a_nap_or_skips_the_next_one() -> None:
 
     from bot.poller import Poller
 
-    poller = Poller(SimpleNamespace(timing=FAST))  # type: ignore[arg-type]
+    poller = Poller(SimpleNamespace(timing=FAST, leases=_one_process()))  # type: ignore[arg-type]
     watcher = asyncio.get_running_loop().create_future()
     poller.tasks["j1"] = watcher  # type: ignore[assignment]
     assert poller.poke("nobody") is False  # nobody watches it: the caller falls back to polling
@@ -59,7 +59,7 @@ async def test_a_poke_ends_the_wait_for_a_status_call_slot() -> None:
 
     from bot.poller import Poller
 
-    poller = Poller(SimpleNamespace(timing=replace(FAST, status_calls_per_s=0.1)))  # type: ignore[arg-type]
+    poller = Poller(SimpleNamespace(timing=replace(FAST, status_calls_per_s=0.1), leases=_one_process()))  # type: ignore[arg-type]
     watcher = asyncio.get_running_loop().create_future()
     poller.tasks["j2"] = watcher  # type: ignore[assignment]
     await poller.pace("gateway", "j1")  # takes the free slot; the next is 10 s away
@@ -70,3 +70,10 @@ async def test_a_poke_ends_the_wait_for_a_status_call_slot() -> None:
     await asyncio.wait_for(queued, 1)  # no waiting out the queue
     assert poller._naps == {}
     watcher.cancel()
+
+
+def _one_process():
+    from bot.clock import utcnow
+    from bot.leases import Leases
+
+    return Leases("r1", 30.0, shared=False, clock=utcnow)
