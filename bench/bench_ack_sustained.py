@@ -8,12 +8,17 @@ also polling a growing number of jobs, as it would in production.
 
 Target: p99 <= 50 ms and no errors. Answers slower than 3 s count as errors too (Slack
 gives up on an ack after 3 s and shows the user a timeout).
+
+`--replicas N` (N > 1): N `sora-bot run` replicas on one fresh PostgreSQL database (the local
+test server, see bench/_postgres.py), the commands dealt round-robin over them as a load
+balancer would; CPU, lag and health figures are the first replica's.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import sys
 import time
 from pathlib import Path
@@ -27,6 +32,7 @@ from bench._common import (
     BotProc, ProcSampler, Report, World, bot_env, free_port, isolate_env, lags_between, post_command, run,
     signed, slash_form, summary_ms, workdir,
 )
+from bench._postgres import fresh_database
 
 RATE = 100
 SECONDS = 30
@@ -39,23 +45,33 @@ async def main() -> int:
     p.add_argument("--rate", type=int, default=RATE, help="commands per second (default %(default)s)")
     p.add_argument("--seconds", type=int, default=SECONDS, help="how long (default %(default)s)")
     p.add_argument("--trace", action="store_true", help="time the bot's storage calls (diagnosis only)")
+    p.add_argument("--replicas", type=int, default=1, help="replicas on one PostgreSQL database (default: 1, SQLite)")
     args = p.parse_args()
-    return await sustained(args.rate, args.seconds, args.trace)
+    return await sustained(args.rate, args.seconds, args.trace, args.replicas)
 
 
-async def sustained(rate: int, seconds: int, trace: bool = False) -> int:
+async def sustained(rate: int, seconds: int, trace: bool = False, replicas: int = 1) -> int:
     RATE, SECONDS = rate, seconds  # noqa: N806
     name = "ack_sustained" if (rate, seconds) == (100, 30) else f"ack_sustained_{rate}per_s"
+    name += f"_{replicas}_replicas" if replicas > 1 else ""
     name += "_traced" if trace else ""
-    report = Report(name, f"Ack latency, {RATE} /sora commands per second for {SECONDS} s (open loop)")
+    on = f", {replicas} replicas on PostgreSQL" if replicas > 1 else ""
+    report = Report(name, f"Ack latency, {RATE} /sora commands per second for {SECONDS} s (open loop){on}")
     report.header()
     isolate_env()
     tmp = workdir("sustained")
-    async with World(tmp, run_seconds=120.0, light_slack=True) as world:
+    database = fresh_database() if replicas > 1 else contextlib.nullcontext(None)
+    async with World(tmp, run_seconds=120.0, light_slack=True) as world, database as pg_url:
         extra = {"BENCH_TRACE": "1"} if trace else {}
-        bot = BotProc(bot_env(world, tmp / "bot.db", port := free_port(), **extra), port, tmp)
-        await bot.start()
-        url = f"{bot.url}/slack/events"
+        if pg_url:
+            extra["SORA_DATABASE_URL"] = pg_url
+        bots = []
+        for i in range(replicas):
+            env = bot_env(world, tmp / f"bot{i}.db", port := free_port(), **extra)
+            bots.append(BotProc(env, port, tmp, name="bot" if i == 0 else f"bot{i}"))
+        await asyncio.gather(*(b.start() for b in bots))
+        bot = bots[0]
+        urls = [f"{b.url}/slack/events" for b in bots]
         response_url = f"{world.slack_api_url.rsplit('/api/', 1)[0]}/respond/0"
         total = RATE * SECONDS
         bodies = []
@@ -67,7 +83,8 @@ async def sustained(rate: int, seconds: int, trace: bool = False) -> int:
         connector = aiohttp.TCPConnector(limit=0)
         async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=30)) as session:
             # warm-up: Bolt's auth.test and lazy imports, not counted
-            await asyncio.gather(*(post_command(session, url, b, h) for b, h in bodies[total:]))
+            await asyncio.gather(*(post_command(session, urls[i % replicas], b, h)
+                                   for i, (b, h) in enumerate(bodies[total:])))
             await asyncio.sleep(1.0)
             stats_before = await world.stats()
             tasks: list[asyncio.Task] = []
@@ -81,7 +98,7 @@ async def sustained(rate: int, seconds: int, trace: bool = False) -> int:
                     await asyncio.sleep(delay)
                 send_lateness.append(time.perf_counter() - due)
                 body, headers = bodies[i]
-                tasks.append(asyncio.create_task(post_command(session, url, body, headers, start=due)))
+                tasks.append(asyncio.create_task(post_command(session, urls[i % replicas], body, headers, start=due)))
             m1 = time.monotonic()
             done, pending = await asyncio.wait(tasks, timeout=30)
             for task in pending:
@@ -91,7 +108,8 @@ async def sustained(rate: int, seconds: int, trace: bool = False) -> int:
         inner = await bot.inner_stats()
         health = await bot.health()
         await sampler.stop()
-        await bot.stop()
+        for b in bots:
+            await b.stop()
 
     lat = [s.latency_s for s in sent]
     s = summary_ms(lat)

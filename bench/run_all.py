@@ -33,6 +33,10 @@ BENCHES = {
     "ack_sustained": ("bench_ack_sustained.py", "ack_sustained", 240),
     "scale": ("bench_scale.py", "scale", 400),
     "restart": ("bench_restart.py", "restart", 400),
+    # several replicas on PostgreSQL (the local test server: .ci/postgres starts one)
+    "pg_reservations": ("bench_pg_reservations.py", "pg_reservations", 240),
+    "takeover": ("bench_takeover.py", "takeover", 300),
+    "ack_sustained_3_replicas": ("bench_ack_sustained.py --replicas 3", "ack_sustained_3_replicas", 300),
 }
 
 
@@ -40,7 +44,8 @@ def run_one(name: str) -> int:
     script, _, limit = BENCHES[name]
     print(f"\n### {name} ({script}, at most {limit} s)", flush=True)
     started = time.monotonic()
-    proc = subprocess.Popen([sys.executable, str(HERE / script)], cwd=HERE.parent)
+    file, *options = script.split()
+    proc = subprocess.Popen([sys.executable, str(HERE / file), *options], cwd=HERE.parent)
     try:
         code = proc.wait(timeout=limit)
     except subprocess.TimeoutExpired:

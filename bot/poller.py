@@ -37,6 +37,8 @@ RESUME_POLLS_PER_S = 200.0
 CLAIM_BATCH = 500
 # how long a stop waits for create requests already on their way (and their ids' storing)
 STOP_GRACE_S = 10.0
+# a claim tries this long after another replica's lease runs out (the clocks' margin)
+CLAIM_AFTER_EXPIRY_S = 0.2
 
 T = TypeVar("T")
 
@@ -267,10 +269,13 @@ class Poller:
     # --- leases (several replicas) -------------------------------------------------------------
 
     async def _keep_leases(self) -> None:
-        """Renew this replica's leases and claim jobs nobody holds, every third of a lease."""
+        """Renew this replica's leases and claim jobs nobody holds, every third of a lease, and
+        at once when another replica's leases run out (so a dead replica's jobs wait for the
+        lease, not for the lease and the next heartbeat)."""
+        wait_s = self.leases.heartbeat_s
         while not self._closing:
             try:
-                await asyncio.wait_for(self._claim_now.wait(), self.leases.heartbeat_s)
+                await asyncio.wait_for(self._claim_now.wait(), wait_s)
             except TimeoutError:
                 pass
             self._claim_now.clear()
@@ -280,10 +285,22 @@ class Poller:
                 # a set whose summary a replica that died (or lost its jobs) still owed
                 for job_id in await compares.ready_summaries(self.deps.db):
                     self.watch(job_id)
+                wait_s = await self._until_next_expiry()
             except asyncio.CancelledError:
                 raise
             except Exception:
-                log.exception("lease heartbeat failed; trying again in %.0f s", self.leases.heartbeat_s)
+                wait_s = self.leases.heartbeat_s
+                log.exception("lease heartbeat failed; trying again in %.0f s", wait_s)
+
+    async def _until_next_expiry(self) -> float:
+        """Seconds to the next beat: the heartbeat's period, or less when another replica's
+        lease runs out sooner (it renews long before that, unless it is gone)."""
+        now = self.deps.clock()
+        soonest = await leasestore.next_expiry(self.deps.db, self.leases.replica_id)
+        if soonest is None:
+            return self.leases.heartbeat_s
+        left = (soonest - now).total_seconds() + CLAIM_AFTER_EXPIRY_S
+        return min(self.leases.heartbeat_s, max(left, CLAIM_AFTER_EXPIRY_S))
 
     async def _renew(self) -> None:
         started = time.monotonic()
@@ -305,19 +322,19 @@ class Poller:
         beat.set()
 
     async def _claim_free(self) -> int:
-        claimed = 0
+        fresh: list[Job] = []
         while not self._closing:
             now = self.deps.clock()
             jobs = await leasestore.claim(self.deps.db, self.leases.replica_id, until=self._lease_until(now),
                                           now=iso(now), limit=CLAIM_BATCH)
-            fresh = [job for job in jobs if job.id not in self.tasks]
             # one of its own, claimed back after this replica's lease ran out: its task goes on
             self.leases.held.update(job.id for job in jobs)
-            self._watch_spread(fresh, take=True)
-            claimed += len(fresh)
+            fresh += (job for job in jobs if job.id not in self.tasks)
             if len(jobs) < CLAIM_BATCH:
-                return claimed
-        return claimed
+                break
+        # first polls spread over one window for all of them, not one per batch
+        self._watch_spread(fresh, take=True)
+        return len(fresh)
 
     def _lease_until(self, now: datetime | None = None) -> str:
         return iso((now or self.deps.clock()) + timedelta(seconds=self.leases.lease_s))

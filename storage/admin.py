@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from storage.db import Conn, Database
@@ -104,25 +105,32 @@ async def effective_budgets(
     conn: Conn, *, env_default_micros: int, env_workspace_micros: int | None,
     env_approval_micros: int | None = None,
 ) -> Budgets:
-    # one statement: this runs inside every reservation, on the event loop
-    found = {
-        row[0]: Setting(row[1], row[2], row[3])
-        for row in await conn.fetchall(
-            "SELECT key, value, updated_at, updated_by FROM settings WHERE key IN (?, ?, ?, ?)",
-            (DEFAULT_BUDGET, WORKSPACE_BUDGET, PAUSED_REASON, APPROVAL_OVER),
-        )
-    }
-    default, workspace = found.get(DEFAULT_BUDGET), found.get(WORKSPACE_BUDGET)
-    paused, approval = found.get(PAUSED_REASON), found.get(APPROVAL_OVER)
+    rows = await conn.fetchall(
+        "SELECT key, COALESCE(value, '') FROM settings WHERE key IN (?, ?, ?, ?)", BUDGET_KEYS)
+    return budgets_from(
+        {row[0]: row[1] for row in rows}, env_default_micros=env_default_micros,
+        env_workspace_micros=env_workspace_micros, env_approval_micros=env_approval_micros,
+    )
+
+
+# The settings every reservation reads; `budgets_from` reads them as SELECT COALESCE(value, '')
+# gives them: absent (not in the mapping) or their text ('' for an empty or NULL value).
+BUDGET_KEYS = (DEFAULT_BUDGET, WORKSPACE_BUDGET, PAUSED_REASON, APPROVAL_OVER)
+
+
+def budgets_from(
+    present: Mapping[str, str | None], *, env_default_micros: int, env_workspace_micros: int | None,
+    env_approval_micros: int | None = None,
+) -> Budgets:
+    """The limits in force, from the admin's settings that are present (a value None means absent)."""
+    default, workspace = present.get(DEFAULT_BUDGET), present.get(WORKSPACE_BUDGET)
+    paused, approval = present.get(PAUSED_REASON), present.get(APPROVAL_OVER)
     return Budgets(
-        default_user_micros=int(default.value) if default and default.value else env_default_micros,
-        workspace_micros=(
-            (int(workspace.value) if workspace.value else None) if workspace else env_workspace_micros
-        ),
-        paused_reason=(paused.value or "") if paused else None,
-        approval_over_micros=(
-            (int(approval.value) if approval.value else None) if approval else env_approval_micros
-        ),
+        default_user_micros=int(default) if default else env_default_micros,
+        # set but empty: the admin turned the cap (or the approval) off
+        workspace_micros=(int(workspace) if workspace else None) if workspace is not None else env_workspace_micros,
+        paused_reason=paused,  # present, even empty: paused
+        approval_over_micros=(int(approval) if approval else None) if approval is not None else env_approval_micros,
     )
 
 
@@ -133,4 +141,4 @@ async def _lock_if_read_by_reservations(conn: Conn, key: str) -> None:
         await conn.lock(BUDGETS_LOCK)
 
 
-_READ_BY_RESERVATIONS = frozenset({DEFAULT_BUDGET, WORKSPACE_BUDGET, PAUSED_REASON, APPROVAL_OVER})
+_READ_BY_RESERVATIONS = frozenset(BUDGET_KEYS)

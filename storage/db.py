@@ -48,12 +48,14 @@ class Conn(Protocol):
 
     async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[Row]: ...
 
-    async def lock(self, key: str, *, shared: bool = False) -> None:
-        """Hold `key` until the transaction ends, so that writers of one account take turns.
+    async def lock(self, *keys: str, shared: Sequence[str] = ()) -> None:
+        """Hold `keys` (after `shared`, held shared) until the transaction ends, so that writers
+        of one account take turns; one round trip for all of them.
 
         SQLite's BEGIN IMMEDIATE already lets one writer in at a time, so there it does
-        nothing; PostgreSQL takes a transaction-scoped advisory lock. Take keys in one order
-        everywhere (see `storage.jobs`), or two transactions can wait on each other.
+        nothing; PostgreSQL takes transaction-scoped advisory locks, in the order given. Take
+        keys in one order everywhere (see `storage.ledger`), or two transactions can wait on
+        each other.
         """
 
 

@@ -125,10 +125,20 @@ async def reserve_request(
         raise Busy() from None
 
 
-# a compare is one request: its jobs take one slot of the cap together
-_RUNNING_SQL = (
-    "SELECT COUNT(DISTINCT COALESCE(compare_id, id)) FROM jobs WHERE user_id = ?"
-    f" AND status IN ({','.join('?' for _ in UNFINISHED)})"
+# Everything a reservation checks, in one statement (one round trip to a PostgreSQL server):
+# a job with the request's dedupe key, the user's unfinished requests (a compare is one: its
+# jobs take one slot of the cap together), their own limit, what they spent and hold reserved
+# today, and the admin's settings for budgets (see admin.budgets_from).
+_CHECK_SQL = (
+    "SELECT (SELECT id FROM jobs WHERE dedupe_key = ?),"
+    " (SELECT COUNT(DISTINCT COALESCE(compare_id, id)) FROM jobs WHERE user_id = ?"
+    f" AND status IN ({','.join('?' for _ in UNFINISHED)})),"
+    " (SELECT limit_micros FROM user_limits WHERE user_id = ?),"
+    " (SELECT COALESCE(SUM(charged_micros), 0) FROM ledger"
+    " WHERE user_id = ? AND budget_day = ? AND state = 'charged'),"
+    " (SELECT COALESCE(SUM(reserved_micros), 0) FROM ledger"
+    " WHERE user_id = ? AND budget_day = ? AND state = 'reserved'), "
+    + ", ".join("(SELECT COALESCE(value, '') FROM settings WHERE key = ?)" for _ in admin.BUDGET_KEYS)
 )
 
 
@@ -140,24 +150,18 @@ async def _reserve_in(
     # Budget locks in their one order (storage.ledger): the user's requests take turns, so the
     # dedupe check, the cap and the budget below see every earlier reservation of theirs,
     # whichever replica made it (a no-op on SQLite, where BEGIN IMMEDIATE does it).
-    await conn.lock(ledger.BUDGETS_LOCK, shared=True)
-    await conn.lock(ledger.user_lock(first.user_id))
-    if first.dedupe_key is not None:
-        row = await conn.fetchone("SELECT * FROM jobs WHERE dedupe_key = ?", (first.dedupe_key,))
-        if row is not None:
-            job = row_to_job(row)
-            if job.compare_id is None:
-                return Reserved([job], False, None, job.approval_key)
-            rows = await conn.fetchall(
-                "SELECT * FROM jobs WHERE compare_id = ? ORDER BY rowid", (job.compare_id,))
-            return Reserved([row_to_job(r) for r in rows], False, job.compare_id, job.approval_key)
-    row = await conn.fetchone(_RUNNING_SQL, (first.user_id, *UNFINISHED))
-    running = int(row[0])
+    await conn.lock(ledger.user_lock(first.user_id), shared=[ledger.BUDGETS_LOCK])
+    user = first.user_id
+    row = await conn.fetchone(
+        _CHECK_SQL, (first.dedupe_key, user, *UNFINISHED, user, user, day, user, day, *admin.BUDGET_KEYS))
+    if row[0] is not None:
+        return await _reserved_before(conn, row[0])
+    running = int(row[1])
     if running >= limits.max_unfinished_per_user:
         raise TooManyJobs(running, limits.max_unfinished_per_user)
 
-    budgets = await admin.effective_budgets(
-        conn, env_default_micros=limits.user_limit_micros,
+    budgets = admin.budgets_from(
+        dict(zip(admin.BUDGET_KEYS, row[5:], strict=True)), env_default_micros=limits.user_limit_micros,
         env_workspace_micros=limits.workspace_limit_micros,
         env_approval_micros=limits.approval_over_micros,
     )
@@ -169,9 +173,8 @@ async def _reserve_in(
         )
     total = sum(n.estimate_micros for n in news)
     what = "This video" if len(news) == 1 else f"These {len(news)} videos"
-    limit = await ledger.user_limit(conn, first.user_id, budgets.default_user_micros)
-    totals = await ledger.user_totals(conn, first.user_id, day)
-    remaining = limit - totals.used_micros
+    limit = int(row[2]) if row[2] is not None else budgets.default_user_micros
+    remaining = limit - int(row[3]) - int(row[4])
     if total > remaining:
         raise BudgetExceeded(
             f"{what} would cost {format_usd(total)}, but you have "
@@ -179,30 +182,17 @@ async def _reserve_in(
             "`/sora budget` shows when it resets; a shorter video may fit.",
             remaining_micros=max(remaining, 0),
         )
-    if budgets.workspace_micros is not None:
-        await conn.lock(ledger.day_lock(day))  # capped reservations of the day take turns
-        ws = await ledger.workspace_totals(conn, day)
-        ws_remaining = budgets.workspace_micros - ws.used_micros
-        if total > ws_remaining:
-            raise BudgetExceeded(
-                f"{what} would cost {format_usd(total)}, but the "
-                f"workspace has {format_usd(max(ws_remaining, 0))} left of its "
-                f"{format_usd(budgets.workspace_micros)} daily cap. Ask an admin, or try "
-                "again after the budget day resets.",
-                remaining_micros=max(ws_remaining, 0),
-                scope="workspace",
-            )
-
     compare_id = None
     if compare_prompt is not None:
-        compare_id = await _free_id(conn, "compares")
-        await conn.execute(
-            "INSERT INTO compares (id, user_id, channel_id, thread_ts, prompt, created_at) VALUES (?,?,?,?,?,?)",
+        compare_id = new_job_id()
+        _took(await conn.execute(
+            "INSERT INTO compares (id, user_id, channel_id, thread_ts, prompt, created_at) VALUES (?,?,?,?,?,?)"
+            " ON CONFLICT (id) DO NOTHING",
             (compare_id, first.user_id, first.channel_id, first.thread_ts, compare_prompt, now),
-        )
+        ))
     job_ids: list[str] = []
     while len(job_ids) < len(news):
-        job_id = await _free_id(conn, "jobs")
+        job_id = new_job_id()
         if job_id not in job_ids:
             job_ids.append(job_id)
     approval_key = None
@@ -226,6 +216,21 @@ async def _reserve_in(
         # what the INSERT stored, without reading it back (this runs before every ack)
         jobs.append(_stored_job(stored, job_id, day=day, now=now, compare_id=compare_id,
                                 approval_key=approval_key, owner=lease.owner if lease else None))
+    if budgets.workspace_micros is not None:
+        # Last, so that capped reservations of the day take turns only for this check and the
+        # COMMIT: the day's totals already count this request, and a refusal rolls it all back.
+        await conn.lock(ledger.day_lock(day))
+        ws = await ledger.workspace_totals(conn, day)
+        ws_remaining = budgets.workspace_micros - (ws.used_micros - total)
+        if total > ws_remaining:
+            raise BudgetExceeded(
+                f"{what} would cost {format_usd(total)}, but the "
+                f"workspace has {format_usd(max(ws_remaining, 0))} left of its "
+                f"{format_usd(budgets.workspace_micros)} daily cap. Ask an admin, or try "
+                "again after the budget day resets.",
+                remaining_micros=max(ws_remaining, 0),
+                scope="workspace",
+            )
     return Reserved(jobs, True, compare_id, approval_key)
 
 
@@ -233,25 +238,35 @@ def _without_dedupe(new: NewJob) -> NewJob:
     return replace(new, dedupe_key=None)
 
 
-async def _free_id(conn: Conn, table: str) -> str:
-    for _ in range(5):
-        candidate = new_job_id()
-        if await conn.fetchone(f"SELECT 1 FROM {table} WHERE id = ?", (candidate,)) is None:
-            return candidate
-    raise RuntimeError("could not pick a free id")  # pragma: no cover - 31^8 ids
+def _took(inserted: int) -> None:
+    """A new id is random among 31^8 (8.5e11): one already taken is all but impossible, and
+    then the request fails whole (nothing of it is stored) rather than overwrite anything."""
+    if inserted != 1:
+        raise RuntimeError("a new id was taken already; please try again")
+
+
+async def _reserved_before(conn: Conn, job_id: str) -> Reserved:
+    """What the first delivery of a request stored (a retry, perhaps at another replica)."""
+    job = await load_job(conn, job_id)
+    assert job is not None
+    if job.compare_id is None:
+        return Reserved([job], False, None, job.approval_key)
+    rows = await conn.fetchall("SELECT * FROM jobs WHERE compare_id = ? ORDER BY rowid", (job.compare_id,))
+    return Reserved([row_to_job(r) for r in rows], False, job.compare_id, job.approval_key)
 
 
 async def _insert_job(
     conn: Conn, new: NewJob, job_id: str, *, day: str, now: str,
     compare_id: str | None = None, approval_key: str | None = None, lease: Lease | None = None,
 ) -> None:
-    await conn.execute(
+    _took(await conn.execute(
         """INSERT INTO jobs (id, dedupe_key, user_id, team_id, channel_id, thread_ts, source,
                response_url, model, provider, provider_model, prompt, duration_seconds,
                resolution, aspect_ratio, status, estimate_micros, budget_day, created_at,
                updated_at, last_progress_at, reference_image_path, reference_image_mime,
                compare_id, fallback_of, approval_key, owner, lease_until)
-           VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,'queued',?,?,?,?,?,?,?,?,?,?,?,?)""",
+           VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,'queued',?,?,?,?,?,?,?,?,?,?,?,?)
+           ON CONFLICT (id) DO NOTHING""",
         (
             job_id, new.dedupe_key, new.user_id, new.team_id, new.channel_id, new.thread_ts,
             new.source, new.response_url, new.model, new.provider, new.provider_model,
@@ -260,7 +275,7 @@ async def _insert_job(
             new.reference_image_mime, compare_id, new.fallback_of, approval_key,
             lease.owner if lease else None, lease.until if lease else None,
         ),
-    )
+    ))
 
 
 def _stored_job(

@@ -11,7 +11,9 @@ process that lost a job can't pass a guard that names it as the owner.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from datetime import datetime
 
+from bot.clock import parse_iso
 from bot.models import UNFINISHED, Job
 from storage.db import Conn, Database
 from storage.jobs import row_to_job
@@ -72,3 +74,11 @@ async def _release(conn: Conn, owner: str, job_ids: list[str] | None) -> int:
 async def owned(db: Database, owner: str) -> int:
     row = await db.fetchone(f"SELECT COUNT(*) FROM jobs WHERE owner = ? AND {_NEEDS_WATCHING}", (owner, *UNFINISHED))
     return int(row[0]) if row else 0
+
+
+async def next_expiry(db: Database, owner: str) -> datetime | None:
+    """When the soonest lease of another replica on a job that needs watching runs out."""
+    row = await db.fetchone(
+        f"SELECT MIN(lease_until) FROM jobs WHERE owner IS NOT NULL AND owner <> ? AND {_NEEDS_WATCHING}",
+        (owner, *UNFINISHED))
+    return parse_iso(row[0]) if row and row[0] else None

@@ -62,11 +62,13 @@ async def user_totals(conn: Conn, user_id: str, day: str) -> Totals:
 
 
 async def workspace_totals(conn: Conn, day: str) -> Totals:
-    # ledger_day_totals is kept by triggers on ledger (migration 7): one row, not the whole day
+    # ledger_day_totals is kept by triggers on ledger (migration 7): a row or a few (PostgreSQL
+    # spreads a day over 16, migration 10), not the whole day's ledger
     row = await conn.fetchone(
-        "SELECT spent_micros, reserved_micros FROM ledger_day_totals WHERE budget_day = ?", (day,)
+        "SELECT COALESCE(SUM(spent_micros), 0), COALESCE(SUM(reserved_micros), 0)"
+        " FROM ledger_day_totals WHERE budget_day = ?", (day,)
     )
-    return Totals(int(row[0]), int(row[1])) if row else Totals(0, 0)
+    return Totals(int(row[0]), int(row[1]))
 
 
 async def user_limit(conn: Conn, user_id: str, default_micros: int) -> int:

@@ -296,6 +296,13 @@ _SQLITE: tuple[tuple[str, str], ...] = (
         CREATE INDEX jobs_owner ON jobs(owner);
         """,
     ),
+    (
+        "daily totals spread over rows",
+        """
+        -- SQLite admits one writer at a time: one totals row a day never waits. (PostgreSQL's
+        -- text below spreads each day over sixteen.)
+        """,
+    ),
 )
 
 
@@ -471,6 +478,41 @@ _POSTGRES: dict[int, str] = {
             FOR EACH ROW EXECUTE FUNCTION jobs_thread_moved();
     """,
 }
+
+_POSTGRES[10] = """
+    -- Every ledger change updates its day's running totals and holds that row's lock until
+    -- COMMIT: with one row a day, every reservation of the day, on every replica, took turns
+    -- on it. Sixteen rows a day, picked by the job id, let them pass side by side; readers sum
+    -- a day's rows.
+    ALTER TABLE ledger_day_totals ADD COLUMN shard SMALLINT NOT NULL DEFAULT 0;
+    ALTER TABLE ledger_day_totals DROP CONSTRAINT ledger_day_totals_pkey;
+    ALTER TABLE ledger_day_totals ADD PRIMARY KEY (budget_day, shard);
+
+    CREATE OR REPLACE FUNCTION ledger_day_totals_keep() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        -- upserts both ways: a row from before this migration counted in shard 0 takes its
+        -- share out of its own shard, which may not exist yet (and may go below zero)
+        IF TG_OP IN ('UPDATE', 'DELETE') THEN
+            INSERT INTO ledger_day_totals AS t (budget_day, shard, spent_micros, reserved_micros)
+                VALUES (OLD.budget_day, hashtext(OLD.job_id) & 15,
+                        -CASE WHEN OLD.state='charged' THEN OLD.charged_micros ELSE 0 END,
+                        -CASE WHEN OLD.state='reserved' THEN OLD.reserved_micros ELSE 0 END)
+                ON CONFLICT (budget_day, shard) DO UPDATE
+                SET spent_micros = t.spent_micros + EXCLUDED.spent_micros,
+                    reserved_micros = t.reserved_micros + EXCLUDED.reserved_micros;
+        END IF;
+        IF TG_OP IN ('INSERT', 'UPDATE') THEN
+            INSERT INTO ledger_day_totals AS t (budget_day, shard, spent_micros, reserved_micros)
+                VALUES (NEW.budget_day, hashtext(NEW.job_id) & 15,
+                        CASE WHEN NEW.state='charged' THEN NEW.charged_micros ELSE 0 END,
+                        CASE WHEN NEW.state='reserved' THEN NEW.reserved_micros ELSE 0 END)
+                ON CONFLICT (budget_day, shard) DO UPDATE
+                SET spent_micros = t.spent_micros + EXCLUDED.spent_micros,
+                    reserved_micros = t.reserved_micros + EXCLUDED.reserved_micros;
+        END IF;
+        RETURN NULL;
+    END $$;
+"""
 
 MIGRATIONS: tuple[Migration, ...] = tuple(
     Migration(name, sql, _POSTGRES.get(number, sql))

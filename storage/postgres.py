@@ -79,9 +79,13 @@ class _PgConn:
     async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
         return list(await self.conn.fetch(_native(sql), *params))
 
-    async def lock(self, key: str, *, shared: bool = False) -> None:
-        how = "pg_advisory_xact_lock_shared" if shared else "pg_advisory_xact_lock"
-        await self.conn.execute(f"SELECT {how}(hashtextextended($1, 0))", key)
+    async def lock(self, *keys: str, shared: Sequence[str] = ()) -> None:
+        # one statement; PostgreSQL computes a select list left to right, so the order holds
+        calls = [f"pg_advisory_xact_lock_shared(hashtextextended(${n}, 0))" for n in range(1, len(shared) + 1)]
+        calls += [f"pg_advisory_xact_lock(hashtextextended(${n}, 0))"
+                  for n in range(len(shared) + 1, len(shared) + len(keys) + 1)]
+        if calls:
+            await self.conn.execute(f"SELECT {', '.join(calls)}", *shared, *keys)
 
 
 class PostgresDatabase(Database):

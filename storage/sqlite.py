@@ -147,7 +147,7 @@ class _SyncConn:
     async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
         return self.raw.execute(sql, params).fetchall()
 
-    async def lock(self, key: str, *, shared: bool = False) -> None:
+    async def lock(self, *keys: str, shared: Sequence[str] = ()) -> None:
         return None  # BEGIN IMMEDIATE already admits one writer at a time
 
 
@@ -170,7 +170,7 @@ class _ThreadConn:
     async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
         return await self.conn._execute(_on_raw, self.conn, _fetchall_sync, sql, params)
 
-    async def lock(self, key: str, *, shared: bool = False) -> None:
+    async def lock(self, *keys: str, shared: Sequence[str] = ()) -> None:
         return None
 
 
