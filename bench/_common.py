@@ -673,7 +673,7 @@ async def seed_running_jobs(db_path: Path, count: int, *, max_age_s: float = 600
     await db.close()
     now = datetime.now(UTC)
     day = now.date().isoformat()
-    jobs, ledger_rows, events = [], [], []
+    jobs, ledger_rows = [], []
     for n in range(count):
         job_id = new_job_id()
         user = f"U{n % users:05d}"
@@ -683,7 +683,6 @@ async def seed_running_jobs(db_path: Path, count: int, *, max_age_s: float = 600
         jobs.append((job_id, user, f"[stuck] seeded job {n}", f"task_seed_{job_id}", day, created, iso(now),
                      created, iso(now), progress, ts, ts))
         ledger_rows.append((job_id, user, day, 800_000, created, created))
-        events.append((job_id, user, day, 800_000, created))
     conn = sqlite3.connect(db_path)
     try:
         conn.executemany(
@@ -696,10 +695,7 @@ async def seed_running_jobs(db_path: Path, count: int, *, max_age_s: float = 600
         )
         conn.executemany(
             "INSERT INTO ledger (job_id, user_id, budget_day, reserved_micros, state, created_at, updated_at)"
-            " VALUES (?, ?, ?, ?, 'reserved', ?, ?)", ledger_rows)
-        conn.executemany(
-            "INSERT INTO ledger_events (job_id, user_id, budget_day, event, amount_micros, at)"
-            " VALUES (?, ?, ?, 'reserve', ?, ?)", events)
+            " VALUES (?, ?, ?, ?, 'reserved', ?, ?)", ledger_rows)  # the reserve events by trigger
         conn.commit()
     finally:
         conn.close()

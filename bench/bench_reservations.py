@@ -306,8 +306,7 @@ def _reserve_sync(conn: sqlite3.Connection, new, limits, day: str, now: str) -> 
              new.resolution, new.aspect_ratio, new.estimate_micros, day, now, now, now))
         conn.execute("INSERT INTO ledger (job_id, user_id, budget_day, reserved_micros, state, created_at, updated_at)"
                      " VALUES (?, ?, ?, ?, 'reserved', ?, ?)", (job_id, new.user_id, day, new.estimate_micros, now, now))
-        conn.execute("INSERT INTO ledger_events (job_id, user_id, budget_day, event, amount_micros, at)"
-                     " VALUES (?, ?, ?, 'reserve', ?, ?)", (job_id, new.user_id, day, new.estimate_micros, now))
+        # its reserve event: by the ledger's trigger, as in the bot
         conn.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
         conn.execute("COMMIT")
         return job_id

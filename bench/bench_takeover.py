@@ -263,7 +263,7 @@ async def _seed(url: str, count: int, *, max_age_s: float = 600.0) -> None:
     rng = random.Random(7)
     now = datetime.now(UTC)
     day = now.date().isoformat()
-    jobs, ledger_rows, events = [], [], []
+    jobs, ledger_rows = [], []
     for n in range(count):
         job_id = new_job_id()
         user = f"U{n % USERS:05d}"
@@ -273,7 +273,6 @@ async def _seed(url: str, count: int, *, max_age_s: float = 600.0) -> None:
         jobs.append((job_id, user, f"[stuck] seeded job {n}", status, f"task_seed_{job_id}", day, created, iso(now),
                      created, iso(now), progress, ts, ts))
         ledger_rows.append((job_id, user, day, 800_000, created, created))
-        events.append((job_id, user, day, 800_000, created))
     conn = await asyncpg.connect(url)
     try:
         async with conn.transaction():
@@ -285,10 +284,7 @@ async def _seed(url: str, count: int, *, max_age_s: float = 600.0) -> None:
                 " $4, $5, 800000, $6, $7, $8, $9, $10, $11, $12, $13)", jobs)
             await conn.executemany(
                 "INSERT INTO ledger (job_id, user_id, budget_day, reserved_micros, state, created_at, updated_at)"
-                " VALUES ($1, $2, $3, $4, 'reserved', $5, $6)", ledger_rows)
-            await conn.executemany(
-                "INSERT INTO ledger_events (job_id, user_id, budget_day, event, amount_micros, at)"
-                " VALUES ($1, $2, $3, 'reserve', $4, $5)", events)
+                " VALUES ($1, $2, $3, $4, 'reserved', $5, $6)", ledger_rows)  # the reserve events by trigger
     finally:
         await conn.close()
 

@@ -128,7 +128,8 @@ async def reserve_request(
 # Everything a reservation checks, in one statement (one round trip to a PostgreSQL server):
 # a job with the request's dedupe key, the user's unfinished requests (a compare is one: its
 # jobs take one slot of the cap together), their own limit, what they spent and hold reserved
-# today, and the admin's settings for budgets (see admin.budgets_from).
+# today, what the whole workspace used today, and the admin's settings for budgets (see
+# admin.budgets_from).
 _CHECK_SQL = (
     "SELECT (SELECT id FROM jobs WHERE dedupe_key = ?),"
     " (SELECT COUNT(DISTINCT COALESCE(compare_id, id)) FROM jobs WHERE user_id = ?"
@@ -137,7 +138,8 @@ _CHECK_SQL = (
     " (SELECT COALESCE(SUM(charged_micros), 0) FROM ledger"
     " WHERE user_id = ? AND budget_day = ? AND state = 'charged'),"
     " (SELECT COALESCE(SUM(reserved_micros), 0) FROM ledger"
-    " WHERE user_id = ? AND budget_day = ? AND state = 'reserved'), "
+    " WHERE user_id = ? AND budget_day = ? AND state = 'reserved'),"
+    " (SELECT COALESCE(SUM(spent_micros + reserved_micros), 0) FROM ledger_day_totals WHERE budget_day = ?), "
     + ", ".join("(SELECT COALESCE(value, '') FROM settings WHERE key = ?)" for _ in admin.BUDGET_KEYS)
 )
 
@@ -153,7 +155,7 @@ async def _reserve_in(
     await conn.lock(ledger.user_lock(first.user_id), shared=[ledger.BUDGETS_LOCK])
     user = first.user_id
     row = await conn.fetchone(
-        _CHECK_SQL, (first.dedupe_key, user, *UNFINISHED, user, user, day, user, day, *admin.BUDGET_KEYS))
+        _CHECK_SQL, (first.dedupe_key, user, *UNFINISHED, user, user, day, user, day, day, *admin.BUDGET_KEYS))
     if row[0] is not None:
         return await _reserved_before(conn, row[0])
     running = int(row[1])
@@ -161,7 +163,7 @@ async def _reserve_in(
         raise TooManyJobs(running, limits.max_unfinished_per_user)
 
     budgets = admin.budgets_from(
-        dict(zip(admin.BUDGET_KEYS, row[5:], strict=True)), env_default_micros=limits.user_limit_micros,
+        dict(zip(admin.BUDGET_KEYS, row[6:], strict=True)), env_default_micros=limits.user_limit_micros,
         env_workspace_micros=limits.workspace_limit_micros,
         env_approval_micros=limits.approval_over_micros,
     )
@@ -182,6 +184,11 @@ async def _reserve_in(
             "`/sora budget` shows when it resets; a shorter video may fit.",
             remaining_micros=max(remaining, 0),
         )
+    cap = budgets.workspace_micros
+    if cap is not None and total > cap - int(row[5]):
+        # spent already, as far as this look shows: refused before anything is written (exact on
+        # SQLite's single writer; the locked look below decides when replicas race)
+        raise _over_workspace_cap(what, total, cap - int(row[5]), cap)
     compare_id = None
     if compare_prompt is not None:
         compare_id = new_job_id()
@@ -216,22 +223,23 @@ async def _reserve_in(
         # what the INSERT stored, without reading it back (this runs before every ack)
         jobs.append(_stored_job(stored, job_id, day=day, now=now, compare_id=compare_id,
                                 approval_key=approval_key, owner=lease.owner if lease else None))
-    if budgets.workspace_micros is not None:
+    if cap is not None:
         # Last, so that capped reservations of the day take turns only for this check and the
         # COMMIT: the day's totals already count this request, and a refusal rolls it all back.
         await conn.lock(ledger.day_lock(day))
         ws = await ledger.workspace_totals(conn, day)
-        ws_remaining = budgets.workspace_micros - (ws.used_micros - total)
-        if total > ws_remaining:
-            raise BudgetExceeded(
-                f"{what} would cost {format_usd(total)}, but the "
-                f"workspace has {format_usd(max(ws_remaining, 0))} left of its "
-                f"{format_usd(budgets.workspace_micros)} daily cap. Ask an admin, or try "
-                "again after the budget day resets.",
-                remaining_micros=max(ws_remaining, 0),
-                scope="workspace",
-            )
+        if total > cap - (ws.used_micros - total):
+            raise _over_workspace_cap(what, total, cap - (ws.used_micros - total), cap)
     return Reserved(jobs, True, compare_id, approval_key)
+
+
+def _over_workspace_cap(what: str, total: int, remaining: int, cap: int) -> BudgetExceeded:
+    return BudgetExceeded(
+        f"{what} would cost {format_usd(total)}, but the workspace has {format_usd(max(remaining, 0))} "
+        f"left of its {format_usd(cap)} daily cap. Ask an admin, or try again after the budget day resets.",
+        remaining_micros=max(remaining, 0),
+        scope="workspace",
+    )
 
 
 def _without_dedupe(new: NewJob) -> NewJob:

@@ -84,60 +84,35 @@ async def add_reservation(
         " updated_at) VALUES (?, ?, ?, ?, 'reserved', ?, ?)",
         (job_id, user_id, day, amount_micros, at, at),
     )
-    # the row was just written from these values: no need to read it back as _event does
-    await conn.execute(
-        "INSERT INTO ledger_events (job_id, user_id, budget_day, event, amount_micros, at)"
-        " VALUES (?, ?, ?, 'reserve', ?, ?)",
-        (job_id, user_id, day, amount_micros, at),
-    )
+
+
+# Each change of a ledger row's state writes its event by trigger (migration 11): one statement.
 
 
 async def charge(conn: Conn, job_id: str, amount_micros: int, at: str) -> bool:
     """reserved -> charged. False when the reservation was already settled (idempotent)."""
-    moved = await conn.execute(
+    return await conn.execute(
         "UPDATE ledger SET state='charged', charged_micros=?, updated_at=?"
         " WHERE job_id=? AND state='reserved'",
         (amount_micros, at, job_id),
-    )
-    if moved == 1:
-        await _event(conn, job_id, "charge", amount_micros, at)
-    return moved == 1
+    ) == 1
 
 
 async def release(conn: Conn, job_id: str, at: str) -> bool:
     """reserved -> released (failure, cancel, stuck). False when already settled."""
-    moved = await conn.execute(
+    return await conn.execute(
         "UPDATE ledger SET state='released', updated_at=? WHERE job_id=? AND state='reserved'",
         (at, job_id),
-    )
-    if moved == 1:
-        await _event(conn, job_id, "release", 0, at)
-    return moved == 1
+    ) == 1
 
 
 async def refund(conn: Conn, job_id: str, at: str) -> int | None:
     """charged -> refunded: the money counts as unspent again. Returns the amount, or None."""
     row = await conn.fetchone(
-        "SELECT charged_micros FROM ledger WHERE job_id = ? AND state = 'charged'", (job_id,))
-    if row is None:
-        return None
-    moved = await conn.execute(
-        "UPDATE ledger SET state='refunded', updated_at=? WHERE job_id=? AND state='charged'", (at, job_id)
+        "UPDATE ledger SET state='refunded', updated_at=? WHERE job_id=? AND state='charged' RETURNING charged_micros",
+        (at, job_id),
     )
-    if moved != 1:
-        return None
-    await _event(conn, job_id, "refund", int(row[0]), at)
-    return int(row[0])
-
-
-async def _event(conn: Conn, job_id: str, event: str, amount: int, at: str) -> None:
-    # typed casts: PostgreSQL can't guess the type of a bare parameter in a select list
-    await conn.execute(
-        "INSERT INTO ledger_events (job_id, user_id, budget_day, event, amount_micros, at)"
-        " SELECT job_id, user_id, budget_day, CAST(? AS TEXT), CAST(? AS BIGINT), CAST(? AS TEXT)"
-        " FROM ledger WHERE job_id = ?",
-        (event, amount, at, job_id),
-    )
+    return int(row[0]) if row is not None else None
 
 
 async def totals_for(db: Database, user_id: str, day: str, default_limit_micros: int) -> tuple[int, Totals]:

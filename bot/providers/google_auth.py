@@ -16,14 +16,15 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol
-
-import google.auth
-import google.auth.exceptions
-from google.auth.credentials import Credentials
-from google.oauth2 import service_account
+from typing import TYPE_CHECKING, Any, Protocol
 
 from bot.errors import AuthFailed, ProviderError, ProviderUnavailable
+
+# google-auth (and the requests it brings) is imported where a token is first made: ~6 MiB
+# that a bot without Veo on the Agent Platform never needs.
+if TYPE_CHECKING:
+    import google.auth.exceptions
+    from google.auth.credentials import Credentials
 
 CLOUD_PLATFORM_SCOPE = "https://www.googleapis.com/auth/cloud-platform"
 # google-auth itself refreshes 3 min 45 s early; a little more leaves room for a slow call.
@@ -114,6 +115,8 @@ class GoogleTokenSource:
             return self._refresh_locked()
 
     def _refresh_locked(self) -> tuple[str, float]:
+        import google.auth.exceptions
+
         if self._credentials is None:
             self._credentials = self._load()
         credentials = self._credentials
@@ -142,6 +145,9 @@ class GoogleTokenSource:
         return token, max(0.0, lifetime_s)
 
     def _load(self) -> Credentials:
+        import google.auth
+        import google.auth.exceptions
+
         if self._file is not None:
             return _from_service_account_file(self._file)
         try:
@@ -171,6 +177,8 @@ class GoogleTokenSource:
 
 
 def _from_service_account_file(path: Path) -> Credentials:
+    from google.oauth2 import service_account
+
     where = f"The Google credentials file {path}"
     try:
         text = path.read_text(encoding="utf-8")
