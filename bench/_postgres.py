@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import os
-import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
+
+from tests.postgres import fresh_database as _fresh
 
 # the role .ci/postgres makes; $SORA_TEST_POSTGRES_URL names another server
 DEFAULT_URL = "postgresql://sora_test:sora_test@127.0.0.1:5432/postgres"
@@ -23,20 +24,5 @@ def server_url() -> str:
 @asynccontextmanager
 async def fresh_database(base: str | None = None) -> AsyncIterator[str]:
     """The URL of a new database `sora_bench_<hex>`; dropped (WITH FORCE) when done."""
-    import asyncpg
-
-    base = base or server_url()
-    name = f"sora_bench_{secrets.token_hex(5)}"
-    admin = await asyncpg.connect(base)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    try:
-        yield urlunsplit(urlsplit(base)._replace(path=f"/{name}"))
-    finally:
-        admin = await asyncpg.connect(base)
-        try:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await admin.close()
+    async with _fresh(base or server_url(), prefix="sora_bench") as url:
+        yield url

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import os
-import secrets
-import warnings
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -21,6 +19,7 @@ from bot.deps import Timing
 from bot.fakeslack import FakeSlack
 from bot.providers.base import VideoProvider
 from bot.providers.simulator import SimulatorProvider
+from tests.postgres import fresh_database
 from tests.slack_requests import SIGNING_SECRET, mention_body, post_signed, slash_body
 
 # A PostgreSQL server the tests may create databases on (.ci/run starts one and sets it), read
@@ -34,25 +33,8 @@ async def fresh_postgres_database() -> AsyncIterator[str]:
     """The URL of a new, empty database on the test server, dropped afterwards."""
     if not POSTGRES_URL:
         pytest.skip(NO_POSTGRES)
-    import asyncpg
-    from urllib.parse import urlsplit, urlunsplit
-
-    name = f"sora_test_{secrets.token_hex(6)}"
-    admin = await asyncpg.connect(POSTGRES_URL)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    try:
-        yield urlunsplit(urlsplit(POSTGRES_URL)._replace(path=f"/{name}"))
-    finally:
-        admin = await asyncpg.connect(POSTGRES_URL)
-        try:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        except asyncpg.PostgresError as exc:  # a leftover database is no failure of the test
-            warnings.warn(f"could not drop test database {name}: {exc}", stacklevel=1)
-        finally:
-            await admin.close()
+    async with fresh_database(POSTGRES_URL) as url:
+        yield url
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
