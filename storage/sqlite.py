@@ -21,6 +21,7 @@ T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
+
 def _statements(sql: str) -> Iterator[str]:
     """A migration's statements. Trigger bodies hold semicolons, so a piece ends a statement
     only when SQLite says the text so far is complete."""
