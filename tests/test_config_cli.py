@@ -31,6 +31,8 @@ USAGE_FIELDS = {"user_id", "date", "limit_usd", "spent_usd", "reserved_usd", "re
         ("SORA_POLL_INTERVAL", "soon"),
         ("PORT", "99999"),
         ("SLACK_API_URL", "ftp://example"),
+        ("SORA_DATABASE_URL", "mysql://bot:s3cret-pw@db.internal/sora"),
+        ("SORA_LEASE_SECONDS", "1"),
     ],
 )
 def test_a_bad_value_stops_start_up_with_one_line_naming_it(monkeypatch, capsys, name, value) -> None:
@@ -38,6 +40,7 @@ def test_a_bad_value_stops_start_up_with_one_line_naming_it(monkeypatch, capsys,
     assert cli.main(["jobs", "--json"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and name in err
+    assert "s3cret-pw" not in err  # a database URL's password is never echoed
 
 
 def test_an_unknown_default_model_stops_doctor(monkeypatch, capsys, tmp_path) -> None:
