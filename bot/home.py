@@ -30,6 +30,7 @@ from bot.request_modal import OPEN_ACTION as OPEN_REQUEST_ACTION
 from storage import admin as settings_store
 from storage import jobs as jobstore
 from storage import ledger
+from storage.db import TurnTimeout
 from storage.ledger import UsageRow
 
 log = logging.getLogger(__name__)
@@ -41,6 +42,7 @@ PROMPT_CHARS = 120
 BAR_CELLS = 10
 REFRESH_INTERVAL_S = 10.0  # at most one job-driven publish per person this often
 REFRESH_TIMEOUT_S = 10.0  # delivery waits no longer than this for the Home refresh
+HOME_TURN_WAIT_S = 10.0  # a publish waits this long for the one before it (this person's Home)
 # A publish waits no longer than this for the thread links it lacks (looked up side by side);
 # a job whose link didn't come shows none and is looked up again on the next publish.
 THREAD_LINK_TIMEOUT_S = 3.0
@@ -301,10 +303,18 @@ async def home_for(deps: Deps, user_id: str) -> dict[str, Any]:
 
 
 async def publish_home(deps: Deps, user_id: str) -> None:
-    """Build and publish the person's Home tab. Slack errors are logged, never raised."""
-    view = await home_for(deps, user_id)
+    """Build and publish the person's Home tab. Slack errors are logged, never raised.
+
+    One publish of a person's Home at a time, across replicas too: each reads what it shows
+    after the one before it is in Slack, so an older read is never published over a newer one.
+    """
     try:
-        await deps.slack.views_publish(user_id=user_id, view=view)
+        async with deps.db.one_at_a_time(f"home:{user_id}", wait_s=HOME_TURN_WAIT_S):
+            view = await home_for(deps, user_id)
+            await deps.slack.views_publish(user_id=user_id, view=view)
+    except TurnTimeout:
+        log.warning("home of %s not published: another publish of it took more than %.0f s", user_id,
+                    HOME_TURN_WAIT_S)
     except SlackApiError as exc:
         log.warning("home of %s not published: %s", user_id, slack_io.slack_error(exc))
     except (aiohttp.ClientError, TimeoutError) as exc:

@@ -8,6 +8,7 @@ engine needs in its own words (locks, placeholders, migrations' text) stays in i
 
 from __future__ import annotations
 
+import asyncio
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -22,6 +23,13 @@ P = ParamSpec("P")
 Row = Any  # sqlite3.Row or asyncpg.Record: both index by position and by column name
 
 SCHEMA_VERSION = len(MIGRATIONS)
+
+
+class TurnTimeout(TimeoutError):
+    """`Database.one_at_a_time` waited longer than it was allowed for its turn."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(f"{key}: the turn did not come in time")
 
 
 class SchemaTooNew(RuntimeError):
@@ -66,6 +74,7 @@ class Database(ABC):
     """One process's access to the database."""
 
     engine: str
+    _local_turns: dict[str, asyncio.Lock]  # `one_at_a_time` inside this process, by key
     # how long one-trip writes keep trying when the database is busy (SQLite: another process
     # holds its lock; PostgreSQL: no pooled connection is free)
     BUSY_TIMEOUT_S = 10.0
@@ -111,6 +120,33 @@ class Database(ABC):
     async def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
         """A single-statement write in its own transaction; returns the rowcount."""
         return await self.run_write(_execute, sql, tuple(params))
+
+    @asynccontextmanager
+    async def one_at_a_time(self, key: str, *, wait_s: float) -> AsyncIterator[None]:
+        """Run the block while no other task, in this process or another replica, runs one for
+        `key`; TimeoutError if that takes longer than `wait_s`. Unlike `hold` it keeps no
+        pooled connection (and no transaction) for the while: for work that waits on Slack."""
+        locks = self._local_turns
+        lock = locks.setdefault(key, asyncio.Lock())
+        try:
+            try:
+                async with asyncio.timeout(wait_s):
+                    await lock.acquire()
+            except TimeoutError:
+                raise TurnTimeout(key) from None
+            try:
+                async with self._across_replicas(key, wait_s=wait_s):
+                    yield
+            finally:
+                lock.release()
+        finally:
+            if not lock.locked() and locks.get(key) is lock:
+                del locks[key]  # waiters hold their own reference: a new one is fine for them
+
+    @asynccontextmanager
+    async def _across_replicas(self, key: str, *, wait_s: float) -> AsyncIterator[None]:
+        """`one_at_a_time` between processes: nothing to do for one process."""
+        yield
 
     def hold(self, key: str) -> AbstractAsyncContextManager[None]:
         """Hold `key` across replicas while doing something outside the database (posting a

@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 
 import asyncpg
 
-from storage.db import Conn, Database, Row, SchemaTooNew, Txn
+from storage.db import Conn, Database, Row, SchemaTooNew, TurnTimeout, Txn
 from storage.migrations import MIGRATIONS
 
 T = TypeVar("T")
@@ -97,8 +97,12 @@ class PostgresDatabase(Database):
     def __init__(self, url: str) -> None:
         self.url = url
         self._pool: asyncpg.Pool | None = None
+        self._local_turns = {}
         self._listener: asyncpg.Connection | None = None  # LISTEN needs a connection of its own
         self._lost_listener: Callable[[object], None] | None = None
+        # session-level advisory locks (`one_at_a_time`), one query at a time on it
+        self._session: asyncpg.Connection | None = None
+        self._session_lock = asyncio.Lock()
 
     async def open(self) -> "PostgresDatabase":
         self._pool = await asyncpg.create_pool(self.url, min_size=1, max_size=self.POOL_SIZE)
@@ -186,6 +190,33 @@ class PostgresDatabase(Database):
         assert self._pool is not None, "database not open"
         return list(await self._pool.fetch(_native(sql), *params))
 
+    @asynccontextmanager
+    async def _across_replicas(self, key: str, *, wait_s: float) -> AsyncIterator[None]:
+        # a session-level advisory lock on a connection of its own: nothing pooled is kept
+        # while the block waits on Slack, and a replica that dies lets go with its session
+        conn = await self._session_connection()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait_s
+        while True:
+            async with self._session_lock:
+                if await conn.fetchval("SELECT pg_try_advisory_lock(hashtextextended($1, 0))", key):
+                    break
+            if loop.time() >= deadline:
+                raise TurnTimeout(key)
+            await asyncio.sleep(0.05)
+        try:
+            yield
+        finally:
+            async with self._session_lock:
+                if not conn.is_closed():
+                    await conn.execute("SELECT pg_advisory_unlock(hashtextextended($1, 0))", key)
+
+    async def _session_connection(self) -> asyncpg.Connection:
+        async with self._session_lock:
+            if self._session is None or self._session.is_closed():
+                self._session = await asyncpg.connect(self.url)
+            return self._session
+
     async def listen(self, on_message: Callable[[str], None]) -> None:
         def heard(_conn: object, _pid: int, _channel: str, payload: str) -> None:
             on_message(payload)
@@ -215,6 +246,9 @@ class PostgresDatabase(Database):
         return f"PostgreSQL {user}{host}{port}{parts.path or '/'}"
 
     async def close(self) -> None:
+        if self._session is not None:
+            session, self._session = self._session, None
+            await session.close()
         if self._listener is not None:
             listener, self._listener = self._listener, None
             if self._lost_listener is not None:

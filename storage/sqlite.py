@@ -212,6 +212,7 @@ class SQLiteDatabase(Database):
 
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
+        self._local_turns = {}
         self._conn: sqlite3.Connection | None = None  # the loop's write connection
         self._writer: aiosqlite.Connection | None = None
         self._reader: aiosqlite.Connection | None = None

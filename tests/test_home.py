@@ -6,6 +6,7 @@ docs/app-home-*.json from the sample data below.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import sqlite3
@@ -15,6 +16,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
+
+import pytest
 
 from bot import home
 from bot.clock import iso
@@ -458,3 +461,21 @@ def test_the_sample_views_read_well() -> None:
 if __name__ == "__main__":
     write_docs()
     print(f"wrote {len(sample_views())} views to {DOCS}", file=sys.stderr)
+
+
+@pytest.mark.both_backends
+async def test_publishes_of_one_persons_home_take_turns(make_bot, slack) -> None:
+    """Each publish reads what it shows after the one before it is in Slack, so an older read
+    is never published over a newer one; other people's Homes don't wait."""
+    bot = await make_bot()
+    held = slack.hold_next("views.publish")
+    first = asyncio.create_task(home.publish_home(bot.deps, "U1"))
+    await asyncio.wait_for(held.reached.wait(), 5)
+    second = asyncio.create_task(home.publish_home(bot.deps, "U1"))
+    await asyncio.wait_for(home.publish_home(bot.deps, "U2"), 5)
+    await asyncio.sleep(0.3)
+    assert not second.done()
+    assert [c.params.get("user_id") for c in slack.calls_to("views.publish")].count("U1") == 1
+    held.release()
+    await asyncio.wait_for(asyncio.gather(first, second), 5)
+    assert [c.params.get("user_id") for c in slack.calls_to("views.publish")].count("U1") == 2

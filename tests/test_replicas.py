@@ -13,6 +13,7 @@ import asyncio
 import json
 import time
 
+import asyncpg
 import pytest
 
 from bot import flow
@@ -224,3 +225,21 @@ async def test_a_poke_sent_to_another_replica_reaches_the_jobs_watcher(make_bot,
     await asyncio.sleep(0.5)  # rendered; without a poke A would not look for a minute
     await b.runtime.poller.wake(job_id)  # a provider callback or an approval landing on B
     await slack.wait_for(lambda: any(m.files for m in slack.messages), timeout=5)
+
+
+async def test_a_home_publish_waits_while_another_replica_publishes_that_home(make_bot, slack) -> None:
+    from bot import home
+
+    a, _ = await _pair(make_bot)
+    other = await asyncpg.connect(a.deps.db.url)  # another replica, in the middle of publishing U1's Home
+    try:
+        await other.execute("SELECT pg_advisory_lock(hashtextextended($1, 0))", "home:U1")
+        publishing = asyncio.create_task(home.publish_home(a.deps, "U1"))
+        await asyncio.sleep(0.4)
+        assert not publishing.done()
+        assert not [c for c in slack.calls_to("views.publish") if c.params.get("user_id") == "U1"]
+        await other.execute("SELECT pg_advisory_unlock(hashtextextended($1, 0))", "home:U1")
+        await asyncio.wait_for(publishing, 5)
+    finally:
+        await other.close()
+    assert len([c for c in slack.calls_to("views.publish") if c.params.get("user_id") == "U1"]) == 1
