@@ -22,6 +22,7 @@ from bot.models import UNFINISHED, FailureKind, Job, JobStatus
 from bot.money import format_usd
 from storage import compares
 from storage import jobs as jobstore
+from storage.db import TurnTimeout
 
 log = logging.getLogger(__name__)
 
@@ -192,6 +193,8 @@ async def ensure_request_message(deps: Deps, job: Job) -> Job:
 
 # --- /sora compare: the set shares one request message and one summary ------------------------
 
+# how long a set's summary waits while another replica posts it (with its Slack retries)
+SUMMARY_TURN_WAIT_S = 120.0
 # The set's jobs run side by side; in one process they take turns on the set's messages.
 _compare_locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
 
@@ -213,28 +216,33 @@ async def _ensure_compare_message(deps: Deps, job: Job) -> Job:
 async def summarize_compare(deps: Deps, compare_id: str) -> None:
     """Once every model has answered in the thread: the side-by-side summary, once (also
     across replicas, whose last members may finish on two of them at once)."""
-    async with _compare_locks[compare_id], deps.db.hold(f"compare-summary:{compare_id}"):
-        row = await compares.get(deps.db, compare_id)
-        if row is None or row.summary_state == "done" or not await compares.all_delivered(deps.db, compare_id):
-            return
-        jobs = await compares.jobs_of(deps.db, compare_id)
-        if jobs[0].thread_ts is None:
-            # Slack never let the set start its thread; its owner was told privately
-            await compares.mark_summarized(deps.db, compare_id, None)
-            _compare_locks.pop(compare_id, None)
-            return
-        attempt = 0
-        while True:
-            try:
-                ts = await slack_io.post_in_thread(deps, jobs[0], messages.compare_summary(jobs))
-                break
-            except (SlackApiError, httpx.HTTPError) as exc:
-                attempt += 1
-                if attempt >= 8:  # still owed: the set is watched again on the next start
-                    log.warning("compare %s: summary not posted: %s", compare_id, type(exc).__name__)
-                    return
-                await asyncio.sleep(min(deps.timing.delivery_retry_max_s, deps.timing.poll_interval_s * 2 ** attempt))
-        await compares.mark_summarized(deps.db, compare_id, ts)
+    try:
+        async with _compare_locks[compare_id], deps.db.one_at_a_time(f"compare-summary:{compare_id}",
+                                                                    wait_s=SUMMARY_TURN_WAIT_S):
+            row = await compares.get(deps.db, compare_id)
+            if row is None or row.summary_state == "done" or not await compares.all_delivered(deps.db, compare_id):
+                return
+            jobs = await compares.jobs_of(deps.db, compare_id)
+            if jobs[0].thread_ts is None:
+                # Slack never let the set start its thread; its owner was told privately
+                await compares.mark_summarized(deps.db, compare_id, None)
+                _compare_locks.pop(compare_id, None)
+                return
+            attempt = 0
+            while True:
+                try:
+                    ts = await slack_io.post_in_thread(deps, jobs[0], messages.compare_summary(jobs))
+                    break
+                except (SlackApiError, httpx.HTTPError) as exc:
+                    attempt += 1
+                    if attempt >= 8:  # still owed: the set is watched again on the next start
+                        log.warning("compare %s: summary not posted: %s", compare_id, type(exc).__name__)
+                        return
+                    await asyncio.sleep(min(deps.timing.delivery_retry_max_s, deps.timing.poll_interval_s * 2 ** attempt))
+            await compares.mark_summarized(deps.db, compare_id, ts)
+    except TurnTimeout:  # another replica is posting it, and records it when done
+        log.info("compare %s: its summary is being posted elsewhere", compare_id)
+        return
     # the set is done: a later caller finds the summary recorded, so a fresh lock is harmless
     _compare_locks.pop(compare_id, None)
     await slack_io.update_status(deps, jobs[0])

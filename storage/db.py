@@ -148,12 +148,6 @@ class Database(ABC):
         """`one_at_a_time` between processes: nothing to do for one process."""
         yield
 
-    def hold(self, key: str) -> AbstractAsyncContextManager[None]:
-        """Hold `key` across replicas while doing something outside the database (posting a
-        message) that must happen once: PostgreSQL's advisory lock, held by a transaction for
-        the while; on SQLite, one process, whose own asyncio locks already do it."""
-        return _nothing_held()
-
     async def listen(self, on_message: Callable[[str], None]) -> None:
         """Call `on_message` with every message any replica `notify`s (PostgreSQL's LISTEN).
 
@@ -169,11 +163,6 @@ class Database(ABC):
     @abstractmethod
     def describe(self) -> str:
         """Where the data lives, for people (no password)."""
-
-
-@asynccontextmanager
-async def _nothing_held() -> AsyncIterator[None]:
-    yield
 
 
 async def _execute(conn: Conn, sql: str, params: Sequence[Any]) -> int:

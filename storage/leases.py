@@ -71,11 +71,6 @@ async def _release(conn: Conn, owner: str, job_ids: list[str] | None) -> int:
         f"UPDATE jobs SET owner = NULL, lease_until = NULL WHERE owner = ? AND id IN ({marks})", (owner, *job_ids))
 
 
-async def owned(db: Database, owner: str) -> int:
-    row = await db.fetchone(f"SELECT COUNT(*) FROM jobs WHERE owner = ? AND {_NEEDS_WATCHING}", (owner, *UNFINISHED))
-    return int(row[0]) if row else 0
-
-
 async def next_expiry(db: Database, owner: str) -> datetime | None:
     """When the soonest lease of another replica on a job that needs watching runs out."""
     row = await db.fetchone(

@@ -172,12 +172,6 @@ class PostgresDatabase(Database):
             yield _PgConn(conn)
 
     @asynccontextmanager
-    async def hold(self, key: str) -> AsyncIterator[None]:
-        async with self._acquire(None) as conn, conn.transaction():
-            await _PgConn(conn).lock(key)
-            yield
-
-    @asynccontextmanager
     async def reading(self) -> AsyncIterator[Conn]:
         async with self._acquire(None) as conn:
             yield _PgConn(conn)
