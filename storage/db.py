@@ -185,6 +185,3 @@ def database_for(url: str | None, sqlite_path: Path | str) -> Database:
     raise ValueError("SORA_DATABASE_URL must start with sqlite:/// or postgresql://")
 
 
-async def connect(url: str | None, sqlite_path: Path | str) -> Database:
-    return await database_for(url, sqlite_path).open()
-
