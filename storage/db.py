@@ -183,5 +183,3 @@ def database_for(url: str | None, sqlite_path: Path | str) -> Database:
 
         return PostgresDatabase(url)
     raise ValueError("SORA_DATABASE_URL must start with sqlite:/// or postgresql://")
-
-
