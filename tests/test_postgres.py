@@ -69,6 +69,9 @@ async def test_replicas_starting_together_migrate_once(url) -> None:
         assert {await db.schema_version() for db in dbs} == {SCHEMA_VERSION}
         rows = await dbs[0].fetchall("SELECT version FROM schema_version")
         assert [r[0] for r in rows] == [SCHEMA_VERSION]
+        # migration 12: the day's totals rows are pruned on nearly every visit (bench finding 25)
+        opts = await dbs[0].fetchone("SELECT reloptions FROM pg_class WHERE relname = 'ledger_day_totals'")
+        assert "fillfactor=10" in opts[0]
     finally:
         for db in dbs:
             await db.close()
