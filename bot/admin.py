@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import date, timedelta
 
-from bot import messages, slack_io
+from bot import messages, report, slack_io
 from bot.clock import budget_day, iso
 from bot.deps import Deps
 from bot.errors import InvalidRequest, NotAllowed
@@ -25,6 +26,7 @@ ADMIN_HELP = "\n".join([
     "• `budget default 5`: the daily budget of everyone without their own",
     "• `budget workspace 200` or `off`: a cap for the whole workspace per day",
     "• `usage [YYYY-MM-DD|yesterday]`: spend per person, the workspace total, recent admin actions",
+    "• `report [7d|30d|month]`: a chart of spend per day, model and person, sent to your DM",
     "• `refund <job> [reason]`: give back a finished video's charge",
     "• `pause [reason]` / `resume`: stop or restart new requests (running jobs continue)",
     "• `approval over 10` or `approval off`: requests costing more than that wait for an admin's Approve",
@@ -38,6 +40,9 @@ _USER_ARG = re.compile(r"^<@([UW][A-Z0-9]+)(?:\|[^>]*)?>$|^([UW][A-Z0-9]+)$")
 @dataclass(frozen=True, slots=True)
 class AdminResult:
     text: str
+    # work to run after `text` is answered (a report's chart); its result, if any, is a further
+    # answer for the admin
+    then: Callable[[], Awaitable[str | None]] | None = None
 
 
 def parse_user(arg: str) -> str:
@@ -77,12 +82,13 @@ async def handle_admin(deps: Deps, text: str, *, actor: str) -> AdminResult:
         )
     words = clean_text(text).split()
     try:
-        return AdminResult(await _dispatch(deps, words, actor))
+        answer = await _dispatch(deps, words, actor)
+        return answer if isinstance(answer, AdminResult) else AdminResult(answer)
     except (InvalidRequest, NotAllowed) as exc:
         return AdminResult(exc.user_message())
 
 
-async def _dispatch(deps: Deps, words: list[str], actor: str) -> str:
+async def _dispatch(deps: Deps, words: list[str], actor: str) -> str | AdminResult:
     head = [w.lower() for w in words[:2]]
     match head:
         case [] | ["help"] | ["help", _]:
@@ -107,6 +113,15 @@ async def _dispatch(deps: Deps, words: list[str], actor: str) -> str:
             if len(words) > 2:
                 raise InvalidRequest("Use `/sora-admin usage` or `/sora-admin usage 2026-11-24`.")
             return await usage_report(deps, words[1] if len(words) == 2 else None)
+        case ["report"] | ["report", _]:
+            if len(words) > 2:
+                raise InvalidRequest("Use `/sora-admin report`, `report 30d` or `report month`.")
+            first, last = report.range_for(words[1] if len(words) == 2 else report.DEFAULT_RANGE,
+                                           today=report.today_in(deps))
+            return AdminResult(
+                f"Building your report for {first} to {last}; it will be in our DM in a moment.",
+                then=lambda: report.deliver(deps, actor, first_day=first, last_day=last),
+            )
         case ["refund", _]:
             reason = " ".join(words[2:]) or None
             return await refund_job(deps, actor, words[1], reason)
@@ -312,6 +327,7 @@ async def refund_job(deps: Deps, actor: str, job_ref: str, reason: str | None) -
                                        old=str(amount), new="0", note=reason)
     if amount is None:
         raise InvalidRequest(f"Job `{job.id}` was refunded already.")
+    deps.metrics.money_moved("refunded", job.provider, amount)
     note = f" Reason: {messages.escape_mrkdwn(reason, 300)}" if reason else ""
     if job.thread_ts:
         try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +29,7 @@ from bot.clock import Clock, utcnow
 from bot.config import Settings
 from bot.deps import Deps, Timing
 from bot.leases import Leases, new_replica_id
+from bot.metrics import CONTENT_TYPE_LATEST, Metrics, surface_of
 from bot.poller import Poller
 from bot.providers.base import VideoProvider
 from bot.providers.fal import FalProvider
@@ -41,6 +43,7 @@ from bot.providers.seedance import SeedanceProvider
 from bot.providers.simulator import SimulatorProvider
 from bot.providers.veo import VeoProvider
 from bot.providers.xai import XaiProvider
+from bot.readiness import Readiness
 from bot.slack_io import SLACK_TIMEOUT_S, make_slack_client
 from handlers import actions as action_handlers
 from handlers import admin as admin_handlers
@@ -50,6 +53,9 @@ from handlers import modals as modal_handlers
 from storage import compares
 
 log = logging.getLogger(__name__)
+
+# /healthz reports the unfinished jobs when the database answers this fast, and null otherwise
+HEALTH_DB_TIMEOUT_S = 2.0
 
 # On shutdown, how long listeners still working after their ack may take to finish before
 # they are cancelled (SIGTERM's grace period is often 10 s in all).
@@ -152,14 +158,30 @@ class _InjectDeps(AsyncMiddleware):
         return await next()
 
 
+class _TimedApp(AsyncApp):
+    """Times each request from its arrival to its answer, the ack, by surface. Bolt answers
+    once the listener has acked (process_before_response=False), in HTTP and Socket Mode
+    alike, and both come through `async_dispatch`."""
+
+    metrics: Metrics
+
+    async def async_dispatch(self, req: AsyncBoltRequest) -> BoltResponse:
+        started = time.perf_counter()
+        try:
+            return await super().async_dispatch(req)
+        finally:
+            self.metrics.ack_seconds.labels(surface_of(req.body)).observe(time.perf_counter() - started)
+
+
 def build_app(deps: Deps, *, signing_secret: str | None, listeners: ListenerTasks | None = None) -> AsyncApp:
-    app = AsyncApp(
+    app = _TimedApp(
         client=deps.slack,
         signing_secret=signing_secret,
         # Socket Mode payloads are unsigned (the WebSocket is authenticated instead)
         request_verification_enabled=signing_secret is not None,
         process_before_response=False,
     )
+    app.metrics = deps.metrics
     ack_runner.install(app)
     if listeners is not None:
         # AsyncApp takes no start handler; its listener runner (a public property) holds it
@@ -190,6 +212,7 @@ class Runtime:
     listeners: ListenerTasks = field(default_factory=ListenerTasks)
     # the Slack client's connections, when this runtime made the client
     slack_session: aiohttp.ClientSession | None = None
+    readiness: Readiness | None = None
     _closed: bool = False
 
     async def start(self) -> int:
@@ -245,12 +268,13 @@ async def create_runtime(
         )
     db = await settings.database().open()
     token = settings.slack_bot_token.get_secret_value() if settings.slack_bot_token else None
+    metrics = Metrics()
     slack_session: aiohttp.ClientSession | None = None
     if slack is None:
         # one session for every Web API call: without it slack_sdk opens (and closes) a
         # session, so a TCP and TLS handshake, per call
         slack_session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=SLACK_TIMEOUT_S))
-        slack = make_slack_client(token, settings.slack_api_url, session=slack_session)
+        slack = make_slack_client(token, settings.slack_api_url, session=slack_session, metrics=metrics)
     deps = Deps(
         settings=settings,
         db=db,
@@ -263,18 +287,21 @@ async def create_runtime(
         timing=timing or Timing.from_settings(settings),
         clock=clock,
         leases=Leases(new_replica_id(), settings.sora_lease_seconds, shared=db.engine == "postgres", clock=clock),
+        metrics=metrics,
     )
     poller = Poller(deps)
     deps.poller = poller
+    metrics.in_flight = lambda: len(poller.tasks)
+    metrics.leases_held = lambda: len(deps.leases.held) if deps.leases.shared else 0
     secret = settings.slack_signing_secret.get_secret_value() if settings.slack_signing_secret else None
     listeners = ListenerTasks()
     return Runtime(deps=deps, app=build_app(deps, signing_secret=secret, listeners=listeners), poller=poller,
-                   listeners=listeners, slack_session=slack_session)
+                   listeners=listeners, slack_session=slack_session, readiness=Readiness(deps))
 
 
 def make_web_app(runtime: Runtime) -> web.Application:
-    """HTTP mode: events, commands and interactivity at POST /slack/events; GET /healthz;
-    provider callbacks at POST /callbacks/{openai,kling,seedance,fal}."""
+    """HTTP mode: events, commands and interactivity at POST /slack/events; GET /healthz,
+    /readyz and /metrics; provider callbacks at POST /callbacks/{openai,kling,seedance,fal}."""
 
     async def slack_events(request: web.Request) -> web.Response:
         gate = runtime.deps.ack_first
@@ -286,15 +313,41 @@ def make_web_app(runtime: Runtime) -> web.Application:
         finally:
             gate.leave()
 
+    web_app = make_ops_app(runtime)
+    web_app.router.add_post("/slack/events", slack_events)
+    callbacks.add_routes(web_app, runtime.deps)
+    return web_app
+
+
+def make_ops_app(runtime: Runtime) -> web.Application:
+    """What an operator's probes and Prometheus read: GET /healthz (alive), /readyz (may take
+    traffic) and /metrics. Socket Mode serves these alone, on PORT when it is set."""
+
     async def healthz(_: web.Request) -> web.Response:
-        row = await runtime.deps.db.fetchone("SELECT COUNT(*) FROM jobs WHERE status IN ('queued','submitted','running')")
+        # alive even while the database is away: restarting every replica would not bring it
+        # back (/readyz takes the replica out of traffic instead)
+        try:
+            row = await asyncio.wait_for(runtime.deps.db.fetchone(
+                "SELECT COUNT(*) FROM jobs WHERE status IN ('queued','submitted','running')"), HEALTH_DB_TIMEOUT_S)
+            unfinished: int | None = int(row[0]) if row else 0
+        except Exception:
+            unfinished = None
         leases = runtime.deps.leases
-        return web.json_response({"ok": True, "unfinished_jobs": int(row[0]) if row else 0,
+        return web.json_response({"ok": True, "unfinished_jobs": unfinished,
                                   "watching": len(runtime.poller.tasks), "replica": leases.replica_id,
                                   "owned_jobs": len(leases.held) if leases.shared else len(runtime.poller.tasks)})
 
+    async def readyz(_: web.Request) -> web.Response:
+        assert runtime.readiness is not None
+        ready, found = await runtime.readiness.check()
+        return web.json_response(found, status=200 if ready else 503)
+
+    async def metrics(_: web.Request) -> web.Response:
+        # as a header: aiohttp's content_type argument refuses one that carries a charset
+        return web.Response(body=runtime.deps.metrics.exposition(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
     web_app = web.Application(client_max_size=1 << 20)
-    web_app.router.add_post("/slack/events", slack_events)
     web_app.router.add_get("/healthz", healthz)
-    callbacks.add_routes(web_app, runtime.deps)
+    web_app.router.add_get("/readyz", readyz)
+    web_app.router.add_get("/metrics", metrics)
     return web_app

@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 
 from slack_sdk.errors import SlackApiError
 
-from bot import messages, slack_io
+from bot import logs, messages, slack_io
 from bot.incidents import admin_recipients
 from bot.clock import iso
 from bot.deps import Deps
@@ -95,6 +95,12 @@ async def settle(deps: Deps, key: str, *, state: str, by: str) -> approvals.Deci
         if deps.poller is not None:
             await deps.poller.wake(job_id)
     jobs = await jobstore.jobs_for_approval(deps.db, key)
+    if state in ("denied", "expired"):
+        # ended by this decision, after its commit (the jobs cancelled earlier were counted then)
+        for job in jobs:
+            if job.id in decision.job_ids:
+                logs.state_change(log, job, JobStatus.QUEUED, job.status, detail=f"approval {state}")
+                deps.metrics.job_ended(job, "cancelled")
     text, blocks = messages.approval_decided_message(
         jobs, state=state, by=by, amount_micros=decision.approval.amount_micros)
     for channel, ts in (await approvals.messages_of(deps.db, key)).items():

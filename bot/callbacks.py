@@ -196,9 +196,17 @@ def add_routes(web_app: web.Application, deps: Deps) -> None:
 
         return handler
 
-    web_app.router.add_post("/callbacks/openai", openai)
+    def counted(provider: str, handler: Callable[[web.Request], Any]) -> Callable[[web.Request], Any]:
+        async def answer(request: web.Request) -> web.StreamResponse:
+            response = await handler(request)
+            deps.metrics.callback(provider, response.status, response.get("note", ""))
+            return response
+
+        return answer
+
+    web_app.router.add_post("/callbacks/openai", counted(OPENAI, openai))
     for provider in (KLING, SEEDANCE, FAL):
-        web_app.router.add_post(f"/callbacks/{provider}", unsigned(provider))
+        web_app.router.add_post(f"/callbacks/{provider}", counted(provider, unsigned(provider)))
 
 
 async def _fal_signature_refused(deps: Deps, request: web.Request, body: bytes) -> web.Response | None:
@@ -250,4 +258,6 @@ async def _poke(deps: Deps, provider: str, job_id: str) -> web.Response:
 
 
 def _answer(status: int, note: str) -> web.Response:
-    return web.json_response({"ok": status == 200, "note": note}, status=status)
+    response = web.json_response({"ok": status == 200, "note": note}, status=status)
+    response["note"] = note  # for the metrics: accepted, duplicate, ignored or refused
+    return response

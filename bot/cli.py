@@ -1,4 +1,4 @@
-"""`sora-bot run | demo | doctor | jobs | usage`."""
+"""`sora-bot run | demo | doctor | jobs | usage | report`."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import sys
 from datetime import date
 from typing import Any
 
+from bot import logs
 from bot.catalog import CatalogError
 from bot.clock import budget_day, iso, utcnow
 from bot.config import ConfigError, Settings, load_settings
@@ -137,10 +138,39 @@ async def cmd_usage(settings: Settings, args: argparse.Namespace) -> int:
         await db.close()
 
 
+async def cmd_report(settings: Settings, args: argparse.Namespace) -> int:
+    from bot import report
+    from storage import reports
+
+    days: list[str] = []
+    for flag, value in (("--from", args.from_day), ("--to", args.to_day)):
+        try:
+            days.append(date.fromisoformat(value).isoformat())
+        except ValueError:
+            print(f"{flag}: expected YYYY-MM-DD, got {value!r}", file=sys.stderr)
+            return 2
+    first, last = days
+    if first > last:
+        print(f"--from {first} is after --to {last}", file=sys.stderr)
+        return 2
+    db = await settings.database().open()
+    try:
+        spend = await db.run_read(reports.spend_report, first, last)
+    finally:
+        await db.close()
+    if args.csv:
+        sys.stdout.write(report.to_csv(spend))
+    elif args.json:
+        print(report.to_json(spend))
+    else:
+        report.print_table(spend, tz_name=settings.tz.key)
+    return 0
+
+
 async def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
     from aiohttp import web
 
-    from bot.app import create_runtime, make_web_app
+    from bot.app import create_runtime, make_ops_app, make_web_app
     from bot.process import freeze_startup_heap, prefer_short_turns
 
     if settings.slack_bot_token is None:
@@ -179,6 +209,14 @@ async def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
                 print(f"SLACK_APP_TOKEN: {problem}", file=sys.stderr)
                 return 2
             handler = AsyncSocketModeHandler(runtime.app, app_token)
+            assert runtime.readiness is not None
+            runtime.readiness.connected = handler.client.is_connected
+            if "port" in settings.model_fields_set:
+                # no Slack traffic over HTTP here: only the probes and /metrics, when PORT asks
+                runner = web.AppRunner(make_ops_app(runtime), handle_signals=False, shutdown_timeout=1.0)
+                await runner.setup()
+                await web.TCPSite(runner, settings.host, settings.port).start()
+                log.info("health, readiness and metrics on http://%s:%d", settings.host, settings.port)
             connect = asyncio.ensure_future(handler.connect_async())
             stopping = asyncio.ensure_future(stop.wait())
             await asyncio.wait({connect, stopping}, return_when=asyncio.FIRST_COMPLETED)
@@ -247,8 +285,8 @@ async def cmd_doctor(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def configure_logging(settings: Settings) -> None:
-    """Log lines to stderr at SORA_LOG_LEVEL."""
-    logging.basicConfig(level=settings.sora_log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    """Log lines to stderr at SORA_LOG_LEVEL, as text or JSON lines (SORA_LOG_FORMAT)."""
+    logs.configure(level=settings.sora_log_level, fmt=settings.sora_log_format)
     # httpx logs every request at INFO: thousands of lines a minute with many jobs, and it
     # measurably costs CPU per status call; keep it for DEBUG runs
     if settings.sora_log_level != "DEBUG":
@@ -270,6 +308,12 @@ def _parser() -> argparse.ArgumentParser:
     u = sub.add_parser("usage", help="per-user spend for the budget day")
     u.add_argument("--json", action="store_true")
     u.add_argument("--date", help="YYYY-MM-DD (default: today in SORA_TIMEZONE)")
+    r = sub.add_parser("report", help="spend, jobs and failures per user, model and provider over budget days")
+    r.add_argument("--from", dest="from_day", required=True, metavar="YYYY-MM-DD", help="first budget day")
+    r.add_argument("--to", dest="to_day", required=True, metavar="YYYY-MM-DD", help="last budget day (included)")
+    form = r.add_mutually_exclusive_group()
+    form.add_argument("--csv", action="store_true", help="one row per (user, model, provider); exact dollars")
+    form.add_argument("--json", action="store_true")
     return p
 
 
@@ -288,7 +332,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "jobs" and args.limit < 0:
         print("--limit: must be 0 (all) or more", file=sys.stderr)
         return 2
-    handlers = {"run": cmd_run, "doctor": cmd_doctor, "migrate": cmd_migrate, "jobs": cmd_jobs, "usage": cmd_usage}
+    handlers = {"run": cmd_run, "doctor": cmd_doctor, "migrate": cmd_migrate, "jobs": cmd_jobs, "usage": cmd_usage,
+                "report": cmd_report}
     try:
         return asyncio.run(handlers[args.command](settings, args))
     except KeyboardInterrupt:

@@ -47,12 +47,15 @@ class Origin:
 
 async def handle_text(deps: Deps, text: str, origin: Origin) -> Reply:
     """Parse and run one request; refusals come back as text, never as exceptions."""
+    command: Command | None = None
     try:
         mentioned = [u for u in slack_text.user_ids(text) if u != origin.drop_user]
         names = await slack_text.display_names(deps, mentioned) if mentioned else None
         command = parse_command(text, deps.catalog, like=origin.like, names=names, drop_user=origin.drop_user)
         return await run_command(deps, command, origin)
     except (InvalidRequest, BudgetExceeded, NotAllowed) as exc:
+        if command is None or isinstance(command, (Generate, Compare)):
+            deps.metrics.refused(exc)  # a video request refused (not a mistyped `/sora status`)
         return Reply(exc.user_message())
 
 

@@ -59,6 +59,8 @@ class Settings(BaseSettings):
     # Not in the contract: at most this many status calls a second to any one provider
     sora_status_calls_per_second: float = Field(10.0, gt=0)
     sora_log_level: str = "INFO"
+    # Not in the contract: text (human lines) or json (one object a line, for log collectors)
+    sora_log_format: str = "text"
 
     video_gateway_base_url: str | None = None
     video_gateway_api_key: SecretStr | None = None
@@ -189,6 +191,14 @@ class Settings(BaseSettings):
         if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             raise ValueError("must be DEBUG, INFO, WARNING or ERROR")
         return level
+
+    @field_validator("sora_log_format")
+    @classmethod
+    def _log_format(cls, v: str) -> str:
+        fmt = v.strip().lower()
+        if fmt not in ("text", "json"):
+            raise ValueError("must be text or json")
+        return fmt
 
     @model_validator(mode="after")
     def _timeouts(self) -> "Settings":

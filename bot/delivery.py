@@ -57,7 +57,10 @@ async def _deliver_final(deps: Deps, job_id: str) -> Job | None:
             log.warning("job %s: final message failed (%s); retrying in %.0fs", job_id, error, delay)
             await asyncio.sleep(delay)
             continue
-        await jobstore.mark_delivered(deps.db, job_id, message_ts=ts, method=method, now=iso(deps.clock()))
+        delivered_at = deps.clock()
+        await jobstore.mark_delivered(deps.db, job_id, message_ts=ts, method=method, now=iso(delivered_at))
+        if delivery.kind == "video" and job.finished_at is not None:
+            deps.metrics.delivery_lateness_seconds.observe(max(0.0, (delivered_at - job.finished_at).total_seconds()))
         if delivery.file_path:
             Path(delivery.file_path).unlink(missing_ok=True)
         await slack_io.update_status(deps, job)

@@ -16,6 +16,7 @@ from bot.catalog import Catalog
 from bot.clock import Clock, utcnow
 from bot.config import Settings
 from bot.leases import Leases, new_replica_id
+from bot.metrics import Metrics
 from bot.providers.base import VideoProvider
 from storage.admin import FALLBACK_MODELS, Budgets, effective_budgets
 from storage.db import Conn, Database
@@ -81,6 +82,7 @@ class Deps:
     ack_first: AckFirst = field(default_factory=AckFirst)
     # which jobs this replica watches (on SQLite: all of them, and checks cost nothing)
     leases: Leases = field(default_factory=lambda: Leases(new_replica_id(), 30.0, shared=False, clock=utcnow))
+    metrics: Metrics = field(default_factory=Metrics)
 
     def provider_label(self, provider: str) -> str:
         return PROVIDER_LABELS.get(provider, provider)

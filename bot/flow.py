@@ -16,7 +16,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
-from bot import approval, fallback, incidents, slack_io
+from bot import approval, fallback, incidents, logs, slack_io
 from bot.delivery import deliver, ensure_request_message
 from bot.clock import budget_day, iso
 from bot.deps import Deps
@@ -30,6 +30,7 @@ from bot.errors import (
     RateLimited,
     ResultExpired,
     SlackRefused,
+    SoraError,
 )
 from bot.models import (
     UNFINISHED,
@@ -123,14 +124,21 @@ async def accept_requests(
             deps.db, news, limits=limits, day=budget_day(now, deps.settings.tz), now=iso(now), wait_s=wait_s,
             compare_prompt=requests[0].prompt if compare else None, lease=deps.leases.new_lease(),
         )
-    except BaseException:
+    except BaseException as exc:
         if image_path is not None:
             image_path.unlink(missing_ok=True)
+        if isinstance(exc, SoraError):
+            deps.metrics.refused(exc)
         raise
     if not got.created and image_path is not None:
         image_path.unlink(missing_ok=True)  # the first delivery of this request kept its own
+    if got.created:
+        deps.metrics.requests_accepted.labels(source).inc()
+        for job in got.jobs:
+            deps.metrics.money_moved("reserved", job.provider, job.estimate_micros)
     if got.created and deps.poller is not None:
         for job in got.jobs:
+            logs.state_change(log, job, None, job.status)
             deps.poller.take(job)  # just stored: its task needn't read it again
     return got
 
@@ -191,6 +199,7 @@ async def run_job(
         job = await jobstore.get_job(deps.db, job_id)
     if job is None:
         return
+    logs.job_context(job)  # every line this task logs from here on names the job
     if not job.status.terminal and job.status_ts is None:
         deps.leases.check(job_id)  # the request message is posted by the job's watcher alone
         async with deps.ack_first.start():
@@ -315,7 +324,8 @@ async def submit(deps: Deps, job: Job) -> Job:
 
 
 async def _create(deps: Deps, job: Job, provider: VideoProvider, spec: VideoSpec) -> tuple[str, bool, Job]:
-    provider_job_id = await provider.submit(spec)
+    with deps.metrics.provider_call(job.provider, "create"):
+        provider_job_id = await provider.submit(spec)
     return (provider_job_id, *await _store_submitted(deps, job.id, provider_job_id))
 
 
@@ -332,6 +342,8 @@ async def _store_submitted(deps: Deps, job_id: str, provider_job_id: str) -> tup
         last_progress_at=now,
     )
     assert stored is not None, f"job {job_id} vanished"
+    if moved:
+        logs.state_change(log, stored, JobStatus.QUEUED, JobStatus.SUBMITTED)
     return moved, stored
 
 
@@ -378,12 +390,13 @@ async def watch(deps: Deps, job: Job, throttle: EditThrottle, *, first_delay_s: 
     hint: float | None = None
     rate_limited = False
     t = deps.timing
+    calls = 0  # status calls, for the metrics (not a list or frame per job: 10,000 may wait)
     while job.status in (JobStatus.SUBMITTED, JobStatus.RUNNING):
         now = deps.clock()
         give_up_at = job.created_at + timedelta(seconds=t.job_timeout_s)
         if now >= give_up_at:
             await give_up(deps, job)
-            return
+            break
         # a safety-net poll, not a callback's, finding the job over: the callback was lost (not
         # the first poll, nor the first after a restart: callbacks can't reach a stopped bot)
         safety_net = calls_back and first_delay_s is None and track.polls > 0
@@ -401,8 +414,10 @@ async def watch(deps: Deps, job: Job, throttle: EditThrottle, *, first_delay_s: 
         if not poked and deps.poller is not None:
             await deps.poller.pace(job.provider, job.id)  # a callback's poke goes first: it saves polls
         assert job.provider_job_id is not None
+        calls += 1
         try:
-            status = await provider.poll(job.provider_job_id)
+            with deps.metrics.provider_call(job.provider, "status"):
+                status = await provider.poll(job.provider_job_id)
         except ProviderError as exc:
             hint = exc.retry_after_s
             rate_limited = isinstance(exc, RateLimited)
@@ -415,7 +430,7 @@ async def watch(deps: Deps, job: Job, throttle: EditThrottle, *, first_delay_s: 
                         hard_errors, MAX_HARD_POLL_ERRORS)
             if hard_errors >= MAX_HARD_POLL_ERRORS:
                 await fail_job(deps, job, exc.kind, exc.detail, reason=exc.reason)
-                return
+                break
             transient_errors += 1
             continue
         transient_errors = hard_errors = 0
@@ -426,6 +441,8 @@ async def watch(deps: Deps, job: Job, throttle: EditThrottle, *, first_delay_s: 
         # a queued job has not started rendering, whatever progress figure came with it
         track.saw(deps.clock(), 0 if status.state is ProviderState.QUEUED else _percent(status.progress))
         job = await _apply_status(deps, job, status, throttle)
+    # ended (a lost lease or a stop raises instead, and the next watcher counts its own calls)
+    deps.metrics.status_calls_per_job.labels(job.provider).observe(calls)
 
 
 _ENDED = (ProviderState.SUCCEEDED, ProviderState.FAILED, ProviderState.CANCELLED)
@@ -497,6 +514,8 @@ async def _apply_status(deps: Deps, job: Job, status: ProviderStatus, throttle: 
             if stored.status in (JobStatus.SUBMITTED, JobStatus.RUNNING):
                 raise LeaseLost(job.id)  # its state held, so the fence refused: another replica's now
             return stored  # ended meanwhile (a cancel): whoever ended it shows it
+        if "status" in fields:
+            logs.state_change(log, stored, job.status, stored.status)
         job = stored
         if edit:
             give_up_at = job.created_at + timedelta(seconds=deps.timing.job_timeout_s)
@@ -506,6 +525,7 @@ async def _apply_status(deps: Deps, job: Job, status: ProviderStatus, throttle: 
 
 async def finish_success(deps: Deps, job: Job, status: ProviderStatus) -> None:
     """Download at once (links expire), then charge and queue the upload in one transaction."""
+    seen_finished = iso(deps.clock())  # the job's finished_at: delivery lateness counts from it
     deps.leases.check(job.id)  # a replica that lost the job leaves the download to its new watcher
     provider = _provider(deps, job)
     deps.media_dir.mkdir(parents=True, exist_ok=True)
@@ -516,7 +536,8 @@ async def finish_success(deps: Deps, job: Job, status: ProviderStatus) -> None:
     while True:
         attempt += 1
         try:
-            await provider.download(job.provider_job_id, status.video_url, part)
+            with deps.metrics.provider_call(job.provider, "download"):
+                await provider.download(job.provider_job_id, status.video_url, part)
             part.replace(dest)
             break
         except ResultExpired as exc:
@@ -542,9 +563,12 @@ async def finish_success(deps: Deps, job: Job, status: ProviderStatus) -> None:
                     job.id, status.cost_micros, cost)
     now = iso(deps.clock())
     moved = await deps.db.run_write(_succeed_in, job.id, job.provider, cost, status.video_url, str(dest), now,
-                                    deps.leases.fence)
+                                    deps.leases.fence, seen_finished)
     if not moved:
         dest.unlink(missing_ok=True)
+        return
+    logs.state_change(log, job, job.status, JobStatus.SUCCEEDED)
+    deps.metrics.job_ended(job, "succeeded", charged_micros=cost)
 
 
 # The settling transactions below each run as one function in one transaction
@@ -553,12 +577,12 @@ async def finish_success(deps: Deps, job: Job, status: ProviderStatus) -> None:
 
 async def _succeed_in(
     conn: Conn, job_id: str, provider: str, cost: int, video_url: str | None, dest: str, now: str,
-    fence: str | None,
+    fence: str | None, finished_at: str,
 ) -> bool:
     moved = await jobstore.update_job(
         conn, job_id, expect=[JobStatus.SUBMITTED, JobStatus.RUNNING], now=now, fence=fence,
         set_={"status": JobStatus.SUCCEEDED, "progress": 100, "cost_micros": cost,
-              "video_url": video_url, "finished_at": now},
+              "video_url": video_url, "finished_at": finished_at},
     )
     if moved:
         await ledger.charge(conn, job_id, cost, now)
@@ -591,7 +615,8 @@ async def fail_job(
         "failure", now, deps.leases.fence,
     )
     if moved:
-        log.info("job %s failed: %s (%s)", job.id, kind.value, detail)
+        logs.state_change(log, job, job.status, JobStatus.FAILED, detail=f"{kind.value} ({detail})", kind=kind)
+        deps.metrics.job_ended(job, kind.value)
     return moved
 
 
@@ -613,6 +638,10 @@ async def cancel_job(deps: Deps, job: Job, *, by_user: str | None, provider_side
         # a person may cancel from any replica; the provider's own cancel is the watcher's news
         deps.leases.fence if provider_side else None,
     )
+    if moved:
+        logs.state_change(log, job, job.status, JobStatus.CANCELLED,
+                          detail=f"by {by_user}" if by_user else "at the provider")
+        deps.metrics.job_ended(job, FailureKind.CANCELLED.value)
     if moved and not provider_side and job.provider_job_id:
         await _cancel_at_provider(deps, job, job.provider_job_id)
     if moved and job.approval_key is not None:

@@ -12,7 +12,7 @@ import time
 import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import date, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -29,7 +29,7 @@ from bot.money import format_usd
 from bot.request_modal import OPEN_ACTION as OPEN_REQUEST_ACTION
 from storage import admin as settings_store
 from storage import jobs as jobstore
-from storage import ledger
+from storage import ledger, reports
 from storage.db import TurnTimeout
 from storage.ledger import UsageRow
 
@@ -40,6 +40,7 @@ HOME_JOBS = 10
 TOP_SPENDERS = 5
 PROMPT_CHARS = 120
 BAR_CELLS = 10
+WEEK_DAYS = 7  # admins see this many budget days' spend, today's included
 REFRESH_INTERVAL_S = 10.0  # at most one job-driven publish per person this often
 REFRESH_TIMEOUT_S = 10.0  # delivery waits no longer than this for the Home refresh
 HOME_TURN_WAIT_S = 10.0  # a publish waits this long for the one before it (this person's Home)
@@ -92,6 +93,8 @@ class WorkspaceState:
     cap_micros: int | None
     top: Sequence[UsageRow]
     providers: Sequence[ProviderHealth]
+    # net spend of the last seven budget days, oldest first, today last: (YYYY-MM-DD, micros)
+    week: Sequence[tuple[str, int]] | None = None
 
 
 # ---------------------------------------------------------------------- pure builders
@@ -190,10 +193,18 @@ def _workspace_blocks(ws: WorkspaceState, paused_reason: str | None) -> list[dic
                 f"• {p.label} (`{p.provider}`): :rotating_light: {_INCIDENT_WORDS.get(kind, kind.value)}"
                 f" (`{kind.value}`{since})"
             )
+    week: list[dict[str, Any]] = []
+    if ws.week:
+        days = " · ".join(f"`{day[5:]}` {format_usd(micros)}" for day, micros in ws.week)
+        week = [{"type": "section", "text": {"type": "mrkdwn", "text": (
+            f"*Last {len(ws.week)} days:* {format_usd(sum(m for _, m in ws.week))} net of refunds"
+            f" · `/sora-admin report` for a chart\n{days}"
+        )}}]
     return [
         {"type": "divider"},
         {"type": "header", "text": {"type": "plain_text", "text": "Workspace today (admins only)", "emoji": True}},
         {"type": "section", "text": {"type": "mrkdwn", "text": f"*Workspace total*\n{total}"}},
+        *week,
         {"type": "section", "text": {"type": "mrkdwn", "text": "*Top spenders*\n" + "\n".join(top_lines)}},
         {"type": "section", "text": {"type": "mrkdwn", "text": f"*Requests*\n{state}"}},
         {"type": "section", "text": {"type": "mrkdwn", "text": "*Providers*\n" + ("\n".join(provider_lines) or "none configured")}},
@@ -281,6 +292,10 @@ async def _with_thread_links(deps: Deps, jobs: Sequence[Job]) -> list[Job]:
     return [replace(j, thread_permalink=found[j.id]) if j.id in found else j for j in jobs]
 
 
+def _days_before(day: str, n: int) -> str:
+    return (date.fromisoformat(day) - timedelta(days=n)).isoformat()
+
+
 async def home_for(deps: Deps, user_id: str) -> dict[str, Any]:
     """Read everything the person's Home shows and build it (admins get the workspace part)."""
     now = deps.clock()
@@ -297,6 +312,7 @@ async def home_for(deps: Deps, user_id: str) -> dict[str, Any]:
             spent_micros=ws.spent_micros, reserved_micros=ws.reserved_micros, cap_micros=budgets.workspace_micros,
             top=await ledger.usage_for_day(deps.db, day, budgets.default_user_micros),
             providers=await _provider_health(deps),
+            week=list((await deps.db.run_read(reports.net_by_day, _days_before(day, WEEK_DAYS - 1), day)).items()),
         )
     budget = BudgetState(limit, totals.spent_micros, totals.reserved_micros, now, next_reset(now, tz), tz)
     return home_view(budget=budget, jobs=jobs, paused_reason=budgets.paused_reason, workspace=workspace)

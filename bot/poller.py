@@ -16,7 +16,7 @@ from collections.abc import Coroutine
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
-from bot import flow
+from bot import flow, logs
 from bot.catalog import SIMULATOR
 from bot.clock import iso
 from bot.deps import Deps
@@ -208,6 +208,7 @@ class Poller:
             self._loaded.pop(job_id, None)
 
     async def _guard(self, job_id: str) -> None:
+        logs.job_context(job_id=job_id)  # this task's lines name its job, even a crash before its row is read
         while not self._closing:
             # the row from `resume` serves the first run only: a run after a crash reads afresh
             row, first_delay_s = self._loaded.pop(job_id, (None, None))
@@ -334,6 +335,8 @@ class Poller:
                 break
         # first polls spread over one window for all of them, not one per batch
         self._watch_spread(fresh, take=True)
+        # jobs nobody watched: a dead or stopped replica's (this one's own before a restart, too)
+        self.deps.metrics.takeovers.inc(len(fresh))
         return len(fresh)
 
     def _lease_until(self, now: datetime | None = None) -> str:

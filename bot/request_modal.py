@@ -344,6 +344,7 @@ async def finish_with_image(deps: Deps, *, user_id: str, team_id: str | None, ou
             thread_ts=thread_ts, dedupe_key=dedupe, image=image,
         )
     except (InvalidRequest, BudgetExceeded, NotAllowed) as exc:
+        deps.metrics.refused(exc)
         return f":warning: {exc.user_message()} Nothing was charged."
     return f"Got it: job `{job.id}`, {format_usd(job.estimate_micros)} reserved. The video will appear in the conversation you picked."
 

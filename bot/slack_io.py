@@ -7,6 +7,8 @@ retried by the client's retry handlers) and degrades to what still reaches the u
 from __future__ import annotations
 
 import logging
+import re
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -24,6 +26,7 @@ from bot import messages
 from bot.deps import Deps
 from bot.errors import SlackRefused
 from bot.fallback import fallback_for
+from bot.metrics import Metrics
 from bot.models import Job, JobStatus
 from storage import approvals, compares
 from storage import jobs as jobstore
@@ -40,23 +43,73 @@ SLACK_TIMEOUT_S = 30
 
 
 def make_slack_client(
-    token: str | None, base_url: str, *, session: aiohttp.ClientSession | None = None
+    token: str | None, base_url: str, *, session: aiohttp.ClientSession | None = None,
+    metrics: Metrics | None = None,
 ) -> AsyncWebClient:
     """The one Web API client: Slack's own retry handlers for 429 (Retry-After) and resets.
 
     Pass `session` (made inside the running loop, closed by its owner) to reuse connections;
     without one slack_sdk opens a session per call. A session's own timeout then applies.
+    With `metrics`, every call is counted and timed (`MeteredWebClient`).
     """
-    return AsyncWebClient(
+    kwargs: dict[str, Any] = dict(
         token=token,
         base_url=base_url,
         timeout=SLACK_TIMEOUT_S,
         session=session,
         retry_handlers=[
             AsyncConnectionErrorRetryHandler(max_retry_count=2),
-            AsyncRateLimitErrorRetryHandler(max_retry_count=5),
+            _RateLimitRetries(metrics, max_retry_count=5),
         ],
     )
+    return AsyncWebClient(**kwargs) if metrics is None else MeteredWebClient(metrics, **kwargs)
+
+
+_SLACK_ERROR_NAME = re.compile(r"[a-z0-9_]{1,48}")
+
+
+class MeteredWebClient(AsyncWebClient):
+    """Counts and times every Web API call, by method and result. Every slack_sdk method
+    (chat_postMessage, files_getUploadURLExternal, …) goes through `api_call`."""
+
+    def __init__(self, metrics: Metrics, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.metrics = metrics
+
+    async def api_call(self, api_method: str, **kwargs: Any) -> Any:  # type: ignore[override]
+        started = time.perf_counter()
+        result = "ok"
+        try:
+            return await super().api_call(api_method, **kwargs)
+        except SlackApiError as exc:
+            error = slack_error(exc)
+            # Slack's error names are a small vocabulary; anything else (a proxy's page) is one label
+            result = ("rate_limited" if exc.response.status_code == 429
+                      else error if _SLACK_ERROR_NAME.fullmatch(error) else "error")
+            raise
+        except Exception:
+            result = "unreachable"
+            raise
+        except BaseException:
+            result = "cancelled"
+            raise
+        finally:
+            self.metrics.slack_calls.labels(api_method, result).inc()
+            self.metrics.slack_call_seconds.labels(api_method).observe(time.perf_counter() - started)
+
+
+class _RateLimitRetries(AsyncRateLimitErrorRetryHandler):
+    """Slack's own 429 handler (it waits Retry-After and tries again), counting each 429: the
+    retried ones never reach `api_call`'s caller."""
+
+    def __init__(self, metrics: Metrics | None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.metrics = metrics
+
+    async def can_retry_async(self, *, state: Any, request: Any, response: Any = None, error: Any = None) -> bool:
+        if self.metrics is not None and response is not None and response.status_code == 429:
+            self.metrics.slack_rate_limited.labels(str(request.url).rsplit("/", 1)[-1]).inc()
+        return await super().can_retry_async(state=state, request=request, response=response, error=error)
 
 
 def slack_error(exc: SlackApiError) -> str:

@@ -16,6 +16,12 @@ async def on_sora_admin_command(ack: AsyncAck, command: dict[str, Any], respond:
     deps: Deps = context["deps"]
     result = await admin.handle_admin(deps, command.get("text") or "", actor=command["user_id"])
     await respond(text=result.text, response_type="ephemeral")
+    if result.then is not None:
+        # Still this listener's task, which shutdown waits for (bot.app.ListenerTasks): no
+        # task of its own that a stop would drop halfway
+        note = await result.then()
+        if note:
+            await respond(text=note, response_type="ephemeral")
 
 
 def register(app: AsyncApp) -> None:

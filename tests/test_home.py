@@ -419,6 +419,8 @@ def sample_views() -> dict[str, dict[str, Any]]:
              UsageRow("U0DAN", "2026-11-25", 20_000_000, 0, 0, 0)],
         providers=[home.ProviderHealth("openai", "OpenAI"),
                    home.ProviderHealth("veo", "Google Veo", ((FailureKind.QUOTA_EXHAUSTED, "q2w3e4r5"),))],
+        week=[("2026-11-19", 12_400_000), ("2026-11-20", 8_000_000), ("2026-11-21", 0), ("2026-11-22", 2_400_000),
+              ("2026-11-23", 15_200_000), ("2026-11-24", 9_600_000), ("2026-11-25", 7_400_000)],
     )
     return {
         "user": home.home_view(budget=_budget(), jobs=_sample_jobs()),

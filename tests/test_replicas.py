@@ -21,6 +21,7 @@ from bot.cli import jobs_json
 from bot.models import FailureKind, JobStatus
 from storage import jobs as jobstore
 from tests.conftest import fresh_postgres_database
+from tests.prom import parse, scrape, value
 from tests.slack_requests import post_signed, slash_body
 
 LEASE_S = 3
@@ -83,6 +84,8 @@ async def test_a_dead_replicas_job_is_taken_over_and_finished_once(make_bot, sla
         if await submitted():
             break
         await asyncio.sleep(0.05)
+    held = parse((await scrape(a)).text), parse((await scrape(b)).text)
+    assert [value(m, "sora_leases_held") for m in held] == [1, 0]
     _crash(a)
     started = asyncio.get_running_loop().time()
     await slack.wait_for(lambda: any(m.files for m in slack.messages), timeout=LEASE_S + 8)
@@ -93,6 +96,9 @@ async def test_a_dead_replicas_job_is_taken_over_and_finished_once(make_bot, sla
     assert job.status is JobStatus.SUCCEEDED and job.cost_micros == job.estimate_micros
     assert sum(bool(m.files) for m in slack.messages) == 1
     assert _submits(a, b) == 1  # taken over, never sent again
+    after = parse((await scrape(b)).text)
+    assert value(after, "sora_takeovers_total") == 1
+    assert value(after, "sora_jobs_finished_total", provider="simulator", model="simulator", outcome="succeeded") == 1
     ledger_rows = await b.deps.db.fetchall("SELECT state, charged_micros FROM ledger WHERE job_id = ?", (job_id,))
     assert [tuple(r) for r in ledger_rows] == [("charged", job.estimate_micros)]
 
