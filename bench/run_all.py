@@ -27,6 +27,7 @@ BENCHES = {
     "http_client": ("bench_http_client.py", "http_client", 120),
     "wait_memory": ("bench_wait_memory.py", "wait_memory", 120),
     "delivery_memory": ("bench_delivery_memory.py", "delivery_memory", 240),
+    "join": ("bench_join.py", "join", 300),
     "polling": ("bench_polling.py", "polling", 240),
     "callbacks": ("bench_callbacks.py", "callbacks", 240),
     "ack_burst": ("bench_ack_burst.py", "ack_burst", 400),
