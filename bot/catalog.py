@@ -74,6 +74,10 @@ class ModelSpec:
     # waits that long before looking closely (bot/schedule.py). 0 = unknown. Too high a
     # value makes videos late, so only documented minimums go here.
     min_render_s: float = 0.0
+    # Long videos (bot/segments.py): the seconds one native extension call may add (empty =
+    # the provider has none here) and the longest video that extending may reach.
+    extend_seconds: tuple[int, ...] = ()
+    max_total_seconds: int = 0
 
     @property
     def resolutions(self) -> tuple[str, ...]:
@@ -164,6 +168,7 @@ _FIELDS = {
     "route", "provider_model", "label", "durations", "default_duration", "prices", "aspect_ratios",
     "default_resolution", "default_aspect", "durations_by_resolution", "image", "audio", "min_render_s",
     "price_source", "retired", "replacement", "if_retired", "renamed_from", "via",
+    "extend_seconds", "max_total_seconds",
 }
 _VIA_FIELDS = _FIELDS - {"route", "renamed_from", "via"}
 _REQUIRED = ("route", "durations", "prices")
@@ -373,6 +378,7 @@ def _spec(model_id: str, table: dict[str, Any], route: str, where: str) -> Model
     min_render = t.get("min_render_s", 0)
     if isinstance(min_render, bool) or not isinstance(min_render, (int, float)) or not 0 <= min_render <= 3600:
         raise CatalogError(f"{where}: min_render_s must be a number of seconds from 0 to 3600")
+    extend, max_total = _extension(t, durations, where)
     provider_model = _text(t, "provider_model", where) or _default_provider_model(model_id, route)
     return ModelSpec(
         id=model_id, provider=route, provider_model=provider_model,
@@ -383,8 +389,24 @@ def _spec(model_id: str, table: dict[str, Any], route: str, where: str) -> Model
         retired_note=_text(t, "if_retired", where),
         retired=_text(t, "retired", where), replacement=(_text(t, "replacement", where) or "").lower() or None,
         durations_by_resolution=by_res, audio=_flag(t, "audio", where), image_to_video=_flag(t, "image", where),
-        min_render_s=float(min_render),
+        min_render_s=float(min_render), extend_seconds=extend, max_total_seconds=max_total,
     )
+
+
+def _extension(t: dict[str, Any], durations: tuple[int, ...], where: str) -> tuple[tuple[int, ...], int]:
+    """(extend_seconds, max_total_seconds); an empty extend_seconds turns extension off, so an
+    admin can switch off what the built-in catalog offers without also removing the cap."""
+    raw = t.get("extend_seconds", [])
+    extend = () if raw == [] else _durations(raw, f"{where} extend_seconds")
+    if not extend:
+        return (), 0
+    cap = t.get("max_total_seconds")
+    if cap is None:
+        raise CatalogError(f"{where}: extend_seconds needs max_total_seconds, the longest an extended video may be")
+    if isinstance(cap, bool) or not isinstance(cap, int) or not durations[-1] < cap <= 600:
+        raise CatalogError(f"{where}: max_total_seconds must be whole seconds, longer than its longest clip "
+                           f"({durations[-1]} s) and at most 600")
+    return extend, cap
 
 
 # --- building the catalog ----------------------------------------------------------------------
@@ -423,8 +445,10 @@ def build_catalog(
         if GATEWAY in configured and model_id in gateway_set and GATEWAY not in routes:
             # the gateway serves a model the catalog knows elsewhere: same limits, its own name
             known = _spec(model_id, table, routes[0], where)
+            # the gateway's API has no extension call, whatever the provider's own has
             offered[model_id] = replace(known, provider=GATEWAY, provider_model=model_id,
-                                        label=f"{known.label} (through the gateway)", retired=None)
+                                        label=f"{known.label} (through the gateway)", retired=None,
+                                        extend_seconds=(), max_total_seconds=0)
             continue
         usable = [r for r in routes if r in configured and (r != GATEWAY or on_gateway)]
         if model_id == SIMULATOR:  # never "configured": offered when asked for (or when alone, below)
