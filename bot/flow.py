@@ -136,10 +136,9 @@ async def accept_requests(
         deps.metrics.requests_accepted.labels(source).inc()
         for job in got.jobs:
             deps.metrics.money_moved("reserved", job.provider, job.estimate_micros)
-    if got.created and deps.poller is not None:
-        for job in got.jobs:
             logs.state_change(log, job, None, job.status)
-            deps.poller.take(job)  # just stored: its task needn't read it again
+            if deps.poller is not None:
+                deps.poller.take(job)  # just stored: its task needn't read it again
     return got
 
 
