@@ -34,6 +34,8 @@ _MIGRATION_LOCK = 0x50_52_41_00_01
 _RETRIES = 3
 # The NOTIFY channel replicas tell each other things on (storage.db.Database.notify).
 CHANNEL = "sora_bot"
+# the longest wait between tries to open a LISTEN connection that dropped
+RELISTEN_MAX_S = 30.0
 
 
 @lru_cache(maxsize=2048)
@@ -107,7 +109,8 @@ class PostgresDatabase(Database):
         self._pool: asyncpg.Pool | None = None
         self._local_turns = {}
         self._listener: asyncpg.Connection | None = None  # LISTEN needs a connection of its own
-        self._lost_listener: Callable[[object], None] | None = None
+        self._on_message: Callable[[str], None] | None = None
+        self._relisten: asyncio.Task[None] | None = None  # reopening a LISTEN connection that dropped
         # session-level advisory locks (`one_at_a_time`), one query at a time on it
         self._session: asyncpg.Connection | None = None
         self._session_lock = asyncio.Lock()
@@ -221,17 +224,45 @@ class PostgresDatabase(Database):
             return self._session
 
     async def listen(self, on_message: Callable[[str], None]) -> None:
-        def heard(_conn: object, _pid: int, _channel: str, payload: str) -> None:
-            on_message(payload)
+        self._on_message = on_message
+        await self._open_listener()
 
-        def lost(_conn: object) -> None:
-            # the heartbeat's claims and the safety polls still find every job, only later
-            log.warning("the LISTEN connection to %s closed; replicas' pokes reach this one no more", self.describe())
+    async def _open_listener(self) -> None:
+        conn = await asyncpg.connect(self.url)
+        try:
+            await conn.add_listener(CHANNEL, self._heard)
+        except BaseException:
+            await conn.close()
+            raise
+        conn.add_termination_listener(self._listener_lost)
+        self._listener = conn
 
-        self._listener = await asyncpg.connect(self.url)
-        self._listener.add_termination_listener(lost)
-        self._lost_listener = lost
-        await self._listener.add_listener(CHANNEL, heard)
+    def _heard(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
+        if self._on_message is not None:
+            self._on_message(payload)
+
+    def _listener_lost(self, _conn: object) -> None:
+        # a restarted server, a failover, a proxy's idle timeout: until it is back, the
+        # heartbeat's claims and the safety polls still find every job, only later
+        log.warning("the LISTEN connection to %s closed; opening it again", self.describe())
+        self._listener = None
+        if self._relisten is None or self._relisten.done():
+            self._relisten = asyncio.get_running_loop().create_task(self._listen_again())
+
+    async def _listen_again(self) -> None:
+        delay = 0.5
+        while self._pool is not None:
+            try:
+                await self._open_listener()
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+                log.info("the LISTEN connection is not back yet (%s); next try in %.1f s", type(exc).__name__, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RELISTEN_MAX_S)
+                continue
+            log.info("the LISTEN connection to %s is back", self.describe())
+            # a replica that stopped meanwhile told nobody here: look for the jobs it handed back
+            self._heard(None, 0, CHANNEL, "claim")
+            return
 
     async def notify(self, message: str) -> None:
         assert self._pool is not None, "database not open"
@@ -252,10 +283,13 @@ class PostgresDatabase(Database):
         if self._session is not None:
             session, self._session = self._session, None
             await session.close()
+        if self._relisten is not None:
+            self._relisten.cancel()
+            await asyncio.gather(self._relisten, return_exceptions=True)
+            self._relisten = None
         if self._listener is not None:
             listener, self._listener = self._listener, None
-            if self._lost_listener is not None:
-                listener.remove_termination_listener(self._lost_listener)  # this close is no loss
+            listener.remove_termination_listener(self._listener_lost)  # this close is no loss
             await listener.close()
         if self._pool is not None:
             pool, self._pool = self._pool, None

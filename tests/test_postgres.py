@@ -205,3 +205,34 @@ async def test_an_admin_limit_change_waits_for_reservations_in_flight(replicas) 
     finally:
         await holder.close()
     assert (await replicas[2].fetchone("SELECT value FROM settings WHERE key = ?", (admin.WORKSPACE_BUDGET,)))[0] == "1000000"
+
+
+async def _until(predicate, what: str, timeout: float = 10.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not predicate():
+        assert loop.time() < deadline, f"waited {timeout:.0f} s for {what}"
+        await asyncio.sleep(0.05)
+
+
+async def test_a_dropped_listen_connection_is_opened_again(url) -> None:
+    """A restarted server or a proxy's idle timeout drops the LISTEN connection: the replica
+    opens it again, looks for handed-back jobs at once, and hears the others as before."""
+    db = await PostgresDatabase(url).open()
+    other = await PostgresDatabase(url).open()
+    heard: list[str] = []
+    try:
+        await db.listen(heard.append)
+        listening = "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND query LIKE 'LISTEN%'"
+        (pid,) = await other.fetchone(listening)
+        await other.execute("SELECT pg_terminate_backend(?)", (pid,))
+        await _until(lambda: heard == ["claim"], "the claim pass after the LISTEN connection came back")
+        await other.notify("wake:k7m2p9qx")
+        await _until(lambda: heard == ["claim", "wake:k7m2p9qx"], "a poke through the new connection")
+        (new_pid,) = await other.fetchone(listening)
+        assert new_pid != pid
+    finally:
+        await other.close()
+        await db.close()
+    # closed: a closed replica opens nothing again
+    assert db._relisten is None and db._listener is None
