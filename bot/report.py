@@ -255,13 +255,9 @@ def _reason(exc: BaseException) -> str:
 
 
 async def upload_png(deps: Deps, channel: str, png: bytes, *, filename: str, title: str, comment: str) -> None:
-    """Slack's v2 upload of bytes in memory, shared into `channel` with `comment`, as
-    `slack_io.upload_video` uploads videos: get a URL, POST the bytes, complete."""
-    got = await deps.slack.files_getUploadURLExternal(filename=filename, length=len(png))
-    upload_url, file_id = str(got["upload_url"]), str(got["file_id"])
-    r = await deps.http.post(upload_url, content=png, headers={"Content-Type": "application/octet-stream"})
-    if r.status_code >= 400:
-        raise httpx.HTTPStatusError(f"upload answered {r.status_code}", request=r.request, response=r)
+    """Slack's v2 upload of bytes in memory, shared into `channel` with `comment`."""
+    file_id = await slack_io.send_file(deps, filename=filename, size=len(png), content=png,
+                                       content_type="application/octet-stream")
     await deps.slack.files_completeUploadExternal(
         files=[{"id": file_id, "title": title}], channel_id=channel, initial_comment=comment,
     )

@@ -324,13 +324,8 @@ async def upload_video(
     upload is impossible; the caller then posts the link instead.
     """
     size = path.stat().st_size
-    filename = f"sora-{job.id}.mp4"
-    got = await deps.slack.files_getUploadURLExternal(filename=filename, length=size)
-    upload_url, file_id = str(got["upload_url"]), str(got["file_id"])
     with path.open("rb") as fh:
-        r = await deps.http.post(upload_url, content=_chunks(fh), headers={"Content-Length": str(size)})
-    if r.status_code >= 400:
-        raise httpx.HTTPStatusError(f"upload answered {r.status_code}", request=r.request, response=r)
+        file_id = await send_file(deps, filename=f"sora-{job.id}.mp4", size=size, content=_chunks(fh))
     await on_uploaded(file_id)
     files = [{"id": file_id, "title": messages.file_title(job)}]
     try:
@@ -341,6 +336,23 @@ async def upload_video(
         done = await _complete(deps, job, files, comment)
     shares = (done.get("files") or [{}])[0].get("shares") if isinstance(done.get("files"), list) else None
     return _share_ts(shares, job.channel_id)
+
+
+async def send_file(
+    deps: Deps, *, filename: str, size: int, content: Any, content_type: str | None = None
+) -> str:
+    """The first two steps of Slack's v2 upload: a URL for `size` bytes, then the bytes
+    (`content`: bytes, or an async iterator to stream them). Returns the file id, which
+    `files.completeUploadExternal` then shares. Raises SlackApiError / httpx.HTTPError."""
+    got = await deps.slack.files_getUploadURLExternal(filename=filename, length=size)
+    upload_url, file_id = str(got["upload_url"]), str(got["file_id"])
+    headers = {"Content-Length": str(size)}
+    if content_type is not None:
+        headers["Content-Type"] = content_type
+    r = await deps.http.post(upload_url, content=content, headers=headers)
+    if r.status_code >= 400:
+        raise httpx.HTTPStatusError(f"upload answered {r.status_code}", request=r.request, response=r)
+    return file_id
 
 
 async def _complete(deps: Deps, job: Job, files: list[dict[str, str]], comment: str) -> Any:
