@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
+from pathlib import Path
 
 
 class JobStatus(StrEnum):
@@ -74,6 +75,18 @@ class VideoSpec:
     external_id: str  # our job id: providers that accept one use it to dedupe
     image: ReferenceImage | None = None  # set for image-to-video
     audio: bool | None = None  # models that can add sound: None = the model's default
+    # A long video's segment that natively extends the one before (catalog `extend_seconds`):
+    # that segment's finished MP4, and the provider's id for the job that made it. The
+    # provider's answer is the whole video so far, not only the new seconds.
+    extend_video: Path | None = None
+    extend_from_job: str | None = None
+    # a long video's segment tried once more: a provider that wants a task id of its own for
+    # each create (Kling's external_task_id) gets one per attempt
+    attempt: int = 0
+
+    @property
+    def task_id(self) -> str:
+        return self.external_id if not self.attempt else f"{self.external_id}-{self.attempt}"
 
 
 @dataclass(frozen=True, slots=True)

@@ -459,7 +459,7 @@ def _sdk_refusals(body: dict[str, Any]) -> list[str]:
     if isinstance(body.get("input"), list):
         for step in body["input"]:
             blocks += step.get("content", []) if step.get("type") == "user_input" else [step]
-    content_types = {"text": gi.TextContent, "image": gi.ImageContent}
+    content_types = {"text": gi.TextContent, "image": gi.ImageContent, "video": gi.VideoContent}
     for i, block in enumerate(blocks):
         check(content_types.get(block.get("type"), gi.TextContent), block, f"input block {i}")
     return problems

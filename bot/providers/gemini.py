@@ -12,6 +12,10 @@ inline | uri). Where the docs and the SDK disagree, the SDK wins.
 
 Veo is no longer served on the Gemini API (shut down there on 2026-10-22): a `veo-*` model
 ends as ProviderRetired with a pointer to Omni or to Veo on Google's Agent Platform.
+
+A long video's later segments natively extend the one before (`VideoSpec.extend_video`):
+task `extend` with the whole video so far as a `video` input block; the answer is the input
+plus the 3-10 seconds added (see `build_interaction_request`).
 """
 
 from __future__ import annotations
@@ -68,6 +72,11 @@ DURATIONS_S: dict[str, tuple[int, int]] = {
 }
 # Inline videos kept between the poll that saw them and the download that writes them.
 INLINE_KEEP = 4
+# An extension adds 3-10 s (reference 2026-12 §1c, "Extension"), whatever the model's clips.
+EXTEND_DURATIONS_S = (3, 10)
+VIDEO_MIME = "video/mp4"
+# read the input video this many bytes at a time (a multiple of 3: the base64 pieces join)
+_READ_CHUNK = 3 * 1024 * 1024
 
 SUGGESTED_MODEL = "gemini-omni-flash"
 VEO_MOVED = (
@@ -114,12 +123,18 @@ def veo_retired_error(model: str) -> ProviderRetired:
     )
 
 
+def is_extension(spec: VideoSpec) -> bool:
+    """A segment that natively extends the previous one's video."""
+    return spec.extend_video is not None or spec.extend_from_job is not None
+
+
 def build_interaction_request(spec: VideoSpec) -> dict[str, Any]:
     """The create body, field for field as google-genai 3.6.1 sends it; InvalidProviderRequest
     before anything is sent.
 
     The SDK marks `response_modalities` deprecated in 3.6.1 (the `response_format` of type
-    video says what comes back), so it is left out.
+    video says what comes back), so it is left out. An extension reads `spec.extend_video`:
+    call this off the event loop then.
     """
     if spec.resolution not in RESOLUTIONS:
         raise InvalidProviderRequest(
@@ -131,6 +146,8 @@ def build_interaction_request(spec: VideoSpec) -> dict[str, Any]:
             f"{LABEL} makes 16:9 or 9:16 videos, not {spec.aspect_ratio}.",
             detail=f"aspect_ratio {spec.aspect_ratio!r} not in {ASPECT_RATIOS}",
         )
+    if is_extension(spec):
+        return _build_extension_request(spec)
     low, high = DURATIONS_S.get(spec.provider_model, (1, 600))
     if not low <= spec.duration_s <= high:
         raise InvalidProviderRequest(
@@ -169,6 +186,82 @@ def build_interaction_request(spec: VideoSpec) -> dict[str, Any]:
         },
         "generation_config": {"video_config": {"task": task}},
     }
+
+
+def _build_extension_request(spec: VideoSpec) -> dict[str, Any]:
+    """The create body that extends the previous segment's video by `spec.duration_s`.
+
+    google-genai 3.6.1's types offer two ways to hand Omni a video to work on, and nothing in
+    the SDK says which one `task: "extend"` reads: a `video` content block in `input`
+    (`_gaos/types/interactions/videocontent.py`: `{type: "video", data: <base64>, mime_type}`)
+    or `previous_interaction_id` (`createmodelinteraction.py`, "The ID of the previous
+    interaction"), which chains onto a stored interaction's context. The input block is the
+    one used when the file is here: the Agent Platform's extend-videos page describes
+    extension as "provide an input video", it needs nothing kept at Google (a stored
+    interaction can expire), and sending both would put the video in the context twice. It
+    goes inline, not as a Files API link, because Omni reportedly fails on Files links as
+    input (reference 2026-12 §1c, "Known bug"). `previous_interaction_id` (= the job that made
+    the video) is sent only when the file is missing. UNVERIFIED against the live API: probe
+    one extension before relying on it.
+
+    The result is the whole video (input + extension), over the ~4 MB inline cap for all but
+    the shortest, so it is always asked for as a link (`delivery: "uri"`).
+    """
+    low, high = EXTEND_DURATIONS_S
+    if not low <= spec.duration_s <= high:
+        raise InvalidProviderRequest(
+            f"{LABEL} extends a video by {low} to {high} seconds at a time, not {spec.duration_s}.",
+            detail=f"extension of {spec.duration_s}s outside {low}-{high}s",
+        )
+    if spec.image is not None:
+        raise InvalidProviderRequest(
+            f"{LABEL} can't start an extension from an image.",
+            detail="image and extend_video together",
+        )
+    body: dict[str, Any] = {"model": spec.provider_model}
+    if spec.extend_video is not None:
+        video = {"type": "video", "data": file_base64(spec.extend_video), "mime_type": VIDEO_MIME}
+        body["input"] = [
+            {"type": "user_input", "content": [{"type": "text", "text": spec.prompt}, video]}
+        ]
+    elif spec.extend_from_job is not None:
+        body["previous_interaction_id"] = spec.extend_from_job
+        body["input"] = spec.prompt
+    body.update(
+        background=True,
+        store=True,
+        response_format={
+            "type": "video",
+            "aspect_ratio": spec.aspect_ratio,
+            "resolution": spec.resolution,
+            "duration": f"{spec.duration_s}s",
+            "delivery": "uri",
+        },
+        generation_config={"video_config": {"task": "extend"}},
+    )
+    return body
+
+
+def file_base64(path: Path) -> str:
+    """A file's bytes as base64, read a few megabytes at a time (the file itself is never
+    held whole); InvalidProviderRequest when it can't be read or is empty."""
+    pieces: list[bytes] = []
+    rest = b""
+    try:
+        with path.open("rb") as f:
+            while block := f.read(_READ_CHUNK):
+                block = rest + block
+                cut = len(block) - len(block) % 3
+                pieces.append(base64.b64encode(block[:cut]))
+                rest = block[cut:]
+    except OSError as exc:
+        raise InvalidProviderRequest(
+            "The video to extend could not be read.", detail=f"{type(exc).__name__}: {exc}"
+        ) from exc
+    pieces.append(base64.b64encode(rest))
+    if pieces == [b""]:
+        raise InvalidProviderRequest("The video to extend is empty.", detail=f"{path.name}: 0 bytes")
+    return b"".join(pieces).decode("ascii")
 
 
 def find_video(body: Mapping[str, Any]) -> Mapping[str, Any] | None:
@@ -322,7 +415,10 @@ class GeminiProvider(HttpAdapter):
         """
         if is_retired_veo(spec.provider_model):
             raise veo_retired_error(spec.provider_model)
-        payload = build_interaction_request(spec)
+        if spec.extend_video is not None:  # reads and encodes the file: off the event loop
+            payload = await asyncio.to_thread(build_interaction_request, spec)
+        else:
+            payload = build_interaction_request(spec)
         try:
             response = await self._send(
                 "POST", f"{self._base}/interactions", op="submit", json=payload

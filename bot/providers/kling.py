@@ -351,7 +351,7 @@ class KlingProvider(HttpAdapter):
             "mode": kling_mode(spec.resolution),
             # Kling wants the length as a string ("5", "10").
             "duration": str(spec.duration_s),
-            "external_task_id": spec.external_id,
+            "external_task_id": spec.task_id,
         }
         if self._callback_url_for is not None:
             payload["callback_url"] = self._callback_url_for(spec.external_id)
@@ -409,7 +409,7 @@ class KlingProvider(HttpAdapter):
         except ProviderError as exc:
             log.info("Kling list for find_existing failed: %s", exc.detail)
             return None
-        task_id = find_task(body, spec.external_id)
+        task_id = find_task(body, spec.task_id)
         return job_id_for(key, task_id) if task_id is not None else None
 
 

@@ -6,6 +6,10 @@ Submit is `…/publishers/google/models/{model}:predictLongRunning`; the operati
 back inside the operation as base64: it is kept in memory for the download that follows, never
 stored as a "URL". A `gcsUri` result is read through the Cloud Storage JSON API with the same
 bearer token.
+
+A long video's later segments natively extend the one before (`VideoSpec.extend_video`): the
+request carries the whole video so far as `instances[0].video`, and the operation's video is
+the input plus the 7 seconds it adds (see `build_predict_request`).
 """
 
 from __future__ import annotations
@@ -78,14 +82,32 @@ _BIG_BODY_BYTES = 256 * 1024
 # inline videos kept between the poll that saw them and the download that writes them (a
 # video evicted early is fetched again by download(); each can be tens of megabytes)
 _KEPT_VIDEOS = 4
+# `gcsUri` results remembered so that extending one sends its location, not its bytes
+_KEPT_GCS_URIS = 64
+
+# Extension (reference 2026-12 §1a, "Extension", High): the input is a Veo MP4 of 1-30 s at
+# 24 fps; each call adds 7 s, for at most 37 s.
+EXTEND_ADDS_S = 7
+VIDEO_MIME = "video/mp4"
+# read the input video this many bytes at a time (a multiple of 3: the base64 pieces join)
+_READ_CHUNK = 3 * 1024 * 1024
 
 
-def build_predict_request(spec: VideoSpec) -> dict[str, Any]:
+def is_extension(spec: VideoSpec) -> bool:
+    """A segment that natively extends the previous one's video."""
+    return spec.extend_video is not None or spec.extend_from_job is not None
+
+
+def build_predict_request(spec: VideoSpec, *, video_gcs_uri: str | None = None) -> dict[str, Any]:
     """The `predictLongRunning` body; InvalidProviderRequest before anything is sent.
 
     `durationSeconds` is an integer: google-genai types it `int`, and the SDK that ships today
-    wins over the older docs that show "8".
+    wins over the older docs that show "8". An extension (`spec.extend_video` set) reads that
+    file, so call this off the event loop then; `video_gcs_uri` sends the input video's
+    Cloud Storage location instead of its bytes.
     """
+    if is_extension(spec):
+        return _build_extension_request(spec, video_gcs_uri)
     if spec.duration_s not in VEO_DURATIONS_S:
         raise InvalidProviderRequest(
             f"Veo makes videos of 4, 6 or 8 seconds, not {spec.duration_s}.",
@@ -122,6 +144,86 @@ def build_predict_request(spec: VideoSpec) -> dict[str, Any]:
     if spec.audio is not None:
         parameters["generateAudio"] = spec.audio
     return {"instances": [instance], "parameters": parameters}
+
+
+def _build_extension_request(spec: VideoSpec, video_gcs_uri: str | None) -> dict[str, Any]:
+    """The body that extends `spec.extend_video` (the whole video so far) by 7 seconds.
+
+    The shape is google-genai 3.6.1's for `generate_videos(source=GenerateVideosSource(
+    prompt=…, video=Video(video_bytes=… | uri=…, mime_type="video/mp4")))` on the Agent
+    Platform: `_GenerateVideosSource_to_vertex` puts the video at `instances[0].video` and
+    `_Video_to_vertex` writes it as `{bytesBase64Encoded | gcsUri, mimeType}`; the prompt stays
+    (optional there, sent here: it directs this segment). The SDK documents the video as "not
+    allowed if image is provided", so an image is refused.
+
+    `durationSeconds` is left out: the Agent Platform docs only say each call adds 7 s (no
+    value to ask for), an older Gemini API doc said it "must be 8" for extension, and the
+    SDK's own extension tests (tests/models/test_generate_videos.py,
+    `…extension_from_source…`) send none, so the SDK that ships today wins and the service's
+    fixed 7 s applies. `aspectRatio`
+    and `resolution` are sent as for any request: they are the input's, which the plan kept.
+    """
+    if spec.duration_s != EXTEND_ADDS_S:
+        raise InvalidProviderRequest(
+            f"Veo extends a video by {EXTEND_ADDS_S} seconds at a time, not {spec.duration_s}.",
+            detail=f"extension of {spec.duration_s}s; Veo adds {EXTEND_ADDS_S}s per call",
+        )
+    allowed = LITE_RESOLUTIONS if "-lite-" in spec.provider_model else VEO_RESOLUTIONS
+    if spec.resolution not in allowed:
+        raise InvalidProviderRequest(
+            f"{spec.provider_model} makes {', '.join(allowed)} videos, not {spec.resolution}.",
+            detail=f"resolution {spec.resolution!r} not in {allowed}",
+        )
+    if spec.aspect_ratio not in VEO_ASPECTS:
+        raise InvalidProviderRequest(
+            f"Veo makes 16:9 or 9:16 videos, not {spec.aspect_ratio}.",
+            detail=f"aspectRatio {spec.aspect_ratio!r} not in {VEO_ASPECTS}",
+        )
+    if spec.image is not None:
+        raise InvalidProviderRequest(
+            "Veo can't start an extension from an image.",
+            detail="image and video together (google-genai: video not allowed with image)",
+        )
+    video: dict[str, Any]
+    if video_gcs_uri is not None:
+        video = {"gcsUri": video_gcs_uri, "mimeType": VIDEO_MIME}
+    elif spec.extend_video is not None:
+        video = {"bytesBase64Encoded": file_base64(spec.extend_video), "mimeType": VIDEO_MIME}
+    else:
+        raise InvalidProviderRequest(
+            "The video to extend is missing.",
+            detail=f"extension of {spec.extend_from_job!r} without the video file",
+        )
+    parameters: dict[str, Any] = {
+        "sampleCount": 1,
+        "aspectRatio": spec.aspect_ratio,
+        "resolution": spec.resolution,
+    }
+    if spec.audio is not None:
+        parameters["generateAudio"] = spec.audio
+    return {"instances": [{"prompt": spec.prompt, "video": video}], "parameters": parameters}
+
+
+def file_base64(path: Path) -> str:
+    """A file's bytes as base64, read a few megabytes at a time (the file itself is never
+    held whole); InvalidProviderRequest when it can't be read or is empty."""
+    pieces: list[bytes] = []
+    rest = b""
+    try:
+        with path.open("rb") as f:
+            while block := f.read(_READ_CHUNK):
+                block = rest + block
+                cut = len(block) - len(block) % 3
+                pieces.append(base64.b64encode(block[:cut]))
+                rest = block[cut:]
+    except OSError as exc:
+        raise InvalidProviderRequest(
+            "The video to extend could not be read.", detail=f"{type(exc).__name__}: {exc}"
+        ) from exc
+    pieces.append(base64.b64encode(rest))
+    if pieces == [b""]:
+        raise InvalidProviderRequest("The video to extend is empty.", detail=f"{path.name}: 0 bytes")
+    return b"".join(pieces).decode("ascii")
 
 
 def rai_reason(reasons: Any) -> str | None:
@@ -277,6 +379,7 @@ class VeoProvider(HttpAdapter):
         self._base = (base_url or f"https://{location}-aiplatform.googleapis.com/v1").rstrip("/")
         self._storage = storage_base_url.rstrip("/")
         self._videos: OrderedDict[str, bytes] = OrderedDict()
+        self._gcs_uris: OrderedDict[str, str] = OrderedDict()  # operation name → its gcsUri
         self._secrets = ()
         super().__init__(client=client, max_concurrency=max_concurrency)
 
@@ -284,8 +387,15 @@ class VeoProvider(HttpAdapter):
         return f"projects/{self._project}/locations/{self._location}/publishers/google/models/{model}"
 
     async def submit(self, spec: VideoSpec) -> str:
-        """Start the operation; its full name ("projects/…/operations/…") is the job id."""
-        payload = build_predict_request(spec)
+        """Start the operation; its full name ("projects/…/operations/…") is the job id.
+
+        An extension sends the previous video's `gcsUri` when its poll here saw one, else the
+        file's bytes, read and encoded in a worker thread."""
+        if is_extension(spec):
+            gcs_uri = self._gcs_uris.get(spec.extend_from_job) if spec.extend_from_job else None
+            payload = await asyncio.to_thread(build_predict_request, spec, video_gcs_uri=gcs_uri)
+        else:
+            payload = build_predict_request(spec)
         url = f"{self._base}/{self._model_path(spec.provider_model)}:predictLongRunning"
         response = await self._send("POST", url, op="submit", json=payload)
         name = first_text(json_object(response, op="submit", label=LABEL), ("name",))
@@ -301,6 +411,11 @@ class VeoProvider(HttpAdapter):
         status, video = await self._fetch(provider_job_id)
         if video is not None:
             self._keep(provider_job_id, video)
+        if status.video_url is not None and status.video_url.startswith("gs://"):
+            self._gcs_uris[provider_job_id] = status.video_url
+            self._gcs_uris.move_to_end(provider_job_id)
+            while len(self._gcs_uris) > _KEPT_GCS_URIS:
+                self._gcs_uris.popitem(last=False)
         return status
 
     async def cancel(self, provider_job_id: str) -> bool:

@@ -33,8 +33,18 @@ Markers:
     [5xx-poll], [malformed]   the first polls → 502 / not JSON (tests.fakes.providers)
     [download-502]    the first `uri` download → 502
     [expired]         every `uri` download → 404
-An inline result at 1080p or 4k ends failed (over the ~4 MB inline cap). `uri_host` serves
-result links from another host name than the API, to prove the key is not sent there.
+An inline result at 1080p or 4k, or of more than 4 MB, ends failed (over the ~4 MB inline
+cap). `uri_host` serves result links from another host name than the API, to prove the key is
+not sent there.
+
+Extension (task `extend`, reference 2026-12 §1c): the video to extend is a `video` input block
+(`{type: "video", data: <base64> | uri, mime_type}`, google-genai's `VideoContent`) or, with no
+such block, the video of the finished interaction named by `previous_interaction_id`; an
+unknown `previous_interaction_id` is refused on any request. It adds 3-10 s, and when the
+input's length can be read (an MP4 `mvhd`) the total may not pass 30 s (the Gemini API's
+reported cap, Low confidence). The finished interaction's video is `make_video(body)` when a
+test sets that callable (e.g. real MP4s of the input's length + the seconds added), else the
+usual `video_bytes(id)`; an extension job's `extra` says `input_seconds` and `added_seconds`.
 """
 
 from __future__ import annotations
@@ -51,6 +61,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from tests.fakes.google_agent import MakeVideo, mp4_seconds
 from tests.fakes.providers import FakeJob, _FakeServer, video_bytes
 
 SERVED = {
@@ -87,7 +98,15 @@ IMAGE_MIMES = (
     "image/png", "image/jpeg", "image/webp", "image/heic", "image/heif", "image/gif",
     "image/bmp", "image/tiff",
 )
+# google-genai 3.6.1, _gaos/types/interactions/videocontent.py: VideoContentMimeType
+VIDEO_MIMES = (
+    "video/mp4", "video/mpeg", "video/mpg", "video/mov", "video/avi", "video/x-flv", "video/webm",
+    "video/wmv", "video/3gpp",
+)
 INLINE_CAPPED = ("1080p", "4k")
+INLINE_CAP_BYTES = 4 * 1024 * 1024
+EXTEND_ADDS_S = (3, 10)
+EXTEND_TOTAL_S = 30.0
 _DURATION = re.compile(r"^(\d+)s$")
 
 SAFETY_MESSAGE = (
@@ -159,6 +178,16 @@ def _content_problem(item: Any, where: str) -> str | None:
         if "mime_type" in item and item["mime_type"] not in IMAGE_MIMES:
             return f"{where}.mime_type must be one of {', '.join(IMAGE_MIMES)}"
         return None
+    if kind == "video":
+        if "data" in item and not _is_base64(item["data"]):
+            return f"{where}.data must be base64 video bytes"
+        if "uri" in item and not isinstance(item["uri"], str):
+            return f"{where}.uri must be a string"
+        if "data" not in item and "uri" not in item:
+            return f"{where} needs data or uri"
+        if "mime_type" in item and item["mime_type"] not in VIDEO_MIMES:
+            return f"{where}.mime_type must be one of {', '.join(VIDEO_MIMES)}"
+        return None
     return f"{where}.type {kind!r} is not supported for video generation"
 
 
@@ -223,8 +252,15 @@ def request_problem(body: dict[str, Any]) -> str | None:
     match = _DURATION.match(duration) if isinstance(duration, str) else None
     if match is None:
         return f"response_format.duration must be a string like \"8s\", not {duration!r}"
+    config = body.get("generation_config", {})
+    video_config = config.get("video_config", {}) if isinstance(config, dict) else {}
+    extending = isinstance(video_config, dict) and video_config.get("task") == "extend"
     served = SERVED.get(model)
-    if served is not None:
+    if extending:
+        low, high = EXTEND_ADDS_S
+        if not low <= int(match.group(1)) <= high:
+            return f"response_format.duration must be from {low}s to {high}s to extend a video"
+    elif served is not None:
         low, high = served[1]
         if not low <= int(match.group(1)) <= high:
             return f"response_format.duration must be from {low}s to {high}s for {model}"
@@ -241,6 +277,17 @@ def request_problem(body: dict[str, Any]) -> str | None:
         return f"generation_config.video_config.task must be one of {', '.join(TASKS)}"
     if task == "image_to_video" and not any(b.get("type") == "image" for b in blocks):
         return "image_to_video needs an image in the input"
+    if task == "extend" and any(b.get("type") == "image" for b in blocks):
+        return "extend takes a video to extend, not an image"
+    if task == "extend" and sum(b.get("type") == "video" for b in blocks) > 1:
+        return "extend takes one video to extend"
+    if task == "extend" and not any(b.get("type") == "video" for b in blocks) and not body.get(
+        "previous_interaction_id"
+    ):
+        return "extend needs a video in the input or a previous_interaction_id"
+    prev = body.get("previous_interaction_id")
+    if prev is not None and (not isinstance(prev, str) or not prev):
+        return "previous_interaction_id must be a string"
     return None
 
 
@@ -263,6 +310,8 @@ class FakeGeminiServer(_FakeServer):
         self.uri_host = uri_host
         self.model_lookups: list[str] = []
         self._files: dict[str, str] = {}  # file id → interaction id
+        # the bytes of each finished video: set it to make real MP4s; None = video_bytes(id)
+        self.make_video: MakeVideo | None = None
 
     @property
     def base_url(self) -> str:
@@ -325,7 +374,8 @@ class FakeGeminiServer(_FakeServer):
 
     async def _create(self, request: web.Request) -> web.Response:
         try:
-            body = await request.json()
+            # read to the end from the stream: request.json() stops at aiohttp's 1 MB default
+            body = json.loads(await request.content.read())
         except (json.JSONDecodeError, UnicodeDecodeError):
             self.create_attempts.append({})
             return interactions_error(400, "INVALID_ARGUMENT", "Invalid JSON payload received.")
@@ -350,6 +400,9 @@ class FakeGeminiServer(_FakeServer):
         if isinstance(model, str) and model and model not in SERVED:
             return interactions_error(404, "NOT_FOUND", _not_found_message(model, "interactions"))
         problem = request_problem(body)
+        extra: dict[str, Any] = {}
+        if problem is None:
+            problem, extra = self._extension_problem(body)
         if problem is not None:
             self.create_attempts[-1] = {**body, "refused": problem}
             return interactions_error(400, "INVALID_ARGUMENT", problem)
@@ -364,13 +417,52 @@ class FakeGeminiServer(_FakeServer):
             model=str(body["model"]),
             body=body,
             created_at=now,
-            extra={"file": f"vid{uuid.uuid4().hex[:12]}"},
+            extra={"file": f"vid{uuid.uuid4().hex[:12]}", **extra},
         )
         self.jobs[job.id] = job
         self._files[job.extra["file"]] = job.id
         self.submits.append(body)
         await self._slow_if_asked(job)
         return web.json_response(self._body(job, "in_progress"))
+
+    def _extension_problem(self, body: dict[str, Any]) -> tuple[str | None, dict[str, Any]]:
+        """(why a previous interaction or a video to extend is refused, what the job records)."""
+        prev = body.get("previous_interaction_id")
+        source = self.jobs.get(prev) if isinstance(prev, str) else None
+        if prev is not None and source is None:
+            return f"previous_interaction_id {prev!r}: no such interaction", {}
+        if body.get("generation_config", {}).get("video_config", {}).get("task") != "extend":
+            return None, {}
+        blocks, _ = _input_parts(body.get("input"))
+        if not any(b.get("type") == "video" for b in blocks) and self.input_video(body) is None:
+            return f"previous_interaction_id {prev!r} has no finished video to extend", {}
+        data = self.input_video(body)  # None for a link: its length can't be told cheaply
+        seconds = mp4_seconds(data) if data is not None else None
+        added = int(_DURATION.match(body["response_format"].get("duration", "8s")).group(1))  # type: ignore[union-attr]
+        if seconds is not None and seconds + added > EXTEND_TOTAL_S:
+            return (f"The extended video would be {seconds + added:.1f} s long; the longest is "
+                    f"{EXTEND_TOTAL_S:g} s."), {}
+        return None, {"input_seconds": seconds, "added_seconds": added}
+
+    def input_video(self, body: dict[str, Any]) -> bytes | None:
+        """The bytes of the video a create body works on: its inline `video` block, else the
+        video of the finished interaction `previous_interaction_id` names; None for neither."""
+        blocks, _ = _input_parts(body.get("input"))
+        video = next((b for b in blocks if b.get("type") == "video"), None)
+        if video is not None:
+            return base64.b64decode(video["data"]) if "data" in video else None
+        source = self.jobs.get(str(body.get("previous_interaction_id")))
+        if source is None or self._status(source) != "completed" or source.has("[no-video]"):
+            return None
+        return self.video_of(source)
+
+    def video_of(self, job: FakeJob) -> bytes:
+        """The finished video's bytes: `make_video(body)` (made once), else video_bytes."""
+        if self.make_video is None:
+            return video_bytes(job.id)
+        if "video" not in job.extra:
+            job.extra["video"] = self.make_video(job.body)
+        return job.extra["video"]
 
     def _done(self, job: FakeJob) -> bool:
         return not job.has("[stuck]") and time.time() - job.created_at >= self.run_seconds
@@ -392,7 +484,9 @@ class FakeGeminiServer(_FakeServer):
 
     def _inline_too_big(self, job: FakeJob) -> bool:
         fmt = job.body["response_format"]
-        return self._delivery(job) == "inline" and fmt.get("resolution", "720p") in INLINE_CAPPED
+        if self._delivery(job) != "inline":
+            return False
+        return fmt.get("resolution", "720p") in INLINE_CAPPED or len(self.video_of(job)) > INLINE_CAP_BYTES
 
     def _body(self, job: FakeJob, status: str) -> dict[str, Any]:
         blocks, _ = _input_parts(job.body.get("input"))
@@ -417,7 +511,7 @@ class FakeGeminiServer(_FakeServer):
             elif self._delivery(job) == "uri":
                 content = {"type": "video", "mime_type": "video/mp4", "uri": self.video_uri(job.extra["file"])}
             else:
-                data = "not base64 !!" if job.has("[bad-data]") else base64.b64encode(video_bytes(job.id)).decode()
+                data = "not base64 !!" if job.has("[bad-data]") else base64.b64encode(self.video_of(job)).decode()
                 content = {"type": "video", "mime_type": "video/mp4", "data": data}
             answer["steps"].append({"type": "model_output", "content": [content]})
             answer["usage"] = {"total_tokens": 58_000}
@@ -500,4 +594,4 @@ class FakeGeminiServer(_FakeServer):
         job = self._ready_job(request.match_info["file"])
         if job is None:
             return web.Response(status=404, text="Not Found")
-        return web.Response(body=video_bytes(job.id), content_type="video/mp4")
+        return web.Response(body=self.video_of(job), content_type="video/mp4")

@@ -31,6 +31,15 @@ Markers (in `instances[0].prompt`):
     [expired]        (implies [gcs]) every media download → 404
     [5xx-poll] / [malformed]   the shared poll faults of tests.fakes.providers
 Otherwise the video comes inline as `bytesBase64Encoded`, as it does without `storageUri`.
+
+Extension (reference 2026-12 §1a; google-genai's `_GenerateVideosSource_to_vertex`):
+`instances[0].video` = `{bytesBase64Encoded | gcsUri, mimeType: "video/mp4"}`, the prompt
+optional, no `image` beside it, `durationSeconds` absent or 7 (each call adds 7 s), the
+resolution rule for 8-second videos not applied. A `gcsUri` must name a finished result of
+this fake. When the input's length can be read (an MP4 `mvhd`), an input outside 1-30 s is
+refused. The finished operation's video is `make_video(body)` when a test sets that callable
+(e.g. real MP4s of the input's length + 7 s), else the usual `video_bytes(name)`; every job's
+`extra` says `input_seconds` (None when unreadable) and `added_seconds` for an extension.
 """
 
 from __future__ import annotations
@@ -40,9 +49,11 @@ import binascii
 import functools
 import json
 import shutil
+import struct
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -92,6 +103,10 @@ _BOOLS = ("enhancePrompt", "generateAudio")
 _STRS = ("storageUri", "aspectRatio", "resolution", "personGeneration", "pubsubTopic",
          "negativePrompt", "compressionQuality", "resizeMode")
 _GCS_MARKERS = ("[gcs]", "[download-502]", "[expired]")
+VIDEO_NAMES = frozenset({"bytesBase64Encoded", "gcsUri", "mimeType"})
+EXTEND_ADDS_S = 7
+EXTEND_INPUT_S = (1.0, 30.0)
+MakeVideo = Callable[[dict[str, Any]], bytes]
 
 
 @functools.cache
@@ -123,6 +138,46 @@ def _oauth_error(error: str, description: str, status: int = 400) -> web.Respons
 
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def mp4_seconds(data: bytes) -> float | None:
+    """An MP4's length from its `moov/mvhd` box, or None when it has none (cheap: reads only
+    box headers)."""
+    moov = _box(data, 0, len(data), b"moov")
+    mvhd = _box(data, moov[0], moov[1], b"mvhd") if moov else None
+    if mvhd is None:
+        return None
+    start, end = mvhd
+    try:
+        version = data[start]
+        if version == 1:
+            timescale, duration = struct.unpack_from(">IQ", data, start + 20)
+        else:
+            timescale, duration = struct.unpack_from(">II", data, start + 12)
+    except (IndexError, struct.error):
+        return None
+    return duration / timescale if timescale else None
+
+
+def _box(data: bytes, start: int, end: int, kind: bytes) -> tuple[int, int] | None:
+    """(payload start, payload end) of the first `kind` box between start and end."""
+    at = start
+    while at + 8 <= end:
+        size, name = struct.unpack_from(">I4s", data, at)
+        header = 8
+        if size == 1:
+            if at + 16 > end:
+                return None
+            (size,) = struct.unpack_from(">Q", data, at + 8)
+            header = 16
+        elif size == 0:
+            size = end - at
+        if size < header or at + size > end:
+            return None
+        if name == kind:
+            return at + header, at + size
+        at += size
+    return None
 
 
 def _decodes(data: Any) -> bool:
@@ -166,6 +221,8 @@ class FakeAgentPlatformServer(_FakeServer):
         self._issued: dict[str, float] = {}  # access token → expiry (epoch s)
         self._objects: dict[str, str] = {}  # GCS object name → operation name
         self._dir: Path | None = None
+        # the bytes of each finished video: set it to make real MP4s; None = video_bytes(name)
+        self.make_video: MakeVideo | None = None
 
     # --- the service account ---
 
@@ -313,7 +370,8 @@ class FakeAgentPlatformServer(_FakeServer):
 
     async def _create(self, request: web.Request) -> web.Response:
         try:
-            body = await request.json()
+            # read to the end from the stream: request.json() stops at aiohttp's 1 MB default
+            body = json.loads(await request.content.read())
         except (json.JSONDecodeError, UnicodeDecodeError):
             body = None
         if not isinstance(body, dict):
@@ -340,6 +398,9 @@ class FakeAgentPlatformServer(_FakeServer):
                 details=[{"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": self.retry_delay}],
             )
         problem = self.invalid_body(model, body)
+        extra: dict[str, Any] = {}
+        if problem is None and "video" in instance:
+            problem, extra = self._extension_problem(instance["video"], body.get("parameters") or {})
         if problem is not None:
             self.create_attempts[-1] = {**body, "refused": problem}
             return google_error(400, "INVALID_ARGUMENT", problem)
@@ -347,7 +408,7 @@ class FakeAgentPlatformServer(_FakeServer):
         name = f"{self.model_path(model)}/operations/{op_id}"
         job = FakeJob(
             id=name, prompt=prompt, model=model, body=body, created_at=time.time(),
-            extra={"object": f"veo/{op_id}/sample_0.mp4"},
+            extra={"object": f"veo/{op_id}/sample_0.mp4", **extra},
         )
         self.jobs[name] = job
         self._objects[job.extra["object"]] = name
@@ -368,11 +429,20 @@ class FakeAgentPlatformServer(_FakeServer):
         unknown = set(instance) - INSTANCE_NAMES
         if unknown:
             return f'Invalid JSON payload received. Unknown name "{sorted(unknown)[0]}" at \'instances[0]\'.'
-        prompt, image = instance.get("prompt"), instance.get("image")
+        prompt, image, video = instance.get("prompt"), instance.get("image"), instance.get("video")
         if prompt is not None and not isinstance(prompt, str):
             return "instances[0].prompt must be a string."
-        if not prompt and image is None:
+        if not prompt and image is None and video is None:
             return "instances[0].prompt is required."
+        if image is not None and video is not None:
+            return "instances[0] takes an image or a video to extend, not both."
+        if video is not None:
+            if not isinstance(video, dict) or set(video) - VIDEO_NAMES:
+                return "instances[0].video has unknown fields."
+            if not _decodes(video.get("bytesBase64Encoded")) and not str(video.get("gcsUri", "")).startswith("gs://"):
+                return "instances[0].video needs bytesBase64Encoded (base64) or a gs:// gcsUri."
+            if video.get("mimeType") != "video/mp4":
+                return "instances[0].video.mimeType must be video/mp4: Veo extends MP4 videos."
         if image is not None:
             if not isinstance(image, dict) or set(image) - IMAGE_NAMES:
                 return "instances[0].image has unknown fields."
@@ -397,8 +467,11 @@ class FakeAgentPlatformServer(_FakeServer):
                 return f"parameters.{name} must be a string."
         if not 1 <= params.get("sampleCount", 1) <= 4:
             return "parameters.sampleCount must be from 1 to 4."
-        duration = params.get("durationSeconds", 8)
-        if duration not in (4, 6, 8):
+        extending = "video" in instance
+        duration = params.get("durationSeconds", EXTEND_ADDS_S if extending else 8)
+        if extending and duration != EXTEND_ADDS_S:
+            return f"parameters.durationSeconds must be {EXTEND_ADDS_S} to extend a video: each call adds {EXTEND_ADDS_S} s."
+        if not extending and duration not in (4, 6, 8):
             return "parameters.durationSeconds must be 4, 6 or 8."
         if params.get("aspectRatio", "16:9") not in ("16:9", "9:16"):
             return "parameters.aspectRatio must be 16:9 or 9:16."
@@ -406,11 +479,46 @@ class FakeAgentPlatformServer(_FakeServer):
         allowed = ("720p", "1080p") if "-lite-" in model else ("720p", "1080p", "4k")
         if resolution not in allowed:
             return f"parameters.resolution must be one of {', '.join(allowed)} for {model}."
-        if resolution != "720p" and duration != 8:
+        if resolution != "720p" and duration != 8 and not extending:
             return f"{resolution} is only supported for 8 second videos."
         if "storageUri" in params and not params["storageUri"].startswith("gs://"):
             return "parameters.storageUri must be a gs:// prefix."
         return None
+
+    def _extension_problem(
+        self, video: dict[str, Any], params: dict[str, Any]
+    ) -> tuple[str | None, dict[str, Any]]:
+        """(why the video to extend is refused, what the job records about it)."""
+        data = self.input_video({"instances": [{"video": video}]})
+        if data is None:
+            return f"instances[0].video.gcsUri {video.get('gcsUri')} was not found.", {}
+        seconds = mp4_seconds(data)
+        low, high = EXTEND_INPUT_S
+        if seconds is not None and not low <= seconds <= high:
+            return (f"The video to extend is {seconds:.1f} s long; Veo extends videos of "
+                    f"{low:g} to {high:g} seconds."), {}
+        return None, {"input_seconds": seconds, "added_seconds": EXTEND_ADDS_S}
+
+    def input_video(self, body: dict[str, Any]) -> bytes | None:
+        """The bytes of the video a create body asks to extend (its own, or the finished result
+        its `gcsUri` names), or None."""
+        video = body["instances"][0].get("video")
+        if not isinstance(video, dict):
+            return None
+        uri = video.get("gcsUri")
+        if not isinstance(uri, str):
+            return base64.b64decode(video["bytesBase64Encoded"])
+        bucket, _, name = uri.removeprefix("gs://").partition("/")
+        source = self.jobs.get(self._objects.get(name, "")) if bucket == self.bucket else None
+        return self.video_of(source) if source is not None and self._done(source) else None
+
+    def video_of(self, job: FakeJob) -> bytes:
+        """The finished video's bytes: `make_video(body)` (made once), else video_bytes."""
+        if self.make_video is None:
+            return video_bytes(job.id)
+        if "video" not in job.extra:
+            job.extra["video"] = self.make_video(job.body)
+        return job.extra["video"]
 
     def _done(self, job: FakeJob) -> bool:
         return not job.has("[stuck]") and time.time() - job.created_at >= self.run_seconds
@@ -458,7 +566,7 @@ class FakeAgentPlatformServer(_FakeServer):
         elif self._in_gcs(job):
             response.update(raiMediaFilteredCount=0, videos=[{"gcsUri": self.gcs_uri(job), "mimeType": "video/mp4"}])
         else:
-            data = base64.b64encode(video_bytes(name)).decode("ascii")
+            data = base64.b64encode(self.video_of(job)).decode("ascii")
             response.update(raiMediaFilteredCount=0, videos=[{"bytesBase64Encoded": data, "mimeType": "video/mp4"}])
         answer["response"] = response
         return web.json_response(answer)
@@ -486,7 +594,7 @@ class FakeAgentPlatformServer(_FakeServer):
             return web.Response(status=502, text="<html>502 Bad Gateway</html>", content_type="text/html")
         if request.query.get("alt") != "media":
             return web.json_response({"kind": "storage#object", "name": job.extra["object"], "bucket": self.bucket})
-        return web.Response(body=video_bytes(job.id), content_type="video/mp4")
+        return web.Response(body=self.video_of(job), content_type="video/mp4")
 
 
 def make_veo_provider(
