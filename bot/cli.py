@@ -54,6 +54,10 @@ def _job_dict(job: Any) -> dict[str, Any]:
         "compare_id": job.compare_id,
         "fallback_of": job.fallback_of,
         "approval_key": job.approval_key,
+        # a long video's segment: its place (0 = first), the job it continues, tries retried
+        "segment_index": job.segment_index,
+        "after_job": job.after_job,
+        "attempts": job.attempts,
     }
 
 

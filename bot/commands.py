@@ -12,6 +12,7 @@ from bot.deps import Deps
 from bot.errors import BudgetExceeded, InvalidRequest, NotAllowed
 from bot.models import JobStatus
 from bot.money import format_usd
+from bot.segments import Plan
 from bot.parsing import Budget, Cancel, Command, Compare, Generate, Help, JobRequest, Models, Status, parse_command
 from storage import jobs as jobstore
 from storage import ledger
@@ -75,7 +76,15 @@ async def request_like(deps: Deps, channel_id: str, thread_ts: str | None) -> Jo
     job = await jobstore.latest_job_in_thread(deps.db, channel_id, thread_ts)
     if job is None or deps.catalog.get(job.model) is None:
         return None
-    return JobRequest.model_construct(prompt=job.prompt, model=job.model, duration_s=job.duration_seconds,
+    prompt, seconds = job.prompt, job.duration_seconds
+    if job.is_segment and job.compare_id is not None:
+        # a long video's segment: "again" means the whole video, at its whole length
+        from storage import compares, series
+
+        row = await compares.get(deps.db, job.compare_id)
+        prompt = row.prompt if row is not None else prompt
+        seconds = sum(j.duration_seconds for j in await series.chain(deps.db, job))
+    return JobRequest.model_construct(prompt=prompt, model=job.model, duration_s=seconds,
                                       resolution=job.resolution, aspect_ratio=job.aspect_ratio)
 
 
@@ -98,6 +107,9 @@ async def run_command(deps: Deps, command: Command, origin: Origin) -> Reply:
                 dedupe_key=origin.dedupe_key, wait_s=ACK_WAIT_S if origin.source == "command" else None,
             ))
         case Generate(request):
+            plan = flow.plan_for(deps, request)
+            if plan is not None:
+                return await _long_video(deps, request, plan, origin)
             image = None
             if origin.image_file is not None:
                 from bot import images
@@ -128,6 +140,25 @@ async def run_command(deps: Deps, command: Command, origin: Origin) -> Reply:
                 True,
             )
     raise InvalidRequest("I didn't understand that; `/sora help` shows what I can do.")
+
+
+async def _long_video(deps: Deps, request: JobRequest, plan: Plan, origin: Origin) -> Reply:
+    """A video longer than one clip: the plan, said as it is reserved (nothing is charged
+    until a segment's clip arrives)."""
+    if origin.image_file is not None:
+        raise InvalidRequest(f"A video longer than one clip can't start from an image yet: ask for "
+                             f"{request.spec(deps.catalog).allowed_durations(request.resolution)[-1]} s or less "
+                             "with the image, or send the long one without it. Nothing was charged.")
+    got = await flow.accept_plan(
+        deps, request, plan, user_id=origin.user_id, team_id=origin.team_id, channel_id=origin.channel_id,
+        source=origin.source, thread_ts=origin.thread_ts, response_url=origin.response_url,
+        dedupe_key=origin.dedupe_key, wait_s=ACK_WAIT_S if origin.source == "command" else None,
+    )
+    first = got.jobs[0]
+    if not got.created:
+        return Reply(f"Already on it: video `{got.compare_id}`.", first.id, False)
+    wait = messages.APPROVAL_PENDING_NOTE if got.approval_key else ""
+    return Reply(messages.long_video_accepted(plan, got.compare_id or first.id) + wait, first.id, True)
 
 
 async def budget_reply(deps: Deps, user_id: str) -> str:
@@ -167,6 +198,9 @@ async def cancel_reply(deps: Deps, user_id: str, job_ref: str) -> str:
     job = await jobstore.find_job(deps.db, job_ref)
     if job is None or (job.user_id != user_id and not await deps.authz.is_admin(user_id)):
         return f"I can't find a job `{messages.escape_mrkdwn(job_ref, 20)}` of yours to cancel."
+    if job.is_segment and job.compare_id is not None:
+        # a long video's segment: the video stops from its first unfinished segment
+        return await compare.cancel_all(deps, job.compare_id, user_id)
     if job.status.terminal:
         return f"Job `{job.id}` has already {_finished_words(job.status)}; nothing to cancel."
     if await flow.cancel_job(deps, job, by_user=user_id):

@@ -10,6 +10,7 @@ from __future__ import annotations
 from bot import flow, messages
 from bot.deps import Deps
 from bot.errors import InvalidRequest, NotAllowed
+from bot.models import JobStatus
 from bot.money import format_usd
 from bot.parsing import JobRequest
 from storage import compares
@@ -38,13 +39,23 @@ async def cancel_all(deps: Deps, compare_id: str, user_id: str) -> str:
     if row is None:
         raise InvalidRequest("That compare doesn't exist (any more).")
     if row.user_id != user_id and not await deps.authz.is_admin(user_id):
-        raise NotAllowed(f"Only <@{row.user_id}> or an admin can cancel this compare. Nothing was changed.")
+        what = "video" if row.kind == "series" else "compare"
+        raise NotAllowed(f"Only <@{row.user_id}> or an admin can cancel this {what}. Nothing was changed.")
     stopped = []
     for job in await compares.jobs_of(deps.db, compare_id):
         if not job.status.terminal and await flow.cancel_job(deps, job, by_user=user_id):
             stopped.append(job)
             if deps.poller is not None:
                 await deps.poller.restart_anywhere(job.id)
+    if row.kind == "series":
+        members = await compares.jobs_of(deps.db, compare_id)
+        if not stopped:
+            return f"Every segment of video `{compare_id}` had already ended; nothing to cancel."
+        start = stopped[0].segment_index or 0
+        released = [j for j in members if j.status is JobStatus.CANCELLED and (j.segment_index or 0) >= start]
+        return (f"Cancelled video `{compare_id}` from segment {(stopped[0].segment_index or 0) + 1}; "
+                f"{format_usd(sum(j.estimate_micros for j in released))} reserved is released. "
+                "What was finished comes to the thread.")
     if not stopped:
         return f"Every model of compare `{compare_id}` had already finished; nothing to cancel."
     released = format_usd(sum(j.estimate_micros for j in stopped))

@@ -7,6 +7,7 @@ the message ts and closes the row, so a restart posts only what is still owed.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections import defaultdict
 from pathlib import Path
@@ -14,13 +15,13 @@ from pathlib import Path
 import httpx
 from slack_sdk.errors import SlackApiError
 
-from bot import home, incidents, messages, slack_io
+from bot import home, incidents, long_video, messages, slack_io
 from bot.clock import iso
 from bot.deps import Deps
 from bot.errors import DeliveryError, ProviderError, SlackRefused
 from bot.models import UNFINISHED, FailureKind, Job, JobStatus
 from bot.money import format_usd
-from storage import compares
+from storage import compares, series
 from storage import jobs as jobstore
 from storage.db import TurnTimeout
 
@@ -63,6 +64,8 @@ async def _deliver_final(deps: Deps, job_id: str) -> Job | None:
             deps.metrics.delivery_lateness_seconds.observe(max(0.0, (delivered_at - job.finished_at).total_seconds()))
         if delivery.file_path:
             Path(delivery.file_path).unlink(missing_ok=True)
+        if job.is_segment:
+            await _forget_segment_files(deps, job, delivery)
         await slack_io.update_status(deps, job)
         await home.refresh_after_job(deps, job.user_id)  # best effort; never raises
         return job
@@ -80,6 +83,8 @@ async def _post_final(deps: Deps, job: Job, delivery: jobstore.Delivery) -> tupl
             else:
                 text = await _failure_text(deps, job)
             return await slack_io.tell_privately(deps, job, text)
+    if job.is_segment:
+        return await _post_long_video(deps, job, delivery)
     if delivery.kind == "video":
         return await _post_video(deps, job, delivery)
     ts = await slack_io.post_in_thread(deps, job, await _failure_text(deps, job))
@@ -134,6 +139,59 @@ async def _post_video(deps: Deps, job: Job, delivery: jobstore.Delivery) -> tupl
     return await slack_io.post_in_thread(deps, job, text), "link"
 
 
+async def _post_long_video(deps: Deps, job: Job, delivery: jobstore.Delivery) -> tuple[str | None, str]:
+    """A long video's one message: the whole video (its last segment arrived), or, when it
+    stopped, why and what was finished, joined (kept for Continue)."""
+    if delivery.upload_file_id:
+        ts = await slack_io.shared_ts(deps, delivery.upload_file_id, job.channel_id)
+        if ts is not None:
+            log.info("job %s: the video was already shared (%s); not posting again", job.id, ts)
+            return ts, "upload"
+    text = ""
+    if delivery.kind != "video":
+        text = await _failure_text(deps, job)
+        if job.failure_kind is not None and job.failure_kind is not FailureKind.CANCELLED:
+            await incidents.open_incident(deps, job.provider, job.failure_kind, job_id=job.id)
+    done = [j for j in await series.chain(deps.db, job) if j.status is JobStatus.SUCCEEDED]
+    if not done:
+        return await slack_io.post_in_thread(deps, job, text), "message"
+    try:
+        path, done = await long_video.whole_video(deps, job)
+    except DeliveryError as exc:
+        log.warning("job %s: the long video's file couldn't be made: %s", job.id, exc.detail)
+        why = ("\n:warning: The finished segments couldn't be put together into one file here "
+               f"({exc.message or 'a file was missing'}); an admin can find them under job ids "
+               f"{', '.join(f'`{j.id}`' for j in done)}.")
+        return await slack_io.post_in_thread(deps, job, (text or f"<@{job.user_id}> Your video is made.") + why), "message"
+    if delivery.kind == "video":
+        comment = messages.long_video_comment(job, done)
+    else:
+        members = await compares.jobs_of(deps.db, job.compare_id) if job.compare_id else [job]
+        comment = text + messages.partial_video_note(done, [m for m in members if m.status is not JobStatus.SUCCEEDED])
+
+    async def remember(file_id: str) -> None:
+        await jobstore.note_upload_file(deps.db, job.id, file_id, iso(deps.clock()))
+
+    try:
+        return await slack_io.upload_video(deps, job, path, comment, on_uploaded=remember), "upload"
+    except SlackApiError as exc:
+        # no provider link can stand in for a joined file: say so, with what was charged
+        why = slack_io.slack_error(exc)
+        log.info("job %s: long video upload refused (%s)", job.id, why)
+        note = f"\n:warning: Slack refused the video's upload (`{why}`), so it can't be shown here."
+        return await slack_io.post_in_thread(deps, job, comment + note), "message"
+
+
+async def _forget_segment_files(deps: Deps, job: Job, delivery: jobstore.Delivery) -> None:
+    """After a long video's message: its files go, except the clips a Continue still needs."""
+    segments = await series.chain(deps.db, job)
+    if delivery.kind == "video":
+        long_video.forget_files(deps, segments)
+    else:
+        for seg in segments:
+            long_video.video_path(deps, seg).unlink(missing_ok=True)
+
+
 async def _download_again(deps: Deps, job: Job) -> Path | None:
     """After a restart that lost the media file: fetch it again (links may have expired)."""
     if job.status is not JobStatus.SUCCEEDED or not job.provider_job_id:
@@ -153,6 +211,10 @@ async def _failure_text(deps: Deps, job: Job) -> str:
     if job.failure_detail and job.failure_detail.startswith(("approval denied", "approval expired")):
         denied = job.failure_detail.startswith("approval denied")
         by = job.failure_detail.removeprefix("approval denied by ").strip() if denied else None
+        if job.is_segment and job.compare_id is not None:
+            # one message for the long video: the whole plan's reservation came back
+            members = await compares.jobs_of(deps.db, job.compare_id)
+            job = dataclasses.replace(job, estimate_micros=sum(m.estimate_micros for m in members))
         return messages.approval_outcome_text(job, state="denied" if denied else "expired", by=by or None)
     spec = deps.catalog.get(job.model)
     waited = None
@@ -170,8 +232,10 @@ async def _failure_text(deps: Deps, job: Job) -> str:
         minutes_waited=waited,
         cancelled_by=cancelled_by,
     )
-    if job.compare_id:
+    if job.compare_id and not job.is_segment:
         text = f"*`{job.model}`*: {text}"
+    if job.is_segment:
+        text = f"*Segment {(job.segment_index or 0) + 1}*: {text}"
     replacement = await jobstore.find_by_dedupe(deps.db, f"fallback:{job.id}")
     if replacement is not None:
         # started automatically before this message (a click can only come after it)

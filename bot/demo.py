@@ -43,6 +43,8 @@ SCENARIOS = [
     Scenario("A success with the video", "-d 8 a golden retriever running through autumn leaves", "succeeded"),
     Scenario("A moderation block", "[blocked] a brawl outside a stadium", "failed", "blocked_input"),
     Scenario("A stuck job", "-d 6 [stuck] a time-lapse of a glacier melting", "failed", "stuck"),
+    Scenario("A long video, made as two segments and joined", "-d 24 a paper boat drifting down a rainy street",
+             "succeeded"),
     Scenario("A budget refusal", "-d 20 an aerial tour of a neon city at night", None),
 ]
 
@@ -77,7 +79,8 @@ async def run_demo(out: "object" = sys.stdout) -> int:
                 slack_signing_secret=secret,
                 slack_api_url=slack.api_url,
                 sora_db_path=Path(tmp) / "demo.db",
-                sora_daily_budget_usd="2.00",
+                sora_daily_budget_usd="5.00",
+                sora_max_concurrent_per_user=5,
                 sora_simulator_seconds=3.0,
             )
             timing = Timing(poll_interval_s=0.3, max_poll_interval_s=0.5, stall_timeout_s=2.0,
@@ -90,7 +93,7 @@ async def run_demo(out: "object" = sys.stdout) -> int:
             port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
             url = f"http://127.0.0.1:{port}/slack/events"
             print_("sora-bot demo: the real app, a fake Slack workspace and the built-in simulator")
-            print_(f"budget: $2.00 a day for <@{USER}>; simulator renders take ~3 s\n")
+            print_(f"budget: $5.00 a day for <@{USER}>; simulator renders take ~3 s\n")
             ok = True
             try:
                 async with httpx.AsyncClient(timeout=10) as http:

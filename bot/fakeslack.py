@@ -107,6 +107,7 @@ class Upload:
     length: int
     size: int
     sha256: str
+    data: bytes | None = None  # the bytes themselves, when the fake was told to keep them
 
 
 @dataclass
@@ -169,6 +170,9 @@ class FakeSlack:
         self.responses: dict[str, list[dict[str, Any]]] = {}
         self.views: list[dict[str, Any]] = []
         self.uploads: dict[str, Upload] = {}
+        # keep each uploaded file's bytes (a test that opens the video); off: most tests
+        # upload many files and need only their size and digest
+        self.keep_upload_bytes = False
 
         self._channels: dict[str, _Channel] = {}
         self._users: dict[str, _User] = {}
@@ -566,9 +570,11 @@ class FakeSlack:
         if pending is None:
             call.http_status = 404
             return web.Response(status=404, text="file_not_found")
-        size, digest = await _read_upload_body(request)
+        kept: list[bytes] | None = [] if self.keep_upload_bytes else None
+        size, digest = await _read_upload_body(request, kept)
         filename, length = pending
-        self.uploads[file_id] = Upload(file_id, filename, length, size, digest)
+        self.uploads[file_id] = Upload(file_id, filename, length, size, digest,
+                                       b"".join(kept) if kept is not None else None)
         call.params.update(size=size, sha256=digest)
         return web.Response(text=f"OK - {size}")
 
@@ -1045,22 +1051,29 @@ async def _read_params(request: web.Request) -> dict[str, Any]:
     return params
 
 
-async def _read_upload_body(request: web.Request) -> tuple[int, str]:
-    """Size and sha256 of the uploaded file, from a raw body or the file part of a multipart form."""
+async def _read_upload_body(request: web.Request, kept: list[bytes] | None = None) -> tuple[int, str]:
+    """Size and sha256 of the uploaded file, from a raw body or the file part of a multipart form
+    (and its chunks appended to `kept`, when given)."""
     digest = hashlib.sha256()
     size = 0
+
+    def take(chunk: bytes) -> None:
+        nonlocal size
+        digest.update(chunk)
+        size += len(chunk)
+        if kept is not None:
+            kept.append(bytes(chunk))
+
     if request.content_type == "multipart/form-data":
         reader = await request.multipart()
         async for part in reader:
             if isinstance(part, BodyPartReader) and (part.filename or part.name == "file"):
                 while chunk := await part.read_chunk():
-                    digest.update(chunk)
-                    size += len(chunk)
+                    take(chunk)
                 break
         return size, digest.hexdigest()
     async for chunk in request.content.iter_chunked(256 * 1024):
-        digest.update(chunk)
-        size += len(chunk)
+        take(chunk)
     return size, digest.hexdigest()
 
 

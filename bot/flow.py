@@ -16,7 +16,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
-from bot import approval, fallback, incidents, logs, slack_io
+from bot import approval, fallback, incidents, logs, long_video, slack_io
 from bot.delivery import deliver, ensure_request_message
 from bot.clock import budget_day, iso
 from bot.deps import Deps
@@ -42,11 +42,13 @@ from bot.models import (
     ReferenceImage,
     VideoSpec,
 )
+from bot.catalog import ModelSpec
 from bot.parsing import JobRequest
+from bot.segments import Plan, Segment, plan_video
 from bot.providers.base import VideoProvider
 from bot.schedule import PollTrack, next_poll_delay
 from bot.throttle import EditThrottle
-from storage import compares
+from storage import compares, series
 from storage import jobs as jobstore
 from storage import ledger
 from storage.db import Conn
@@ -90,6 +92,11 @@ async def accept_requests(
 ) -> Reserved:
     """`accept_request` for one request of one or more jobs (a compare: `compare=True`)."""
     specs = [r.spec(deps.catalog) for r in requests]
+    for request, spec in zip(requests, specs):
+        if request.duration_s not in spec.allowed_durations(request.resolution):
+            # longer than one clip: only as a plan (accept_plan), never as one job
+            raise InvalidRequest(f"`{spec.id}` can't make {request.duration_s} s in one clip "
+                                 f"(it makes {spec.durations_text(request.resolution)}). Nothing was charged.")
     if image is not None:
         for spec in specs:
             if not spec.image_to_video:
@@ -97,7 +104,6 @@ async def accept_requests(
                 hint = f" Models that can: {', '.join(f'`{m}`' for m in able)}." if able else ""
                 raise InvalidRequest(f"`{spec.id}` can't start from an image.{hint} Nothing was charged.")
     image_path = _store_image(deps, image) if image is not None else None
-    now = deps.clock()
     news = [
         NewJob(
             user_id=user_id, team_id=team_id, channel_id=channel_id, source=source,
@@ -112,6 +118,69 @@ async def accept_requests(
         )
         for request, spec in zip(requests, specs)
     ]
+    return await _reserve(deps, news, source=source, image_path=image_path, wait_s=wait_s,
+                          compare_prompt=requests[0].prompt if compare else None)
+
+
+def plan_for(deps: Deps, request: JobRequest) -> Plan | None:
+    """The segments of a request longer than one of its model's clips (None: one clip will
+    do). Raises InvalidRequest naming the limit when the length can't be made."""
+    spec = request.spec(deps.catalog)
+    if request.duration_s <= spec.allowed_durations(request.resolution)[-1]:
+        return None
+    return plan_video(spec, request.duration_s, request.prompt, resolution=request.resolution,
+                      max_video_seconds=deps.settings.sora_max_video_seconds, others=list(deps.catalog))
+
+
+async def accept_plan(
+    deps: Deps, request: JobRequest, plan: Plan, *, user_id: str, team_id: str | None, channel_id: str,
+    source: str, thread_ts: str | None = None, response_url: str | None = None, dedupe_key: str | None = None,
+    wait_s: float | None = None,
+) -> Reserved:
+    """A long video: its planned segments reserved as one request (the budget, the workspace
+    cap, approval and the concurrency cap see the whole plan), each segment a job of its own
+    that waits for the one before (bot.long_video)."""
+    spec = request.spec(deps.catalog)
+    news = [_segment_job(spec, seg, request.resolution, request.aspect_ratio, user_id=user_id, team_id=team_id,
+                         channel_id=channel_id, source=source, thread_ts=thread_ts, response_url=response_url,
+                         dedupe_key=dedupe_key if seg.index == plan.segments[0].index else None)
+            for seg in plan.segments]
+    return await _reserve(deps, news, source=source, image_path=None, wait_s=wait_s, compare_prompt=request.prompt)
+
+
+async def accept_segments(
+    deps: Deps, after: Job, segments: list[Segment], *, user_id: str, response_url: str | None, dedupe_key: str,
+) -> Reserved:
+    """The rest of a long video that stopped: a new request continuing `after`, its last
+    finished segment, in the same thread."""
+    spec = deps.catalog.get(after.model)
+    assert spec is not None
+    news = [_segment_job(spec, seg, after.resolution, after.aspect_ratio, user_id=user_id, team_id=after.team_id,
+                         channel_id=after.channel_id, source=after.source, thread_ts=after.thread_ts,
+                         response_url=response_url, dedupe_key=dedupe_key if i == 0 else None)
+            for i, seg in enumerate(segments)]
+    prompt = " || ".join(seg.prompt for seg in segments)
+    return await _reserve(deps, news, source=after.source, image_path=None, wait_s=None, compare_prompt=prompt,
+                          after_job=after.id)
+
+
+def _segment_job(spec: ModelSpec, seg: Segment, resolution: str, aspect_ratio: str, *, user_id: str,
+                 team_id: str | None, channel_id: str, source: str, thread_ts: str | None,
+                 response_url: str | None, dedupe_key: str | None) -> NewJob:
+    return NewJob(
+        user_id=user_id, team_id=team_id, channel_id=channel_id, source=source, model=spec.id,
+        provider=spec.provider, provider_model=spec.provider_model, prompt=seg.prompt,
+        duration_seconds=seg.seconds, resolution=resolution, aspect_ratio=aspect_ratio,
+        estimate_micros=seg.cost_micros, thread_ts=thread_ts, response_url=response_url, dedupe_key=dedupe_key,
+        segment_index=seg.index, continuation=seg.continuation,
+    )
+
+
+async def _reserve(
+    deps: Deps, news: list[NewJob], *, source: str, image_path: Path | None, wait_s: float | None,
+    compare_prompt: str | None, after_job: str | None = None,
+) -> Reserved:
+    now = deps.clock()
     limits = Limits(
         user_limit_micros=deps.settings.daily_budget_micros,
         workspace_limit_micros=deps.settings.workspace_budget_micros,
@@ -122,7 +191,7 @@ async def accept_requests(
     try:
         got = await jobstore.reserve_request(
             deps.db, news, limits=limits, day=budget_day(now, deps.settings.tz), now=iso(now), wait_s=wait_s,
-            compare_prompt=requests[0].prompt if compare else None, lease=deps.leases.new_lease(),
+            compare_prompt=compare_prompt, lease=deps.leases.new_lease(), after_job=after_job,
         )
     except BaseException as exc:
         if image_path is not None:
@@ -167,8 +236,12 @@ def _provider(deps: Deps, job: Job) -> VideoProvider:
     return deps.providers[job.provider]
 
 
-def _spec_for(deps: Deps, job: Job) -> VideoSpec:
+async def _spec_for(deps: Deps, job: Job) -> VideoSpec:
     spec = deps.catalog.get(job.model)
+    extend_video = extend_from = None
+    if job.continuation == "extend" and job.after_job is not None:
+        before = await _reload(deps, job.after_job)
+        extend_video, extend_from = await long_video.ensure_clip(deps, before), before.provider_job_id
     return VideoSpec(
         model=job.model,
         provider_model=spec.provider_model if spec else job.model,
@@ -178,6 +251,9 @@ def _spec_for(deps: Deps, job: Job) -> VideoSpec:
         aspect_ratio=job.aspect_ratio,
         external_id=job.id,
         image=_load_image(job),
+        extend_video=extend_video,
+        extend_from_job=extend_from,
+        attempt=job.attempts,
     )
 
 
@@ -209,12 +285,23 @@ async def run_job(
                 job = await _reload(deps, job.id)
     if job.status is JobStatus.QUEUED and job.approval_key is not None:
         job = await approval.wait_for_decision(deps, job, lambda s, j=job.id: _nap(deps, j, s))
-    if job.status is JobStatus.QUEUED:
-        async with deps.ack_first.start():
-            job = await submit(deps, job)
-    if job.status in (JobStatus.SUBMITTED, JobStatus.RUNNING):
-        await watch(deps, job, throttle, first_delay_s=first_delay_s)
-        job = await _reload(deps, job.id)
+    for _ in range(long_video.MAX_ATTEMPTS):
+        if job.status is JobStatus.QUEUED and job.after_job is not None:
+            # a long video's segment: its turn comes when the one it continues has its clip
+            job = await long_video.wait_for_previous(deps, job, lambda s, j=job.id: _nap(deps, j, s))
+        if job.status is JobStatus.QUEUED:
+            async with deps.ack_first.start():
+                job = await submit(deps, job)
+        if job.status in (JobStatus.SUBMITTED, JobStatus.RUNNING):
+            await watch(deps, job, throttle, first_delay_s=first_delay_s)
+            job = await _reload(deps, job.id)
+        if job.status is not JobStatus.QUEUED:
+            break
+        # a segment that failed is queued once more (fail_job): the same steps again
+        first_delay_s = None
+    if job.status is JobStatus.SUCCEEDED and job.is_segment:
+        await long_video.after_success(deps, job)
+        await slack_io.update_status(deps, job)  # the video's request message shows this segment done
     if job.status is JobStatus.FAILED:
         await start_automatic_fallback(deps, job)
     await deliver(deps, job_id)
@@ -271,7 +358,11 @@ async def submit(deps: Deps, job: Job) -> Job:
     died, or an ambiguous failure, is looked up at the provider instead of re-sent.
     """
     provider = _provider(deps, job)
-    spec = _spec_for(deps, job)
+    try:
+        spec = await _spec_for(deps, job)
+    except DeliveryError as exc:  # the clip a segment extends is gone, here and at the provider
+        await fail_job(deps, job, exc.kind, exc.detail)
+        return await _reload(deps, job.id)
     if job.submit_started_at is not None:
         # We crashed while a create request may have been in flight.
         found = await provider.find_existing(spec, since_epoch_s=job.submit_started_at.timestamp())
@@ -279,7 +370,7 @@ async def submit(deps: Deps, job: Job) -> Job:
             return await _mark_submitted(deps, job, found)
         log.warning("job %s: interrupted submit could not be confirmed; not re-sending", job.id)
         await fail_job(deps, job, FailureKind.PROVIDER_UNAVAILABLE,
-                       "submit interrupted and the provider offers no lookup")
+                       "submit interrupted and the provider offers no lookup", retry=False)
         return await _reload(deps, job.id)
 
     deadline = deps.clock() + timedelta(seconds=deps.timing.submit_retry_window_s)
@@ -304,7 +395,7 @@ async def submit(deps: Deps, job: Job) -> Job:
                 return await _mark_submitted(deps, job, found)
             log.warning("job %s: ambiguous submit (%s); failing rather than risk a second job",
                         job.id, exc.detail)
-            await fail_job(deps, job, FailureKind.PROVIDER_UNAVAILABLE, exc.detail)
+            await fail_job(deps, job, FailureKind.PROVIDER_UNAVAILABLE, exc.detail, retry=False)
             return await _reload(deps, job.id)
         except ProviderError as exc:
             # Nothing was created: forget the attempt so a restart may submit again.
@@ -392,7 +483,7 @@ async def watch(deps: Deps, job: Job, throttle: EditThrottle, *, first_delay_s: 
     calls = 0  # status calls, for the metrics (not a list or frame per job: 10,000 may wait)
     while job.status in (JobStatus.SUBMITTED, JobStatus.RUNNING):
         now = deps.clock()
-        give_up_at = job.created_at + timedelta(seconds=t.job_timeout_s)
+        give_up_at = job.started_at + timedelta(seconds=t.job_timeout_s)
         if now >= give_up_at:
             await give_up(deps, job)
             break
@@ -490,7 +581,7 @@ async def _apply_status(deps: Deps, job: Job, status: ProviderStatus, throttle: 
         if progress != job.progress:
             fields["progress"] = progress
             fields["last_progress_at"] = iso(now)
-    last_change = job.last_progress_at or job.created_at
+    last_change = job.last_progress_at or job.started_at
     stalled = "last_progress_at" not in fields and (now - last_change).total_seconds() >= deps.timing.stall_timeout_s
     if stalled and not job.stall_notified:
         fields["stall_notified"] = 1
@@ -517,7 +608,7 @@ async def _apply_status(deps: Deps, job: Job, status: ProviderStatus, throttle: 
             logs.state_change(log, stored, job.status, stored.status)
         job = stored
         if edit:
-            give_up_at = job.created_at + timedelta(seconds=deps.timing.job_timeout_s)
+            give_up_at = job.started_at + timedelta(seconds=deps.timing.job_timeout_s)
             await slack_io.update_status(deps, job, give_up_at=give_up_at)
     return job
 
@@ -564,7 +655,8 @@ async def finish_success(deps: Deps, job: Job, status: ProviderStatus) -> None:
     moved = await deps.db.run_write(_succeed_in, job.id, job.provider, cost, status.video_url, str(dest), now,
                                     deps.leases.fence, seen_finished)
     if not moved:
-        dest.unlink(missing_ok=True)
+        if not job.is_segment:  # a segment's clip may be the one a new watcher keeps
+            dest.unlink(missing_ok=True)
         return
     logs.state_change(log, job, job.status, JobStatus.SUCCEEDED)
     deps.metrics.job_ended(job, "succeeded", charged_micros=cost)
@@ -585,29 +677,69 @@ async def _succeed_in(
     )
     if moved:
         await ledger.charge(conn, job_id, cost, now)
-        await jobstore.add_delivery(conn, job_id, "video", now=now, file_path=dest)
+        job = await jobstore.load_job(conn, job_id)
+        assert job is not None
+        if not job.is_segment:
+            await jobstore.add_delivery(conn, job_id, "video", now=now, file_path=dest)
+        elif await series.is_last(conn, job):
+            # the long video's one message: its file is made from the clips when posted
+            await jobstore.add_delivery(conn, job_id, "video", now=now)
         await incidents.close_incidents_in(conn, provider)  # the provider works again
     return moved
 
 
 async def _stop_in(conn: Conn, job_id: str, set_: dict[str, object], kind: str, now: str,
-                   fence: str | None = None) -> bool:
+                   fence: str | None = None) -> tuple[bool, list[Job]]:
     """Any unfinished state -> failed/cancelled (per `set_`), releasing the reservation.
-    `fence`: only while that replica owns the job (its watcher's own verdicts)."""
+    `fence`: only while that replica owns the job (its watcher's own verdicts). A long
+    video's segment stops the segments after it too: they can't continue what won't exist."""
     moved = await jobstore.update_job(conn, job_id, expect=UNFINISHED, now=now, set_=set_, fence=fence)
+    later: list[Job] = []
     if moved:
         await ledger.release(conn, job_id, now)
         await jobstore.add_delivery(conn, job_id, kind, now=now)
-    return moved
+        job = await jobstore.load_job(conn, job_id)
+        if job is not None and job.is_segment:
+            later = await series.stop_later_in(
+                conn, job, now=now, detail=f"not started: segment {(job.segment_index or 0) + 1} "
+                f"{'was cancelled' if kind == 'cancelled' else 'failed'}")
+    return moved, later
+
+
+async def _retry_in(conn: Conn, job_id: str, attempts: int, detail: str, now: str, fence: str | None) -> bool:
+    """A failed segment back to queued for its one more try: what it sent and got is forgotten
+    (its reservation stays), so it is submitted afresh, by the same rules as any submit. Only
+    from the attempt the caller saw: a stale view never earns a second retry."""
+    current = await jobstore.load_job(conn, job_id)
+    if current is None or current.attempts != attempts - 1:
+        return False
+    return await jobstore.update_job(
+        conn, job_id, expect=UNFINISHED, now=now, fence=fence,
+        set_={"status": JobStatus.QUEUED, "provider_job_id": None, "submit_started_at": None, "submitted_at": None,
+              "progress": None, "video_url": None, "stall_notified": 0, "last_progress_at": now,
+              "attempts": attempts, "failure_detail": detail[:1000]},
+    )
 
 
 async def fail_job(
-    deps: Deps, job: Job, kind: FailureKind, detail: str, *, reason: str | None = None
+    deps: Deps, job: Job, kind: FailureKind, detail: str, *, reason: str | None = None, retry: bool = True
 ) -> bool:
     """Any unfinished state -> failed(kind); the reservation is released; a message is owed.
-    Only the job's watcher decides that, so it is fenced by this replica's lease."""
+    Only the job's watcher decides that, so it is fenced by this replica's lease.
+
+    A long video's segment that may be tried again is queued once more instead (False: it
+    didn't fail), unless new requests are paused: a retry is a fresh submit. `retry=False`
+    when a job may exist at the provider all the same (an ambiguous or interrupted submit):
+    a second one could be made and billed.
+    """
     now = iso(deps.clock())
-    moved = await deps.db.run_write(
+    if retry and long_video.may_retry(job, kind) and not (await deps.budgets()).paused:
+        if await deps.db.run_write(_retry_in, job.id, job.attempts + 1, f"attempt {job.attempts + 1}: {detail}",
+                                   now, deps.leases.fence):
+            long_video.log_retry(job, kind, detail)
+            deps.metrics.segment_retries.labels(job.provider).inc()
+            return False
+    moved, later = await deps.db.run_write(
         _stop_in, job.id,
         {"status": JobStatus.FAILED, "failure_kind": kind, "cost_micros": 0,
          "failure_detail": _detail_record(detail, reason), "finished_at": now},
@@ -616,7 +748,18 @@ async def fail_job(
     if moved:
         logs.state_change(log, job, job.status, JobStatus.FAILED, detail=f"{kind.value} ({detail})", kind=kind)
         deps.metrics.job_ended(job, kind.value)
+        await _stopped_later(deps, later)
     return moved
+
+
+async def _stopped_later(deps: Deps, later: list[Job]) -> None:
+    """A long video's later segments, stopped with the one before them: counted, and their
+    waiting tasks woken to end."""
+    for job in later:
+        logs.state_change(log, job, JobStatus.QUEUED, JobStatus.CANCELLED, detail=job.failure_detail)
+        deps.metrics.job_ended(job, FailureKind.CANCELLED.value)
+        if deps.poller is not None:
+            await deps.poller.wake(job.id)
 
 
 def _detail_record(detail: str, reason: str | None) -> str:
@@ -626,9 +769,18 @@ def _detail_record(detail: str, reason: str | None) -> str:
 
 
 async def cancel_job(deps: Deps, job: Job, *, by_user: str | None, provider_side: bool = False) -> bool:
-    """Stop a job: release the money, cancel at the provider where possible, owe a message."""
+    """Stop a job: release the money, cancel at the provider where possible, owe a message.
+
+    Any segment of a long video stops the video: its first unfinished segment is the one
+    cancelled (and with it every later one), so the message and the finished part come once.
+    """
+    if job.is_segment and job.compare_id is not None:
+        unfinished = [m for m in await compares.jobs_of(deps.db, job.compare_id) if not m.status.terminal]
+        if not unfinished:
+            return False
+        job = unfinished[0]
     now = iso(deps.clock())
-    moved = await deps.db.run_write(
+    moved, later = await deps.db.run_write(
         _stop_in, job.id,
         {"status": JobStatus.CANCELLED, "failure_kind": FailureKind.CANCELLED,
          "cost_micros": 0, "finished_at": now,
@@ -641,6 +793,7 @@ async def cancel_job(deps: Deps, job: Job, *, by_user: str | None, provider_side
         logs.state_change(log, job, job.status, JobStatus.CANCELLED,
                           detail=f"by {by_user}" if by_user else "at the provider")
         deps.metrics.job_ended(job, FailureKind.CANCELLED.value)
+        await _stopped_later(deps, later)
     if moved and not provider_side and job.provider_job_id:
         await _cancel_at_provider(deps, job, job.provider_job_id)
     if moved and job.approval_key is not None:

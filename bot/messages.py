@@ -7,7 +7,7 @@ import json
 import re
 from collections.abc import Callable
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
 from bot import prompt_input
@@ -17,6 +17,9 @@ from bot.models import FailureKind, Job, JobStatus
 from bot.money import format_usd
 from bot.parsing import MAX_PROMPT_CHARS, OPTIONS_HELP
 from bot.slack_text import utf16_len
+
+if TYPE_CHECKING:
+    from bot.segments import Plan
 
 # Slack's documented limits, measured as Slack may count them: in UTF-16 code units, after
 # escaping (an emoji can count twice; "&" becomes five characters). Block Kit reference.
@@ -246,7 +249,7 @@ def job_took(job: Job) -> float | None:
 
 
 def success_comment(job: Job) -> str:
-    if job.compare_id:
+    if job.compare_id and not job.is_segment:
         took = job_took(job)
         return (f"*`{job.model}`*: {job.duration_seconds} s, {job.resolution}, charged "
                 f"{format_usd(job.cost_micros)}" + (f", ready in {took_text(took)}." if took is not None else "."))
@@ -545,3 +548,103 @@ def approval_outcome_text(job: Job, *, state: str, by: str | None) -> str:
     return (f"<@{job.user_id}> {lead}; nothing was sent to the provider and the "
             f"{format_usd(job.estimate_micros)} reserved is back in your budget. Ask an admin, or try a "
             "shorter or cheaper video. _(failure: `cancelled`)_")
+
+
+# --- long videos (bot.long_video) --------------------------------------------------------------
+
+SERIES_CANCEL_ACTION = COMPARE_CANCEL_ACTION  # "Cancel" stops the whole video: compare.cancel_all
+SERIES_CONTINUE_ACTION = "sora_series_continue"
+
+
+def _segment_state(job: Job, *, awaiting_approval: bool) -> str:
+    match job.status:
+        case JobStatus.QUEUED if awaiting_approval:
+            return ":lock: waiting for approval"
+        case JobStatus.QUEUED if job.attempts:
+            return ":repeat: failed once; trying again"
+        case JobStatus.QUEUED if job.after_job is not None:
+            return ":hourglass_flowing_sand: waits for the one before"
+        case JobStatus.SUCCEEDED:
+            return f":white_check_mark: done, charged {format_usd(job.cost_micros)}"
+        case JobStatus.CANCELLED:
+            return ":no_entry_sign: not made, not charged"
+        case JobStatus.FAILED:
+            kind = job.failure_kind.value if job.failure_kind else "failed"
+            return f":x: failed (`{kind}`{', after a retry' if job.attempts else ''}), not charged"
+    return _compare_state(job, awaiting_approval=False)
+
+
+def series_message(
+    series_id: str, jobs: list[Job], *, awaiting_approval: bool = False
+) -> tuple[str, Blocks]:
+    """One request message for a long video: the plan, each segment's state, the money."""
+    first = jobs[0]
+    prompts = [j.prompt for j in jobs]
+    seconds = sum(j.duration_seconds for j in jobs)
+    lengths = " + ".join(str(j.duration_seconds) for j in jobs)
+    total = sum(j.estimate_micros for j in jobs)
+    how = "each continuing the one before"
+    if first.after_job is not None:
+        how = f"carrying on from segment {first.segment_index or 0}"
+    header = (f"<@{first.user_id}> asked for {seconds} s of video as {len(jobs)} segments on `{first.model}` "
+              f"({lengths} s), {how}:")
+    lines = [
+        f"• Segment {(j.segment_index or 0) + 1} · {j.duration_seconds} s · {format_usd(j.estimate_micros)}: "
+        f"{_segment_state(j, awaiting_approval=awaiting_approval)}"
+        for j in jobs
+    ]
+    done = all(j.status.terminal for j in jobs)
+    made = [j for j in jobs if j.status is JobStatus.SUCCEEDED]
+    charged = sum(j.cost_micros for j in jobs)
+    stopped = done and len(made) < len(jobs)
+    if done and not stopped:
+        foot = f"Done: charged {format_usd(charged)} of the {format_usd(total)} reserved. The video is in the thread."
+    elif stopped:
+        foot = (f"Stopped: charged {format_usd(charged)} for {len(made)} finished segment"
+                f"{'s' if len(made) != 1 else ''}; the rest of the {format_usd(total)} reserved is released.")
+    elif awaiting_approval:
+        foot = (f"Total {format_usd(total)}, reserved. Waiting for an admin's approval: it costs more than "
+                "this workspace lets a request spend without one.")
+    else:
+        foot = (f"Total {format_usd(total)}, reserved; each segment is charged only when its clip arrives. "
+                "The whole video lands in the thread as one file.")
+    blocks: Blocks = [
+        # the request's words: each segment's own part, a part that carries on said once
+        prompt_section(header, " || ".join(p for i, p in enumerate(prompts) if i == 0 or p != prompts[i - 1])),
+        {"type": "section", "text": {"type": "mrkdwn", "text": "\n".join(lines)}},
+        {"type": "context", "elements": [{"type": "mrkdwn", "text": f"{foot} · video `{series_id}`"}]},
+    ]
+    if not done:
+        blocks.append({"type": "actions",
+                       "elements": [_button("Cancel", SERIES_CANCEL_ACTION, series_id, style="danger")]})
+    elif stopped and made:
+        rest = [j for j in jobs if j.status is not JobStatus.SUCCEEDED]
+        blocks.append({"type": "actions", "elements": [_button(
+            f"Continue ({sum(j.duration_seconds for j in rest)} s more)", SERIES_CONTINUE_ACTION, series_id,
+            style="primary")]})
+    text = f"{header} {escape_mrkdwn(first.prompt, 200)}"
+    return text, stamp_block_ids(blocks, f"series_{series_id}_")
+
+
+def long_video_comment(job: Job, segments: list[Job]) -> str:
+    """The whole long video's upload: its length, its segments, what they cost."""
+    seconds = sum(j.duration_seconds for j in segments)
+    charged = sum(j.cost_micros for j in segments)
+    return (f"Here is your video, <@{job.user_id}>: `{job.model}`, {seconds} s in {len(segments)} segments "
+            f"joined into one, {job.resolution}. Charged {format_usd(charged)} in all.")
+
+
+def partial_video_note(segments: list[Job], missing: list[Job]) -> str:
+    """Under a long video's failure: what was finished (above), and how to get the rest."""
+    seconds = sum(j.duration_seconds for j in segments)
+    rest = sum(j.duration_seconds for j in missing)
+    return (f"\n:film_frames: Here is what was finished: {len(segments)} segment{'s' if len(segments) != 1 else ''}, "
+            f"{seconds} s, charged {format_usd(sum(j.cost_micros for j in segments))}. The other {rest} s weren't made "
+            "and nothing for them was charged. *Continue* on the request message makes the rest from here "
+            "(reserved anew).")
+
+
+def long_video_accepted(plan: "Plan", series_id: str) -> str:
+    """The reply to a long video's request: the plan, before anything is charged."""
+    return (f"Got it: {plan.text()}. Video `{series_id}`: that much is reserved, and each segment is "
+            "charged only when its clip arrives. The whole video lands in the thread as one file.")

@@ -141,6 +141,9 @@ class Metrics:
             ["provider", "result"], registry=r)
         self.takeovers = Counter(
             "sora_takeovers", "Jobs this replica took over after another replica's lease ran out", registry=r)
+        self.segment_retries = Counter(
+            "sora_segment_retries", "Long-video segments that failed and were tried once more, by provider",
+            ["provider"], registry=r)
         self.money: dict[str, defaultdict[str, int]] = {what: defaultdict(int) for what in MONEY}
         self.in_flight: Callable[[], int] = lambda: 0
         self.leases_held: Callable[[], int] = lambda: 0

@@ -147,3 +147,21 @@ class Job:
     approval_key: str | None = None  # set when the request needed an admin's approval
     thread_permalink: str | None = None  # chat.getPermalink's answer for the thread, once a Home asked
     owner: str | None = None  # the replica watching it (storage.leases); None once nobody needs to
+    # a long video's segment (bot.long_video): its place (0 = the opening clip), the job it
+    # continues, how ("extend" | "last_frame"), and the failed attempts already retried
+    segment_index: int | None = None
+    after_job: str | None = None
+    continuation: str | None = None
+    attempts: int = 0
+
+    @property
+    def is_segment(self) -> bool:
+        return self.segment_index is not None
+
+    @property
+    def started_at(self) -> datetime:
+        """Where its timeout and poll pacing count from: the request, except for a long
+        video's segment, which waits for the ones before it and counts from its own submit."""
+        if self.segment_index is not None and self.submit_started_at is not None:
+            return self.submit_started_at
+        return self.created_at

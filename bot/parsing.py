@@ -70,7 +70,10 @@ class JobRequest(BaseModel):
                 f"`{spec.id}` doesn't offer `{_short(self.resolution)}`. Allowed resolutions: "
                 f"{', '.join(spec.resolutions)}."
             )
-        if self.duration_s not in spec.allowed_durations(self.resolution):
+        allowed = spec.allowed_durations(self.resolution)
+        # longer than one clip: a long video, planned as segments (or refused, naming the
+        # limit) by bot.segments when it is accepted
+        if self.duration_s not in allowed and not self.duration_s > allowed[-1]:
             at = f" at {self.resolution}" if self.resolution in spec.durations_by_resolution else ""
             raise InvalidRequest(
                 f"`{spec.id}` can't make a {self.duration_s} s video{at}. Allowed lengths: "
@@ -349,6 +352,10 @@ def request_on(catalog: Catalog, spec: ModelSpec, prompt: str, *, duration: int,
     nearest, res, ratio = spec.nearest(duration, resolution or "", aspect or "")
     if not exact:
         duration = nearest
+    elif duration not in spec.allowed_durations(res):
+        # side by side means one clip each: no long videos in a compare
+        raise InvalidRequest(f"`{spec.id}` can't make a {duration} s video in one clip. Allowed lengths: "
+                             f"{spec.durations_text(res)}.")
     try:
         return JobRequest.model_validate(
             {"prompt": prompt, "model": spec.id, "duration_s": duration, "resolution": res, "aspect_ratio": ratio},

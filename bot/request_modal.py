@@ -17,8 +17,10 @@ from bot import prompt_input
 from bot.catalog import ModelSpec
 from bot.clock import budget_day
 from bot.deps import Deps
+from bot.errors import InvalidRequest
 from bot.money import format_usd
-from bot.parsing import MAX_PROMPT_CHARS
+from bot.parsing import MAX_PROMPT_CHARS, JobRequest
+from bot.segments import Plan, menu_lengths, plan_video
 from storage import ledger
 
 MODAL = "sora_request_modal"
@@ -107,7 +109,8 @@ def normalize(deps: Deps, choices: Choices) -> Choices:
     spec = deps.catalog.get(choices.model) or deps.catalog.get(deps.catalog.default_model)
     assert spec is not None
     resolution = choices.resolution if choices.resolution in spec.resolutions else spec.default_resolution
-    allowed = spec.allowed_durations(resolution)
+    allowed = [*spec.allowed_durations(resolution),
+               *menu_lengths(spec, resolution, max_video_seconds=deps.settings.sora_max_video_seconds)]
     duration = choices.duration_s if choices.duration_s in allowed else (
         spec.default_duration if spec.default_duration in allowed else allowed[0])
     aspect = choices.aspect if choices.aspect in spec.aspect_ratios else spec.default_aspect
@@ -126,9 +129,19 @@ async def cost_line(deps: Deps, user_id: str, spec: ModelSpec, choices: Choices)
     limit, totals = await ledger.totals_for(deps.db, user_id, budget_day(now, deps.settings.tz), budgets.default_user_micros)
     per_s = spec.prices_micros[choices.resolution]
     total = per_s * choices.duration_s
+    what = f"{choices.duration_s} s × {format_usd(per_s)} = *{format_usd(total)}*"
+    if choices.duration_s > spec.allowed_durations(choices.resolution)[-1]:
+        # a long video: the plan is said here, before anything is reserved or charged
+        try:
+            plan = plan_video(spec, choices.duration_s, choices.prompt or "-", resolution=choices.resolution,
+                              max_video_seconds=deps.settings.sora_max_video_seconds)
+        except InvalidRequest as exc:
+            return f":warning: {exc.user_message()}"
+        total = plan.cost_micros
+        what = plan.text().replace(f"{format_usd(total)} in all", f"*{format_usd(total)}* in all")
     left = max(0, limit - totals.used_micros)
     warn = " · :warning: more than you have left" if total > left else ""
-    return f"{choices.duration_s} s × {format_usd(per_s)} = *{format_usd(total)}* · you have {format_usd(left)} left today{warn}"
+    return f"{what} · you have {format_usd(left)} left today{warn}"
 
 
 async def build_view(deps: Deps, user_id: str, choices: Choices, target: Target, *, title: str = "Generate a video") -> dict[str, Any]:
@@ -136,7 +149,9 @@ async def build_view(deps: Deps, user_id: str, choices: Choices, target: Target,
     spec = deps.catalog.get(choices.model)
     assert spec is not None
     models = _model_menu(deps, list(deps.catalog), lambda m: f"{m.label} · {m.prices_text()}")
-    durations = [_option(f"{d} s", str(d)) for d in spec.allowed_durations(choices.resolution)][:100]
+    longer = menu_lengths(spec, choices.resolution, max_video_seconds=deps.settings.sora_max_video_seconds)
+    durations = ([_option(f"{d} s", str(d)) for d in spec.allowed_durations(choices.resolution)]
+                 + [_option(f"{d} s (in segments)", str(d)) for d in longer])[:100]
     resolutions = [_option(r, r) for r in spec.resolutions]
     aspects = [_option(a, a) for a in spec.aspect_ratios]
     blocks: list[dict[str, Any]] = [
@@ -310,6 +325,16 @@ async def submit(deps: Deps, *, user_id: str, team_id: str | None, view: dict[st
         return await _submit_compare(deps, request, others, user_id=user_id, team_id=team_id, channel=channel,
                                      thread_ts=target.thread_ts, source=source, dedupe=dedupe,
                                      values=values, with_image=bool(files))
+    try:
+        plan = flow.plan_for(deps, request)
+    except InvalidRequest as exc:
+        return Outcome(errors={block_id_for(values, "duration"): exc.user_message()[:300]})
+    if plan is not None:
+        if files:
+            return Outcome(errors={"image": "A video longer than one clip can't start from an image yet; "
+                                            "remove the image or pick a shorter length."})
+        return await _submit_plan(deps, request, plan, user_id=user_id, team_id=team_id, channel=channel,
+                                  thread_ts=target.thread_ts, source=source, dedupe=dedupe, values=values)
     if files:
         if not spec.image_to_video:
             return Outcome(errors={"image": f"`{spec.id}` can't start from an image; remove it or pick another model."})
@@ -324,6 +349,23 @@ async def submit(deps: Deps, *, user_id: str, team_id: str | None, view: dict[st
     except (InvalidRequest, NotAllowed) as exc:
         return Outcome(errors={"prompt": exc.user_message()[:300]})
     return Outcome(text=f"Got it: job `{job.id}`, {format_usd(job.estimate_micros)} reserved.", job_id=job.id)
+
+
+async def _submit_plan(deps: Deps, request: JobRequest, plan: Plan, *, user_id: str, team_id: str | None,
+                       channel: str, thread_ts: str | None, source: str, dedupe: str | None,
+                       values: dict[str, Any]) -> Outcome:
+    from bot import flow, messages
+    from bot.commands import ACK_WAIT_S
+    from bot.errors import BudgetExceeded, NotAllowed
+
+    try:
+        got = await flow.accept_plan(deps, request, plan, user_id=user_id, team_id=team_id, channel_id=channel,
+                                     source=source, thread_ts=thread_ts, dedupe_key=dedupe, wait_s=ACK_WAIT_S)
+    except BudgetExceeded as exc:
+        return Outcome(errors={block_id_for(values, "duration"): exc.user_message()[:300]})
+    except (InvalidRequest, NotAllowed) as exc:
+        return Outcome(errors={"prompt": exc.user_message()[:300]})
+    return Outcome(text=messages.long_video_accepted(plan, got.compare_id or got.jobs[0].id), job_id=got.jobs[0].id)
 
 
 async def finish_with_image(deps: Deps, *, user_id: str, team_id: str | None, outcome: Outcome) -> str:

@@ -100,7 +100,7 @@ def earliest_finish_in(
 ) -> tuple[float, float]:
     """(bound, guess): seconds from `now` before which the job cannot be done, and a softer
     guess from a single progress observation (0 when nothing is known)."""
-    bound = min_render_s - (now - job.created_at).total_seconds()
+    bound = min_render_s - (now - job.started_at).total_seconds()
     guess = 0.0
     first, latest = track.first, track.latest
     if first is not None and latest is not None:
@@ -112,7 +112,7 @@ def earliest_finish_in(
             bound = max(bound, (99 - p2) / rate - (now - t2).total_seconds())
         else:
             # one value so far: guess the rate from when progress started to show
-            since = track.quiet_at or job.created_at
+            since = track.quiet_at or job.started_at
             elapsed = (t1 - since).total_seconds()
             if elapsed > 0:
                 guess = ONE_POINT_SHARE * (elapsed * (99 - p1) / (p1 + 1) - (now - t1).total_seconds())
@@ -133,7 +133,7 @@ def next_poll_delay(
     if track.polls == 0:
         delay = timing.poll_interval_s
     else:
-        age = max(0.0, (now - job.created_at).total_seconds())
+        age = max(0.0, (now - job.started_at).total_seconds())
         step = STEP_SHARE * allowed_lateness(timing, age)
         bound, guess = earliest_finish_in(job, track, now, min_render_s=min_render_s)
         # the job can't end before `bound`, so a poll one step after it still sees any

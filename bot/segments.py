@@ -78,6 +78,21 @@ def longest_video(spec: ModelSpec, *, max_video_seconds: int) -> int:
     return min(max(spec.durations), max_video_seconds)
 
 
+# The round lengths a menu offers beyond one clip (a person may still type any length).
+MENU_LENGTHS = (10, 12, 15, 20, 24, 30, 40, 45, 60, 90, 120, 180, 240, 300, 420, 600)
+
+
+def menu_lengths(spec: ModelSpec, resolution: str, *, max_video_seconds: int) -> list[int]:
+    """Lengths past this model's longest clip that a length menu offers, up to the longest
+    video it can plan (itself offered, so the menu reaches the limit)."""
+    top = spec.allowed_durations(resolution)[-1]
+    longest = longest_video(spec, max_video_seconds=max_video_seconds)
+    picks = [d for d in MENU_LENGTHS if top < d <= longest]
+    if longest > top and longest not in picks:
+        picks.append(longest)
+    return picks
+
+
 def plan_video(
     spec: ModelSpec,
     total_seconds: int,
@@ -100,8 +115,8 @@ def plan_video(
     if isinstance(total_seconds, bool) or not isinstance(total_seconds, int) or total_seconds < 1:
         raise InvalidRequest(f"A video's length is a whole number of seconds, at least 1; got {total_seconds!r}.")
     if total_seconds > max_video_seconds:
-        raise InvalidRequest(f"{max_video_seconds} s is the longest video here (SORA_MAX_VIDEO_SECONDS); "
-                             f"ask for {max_video_seconds} s or less.")
+        raise InvalidRequest(f"You asked for {total_seconds} s, and {max_video_seconds} s is the longest video "
+                             f"here (SORA_MAX_VIDEO_SECONDS); ask for {max_video_seconds} s or less.")
     clips = spec.allowed_durations(res)
     if total_seconds <= clips[-1]:
         lengths, how = _one_clip(spec, total_seconds, clips, res), "first"

@@ -281,8 +281,10 @@ async def render_request(deps: Deps, job: Job, *, give_up_at: Any = None) -> tup
         approval = await approvals.get(deps.db, job.approval_key)
         awaiting = approval is not None and approval.state == "pending"
     if job.compare_id:
-        return messages.compare_message(job.compare_id, await compares.jobs_of(deps.db, job.compare_id),
-                                        awaiting_approval=awaiting)
+        members = await compares.jobs_of(deps.db, job.compare_id)
+        if job.is_segment:
+            return messages.series_message(job.compare_id, members, awaiting_approval=awaiting)
+        return messages.compare_message(job.compare_id, members, awaiting_approval=awaiting)
     offer = None
     choice = fallback_for(deps.catalog, job)
     # no button once a fallback runs (clicked, or started automatically)

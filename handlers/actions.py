@@ -8,9 +8,9 @@ from typing import Any
 from slack_bolt.async_app import AsyncAck, AsyncApp, AsyncBoltContext, AsyncRespond
 from slack_sdk.errors import SlackApiError
 
-from bot import actions, approval, compare, messages, prompt_input
+from bot import actions, approval, compare, long_video, messages, prompt_input
 from bot.deps import Deps
-from bot.errors import InvalidRequest, NotAllowed
+from bot.errors import BudgetExceeded, InvalidRequest, NotAllowed
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +85,19 @@ async def on_compare_cancel_clicked(ack: AsyncAck, body: dict[str, Any], respond
     await respond(text=text, response_type="ephemeral", replace_original=False)
 
 
+async def on_series_continue_clicked(ack: AsyncAck, body: dict[str, Any], respond: AsyncRespond,
+                                     context: AsyncBoltContext) -> None:
+    await ack()
+    series_id, user_id = _action(body)
+    deps = context["deps"]
+    try:
+        text = await long_video.continue_video(deps, series_id, user_id, response_url=body.get("response_url"))
+    except (InvalidRequest, NotAllowed, BudgetExceeded) as exc:
+        deps.metrics.refused(exc)
+        text = exc.user_message()
+    await respond(text=text, response_type="ephemeral", replace_original=False)
+
+
 async def on_approval_clicked(ack: AsyncAck, body: dict[str, Any], respond: AsyncRespond,
                               context: AsyncBoltContext) -> None:
     await ack()
@@ -101,6 +114,7 @@ def register(app: AsyncApp) -> None:
     app.action(messages.EDIT_ACTION)(on_edit_clicked)
     app.action(messages.FALLBACK_ACTION)(on_fallback_clicked)
     app.action(messages.COMPARE_CANCEL_ACTION)(on_compare_cancel_clicked)
+    app.action(messages.SERIES_CONTINUE_ACTION)(on_series_continue_clicked)
     app.action(messages.APPROVE_ACTION)(on_approval_clicked)
     app.action(messages.DENY_ACTION)(on_approval_clicked)
     app.view(messages.EDIT_MODAL)(on_edit_submitted)

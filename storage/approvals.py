@@ -63,8 +63,10 @@ async def decide(db: Database, key: str, *, state: str, by: str, now: str) -> De
     assert state in ("approved", "denied", "expired", "withdrawn")
     async with db.write_txn() as conn:
         rows = await conn.fetchall(
-            "SELECT id FROM jobs WHERE approval_key = ? AND status = 'queued' ORDER BY rowid", (key,))
+            "SELECT id, segment_index FROM jobs WHERE approval_key = ? AND status = 'queued' ORDER BY rowid", (key,))
         waiting = [r[0] for r in rows]
+        # a long video's segments are one video: its first segment's message speaks for them
+        silent = {r[0] for r in rows[1:] if r[1] is not None}
         moved = False
         if state != "withdrawn" or not waiting:  # withdrawn only once no part still waits
             moved = await conn.execute(
@@ -83,7 +85,8 @@ async def decide(db: Database, key: str, *, state: str, by: str, now: str) -> De
                     (JobStatus.CANCELLED.value, FailureKind.CANCELLED.value, detail, now, now, job_id),
                 )
                 await ledger.release(conn, job_id, now)
-                await add_delivery(conn, job_id, "cancelled", now=now)
+                if job_id not in silent:
+                    await add_delivery(conn, job_id, "cancelled", now=now)
         approval = _row(row)
         if moved:
             await admin.audit(

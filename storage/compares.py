@@ -1,4 +1,5 @@
-"""`/sora compare` rows: the set's one request message and its summary, owed exactly once."""
+"""Requests of several jobs: a `/sora compare` (the set's one request message and its summary,
+owed exactly once) or a long video's series of segments (one request message, no summary)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ class Compare:
     prompt: str
     summary_state: str  # owed | done
     summary_ts: str | None
+    kind: str = "compare"  # compare | series
 
 
 async def get(db: Database, compare_id: str) -> Compare | None:
@@ -26,7 +28,7 @@ async def get(db: Database, compare_id: str) -> Compare | None:
     if row is None:
         return None
     return Compare(row["id"], row["user_id"], row["channel_id"], row["thread_ts"], row["status_ts"],
-                   row["prompt"], row["summary_state"], row["summary_ts"])
+                   row["prompt"], row["summary_state"], row["summary_ts"], row["kind"])
 
 
 async def jobs_of(db: Database, compare_id: str) -> list[Job]:

@@ -51,6 +51,8 @@ class NewJob:
     reference_image_path: str | None = None
     reference_image_mime: str | None = None
     fallback_of: str | None = None
+    segment_index: int | None = None  # a long video's segment (its `after_job` is set on insert)
+    continuation: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +108,7 @@ async def reserve_and_insert(
 async def reserve_request(
     db: Database, news: list[NewJob], *, limits: Limits, day: str, now: str,
     wait_s: float | None = None, compare_prompt: str | None = None, lease: Lease | None = None,
+    after_job: str | None = None,
 ) -> Reserved:
     """One request: a single job, or the jobs of a compare (`compare_prompt` set).
 
@@ -114,12 +117,16 @@ async def reserve_request(
     is charged or released on its own. Over the approval threshold, the jobs are stored
     waiting for an admin. The dedupe key is the first job's. `lease` makes the new jobs the
     calling replica's to watch (storage.leases).
+
+    A long video's segments (NewJob.segment_index set) are one request too: a series, each
+    segment continuing the one before it; `after_job` is the finished job the first one
+    continues (a series that carries on a stopped one).
     """
     try:
         # the whole check-and-insert is one function in one transaction (see Database.run_write)
         return await db.run_write(
             _reserve_in, news, limits=limits, day=day, now=now, compare_prompt=compare_prompt, lease=lease,
-            wait_s=wait_s,
+            after_job=after_job, wait_s=wait_s,
         )
     except TimeoutError:
         raise Busy() from None
@@ -146,9 +153,10 @@ _CHECK_SQL = (
 
 async def _reserve_in(
     conn: Conn, news: list[NewJob], *, limits: Limits, day: str, now: str,
-    compare_prompt: str | None, lease: Lease | None = None,
+    compare_prompt: str | None, lease: Lease | None = None, after_job: str | None = None,
 ) -> Reserved:
     first = news[0]
+    series = first.segment_index is not None
     # Budget locks in their one order (storage.ledger): the user's requests take turns, so the
     # dedupe check, the cap and the budget below see every earlier reservation of theirs,
     # whichever replica made it (a no-op on SQLite, where BEGIN IMMEDIATE does it).
@@ -192,10 +200,12 @@ async def _reserve_in(
     compare_id = None
     if compare_prompt is not None:
         compare_id = new_job_id()
+        # a series owes no summary: its video is the summary
         _took(await conn.execute(
-            "INSERT INTO compares (id, user_id, channel_id, thread_ts, prompt, created_at) VALUES (?,?,?,?,?,?)"
-            " ON CONFLICT (id) DO NOTHING",
-            (compare_id, first.user_id, first.channel_id, first.thread_ts, compare_prompt, now),
+            "INSERT INTO compares (id, user_id, channel_id, thread_ts, prompt, created_at, kind, summary_state)"
+            " VALUES (?,?,?,?,?,?,?,?) ON CONFLICT (id) DO NOTHING",
+            (compare_id, first.user_id, first.channel_id, first.thread_ts, compare_prompt, now,
+             "series" if series else "compare", "done" if series else "owed"),
         ))
     job_ids: list[str] = []
     while len(job_ids) < len(news):
@@ -215,14 +225,16 @@ async def _reserve_in(
     for i, new in enumerate(news):
         stored = new if i == 0 else _without_dedupe(new)
         job_id = job_ids[i]
+        after = (job_ids[i - 1] if i else after_job) if series else None
         await _insert_job(conn, stored, job_id, day=day, now=now, compare_id=compare_id,
-                          approval_key=approval_key, lease=lease)
+                          approval_key=approval_key, lease=lease, after_job=after)
         await ledger.add_reservation(
             conn, job_id=job_id, user_id=new.user_id, day=day, amount_micros=new.estimate_micros, at=now
         )
         # what the INSERT stored, without reading it back (this runs before every ack)
         jobs.append(_stored_job(stored, job_id, day=day, now=now, compare_id=compare_id,
-                                approval_key=approval_key, owner=lease.owner if lease else None))
+                                approval_key=approval_key, owner=lease.owner if lease else None,
+                                after_job=after))
     if cap is not None:
         # Last, so that capped reservations of the day take turns only for this check and the
         # COMMIT: the day's totals already count this request, and a refusal rolls it all back.
@@ -266,14 +278,16 @@ async def _reserved_before(conn: Conn, job_id: str) -> Reserved:
 async def _insert_job(
     conn: Conn, new: NewJob, job_id: str, *, day: str, now: str,
     compare_id: str | None = None, approval_key: str | None = None, lease: Lease | None = None,
+    after_job: str | None = None,
 ) -> None:
     _took(await conn.execute(
         """INSERT INTO jobs (id, dedupe_key, user_id, team_id, channel_id, thread_ts, source,
                response_url, model, provider, provider_model, prompt, duration_seconds,
                resolution, aspect_ratio, status, estimate_micros, budget_day, created_at,
                updated_at, last_progress_at, reference_image_path, reference_image_mime,
-               compare_id, fallback_of, approval_key, owner, lease_until)
-           VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,'queued',?,?,?,?,?,?,?,?,?,?,?,?)
+               compare_id, fallback_of, approval_key, owner, lease_until, segment_index,
+               after_job, continuation)
+           VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,'queued',?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)
            ON CONFLICT (id) DO NOTHING""",
         (
             job_id, new.dedupe_key, new.user_id, new.team_id, new.channel_id, new.thread_ts,
@@ -281,14 +295,15 @@ async def _insert_job(
             new.prompt, new.duration_seconds, new.resolution, new.aspect_ratio,
             new.estimate_micros, day, now, now, now, new.reference_image_path,
             new.reference_image_mime, compare_id, new.fallback_of, approval_key,
-            lease.owner if lease else None, lease.until if lease else None,
+            lease.owner if lease else None, lease.until if lease else None, new.segment_index,
+            after_job, new.continuation,
         ),
     ))
 
 
 def _stored_job(
     new: NewJob, job_id: str, *, day: str, now: str, compare_id: str | None, approval_key: str | None,
-    owner: str | None = None,
+    owner: str | None = None, after_job: str | None = None,
 ) -> Job:
     """The row `_insert_job` stored, as `row_to_job` would read it (a test holds them equal)."""
     at = parse_iso(now)
@@ -305,6 +320,7 @@ def _stored_job(
         finished_at=None, budget_day=day, reference_image_path=new.reference_image_path,
         reference_image_mime=new.reference_image_mime, compare_id=compare_id,
         fallback_of=new.fallback_of, approval_key=approval_key, owner=owner,
+        segment_index=new.segment_index, after_job=after_job, continuation=new.continuation,
     )
 
 
@@ -345,6 +361,10 @@ def row_to_job(row: Row) -> Job:
         approval_key=row["approval_key"],
         thread_permalink=row["thread_permalink"],
         owner=row["owner"],
+        segment_index=row["segment_index"],
+        after_job=row["after_job"],
+        continuation=row["continuation"],
+        attempts=int(row["attempts"]),
     )
 
 

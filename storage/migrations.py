@@ -330,6 +330,24 @@ _SQLITE: tuple[tuple[str, str], ...] = (
         -- Nothing to do on SQLite: it updates a row in place. (PostgreSQL's text below.)
         """,
     ),
+    (
+        "long videos: segments",
+        """
+        -- A request of several jobs is a compare (side by side) or a series: a long video's
+        -- segments, one after another, each continuing the one before. A series owes no
+        -- summary; its one video is the last segment's delivery.
+        ALTER TABLE compares ADD COLUMN kind TEXT NOT NULL DEFAULT 'compare'
+            CHECK (kind IN ('compare', 'series'));
+        -- A segment: its place in the whole video (0 = the opening clip), the job it
+        -- continues, how ('extend': the provider extends that video; 'last_frame': it starts
+        -- from that video's last frame), and the failed attempts already retried.
+        ALTER TABLE jobs ADD COLUMN segment_index INTEGER;
+        ALTER TABLE jobs ADD COLUMN after_job TEXT;
+        ALTER TABLE jobs ADD COLUMN continuation TEXT;
+        ALTER TABLE jobs ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0;
+        CREATE INDEX jobs_after ON jobs(after_job);
+        """,
+    ),
 )
 
 

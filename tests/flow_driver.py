@@ -32,7 +32,7 @@ async def submitted_job(db_path: Path, prompt: str) -> AsyncIterator[tuple[Deps,
             context={"catalog": deps.catalog},
         )
         job, _ = await accept_request(deps, request, user_id="U1", team_id="T", channel_id="C1", source="command")
-        provider_id = await sim.submit(_spec_for(deps, job))
+        provider_id = await sim.submit(await _spec_for(deps, job))
         await jobstore.update(deps.db, job.id, expect=[JobStatus.QUEUED], now="2026-01-01T00:00:00.000000Z",
                               status=JobStatus.SUBMITTED, provider_job_id=provider_id)
         yield deps, await jobstore.must_get_job(deps.db, job.id)

@@ -72,6 +72,29 @@ def test_compare_and_approval_examples() -> None:
     _check("approval-request.json", {"blocks": dm})
 
 
+def test_long_video_examples() -> None:
+    from datetime import timedelta
+
+    def seg(i: int, **kw) -> Job:
+        values = dict(id=f"s{i}x4y5z6", model="gen4.5", provider="runway", duration_seconds=10,
+                      estimate_micros=1_200_000, compare_id="v3w4x5y6", segment_index=i,
+                      after_job=f"s{i - 1}x4y5z6" if i else None, continuation="last_frame" if i else "first",
+                      status=JobStatus.QUEUED, progress=None,
+                      prompt="a lighthouse keeper climbs the stairs" if i == 0 else "the lamp turns on at dusk")
+        values.update(kw)
+        return _job(**values)
+
+    done = dict(status=JobStatus.SUCCEEDED, cost_micros=1_200_000, progress=100, finished_at=WHEN + timedelta(minutes=2))
+    _, running = messages.series_message("v3w4x5y6", [seg(0, **done), seg(1, status=JobStatus.RUNNING, progress=35),
+                                                      seg(2)])
+    _, stopped = messages.series_message("v3w4x5y6", [
+        seg(0, **done), seg(1, status=JobStatus.FAILED, failure_kind=FailureKind.GENERATION_FAILED, attempts=1,
+                           finished_at=WHEN + timedelta(minutes=5)),
+        seg(2, status=JobStatus.CANCELLED, failure_kind=FailureKind.CANCELLED)])
+    _check("series-message-running.json", {"blocks": running})
+    _check("series-message-stopped.json", {"blocks": stopped})
+
+
 def test_edit_modal_example() -> None:
     _check("edit-modal.json", messages.edit_modal(_job(status=JobStatus.FAILED, failure_kind=FailureKind.BLOCKED_INPUT)))
 

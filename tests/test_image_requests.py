@@ -11,8 +11,9 @@ from PIL import Image
 
 from bot import request_modal as rm
 from bot.cli import jobs_json
+from bot.providers.gateway import GatewayProvider
 from bot.providers.openai_videos import OpenAIVideosProvider
-from tests.fakes.providers import FakeOpenAIServer
+from tests.fakes.providers import FakeGatewayServer, FakeOpenAIServer
 from tests.slack_requests import post_signed, view_submission_body
 
 
@@ -46,18 +47,27 @@ async def test_an_image_on_a_mention_reaches_the_provider_at_the_exact_size(open
     assert job["status"] == "succeeded" and job["aspect_ratio"] == "9:16"
 
 
-async def test_an_image_with_a_model_that_cannot_use_it_is_refused_before_any_charge(openai_bot, slack) -> None:
-    bot, server = openai_bot
-    file = slack.add_file("F0IMG2", _png(800, 600), name="cat.png", mimetype="image/png")
-    root = slack.add_message("C1", "<@UBOT> -m simulator animate the cat", user="U1")
-    event = {"type": "app_mention", "user": "U1", "text": root.text, "ts": root.ts, "channel": "C1",
-             "event_ts": root.ts, "files": [file]}
-    body = json.dumps({"token": "x", "team_id": "T0001", "api_app_id": "A1", "type": "event_callback",
-                       "event_id": "EvImg2", "event_time": 1, "event": event})
-    await post_signed(bot.http, bot.url, body)
-    await slack.wait_for(lambda: bool(slack.ephemerals), timeout=5)
-    assert "can't start from an image" in slack.ephemerals[-1].text and "Nothing was charged" in slack.ephemerals[-1].text
-    assert json.loads(await jobs_json(bot.deps.db)) == [] and server.create_attempts == []
+async def test_an_image_with_a_model_that_cannot_use_it_is_refused_before_any_charge(make_bot, slack) -> None:
+    # next to OpenAI's Sora 2 (which takes images), a text-only model: Sora 2 Pro through a gateway
+    async with FakeOpenAIServer(run_seconds=0.3) as server, FakeGatewayServer(run_seconds=0.3) as gateway, \
+            httpx.AsyncClient() as client:
+        bot = await make_bot(providers={"openai": OpenAIVideosProvider(server.base_url, server.api_key, client=client),
+                                        "gateway": GatewayProvider(gateway.base_url, gateway.api_key, client=client)},
+                             include_simulator=True, video_gateway_models="sora-2-pro", sora_default_model="sora-2")
+        assert bot.deps.catalog.get("sora-2").image_to_video
+        assert not bot.deps.catalog.get("sora-2-pro").image_to_video
+        file = slack.add_file("F0IMG2", _png(800, 600), name="cat.png", mimetype="image/png")
+        root = slack.add_message("C1", "<@UBOT> -m sora-2-pro animate the cat", user="U1")
+        event = {"type": "app_mention", "user": "U1", "text": root.text, "ts": root.ts, "channel": "C1",
+                 "event_ts": root.ts, "files": [file]}
+        body = json.dumps({"token": "x", "team_id": "T0001", "api_app_id": "A1", "type": "event_callback",
+                           "event_id": "EvImg2", "event_time": 1, "event": event})
+        await post_signed(bot.http, bot.url, body)
+        await slack.wait_for(lambda: bool(slack.ephemerals), timeout=5)
+        answer = slack.ephemerals[-1].text
+        assert "can't start from an image" in answer and "Nothing was charged" in answer
+        assert json.loads(await jobs_json(bot.deps.db)) == []
+        assert server.create_attempts == [] and gateway.create_attempts == []
 
 
 async def test_the_modal_file_input_makes_an_image_job(openai_bot, slack) -> None:

@@ -25,6 +25,7 @@ from bot.flow import accept_request
 from bot.images import fetch_slack_file, prepare_image, prepare_image_async, required_size
 from bot.models import ReferenceImage
 from bot.parsing import JobRequest
+from bot.providers.gateway import GatewayProvider
 from bot.providers.openai_videos import OpenAIVideosProvider
 from tests.fakes.providers import (
     INPAINT_MISMATCH,
@@ -41,6 +42,8 @@ SORA_PRO = _openai.get("sora-2-pro")
 GATEWAY_SORA = build_catalog(providers=["gateway"], gateway_models=["sora-2"]).get("sora-2")
 RUNWAY = build_catalog(providers=["runway"]).get("gen4.5")
 SIMULATOR = build_catalog(providers=[]).get("simulator")
+# a model that can't start from an image (nor extend a clip): fal's text-to-video Kling
+TEXT_ONLY = build_catalog(providers=["fal"]).get("fal/fal-ai/kling-video/v3/standard/text-to-video")
 
 
 def encode(img: Image.Image, fmt: str = "PNG", **kw) -> bytes:
@@ -349,8 +352,9 @@ async def test_load_slack_image_fetches_and_sizes(make_bot, slack: FakeSlack) ->
     slack.add_file("F0L", striped((400, 400)), name="a.png", mimetype="image/png")
     ref = await images.load_slack_image(bot.deps, spec=RUNWAY, resolution="720p", aspect="16:9", file_id="F0L")
     assert (ref.width, ref.height) == (400, 400)
+    assert not TEXT_ONLY.image_to_video
     with pytest.raises(InvalidRequest, match="can't start from an image"):
-        await images.load_slack_image(bot.deps, spec=SIMULATOR, resolution="720p", aspect="16:9", file_id="F0L")
+        await images.load_slack_image(bot.deps, spec=TEXT_ONLY, resolution="720p", aspect="16:9", file_id="F0L")
 
 
 # ---------------------------------------------------------------------- the fakes and the adapter
@@ -430,14 +434,19 @@ async def test_an_image_job_reaches_openai_at_exactly_the_required_size(make_bot
 
 
 async def test_a_model_without_image_support_refuses_before_any_reservation(make_bot) -> None:
-    bot = await make_bot()  # the simulator only
-    catalog = bot.deps.catalog
-    prepared = prepare_image(striped(), spec=RUNWAY, resolution="720p", aspect="16:9")
-    with pytest.raises(InvalidRequest, match="can't start from an image") as info:
-        await accept_request(bot.deps, _request(catalog, "simulator"), user_id="U1", team_id="T0001",
-                             channel_id="C1", source="command", image=prepared)
-    assert "Nothing was charged" in info.value.user_message()
-    assert json.loads(await jobs_json(bot.deps.db)) == []
-    assert (await bot.deps.db.fetchall("SELECT COUNT(*) FROM ledger"))[0][0] == 0
-    stored = bot.deps.media_dir / "images"
-    assert not stored.exists() or not any(stored.iterdir())
+    # Sora 2 through a gateway can't start from an image (the simulator can)
+    async with FakeGatewayServer(run_seconds=0.3) as server, httpx.AsyncClient() as client:
+        bot = await make_bot(providers={"gateway": GatewayProvider(server.base_url, server.api_key, client=client)},
+                             include_simulator=False, video_gateway_models="sora-2", sora_default_model="sora-2")
+        catalog = bot.deps.catalog
+        assert not catalog.get("sora-2").image_to_video
+        prepared = prepare_image(striped(), spec=RUNWAY, resolution="720p", aspect="16:9")
+        with pytest.raises(InvalidRequest, match="can't start from an image") as info:
+            await accept_request(bot.deps, _request(catalog, "sora-2"), user_id="U1", team_id="T0001",
+                                 channel_id="C1", source="command", image=prepared)
+        assert "Nothing was charged" in info.value.user_message()
+        assert json.loads(await jobs_json(bot.deps.db)) == []
+        assert (await bot.deps.db.fetchall("SELECT COUNT(*) FROM ledger"))[0][0] == 0
+        stored = bot.deps.media_dir / "images"
+        assert not stored.exists() or not any(stored.iterdir())
+        assert server.create_attempts == []

@@ -145,7 +145,9 @@ async def test_changing_the_model_updates_the_choices_and_the_cost(two_models, s
     new = update["view"]
     assert_valid_modal(new)
     lengths = next(b for b in new["blocks"] if b["block_id"].startswith("duration:"))["element"]["options"]
-    assert [o["value"] for o in lengths] == ["4", "6", "8"]
+    # one clip's lengths, then the longer ones Veo makes by extending, up to its 37 s
+    assert [o["value"] for o in lengths] == ["4", "6", "8", "10", "12", "15", "20", "24", "30", "37"]
+    assert lengths[3]["text"]["text"] == "10 s (in segments)"
     cost = next(b for b in new["blocks"] if b.get("block_id") == "cost")["elements"][0]["text"]
     assert cost.startswith("8 s × $0.40 = *$3.20*")
     assert any(b.get("block_id") == "image" for b in new["blocks"])  # Veo can start from an image
@@ -177,6 +179,27 @@ async def test_submissions_show_problems_on_the_field(two_models, slack) -> None
     over = await submit(big)
     assert "left of your $5.00" in next(iter(over["errors"].values()))
     assert len(json.loads(await jobs_json(bot.deps.db))) == 1
+
+
+async def test_a_long_length_says_its_plan_and_submits_one_video_of_segments(two_models, slack) -> None:
+    bot = two_models
+    veo = await rm.build_view(bot.deps, "U1", rm.Choices("veo-3.1", 30, "720p", "16:9", "a kite"), rm.Target())
+    assert_valid_modal(veo)
+    cost = next(b for b in veo["blocks"] if b.get("block_id") == "cost")["elements"][0]["text"]
+    # the plan before anything is reserved: Veo's clips can't make 30 s exactly
+    assert cost.startswith("29 s as 4 segments on `veo-3.1` (8 + 7 + 7 + 7 s), *$11.60* in all;"), cost
+    assert "more than you have left" in cost
+
+    view = await rm.build_view(bot.deps, "U1", rm.Choices("simulator", 30, "720p", "16:9"), rm.Target())
+    values = _values(view, model="simulator", duration="30")
+    resp = await post_signed(bot.http, bot.url, view_submission_body(rm.MODAL, private_metadata="{}",
+                                                                     values=values, view_id="V31"))
+    assert resp.status_code == 200 and not resp.content
+    await bot.runtime.poller.idle(20)
+    jobs = json.loads(await jobs_json(bot.deps.db))
+    assert sorted(j["duration_seconds"] for j in jobs) == [15, 15]
+    assert len({j["compare_id"] for j in jobs}) == 1 and all(j["status"] == "succeeded" for j in jobs)
+    assert sum(1 for m in slack.messages if m.files) == 1
 
 
 async def test_a_valid_submission_makes_one_job_in_the_picked_channel(two_models, slack) -> None:

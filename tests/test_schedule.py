@@ -25,6 +25,7 @@ NAIVE_S = 5.0
 def _job(**kw: object) -> SimpleNamespace:
     values: dict[str, object] = {"created_at": T0, "stall_notified": False, "progress": None, "last_progress_at": None}
     values.update(kw)
+    values.setdefault("started_at", values["created_at"])  # Job.started_at: not a long video's segment
     return SimpleNamespace(**values)
 
 

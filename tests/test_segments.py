@@ -52,6 +52,8 @@ def _plan(model: str, seconds: int, prompt: str = "a fox in snow", *, resolution
         ("veo-3.1", 8, None, "8 s in one clip on `veo-3.1`, $3.20 in all", None),
         ("gen4.5", 7, None, "7 s in one clip on `gen4.5`, $0.84 in all", None),
         ("simulator", 20, None, "20 s in one clip on `simulator`, $2.00 in all", None),
+        # the simulator takes an image, so its long videos continue from the last frame
+        ("simulator", 30, None, "30 s as 2 segments on `simulator` (15 + 15 s), $3.00 in all", "last_frame"),
         ("veo-3.1", 5, None, "4 s in one clip on `veo-3.1`, $1.60 in all; 5 s can't be made from its clip "
                              "lengths, so this is the nearest below", None),
     ],
@@ -73,8 +75,9 @@ def test_a_length_is_planned_as_allowed_segments_and_said_before_charging(
     ("model", "seconds", "kwargs", "words"),
     [
         # neither extension nor an image input: refused with the reason, and a model that can
-        ("simulator", 30, {}, "`simulator` can make at most 20 s in one clip and can't continue a clip "
-                              "(no extension and no image input), so 30 s isn't possible; ask for 20 s or less"),
+        ("fal/fal-ai/veo3.1/fast", 30, {}, "`fal/fal-ai/veo3.1/fast` can make at most 8 s in one clip and can't "
+                                           "continue a clip (no extension and no image input), so 30 s isn't "
+                                           "possible; ask for 8 s or less"),
         ("fal/fal-ai/kling-video/v3/standard/text-to-video", 16, {}, "can make at most 15 s in one clip and "
                                                                      "can't continue a clip"),
         # per-model caps of native extension
@@ -82,7 +85,8 @@ def test_a_length_is_planned_as_allowed_segments_and_said_before_charging(
                             "ask for 37 s or less"),
         ("gemini-omni-flash", 31, {}, "at most 30 s"),
         # SORA_MAX_VIDEO_SECONDS caps every route, the last-frame one included
-        ("gen4.5", 61, {}, "60 s is the longest video here (SORA_MAX_VIDEO_SECONDS); ask for 60 s or less."),
+        ("gen4.5", 61, {}, "You asked for 61 s, and 60 s is the longest video here (SORA_MAX_VIDEO_SECONDS); "
+                           "ask for 60 s or less."),
         ("veo-3.1", 30, {"max_video_seconds": 20}, "20 s is the longest video here (SORA_MAX_VIDEO_SECONDS)"),
         ("kling-3.0", 12, {"max_video_seconds": 10}, "10 s is the longest video here"),
         # a length no clip reaches
@@ -99,10 +103,11 @@ def test_a_length_beyond_the_plan_is_refused_naming_the_limit(model, seconds, kw
 
 
 def test_a_refusal_suggests_an_offered_model_that_can_make_it() -> None:
-    catalog = build_catalog(providers=["veo", "runway"], include_simulator=True)
+    # fal's text-to-video Kling can neither extend nor start from an image
+    catalog = build_catalog(providers=["veo", "runway", "fal"], include_simulator=True)
     with pytest.raises(InvalidRequest) as err:
-        _plan("simulator", 30, catalog=catalog)
-    assert err.value.user_message().endswith("ask for 20 s or less, or pick veo-3.1 (up to 37 s).")
+        _plan("fal/fal-ai/kling-video/v3/standard/text-to-video", 30, catalog=catalog)
+    assert err.value.user_message().endswith("ask for 15 s or less, or pick veo-3.1 (up to 37 s).")
 
 
 @pytest.mark.parametrize(

@@ -9,6 +9,7 @@ import json
 from typing import Any
 from urllib.parse import urlencode
 
+import httpx
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -16,7 +17,9 @@ from hypothesis import strategies as st
 from bot import request_modal as rm
 from bot.cli import jobs_json, usage_json
 from bot.messages import EDIT_ACTION, EDIT_MODAL
+from bot.providers.gateway import GatewayProvider
 from bot.slack_text import to_plain, utf16_len
+from tests.fakes.providers import FakeGatewayServer
 from tests.slack_requests import action_body, post_signed, view_submission_body
 
 PROMPT_BLOCKS = ("prompt", "prompt_2", "prompt_3")
@@ -372,14 +375,19 @@ def test_a_display_name_is_kept_as_the_person_set_it() -> None:
 async def test_a_slack_connect_file_stub_is_checked_by_id_not_refused(make_bot, slack) -> None:
     """Slack Connect sends `{"mode": "file_access", "file_access": "check_file_info"}` with no
     mimetype: the bot treats it as the image it may be (files.info decides), not as "not an image"."""
-    bot = await make_bot()
-    slack.add_file("F0IMG9", b"\x89PNG\r\n\x1a\n", name="dog.png", mimetype="image/png")
-    root = slack.add_message("C1", "<@UBOT> a dog", user="U1")
-    event = {"type": "app_mention", "user": "U1", "text": root.text, "ts": root.ts, "channel": "C1",
-             "event_ts": root.ts, "files": [{"id": "F0IMG9", "mode": "file_access", "file_access": "check_file_info"}]}
-    resp = await post_signed(bot.http, bot.url, _event_body(event, "EvStub-1"))
-    assert resp.status_code == 200
-    await slack.wait_for(lambda: bool(slack.ephemerals), timeout=5)
-    (answer,) = slack.ephemerals
-    # taken as the image it may be (the simulator can't start from one: that is the refusal)
-    assert "isn't one" not in answer.text and "can't start from an image" in answer.text
+    # Sora 2 through a gateway can't start from an image (the simulator now can)
+    async with FakeGatewayServer(run_seconds=0.3) as gateway, httpx.AsyncClient() as client:
+        bot = await make_bot(providers={"gateway": GatewayProvider(gateway.base_url, gateway.api_key, client=client)},
+                             include_simulator=False, video_gateway_models="sora-2", sora_default_model="sora-2")
+        slack.add_file("F0IMG9", b"\x89PNG\r\n\x1a\n", name="dog.png", mimetype="image/png")
+        root = slack.add_message("C1", "<@UBOT> a dog", user="U1")
+        event = {"type": "app_mention", "user": "U1", "text": root.text, "ts": root.ts, "channel": "C1",
+                 "event_ts": root.ts,
+                 "files": [{"id": "F0IMG9", "mode": "file_access", "file_access": "check_file_info"}]}
+        resp = await post_signed(bot.http, bot.url, _event_body(event, "EvStub-1"))
+        assert resp.status_code == 200
+        await slack.wait_for(lambda: bool(slack.ephemerals), timeout=5)
+        (answer,) = slack.ephemerals
+        # taken as the image it may be (this model can't start from one: that is the refusal)
+        assert "isn't one" not in answer.text and "can't start from an image" in answer.text
+        assert gateway.create_attempts == []
