@@ -249,3 +249,38 @@ async def test_a_home_publish_waits_while_another_replica_publishes_that_home(ma
     finally:
         await other.close()
     assert len([c for c in slack.calls_to("views.publish") if c.params.get("user_id") == "U1"]) == 1
+
+
+async def test_a_long_video_carries_on_at_another_replica_that_lacks_the_clips(make_bot, slack) -> None:
+    slack.keep_upload_bytes = True
+    a, b = await _pair(make_bot, sim_seconds=1.0)
+    reply = (await a.slash("-d 45 a ferry crossing a fjord")).json()["text"]
+    assert "45 s as 3 segments" in reply
+
+    async def segments() -> list:
+        rows = await a.deps.db.fetchall(
+            "SELECT id, status, segment_index FROM jobs WHERE segment_index IS NOT NULL ORDER BY segment_index")
+        return [tuple(r) for r in rows]
+
+    for _ in range(300):
+        rows = await segments()
+        if rows and rows[0][1] == "succeeded":
+            break
+        await asyncio.sleep(0.05)
+    _crash(a)
+    # the replicas don't share a disk: B must fetch the first clip again from the provider
+    for clip in a.deps.media_dir.glob("*.mp4"):
+        clip.unlink()
+    await slack.wait_for(lambda: len(slack.uploads) == 1, timeout=LEASE_S + 30)
+    await b.runtime.poller.idle(10)
+    rows = await segments()
+    assert [r[1] for r in rows] == ["succeeded"] * 3
+    assert _submits(a, b) == 3  # each segment made once, across both replicas
+    import io
+
+    import av
+
+    with av.open(io.BytesIO(next(iter(slack.uploads.values())).data)) as box:
+        assert sum(1 for _ in box.decode(box.streams.video[0])) == 45 * 8
+    charged = await b.deps.db.fetchall("SELECT state, charged_micros FROM ledger")
+    assert sorted(tuple(r) for r in charged) == [("charged", 1_500_000)] * 3
