@@ -188,7 +188,9 @@ def _remux(parts: Sequence[_Part], tmp: Path) -> tuple[int, Fraction]:
     return frames, offset
 
 
-def _pick_codec() -> str:
+def video_encoder() -> str | None:
+    """The video encoder this FFmpeg build has: H.264 as the providers deliver, else MPEG-4
+    (a build without x264); None when it has neither."""
     import av
 
     for name in _VIDEO_CODECS:
@@ -197,7 +199,14 @@ def _pick_codec() -> str:
             return name
         except (av.FFmpegError, ValueError):  # an unknown codec is a ValueError
             continue
-    raise JoinError("this FFmpeg build has no H.264 or MPEG-4 encoder")
+    return None
+
+
+def _pick_codec() -> str:
+    codec = video_encoder()
+    if codec is None:
+        raise JoinError("this FFmpeg build has no H.264 or MPEG-4 encoder")
+    return codec
 
 
 def _reencode(parts: Sequence[_Part], tmp: Path) -> tuple[int, Fraction]:

@@ -45,6 +45,7 @@ from bot.errors import (
 )
 from bot.models import FailureKind, ProviderErrorInfo, ProviderState, ProviderStatus, VideoSpec
 from bot.providers.http import (
+    file_base64,
     HttpAdapter,
     Op,
     first_text,
@@ -75,8 +76,6 @@ INLINE_KEEP = 4
 # An extension adds 3-10 s (reference 2026-12 §1c, "Extension"), whatever the model's clips.
 EXTEND_DURATIONS_S = (3, 10)
 VIDEO_MIME = "video/mp4"
-# read the input video this many bytes at a time (a multiple of 3: the base64 pieces join)
-_READ_CHUNK = 3 * 1024 * 1024
 
 SUGGESTED_MODEL = "gemini-omni-flash"
 VEO_MOVED = (
@@ -240,28 +239,6 @@ def _build_extension_request(spec: VideoSpec) -> dict[str, Any]:
         generation_config={"video_config": {"task": "extend"}},
     )
     return body
-
-
-def file_base64(path: Path) -> str:
-    """A file's bytes as base64, read a few megabytes at a time (the file itself is never
-    held whole); InvalidProviderRequest when it can't be read or is empty."""
-    pieces: list[bytes] = []
-    rest = b""
-    try:
-        with path.open("rb") as f:
-            while block := f.read(_READ_CHUNK):
-                block = rest + block
-                cut = len(block) - len(block) % 3
-                pieces.append(base64.b64encode(block[:cut]))
-                rest = block[cut:]
-    except OSError as exc:
-        raise InvalidProviderRequest(
-            "The video to extend could not be read.", detail=f"{type(exc).__name__}: {exc}"
-        ) from exc
-    pieces.append(base64.b64encode(rest))
-    if pieces == [b""]:
-        raise InvalidProviderRequest("The video to extend is empty.", detail=f"{path.name}: 0 bytes")
-    return b"".join(pieces).decode("ascii")
 
 
 def find_video(body: Mapping[str, Any]) -> Mapping[str, Any] | None:

@@ -7,6 +7,7 @@ exception and non-2xx answer becomes a `bot.errors` class here, in one place.
 from __future__ import annotations
 
 import asyncio
+import base64
 import email.utils
 import logging
 import math
@@ -605,3 +606,31 @@ def failure_kind_for(code: str | None, text: str) -> FailureKind:
     return (
         FailureKind.BLOCKED_OUTPUT if looks_blocked(code, text) else FailureKind.GENERATION_FAILED
     )
+
+
+# how much of a file `file_base64` reads at a time (a multiple of 3, so the pieces join)
+READ_CHUNK = 3 * 1024 * 1024
+
+
+def file_base64(path: Path, *, chunk: int = READ_CHUNK) -> str:
+    """A file's bytes as base64 (a video a provider extends, sent inline), read a few
+    megabytes at a time so the file itself is never held whole. InvalidProviderRequest when it
+    can't be read or is empty."""
+    assert chunk % 3 == 0
+    pieces: list[bytes] = []
+    rest = b""
+    try:
+        with path.open("rb") as f:
+            while block := f.read(chunk):
+                block = rest + block
+                cut = len(block) - len(block) % 3
+                pieces.append(base64.b64encode(block[:cut]))
+                rest = block[cut:]
+    except OSError as exc:
+        raise InvalidProviderRequest(
+            "The video to extend could not be read.", detail=f"{type(exc).__name__}: {exc}"
+        ) from exc
+    pieces.append(base64.b64encode(rest))
+    if pieces == [b""]:
+        raise InvalidProviderRequest("The video to extend is empty.", detail=f"{path.name}: 0 bytes")
+    return b"".join(pieces).decode("ascii")

@@ -43,9 +43,7 @@ QUEUED_SHARE = 0.15  # the first 15% of the run is spent "in the queue"
 FPS = 8
 WIDTH, HEIGHT = 160, 90
 OLD_ID_SECONDS = 8  # ids made before the length was part of them: the default clip length
-# H.264 as the real providers deliver; mpeg4 only if an FFmpeg build lacks x264.
 # threads=1: the same id always gives the same bytes, and a tiny clip gains nothing from more.
-_CODECS = ("libx264", "mpeg4")
 _X264_OPTIONS = {"preset": "ultrafast", "threads": "1"}
 
 
@@ -57,15 +55,12 @@ def _colour(job_id: str) -> tuple[int, int, int]:
 
 
 def _pick_codec() -> str:
-    import av
+    from bot.video_join import video_encoder
 
-    for name in _CODECS:
-        try:
-            av.Codec(name, "w")
-            return name
-        except (av.FFmpegError, ValueError):  # an unknown codec is a ValueError
-            continue
-    raise DeliveryError("simulator: no video encoder", detail="simulator: FFmpeg has no H.264 or MPEG-4 encoder")
+    codec = video_encoder()
+    if codec is None:
+        raise DeliveryError("simulator: no video encoder", detail="simulator: FFmpeg has no H.264 or MPEG-4 encoder")
+    return codec
 
 
 def _write_clip(dest: Path, job_id: str, seconds: int) -> None:

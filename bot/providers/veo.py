@@ -39,6 +39,7 @@ from bot.errors import (
 from bot.models import FailureKind, ProviderErrorInfo, ProviderState, ProviderStatus, VideoSpec
 from bot.providers.google_auth import BearerTokenSource
 from bot.providers.http import (
+    file_base64,
     HttpAdapter,
     Op,
     bearer,
@@ -89,8 +90,6 @@ _KEPT_GCS_URIS = 64
 # 24 fps; each call adds 7 s, for at most 37 s.
 EXTEND_ADDS_S = 7
 VIDEO_MIME = "video/mp4"
-# read the input video this many bytes at a time (a multiple of 3: the base64 pieces join)
-_READ_CHUNK = 3 * 1024 * 1024
 
 
 def is_extension(spec: VideoSpec) -> bool:
@@ -113,12 +112,7 @@ def build_predict_request(spec: VideoSpec, *, video_gcs_uri: str | None = None) 
             f"Veo makes videos of 4, 6 or 8 seconds, not {spec.duration_s}.",
             detail=f"durationSeconds {spec.duration_s} not in {VEO_DURATIONS_S}",
         )
-    allowed = LITE_RESOLUTIONS if "-lite-" in spec.provider_model else VEO_RESOLUTIONS
-    if spec.resolution not in allowed:
-        raise InvalidProviderRequest(
-            f"{spec.provider_model} makes {', '.join(allowed)} videos, not {spec.resolution}.",
-            detail=f"resolution {spec.resolution!r} not in {allowed}",
-        )
+    _check_resolution(spec)
     if spec.resolution != "720p" and spec.duration_s != FULL_HD_DURATION_S:
         raise InvalidProviderRequest(
             f"Veo makes {spec.resolution} videos only at 8 seconds. Pick 8 s, or 720p.",
@@ -146,6 +140,15 @@ def build_predict_request(spec: VideoSpec, *, video_gcs_uri: str | None = None) 
     return {"instances": [instance], "parameters": parameters}
 
 
+def _check_resolution(spec: VideoSpec) -> None:
+    allowed = LITE_RESOLUTIONS if "-lite-" in spec.provider_model else VEO_RESOLUTIONS
+    if spec.resolution not in allowed:
+        raise InvalidProviderRequest(
+            f"{spec.provider_model} makes {', '.join(allowed)} videos, not {spec.resolution}.",
+            detail=f"resolution {spec.resolution!r} not in {allowed}",
+        )
+
+
 def _build_extension_request(spec: VideoSpec, video_gcs_uri: str | None) -> dict[str, Any]:
     """The body that extends `spec.extend_video` (the whole video so far) by 7 seconds.
 
@@ -168,12 +171,7 @@ def _build_extension_request(spec: VideoSpec, video_gcs_uri: str | None) -> dict
             f"Veo extends a video by {EXTEND_ADDS_S} seconds at a time, not {spec.duration_s}.",
             detail=f"extension of {spec.duration_s}s; Veo adds {EXTEND_ADDS_S}s per call",
         )
-    allowed = LITE_RESOLUTIONS if "-lite-" in spec.provider_model else VEO_RESOLUTIONS
-    if spec.resolution not in allowed:
-        raise InvalidProviderRequest(
-            f"{spec.provider_model} makes {', '.join(allowed)} videos, not {spec.resolution}.",
-            detail=f"resolution {spec.resolution!r} not in {allowed}",
-        )
+    _check_resolution(spec)
     if spec.aspect_ratio not in VEO_ASPECTS:
         raise InvalidProviderRequest(
             f"Veo makes 16:9 or 9:16 videos, not {spec.aspect_ratio}.",
@@ -202,28 +200,6 @@ def _build_extension_request(spec: VideoSpec, video_gcs_uri: str | None) -> dict
     if spec.audio is not None:
         parameters["generateAudio"] = spec.audio
     return {"instances": [{"prompt": spec.prompt, "video": video}], "parameters": parameters}
-
-
-def file_base64(path: Path) -> str:
-    """A file's bytes as base64, read a few megabytes at a time (the file itself is never
-    held whole); InvalidProviderRequest when it can't be read or is empty."""
-    pieces: list[bytes] = []
-    rest = b""
-    try:
-        with path.open("rb") as f:
-            while block := f.read(_READ_CHUNK):
-                block = rest + block
-                cut = len(block) - len(block) % 3
-                pieces.append(base64.b64encode(block[:cut]))
-                rest = block[cut:]
-    except OSError as exc:
-        raise InvalidProviderRequest(
-            "The video to extend could not be read.", detail=f"{type(exc).__name__}: {exc}"
-        ) from exc
-    pieces.append(base64.b64encode(rest))
-    if pieces == [b""]:
-        raise InvalidProviderRequest("The video to extend is empty.", detail=f"{path.name}: 0 bytes")
-    return b"".join(pieces).decode("ascii")
 
 
 def rai_reason(reasons: Any) -> str | None:

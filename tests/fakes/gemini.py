@@ -61,8 +61,8 @@ from typing import Any
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from tests.fakes.google_agent import MakeVideo, mp4_seconds
-from tests.fakes.providers import FakeJob, _FakeServer, video_bytes
+from tests.fakes.google_agent import MakeVideo, mp4_seconds, video_of
+from tests.fakes.providers import FakeJob, _FakeServer
 
 SERVED = {
     "gemini-omni-1.2-flash": ("Gemini Omni 1.2 Flash", (3, 15)),
@@ -457,12 +457,7 @@ class FakeGeminiServer(_FakeServer):
         return self.video_of(source)
 
     def video_of(self, job: FakeJob) -> bytes:
-        """The finished video's bytes: `make_video(body)` (made once), else video_bytes."""
-        if self.make_video is None:
-            return video_bytes(job.id)
-        if "video" not in job.extra:
-            job.extra["video"] = self.make_video(job.body)
-        return job.extra["video"]
+        return video_of(job, self.make_video)
 
     def _done(self, job: FakeJob) -> bool:
         return not job.has("[stuck]") and time.time() - job.created_at >= self.run_seconds

@@ -109,6 +109,15 @@ EXTEND_INPUT_S = (1.0, 30.0)
 MakeVideo = Callable[[dict[str, Any]], bytes]
 
 
+def video_of(job: FakeJob, make_video: MakeVideo | None) -> bytes:
+    """A finished job's video: `make_video(body)` (made once, then kept), else video_bytes."""
+    if make_video is None:
+        return video_bytes(job.id)
+    if "video" not in job.extra:
+        job.extra["video"] = make_video(job.body)
+    return job.extra["video"]
+
+
 @functools.cache
 def signing_key() -> rsa.RSAPrivateKey:
     """One RSA key per test run: making a 2048-bit key costs tens of milliseconds."""
@@ -513,12 +522,7 @@ class FakeAgentPlatformServer(_FakeServer):
         return self.video_of(source) if source is not None and self._done(source) else None
 
     def video_of(self, job: FakeJob) -> bytes:
-        """The finished video's bytes: `make_video(body)` (made once), else video_bytes."""
-        if self.make_video is None:
-            return video_bytes(job.id)
-        if "video" not in job.extra:
-            job.extra["video"] = self.make_video(job.body)
-        return job.extra["video"]
+        return video_of(job, self.make_video)
 
     def _done(self, job: FakeJob) -> bool:
         return not job.has("[stuck]") and time.time() - job.created_at >= self.run_seconds
