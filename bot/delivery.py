@@ -10,6 +10,7 @@ import asyncio
 import dataclasses
 import logging
 from collections import defaultdict
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import httpx
@@ -106,13 +107,28 @@ async def _tell_refused(deps: Deps, job: Job) -> tuple[str | None, str]:
     return await slack_io.tell_privately(deps, job, text)
 
 
+async def _shared_before(deps: Deps, job: Job, delivery: jobstore.Delivery) -> str | None:
+    """The ts of the video's message when a previous attempt got as far as uploading it and
+    its share reached the thread (then it isn't posted again)."""
+    if not delivery.upload_file_id:
+        return None
+    ts = await slack_io.shared_ts(deps, delivery.upload_file_id, job.channel_id)
+    if ts is not None:
+        log.info("job %s: the video was already shared (%s); not posting again", job.id, ts)
+    return ts
+
+
+def _remember_upload(deps: Deps, job: Job) -> Callable[[str], Awaitable[None]]:
+    """`upload_video`'s on_uploaded: the file id, kept before the share (see _shared_before)."""
+    async def remember(file_id: str) -> None:
+        await jobstore.note_upload_file(deps.db, job.id, file_id, iso(deps.clock()))
+
+    return remember
+
+
 async def _post_video(deps: Deps, job: Job, delivery: jobstore.Delivery) -> tuple[str | None, str]:
-    if delivery.upload_file_id:
-        # a previous attempt got as far as uploading: did its share reach the thread?
-        ts = await slack_io.shared_ts(deps, delivery.upload_file_id, job.channel_id)
-        if ts is not None:
-            log.info("job %s: the video was already shared (%s); not posting again", job.id, ts)
-            return ts, "upload"
+    if (ts := await _shared_before(deps, job, delivery)) is not None:
+        return ts, "upload"
     file_path = delivery.file_path
     path = Path(file_path) if file_path else None
     if path is None or not path.exists():
@@ -120,10 +136,8 @@ async def _post_video(deps: Deps, job: Job, delivery: jobstore.Delivery) -> tupl
     why = "the file was no longer available"
     if path is not None:
         try:
-            async def remember(file_id: str) -> None:
-                await jobstore.note_upload_file(deps.db, job.id, file_id, iso(deps.clock()))
-
-            ts = await slack_io.upload_video(deps, job, path, messages.success_comment(job), on_uploaded=remember)
+            ts = await slack_io.upload_video(deps, job, path, messages.success_comment(job),
+                                             on_uploaded=_remember_upload(deps, job))
             return ts, "upload"
         except SlackApiError as exc:
             why = f"Slack said `{slack_io.slack_error(exc)}`"
@@ -142,11 +156,8 @@ async def _post_video(deps: Deps, job: Job, delivery: jobstore.Delivery) -> tupl
 async def _post_long_video(deps: Deps, job: Job, delivery: jobstore.Delivery) -> tuple[str | None, str]:
     """A long video's one message: the whole video (its last segment arrived), or, when it
     stopped, why and what was finished, joined (kept for Continue)."""
-    if delivery.upload_file_id:
-        ts = await slack_io.shared_ts(deps, delivery.upload_file_id, job.channel_id)
-        if ts is not None:
-            log.info("job %s: the video was already shared (%s); not posting again", job.id, ts)
-            return ts, "upload"
+    if (ts := await _shared_before(deps, job, delivery)) is not None:
+        return ts, "upload"
     text = ""
     if delivery.kind != "video":
         text = await _failure_text(deps, job)
@@ -156,7 +167,7 @@ async def _post_long_video(deps: Deps, job: Job, delivery: jobstore.Delivery) ->
     if not done:
         return await slack_io.post_in_thread(deps, job, text), "message"
     try:
-        path, done = await long_video.whole_video(deps, job)
+        path = await long_video.whole_video(deps, done)
     except DeliveryError as exc:
         log.warning("job %s: the long video's file couldn't be made: %s", job.id, exc.detail)
         why = ("\n:warning: The finished segments couldn't be put together into one file here "
@@ -169,11 +180,8 @@ async def _post_long_video(deps: Deps, job: Job, delivery: jobstore.Delivery) ->
         members = await compares.jobs_of(deps.db, job.compare_id) if job.compare_id else [job]
         comment = text + messages.partial_video_note(done, [m for m in members if m.status is not JobStatus.SUCCEEDED])
 
-    async def remember(file_id: str) -> None:
-        await jobstore.note_upload_file(deps.db, job.id, file_id, iso(deps.clock()))
-
     try:
-        return await slack_io.upload_video(deps, job, path, comment, on_uploaded=remember), "upload"
+        return await slack_io.upload_video(deps, job, path, comment, on_uploaded=_remember_upload(deps, job)), "upload"
     except SlackApiError as exc:
         # no provider link can stand in for a joined file: say so, with what was charged
         why = slack_io.slack_error(exc)

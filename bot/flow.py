@@ -652,7 +652,7 @@ async def finish_success(deps: Deps, job: Job, status: ProviderStatus) -> None:
         log.warning("job %s: provider reports %d micros, above the %d reserved; charging the reservation",
                     job.id, status.cost_micros, cost)
     now = iso(deps.clock())
-    moved = await deps.db.run_write(_succeed_in, job.id, job.provider, cost, status.video_url, str(dest), now,
+    moved = await deps.db.run_write(_succeed_in, job, cost, status.video_url, str(dest), now,
                                     deps.leases.fence, seen_finished)
     if not moved:
         if not job.is_segment:  # a segment's clip may be the one a new watcher keeps
@@ -667,39 +667,36 @@ async def finish_success(deps: Deps, job: Job, status: ProviderStatus) -> None:
 
 
 async def _succeed_in(
-    conn: Conn, job_id: str, provider: str, cost: int, video_url: str | None, dest: str, now: str,
+    conn: Conn, job: Job, cost: int, video_url: str | None, dest: str, now: str,
     fence: str | None, finished_at: str,
 ) -> bool:
     moved = await jobstore.update_job(
-        conn, job_id, expect=[JobStatus.SUBMITTED, JobStatus.RUNNING], now=now, fence=fence,
+        conn, job.id, expect=[JobStatus.SUBMITTED, JobStatus.RUNNING], now=now, fence=fence,
         set_={"status": JobStatus.SUCCEEDED, "progress": 100, "cost_micros": cost,
               "video_url": video_url, "finished_at": finished_at},
     )
     if moved:
-        await ledger.charge(conn, job_id, cost, now)
-        job = await jobstore.load_job(conn, job_id)
-        assert job is not None
+        await ledger.charge(conn, job.id, cost, now)
         if not job.is_segment:
-            await jobstore.add_delivery(conn, job_id, "video", now=now, file_path=dest)
+            await jobstore.add_delivery(conn, job.id, "video", now=now, file_path=dest)
         elif await series.is_last(conn, job):
             # the long video's one message: its file is made from the clips when posted
-            await jobstore.add_delivery(conn, job_id, "video", now=now)
-        await incidents.close_incidents_in(conn, provider)  # the provider works again
+            await jobstore.add_delivery(conn, job.id, "video", now=now)
+        await incidents.close_incidents_in(conn, job.provider)  # the provider works again
     return moved
 
 
-async def _stop_in(conn: Conn, job_id: str, set_: dict[str, object], kind: str, now: str,
+async def _stop_in(conn: Conn, job: Job, set_: dict[str, object], kind: str, now: str,
                    fence: str | None = None) -> tuple[bool, list[Job]]:
     """Any unfinished state -> failed/cancelled (per `set_`), releasing the reservation.
     `fence`: only while that replica owns the job (its watcher's own verdicts). A long
     video's segment stops the segments after it too: they can't continue what won't exist."""
-    moved = await jobstore.update_job(conn, job_id, expect=UNFINISHED, now=now, set_=set_, fence=fence)
+    moved = await jobstore.update_job(conn, job.id, expect=UNFINISHED, now=now, set_=set_, fence=fence)
     later: list[Job] = []
     if moved:
-        await ledger.release(conn, job_id, now)
-        await jobstore.add_delivery(conn, job_id, kind, now=now)
-        job = await jobstore.load_job(conn, job_id)
-        if job is not None and job.is_segment:
+        await ledger.release(conn, job.id, now)
+        await jobstore.add_delivery(conn, job.id, kind, now=now)
+        if job.is_segment:
             later = await series.stop_later_in(
                 conn, job, now=now, detail=f"not started: segment {(job.segment_index or 0) + 1} "
                 f"{'was cancelled' if kind == 'cancelled' else 'failed'}")
@@ -740,7 +737,7 @@ async def fail_job(
             deps.metrics.segment_retries.labels(job.provider).inc()
             return False
     moved, later = await deps.db.run_write(
-        _stop_in, job.id,
+        _stop_in, job,
         {"status": JobStatus.FAILED, "failure_kind": kind, "cost_micros": 0,
          "failure_detail": _detail_record(detail, reason), "finished_at": now},
         "failure", now, deps.leases.fence,
@@ -781,7 +778,7 @@ async def cancel_job(deps: Deps, job: Job, *, by_user: str | None, provider_side
         job = unfinished[0]
     now = iso(deps.clock())
     moved, later = await deps.db.run_write(
-        _stop_in, job.id,
+        _stop_in, job,
         {"status": JobStatus.CANCELLED, "failure_kind": FailureKind.CANCELLED,
          "cost_micros": 0, "finished_at": now,
          "failure_detail": f"cancelled by {by_user}" if by_user else "cancelled at the provider"},

@@ -134,28 +134,25 @@ async def after_success(deps: Deps, job: Job) -> None:
         await deps.poller.wake(nxt.id)
 
 
-async def whole_video(deps: Deps, last: Job) -> tuple[Path, list[Job]]:
-    """The one video of every finished segment up to `last`: its own clip when it extended the
-    ones before (the provider's answer is the whole video), else the clips joined, once.
-    Returns the file and the segments in it. Raises DeliveryError."""
+async def whole_video(deps: Deps, done: list[Job]) -> Path:
+    """The one video of these finished segments (in playing order): the last one's clip when
+    it extended the ones before (the provider's answer is the whole video), else the clips
+    joined, once. Raises DeliveryError."""
     from bot.video_join import JoinError, join_segments_async  # PyAV: imported when needed
 
-    done = [j for j in await series.chain(deps.db, last) if j.status is JobStatus.SUCCEEDED]
-    if not done:
-        raise DeliveryError("no segment finished")
     if len(done) == 1 or done[-1].continuation == "extend":
-        return await ensure_clip(deps, done[-1]), done
+        return await ensure_clip(deps, done[-1])
     dest = video_path(deps, done[-1])
     if dest.exists():
-        return dest, done  # joined before a restart: not again
+        return dest  # joined before a restart: not again
     clips = [await ensure_clip(deps, j) for j in done]
     try:
         result = await join_segments_async(clips, dest)
     except JoinError as exc:
         raise DeliveryError(f"the segments couldn't be joined: {exc}") from exc
-    log.info("series %s: joined %d segments (%s, %d frames, %.1f s)", last.compare_id, len(done),
+    log.info("series %s: joined %d segments (%s, %d frames, %.1f s)", done[-1].compare_id, len(done),
              result.method, result.frames, result.duration_s)
-    return dest, done
+    return dest
 
 
 def forget_files(deps: Deps, segments: list[Job]) -> None:
