@@ -288,7 +288,11 @@ async def run_job(
     for _ in range(long_video.MAX_ATTEMPTS):
         if job.status is JobStatus.QUEUED and job.after_job is not None:
             # a long video's segment: its turn comes when the one it continues has its clip
-            job = await long_video.wait_for_previous(deps, job, lambda s, j=job.id: _nap(deps, j, s))
+            try:
+                job = await long_video.wait_for_previous(deps, job, lambda s, j=job.id: _nap(deps, j, s))
+            except DeliveryError as exc:  # its start (the clip before, its last frame) can't be had
+                await fail_job(deps, job, exc.kind, exc.detail, retry=False)
+                job = await _reload(deps, job.id)
         if job.status is JobStatus.QUEUED:
             async with deps.ack_first.start():
                 job = await submit(deps, job)
@@ -361,7 +365,7 @@ async def submit(deps: Deps, job: Job) -> Job:
     try:
         spec = await _spec_for(deps, job)
     except DeliveryError as exc:  # the clip a segment extends is gone, here and at the provider
-        await fail_job(deps, job, exc.kind, exc.detail)
+        await fail_job(deps, job, exc.kind, exc.detail, retry=False)
         return await _reload(deps, job.id)
     if job.submit_started_at is not None:
         # We crashed while a create request may have been in flight.

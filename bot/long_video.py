@@ -61,8 +61,11 @@ def video_path(deps: Deps, job: Job) -> Path:
 
 async def wait_for_previous(deps: Deps, job: Job, nap: Nap) -> Job:
     """Hold a queued segment until the one it continues has its clip; then make ready what
-    it starts from. Returns the segment as it stands (queued and ready, or stopped)."""
+    it starts from. Returns the segment as it stands (queued and ready, or stopped).
+    Raises DeliveryError when what it starts from can't be had (the caller fails it).
+    """
     assert job.after_job is not None
+    ended_before = False
     while True:
         job = await jobstore.must_get_job(deps.db, job.id)
         if job.status is not JobStatus.QUEUED:
@@ -71,8 +74,12 @@ async def wait_for_previous(deps: Deps, job: Job, nap: Nap) -> Job:
         if before.status is JobStatus.SUCCEEDED:
             break
         if before.status.terminal:
-            # the one before ended without a clip: whoever ended it stopped this one in the
-            # same transaction, so this is a reader that looked in between
+            # whoever ended the one before stopped this one in the same transaction, so a
+            # reader that looked in between sees it stopped on its next look; a second sight
+            # of it still queued is a segment nothing will ever start: say so, don't wait
+            if ended_before:
+                raise DeliveryError(f"the segment before ({before.id}) ended without a video")
+            ended_before = True
             continue
         await nap(WAIT_RECHECK_S)
     if job.continuation == "last_frame" and job.reference_image_path is None:

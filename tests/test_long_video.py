@@ -318,3 +318,32 @@ async def test_a_segment_whose_create_may_have_been_taken_is_not_sent_again(make
     assert [(s["status"], s["failure_kind"], s["attempts"]) for s in segs] == [
         ("succeeded", None, 0), ("failed", "provider_unavailable", 0)]
     assert len(sim.submits) == 2, "one create for each segment: the unsure one isn't sent again"
+
+
+async def test_a_segment_whose_start_cant_be_had_fails_once_with_the_rest_released(make_bot, slack) -> None:
+    class Garbled(SimulatorProvider):
+        """The first clip arrives, but isn't a video anyone can take a frame from."""
+
+        downloads = 0
+
+        async def download(self, provider_job_id, video_url, dest):  # type: ignore[no-untyped-def]
+            self.downloads += 1
+            if self.downloads == 1:
+                dest.write_bytes(b"\x00\x00\x00\x18ftypisom" + b"\x00" * 4000)
+                return
+            await super().download(provider_job_id, video_url, dest)
+
+    sim = Garbled(run_seconds=0.3)
+    bot = await make_bot(providers={"simulator": sim})
+    await bot.slash("-d 45 a kite over the dunes")
+    root_seen = lambda: slack.roots("C1") and len(slack.thread("C1", slack.roots("C1")[0].ts)) > 1  # noqa: E731
+    await slack.wait_for(root_seen, timeout=30)
+    await bot.runtime.poller.idle(10)
+    segs = await segments_of(bot)
+    assert [(s["status"], s["failure_kind"], s["attempts"]) for s in segs] == [
+        ("succeeded", None, 0), ("failed", "download_failed", 0), ("cancelled", "cancelled", 0)]
+    assert len(sim.submits) == 1, "nothing was sent for a segment with nothing to start from"
+    ledger = await ledger_of(bot)
+    assert sorted(v[0] for v in ledger.values()) == ["charged", "released", "released"]
+    said = slack.thread("C1", slack.roots("C1")[0].ts)[1:]
+    assert len(said) == 1 and "Segment 2" in said[0].text
