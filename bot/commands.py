@@ -76,15 +76,13 @@ async def request_like(deps: Deps, channel_id: str, thread_ts: str | None) -> Jo
     job = await jobstore.latest_job_in_thread(deps.db, channel_id, thread_ts)
     if job is None or deps.catalog.get(job.model) is None:
         return None
-    prompt, seconds = job.prompt, job.duration_seconds
-    if job.is_segment and job.compare_id is not None:
-        # a long video's segment: "again" means the whole video, at its whole length
-        from storage import compares, series
+    seconds = job.duration_seconds
+    if job.is_segment:
+        # a long video's segment: "again" means a video as long as the whole one
+        from storage import series
 
-        row = await compares.get(deps.db, job.compare_id)
-        prompt = row.prompt if row is not None else prompt
         seconds = sum(j.duration_seconds for j in await series.chain(deps.db, job))
-    return JobRequest.model_construct(prompt=prompt, model=job.model, duration_s=seconds,
+    return JobRequest.model_construct(prompt=job.prompt, model=job.model, duration_s=seconds,
                                       resolution=job.resolution, aspect_ratio=job.aspect_ratio)
 
 

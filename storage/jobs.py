@@ -182,7 +182,7 @@ async def _reserve_in(
             "will finish; please try again later."
         )
     total = sum(n.estimate_micros for n in news)
-    what = "This video" if len(news) == 1 else f"These {len(news)} videos"
+    what = "This video" if len(news) == 1 or series else f"These {len(news)} videos"
     limit = int(row[2]) if row[2] is not None else budgets.default_user_micros
     remaining = limit - int(row[3]) - int(row[4])
     if total > remaining:

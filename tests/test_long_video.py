@@ -347,3 +347,24 @@ async def test_a_segment_whose_start_cant_be_had_fails_once_with_the_rest_releas
     assert sorted(v[0] for v in ledger.values()) == ["charged", "released", "released"]
     said = slack.thread("C1", slack.roots("C1")[0].ts)[1:]
     assert len(said) == 1 and "Segment 2" in said[0].text
+
+
+async def test_again_in_a_long_videos_thread_asks_for_the_whole_length(make_bot, slack) -> None:
+    from tests.slack_requests import mention_body
+
+    bot = await make_bot(sim_seconds=0.2, sora_daily_budget_usd="4", sora_admin_user_ids="UADMIN")
+    # a second long video is over the budget: refused as one video, for its whole price
+    root = slack.add_message("C1", "<@UBOT> -d 30 a city street", user="U1")
+    await post_signed(bot.http, bot.url, mention_body(root.text, ts=root.ts, event_id="EvL1"))
+    await slack.wait_for(lambda: sum(1 for m in slack.messages if m.files) == 1, timeout=20)
+    follow = slack.add_message("C1", "<@UBOT> again but at night", user="U1", thread_ts=root.ts)
+    await post_signed(bot.http, bot.url, mention_body(follow.text, ts=follow.ts, thread_ts=root.ts, event_id="EvL2"))
+    await slack.wait_for(lambda: bool(slack.ephemerals), timeout=10)
+    assert "This video would cost $3.00, but you have $1.00 left" in slack.ephemerals[-1].text
+    await bot.admin("budget set <@U1> 10", user="UADMIN")
+    follow = slack.add_message("C1", "<@UBOT> again but at night", user="U1", thread_ts=root.ts)
+    await post_signed(bot.http, bot.url, mention_body(follow.text, ts=follow.ts, thread_ts=root.ts, event_id="EvL3"))
+    await slack.wait_for(lambda: sum(1 for m in slack.messages if m.files) == 2, timeout=20)
+    await bot.runtime.poller.idle(10)
+    again = [s for s in await segments_of(bot) if s["prompt"] == "again but at night"]
+    assert [s["duration_seconds"] for s in again] == [15, 15] and len({s["compare_id"] for s in again}) == 1
