@@ -6,7 +6,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from bot import compare, flow, messages, slack_text
+from bot import compare, flow, long_video, messages, slack_text
 from bot.clock import budget_day, next_reset
 from bot.deps import Deps
 from bot.errors import BudgetExceeded, InvalidRequest, NotAllowed
@@ -186,7 +186,8 @@ async def status_reply(deps: Deps, user_id: str, job_ref: str | None) -> str:
         if job is None or job.user_id != user_id:
             return f"I can't find a job `{messages.escape_mrkdwn(job_ref, 20)}` of yours. `/sora status` lists your recent jobs."
         return messages.job_status_text(job, tz=tz)
-    recent = await jobstore.list_jobs(deps.db, user_id=user_id, limit=5)
+    recent = (await long_video.one_row_per_video(deps, await jobstore.list_jobs(deps.db, user_id=user_id,
+                                                                                limit=20)))[:5]
     if not recent:
         return "You have no video jobs yet. Try `/sora a paper boat in the rain`."
     return "*Your recent jobs:*\n" + "\n".join(messages.job_status_text(j, tz=tz) for j in recent)

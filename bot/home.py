@@ -19,7 +19,7 @@ from zoneinfo import ZoneInfo
 import aiohttp
 from slack_sdk.errors import SlackApiError
 
-from bot import incidents, slack_io
+from bot import incidents, long_video, slack_io
 from bot.catalog import SIMULATOR
 from bot.clock import budget_day, humanize_duration, local_hhmm, next_reset
 from bot.deps import Deps
@@ -303,7 +303,10 @@ async def home_for(deps: Deps, user_id: str) -> dict[str, Any]:
     day = budget_day(now, tz)
     budgets = await deps.budgets()
     limit, totals = await ledger.totals_for(deps.db, user_id, day, budgets.default_user_micros)
-    jobs = await _with_thread_links(deps, await jobstore.list_jobs(deps.db, user_id=user_id, limit=HOME_JOBS))
+    # a long video's segments are one video: read enough rows that ten videos remain
+    listed = await long_video.one_row_per_video(deps, await jobstore.list_jobs(deps.db, user_id=user_id,
+                                                                               limit=HOME_JOBS * 4))
+    jobs = await _with_thread_links(deps, listed[:HOME_JOBS])
     workspace = None
     if await deps.authz.is_admin(user_id):
         async with deps.db.reading() as reader:

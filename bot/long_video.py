@@ -15,6 +15,7 @@ made again, and the one video is joined and uploaded once (see bot.delivery).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import secrets
 from collections.abc import Awaitable, Callable
@@ -169,6 +170,38 @@ def forget_files(deps: Deps, segments: list[Job]) -> None:
         video_path(deps, job).unlink(missing_ok=True)
         if job.reference_image_path and Path(job.reference_image_path).name.startswith(f"{job.id}-start-"):
             Path(job.reference_image_path).unlink(missing_ok=True)
+
+
+def as_one(segments: list[Job]) -> Job:
+    """A long video's segments as one row of a job list: the first segment (its id cancels
+    the whole video) with the video's length, money, words and state: the unfinished
+    segment's while one runs; done when every segment is; else how it stopped."""
+    first = segments[0]
+    unfinished = [j for j in segments if not j.status.terminal]
+    stopped = next((j for j in segments if j.status in (JobStatus.FAILED, JobStatus.CANCELLED)), None)
+    state = unfinished[0] if unfinished else stopped or segments[-1]
+    prompts = [j.prompt for j in segments]
+    return dataclasses.replace(
+        first, status=state.status, failure_kind=state.failure_kind, progress=state.progress,
+        duration_seconds=sum(j.duration_seconds for j in segments),
+        estimate_micros=sum(j.estimate_micros for j in segments), cost_micros=sum(j.cost_micros for j in segments),
+        prompt=" || ".join(p for i, p in enumerate(prompts) if i == 0 or p != prompts[i - 1]),
+        finished_at=None if unfinished else max((j.finished_at for j in segments if j.finished_at), default=None),
+    )
+
+
+async def one_row_per_video(deps: Deps, jobs: list[Job]) -> list[Job]:
+    """A person's job list (newest first) with each long video once, as `as_one`."""
+    rows: list[Job] = []
+    seen: set[str] = set()
+    for job in jobs:
+        if job.is_segment and job.compare_id is not None:
+            if job.compare_id in seen:
+                continue
+            seen.add(job.compare_id)
+            job = as_one(await compares.jobs_of(deps.db, job.compare_id))
+        rows.append(job)
+    return rows
 
 
 async def continue_video(deps: Deps, series_id: str, user_id: str, *, response_url: str | None = None) -> str:

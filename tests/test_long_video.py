@@ -368,3 +368,21 @@ async def test_again_in_a_long_videos_thread_asks_for_the_whole_length(make_bot,
     await bot.runtime.poller.idle(10)
     again = [s for s in await segments_of(bot) if s["prompt"] == "again but at night"]
     assert [s["duration_seconds"] for s in again] == [15, 15] and len({s["compare_id"] for s in again}) == 1
+
+
+async def test_home_and_status_show_a_long_video_as_one_row(make_bot, slack) -> None:
+    from bot import home
+
+    bot = await make_bot(sim_seconds=0.2, sora_daily_budget_usd="10")
+    await bot.slash("-d 45 a tram through the old town")
+    await bot.slash("-d 8 a single clip")
+    await slack.wait_for(lambda: sum(1 for m in slack.messages if m.files) == 2, timeout=30)
+    await bot.runtime.poller.idle(10)
+    view = await home.home_for(bot.deps, "U1")
+    rows = [b["text"]["text"] for b in view["blocks"] if b["type"] == "section" and "`simulator`" in b["text"]["text"]]
+    assert len(rows) == 2
+    video = next(r for r in rows if "tram" in r)
+    assert "45 s" in video and "*$4.50*" in video and ":white_check_mark:" in video
+    first = (await segments_of(bot))[0]
+    status = (await bot.slash("status")).json()["text"]
+    assert status.count("simulator") == 2 and "45 s" in status and first["id"] in status
