@@ -285,7 +285,11 @@ async def run_job(
                 job = await _reload(deps, job.id)
     if job.status is JobStatus.QUEUED and job.approval_key is not None:
         job = await approval.wait_for_decision(deps, job, lambda s, j=job.id: _nap(deps, j, s))
-    for _ in range(long_video.MAX_ATTEMPTS):
+    # once, or again for a long video's segment queued once more after a failure (fail_job);
+    # a counter, not a range: its iterator would live in each of 10,000 waiting jobs' frames
+    rounds = 0
+    while rounds < long_video.MAX_ATTEMPTS:
+        rounds += 1
         if job.status is JobStatus.QUEUED and job.after_job is not None:
             # a long video's segment: its turn comes when the one it continues has its clip
             try:
@@ -301,7 +305,6 @@ async def run_job(
             job = await _reload(deps, job.id)
         if job.status is not JobStatus.QUEUED:
             break
-        # a segment that failed is queued once more (fail_job): the same steps again
         first_delay_s = None
     if job.status is JobStatus.SUCCEEDED and job.is_segment:
         await long_video.after_success(deps, job)
