@@ -140,7 +140,7 @@ def _stub_storage() -> None:
     """$BENCH_STUB_STORE=1 (diagnosis only): answer every reservation from memory -- nothing
     is stored and no job task starts -- so a burst measures the app without its SQLite work
     and its jobs: the parse, the caps' inputs, Bolt, the listener and the answer."""
-    from bot.poller import Poller
+    from bot.lifecycle.poller import Poller
     from storage import jobs as jobstore
 
     async def reserve_request(db: Any, news: list[Any], *, day: str, now: str, **_: Any) -> Any:
@@ -211,7 +211,7 @@ async def _bare(settings: Any) -> int:
     from slack_bolt.adapter.aiohttp import to_aiohttp_response, to_bolt_request
     from slack_bolt.async_app import AsyncApp
 
-    from bot.slack_io import make_slack_client
+    from bot.slack.slack_io import make_slack_client
 
     client = make_slack_client(settings.slack_bot_token.get_secret_value(), settings.slack_api_url)
     app = AsyncApp(client=client, signing_secret=settings.slack_signing_secret.get_secret_value(),

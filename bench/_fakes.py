@@ -23,7 +23,7 @@ from typing import Any
 
 from aiohttp import web
 
-from bot.fakeslack import FakeSlack
+from bot.fakes.fakeslack import FakeSlack
 
 _RUN = re.compile(r"\[run=([0-9.]+)\]")
 _SIZE = re.compile(r"\[size=([0-9]+)\]")

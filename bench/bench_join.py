@@ -73,7 +73,7 @@ def child(parts_dir: Path, dest: Path) -> None:
     before_av = rss_mb()
     importlib.import_module("av")  # loaded before the baseline: its libraries are a fixed cost
 
-    from bot.video_join import join_segments
+    from bot.media.video_join import join_segments
 
     parts = sorted(parts_dir.glob("seg*.mp4"))
     base = rss_mb()

@@ -2,7 +2,7 @@
 
 Two ways, for jobs that render for 30 s, 2 min and 10 min:
 
-  * simulated: the bot's own delay function, `bot.flow.next_poll_delay`, driven by a
+  * simulated: the bot's own delay function, `bot.lifecycle.flow.next_poll_delay`, driven by a
     simulated clock exactly as `flow.watch` uses it (the job is submitted 0.3 s after the
     request; every poll is a status call; the job is seen finished at the first poll after
     it ends). Each length is drawn from +-10% around its nominal value, 2,000 times, so a
@@ -57,8 +57,8 @@ def simulate_current(length: float, rng: random.Random, *, progress: bool = True
     int(100 * elapsed / length) (or no progress at all with progress=False, like Veo or
     Kling); returns (status calls, lateness s)."""
     from bot.deps import Timing
-    from bot.flow import next_poll_delay
-    from bot.schedule import PollTrack
+    from bot.lifecycle.flow import next_poll_delay
+    from bot.lifecycle.schedule import PollTrack
 
     random.seed(rng.random())  # next_poll_delay draws its jitter from the module-level random
     timing = Timing()

@@ -22,15 +22,16 @@ from slack_bolt.request.async_request import AsyncBoltRequest
 from slack_bolt.response import BoltResponse
 from slack_sdk.web.async_client import AsyncWebClient
 
-from bot import ack_runner, callbacks
+from bot.lifecycle import ack_runner
+from bot.surfaces import callbacks
 from bot.authz import AdminCheck
 from bot.catalog import FAL, GATEWAY, GEMINI, KLING, OPENAI, RUNWAY, SEEDANCE, SIMULATOR, VEO, XAI, CatalogError, build_catalog
 from bot.clock import Clock, utcnow
 from bot.config import Settings
 from bot.deps import Deps, Timing
-from bot.leases import Leases, new_replica_id
+from bot.lifecycle.leases import Leases, new_replica_id
 from bot.metrics import CONTENT_TYPE_LATEST, Metrics, surface_of
-from bot.poller import Poller
+from bot.lifecycle.poller import Poller
 from bot.providers.base import VideoProvider
 from bot.providers.fal import FalProvider
 from bot.providers.gateway import GatewayProvider
@@ -44,7 +45,7 @@ from bot.providers.simulator import SimulatorProvider
 from bot.providers.veo import VeoProvider
 from bot.providers.xai import XaiProvider
 from bot.readiness import Readiness
-from bot.slack_io import SLACK_TIMEOUT_S, make_slack_client
+from bot.slack.slack_io import SLACK_TIMEOUT_S, make_slack_client
 from handlers import actions as action_handlers
 from handlers import admin as admin_handlers
 from handlers import commands as command_handlers

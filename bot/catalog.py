@@ -71,10 +71,10 @@ class ModelSpec:
     audio: bool = False
     image_to_video: bool = False
     # The fewest seconds a render takes, as far as anyone has published one; the poller
-    # waits that long before looking closely (bot/schedule.py). 0 = unknown. Too high a
+    # waits that long before looking closely (bot/lifecycle/schedule.py). 0 = unknown. Too high a
     # value makes videos late, so only documented minimums go here.
     min_render_s: float = 0.0
-    # Long videos (bot/segments.py): the seconds one native extension call may add (empty =
+    # Long videos (bot/lifecycle/segments.py): the seconds one native extension call may add (empty =
     # the provider has none here) and the longest video that extending may reach.
     extend_seconds: tuple[int, ...] = ()
     max_total_seconds: int = 0

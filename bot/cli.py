@@ -143,7 +143,7 @@ async def cmd_usage(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def cmd_report(settings: Settings, args: argparse.Namespace) -> int:
-    from bot import report
+    from bot.surfaces import report
     from storage import reports
 
     days: list[str] = []

@@ -48,7 +48,7 @@ class Settings(BaseSettings):
     sora_poll_interval: float = Field(5.0, gt=0)
     sora_stall_timeout: float = Field(600.0, gt=0)
     sora_job_timeout: float = Field(1800.0, gt=0)
-    # the longest video a request may ask for, planned as segments (bot/segments.py); 600
+    # the longest video a request may ask for, planned as segments (bot/lifecycle/segments.py); 600
     # matches the catalog's longest clip and bounds the planner's search
     sora_max_video_seconds: int = Field(60, ge=1, le=600)
     sora_prices: Path | None = None

@@ -25,7 +25,7 @@ from bot.app import create_runtime, make_web_app
 from bot.cli import jobs_json, usage_json
 from bot.config import Settings
 from bot.deps import Timing
-from bot.fakeslack import FakeSlack
+from bot.fakes.fakeslack import FakeSlack
 
 CHANNEL = "C0DEMO"
 USER = "U0ALICE"

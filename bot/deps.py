@@ -10,19 +10,19 @@ from typing import TYPE_CHECKING
 import httpx
 from slack_sdk.web.async_client import AsyncWebClient
 
-from bot.ack_first import AckFirst
+from bot.lifecycle.ack_first import AckFirst
 from bot.authz import AdminCheck
 from bot.catalog import Catalog
 from bot.clock import Clock, utcnow
 from bot.config import Settings
-from bot.leases import Leases, new_replica_id
+from bot.lifecycle.leases import Leases, new_replica_id
 from bot.metrics import Metrics
 from bot.providers.base import VideoProvider
 from storage.admin import FALLBACK_MODELS, Budgets, effective_budgets
 from storage.db import Conn, Database
 
 if TYPE_CHECKING:
-    from bot.poller import Poller
+    from bot.lifecycle.poller import Poller
 
 
 @dataclass(slots=True)
@@ -35,13 +35,13 @@ class Timing:
     job_timeout_s: float = 1800.0
     progress_edit_interval_s: float = 15.0
     submit_retry_window_s: float = 600.0
-    # the least wait after a rate limit that names no Retry-After (bot.flow._backoff)
+    # the least wait after a rate limit that names no Retry-After (bot.lifecycle.flow._backoff)
     rate_limit_floor_s: float = 1.0
     download_attempts: int = 5
     delivery_retry_max_s: float = 300.0
     approval_ttl_s: float = 24 * 3600.0  # an unanswered approval request expires after this
     # a video may reach the thread this late (or 10% of the job's age, if more): the
-    # polling schedule's target (bot/schedule.py)
+    # polling schedule's target (bot/lifecycle/schedule.py)
     lateness_floor_s: float = 2.0
     status_calls_per_s: float = 10.0  # per provider: many waiting jobs share it, never hammer one
     # a provider that calls back is polled this often after its first poll: the safety net for

@@ -9,7 +9,7 @@ from slack_sdk.errors import SlackApiError
 from bot.catalog import Catalog, CatalogError, ModelSpec, build_catalog
 from bot.config import Settings
 from bot.errors import ProviderError
-from bot.slack_io import make_slack_client, slack_error
+from bot.slack.slack_io import make_slack_client, slack_error
 
 CHECK_TIMEOUT_S = 20.0
 

@@ -147,7 +147,7 @@ class Job:
     approval_key: str | None = None  # set when the request needed an admin's approval
     thread_permalink: str | None = None  # chat.getPermalink's answer for the thread, once a Home asked
     owner: str | None = None  # the replica watching it (storage.leases); None once nobody needs to
-    # a long video's segment (bot.long_video): its place (0 = the opening clip), the job it
+    # a long video's segment (bot.lifecycle.long_video): its place (0 = the opening clip), the job it
     # continues, how ("extend" | "last_frame"), and the failed attempts already retried
     segment_index: int | None = None
     after_job: str | None = None

@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError, ValidationInfo, fie
 
 from bot.catalog import Catalog, ModelSpec
 from bot.errors import InvalidRequest
-from bot.slack_text import to_plain
+from bot.slack.slack_text import to_plain
 
 MAX_PROMPT_CHARS = 4000
 
@@ -72,7 +72,7 @@ class JobRequest(BaseModel):
             )
         allowed = spec.allowed_durations(self.resolution)
         # longer than one clip: a long video, planned as segments (or refused, naming the
-        # limit) by bot.segments when it is accepted
+        # limit) by bot.lifecycle.segments when it is accepted
         if self.duration_s not in allowed and not self.duration_s > allowed[-1]:
             at = f" at {self.resolution}" if self.resolution in spec.durations_by_resolution else ""
             raise InvalidRequest(

@@ -17,7 +17,7 @@ from typing import Any
 from slack_sdk.errors import SlackApiError
 
 from bot.deps import Deps
-from bot.slack_io import slack_error
+from bot.slack.slack_io import slack_error
 
 DB_TIMEOUT_S = 2.0
 SLACK_TIMEOUT_S = 3.0

@@ -1,4 +1,4 @@
-"""Listeners for the request message's buttons and the edit modal: ack, unpack, call bot.actions."""
+"""Listeners for the request message's buttons and the edit modal: ack, unpack, call bot.surfaces.actions."""
 
 from __future__ import annotations
 
@@ -8,7 +8,10 @@ from typing import Any
 from slack_bolt.async_app import AsyncAck, AsyncApp, AsyncBoltContext, AsyncRespond
 from slack_sdk.errors import SlackApiError
 
-from bot import actions, approval, compare, long_video, messages, prompt_input
+from bot.lifecycle import approval, compare, long_video
+from bot.slack import messages
+from bot.slack import prompt_input
+from bot.surfaces import actions
 from bot.deps import Deps
 from bot.errors import BudgetExceeded, InvalidRequest, NotAllowed
 

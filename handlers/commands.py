@@ -1,4 +1,4 @@
-"""Slack listeners for `/sora` and mentions of the bot: ack, unpack, call bot.commands, reply."""
+"""Slack listeners for `/sora` and mentions of the bot: ack, unpack, call bot.surfaces.commands, reply."""
 
 from __future__ import annotations
 
@@ -7,10 +7,11 @@ from typing import Any
 
 from slack_bolt.async_app import AsyncAck, AsyncApp, AsyncBoltContext, AsyncRespond
 
-from bot import commands, slack_io
-from bot.commands import Origin
+from bot.slack import slack_io
+from bot.surfaces import commands
+from bot.surfaces.commands import Origin
 from bot.deps import Deps
-from bot.messages import help_text
+from bot.slack.messages import help_text
 from handlers.modals import open_modal
 
 log = logging.getLogger(__name__)

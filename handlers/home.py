@@ -6,7 +6,7 @@ from typing import Any
 
 from slack_bolt.async_app import AsyncApp, AsyncBoltContext
 
-from bot import home
+from bot.surfaces import home
 
 
 async def on_app_home_opened(event: dict[str, Any], context: AsyncBoltContext) -> None:

@@ -8,10 +8,10 @@ from typing import Any
 from slack_bolt.async_app import AsyncAck, AsyncApp, AsyncBoltContext
 from slack_sdk.errors import SlackApiError
 
-from bot import request_modal as rm
+from bot.surfaces import request_modal as rm
 from bot.deps import Deps
 from bot.parsing import MAX_PROMPT_CHARS, strip_controls
-from bot.slack_text import plain_prompt
+from bot.slack.slack_text import plain_prompt
 
 log = logging.getLogger(__name__)
 

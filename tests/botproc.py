@@ -12,7 +12,7 @@ from pathlib import Path
 
 import httpx
 
-from bot.fakeslack import FakeSlack
+from bot.fakes.fakeslack import FakeSlack
 from tests.slack_requests import SIGNING_SECRET
 
 

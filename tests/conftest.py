@@ -16,7 +16,7 @@ from aiohttp.test_utils import TestServer
 from bot.app import Runtime, create_runtime, make_web_app
 from bot.config import Settings
 from bot.deps import Timing
-from bot.fakeslack import FakeSlack
+from bot.fakes.fakeslack import FakeSlack
 from bot.providers.base import VideoProvider
 from bot.providers.simulator import SimulatorProvider
 from tests.postgres import fresh_database

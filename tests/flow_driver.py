@@ -10,7 +10,7 @@ from pathlib import Path
 from bot.app import create_runtime
 from bot.config import Settings
 from bot.deps import Deps
-from bot.flow import _spec_for, accept_request
+from bot.lifecycle.flow import _spec_for, accept_request
 from bot.models import Job, JobStatus
 from bot.parsing import JobRequest
 from bot.providers.simulator import SimulatorProvider

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from bot.ack_first import AckFirst
+from bot.lifecycle.ack_first import AckFirst
 
 
 async def test_a_step_waits_for_the_pending_answer_then_goes() -> None:

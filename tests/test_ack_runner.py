@@ -12,7 +12,7 @@ from slack_bolt.async_app import AsyncApp
 from slack_bolt.authorization import AuthorizeResult
 from slack_bolt.request.async_request import AsyncBoltRequest
 
-from bot import ack_runner
+from bot.lifecycle import ack_runner
 
 
 async def _authorize(**_: Any) -> AuthorizeResult:

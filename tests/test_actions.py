@@ -7,7 +7,7 @@ import asyncio
 import json
 
 from bot.cli import jobs_json, usage_json
-from bot.messages import CANCEL_ACTION, EDIT_ACTION, EDIT_MODAL, RETRY_ACTION
+from bot.slack.messages import CANCEL_ACTION, EDIT_ACTION, EDIT_MODAL, RETRY_ACTION
 from tests.slack_requests import action_body, post_signed, view_submission_body
 
 # the storage a job's life touches, on both engines

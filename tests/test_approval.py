@@ -8,7 +8,7 @@ import json
 from dataclasses import replace
 
 from bot.cli import jobs_json, usage_json
-from bot.messages import APPROVE_ACTION, DENY_ACTION
+from bot.slack.messages import APPROVE_ACTION, DENY_ACTION
 from storage import admin as settings_store
 from tests.conftest import FAST
 from tests.slack_requests import action_body, post_signed

@@ -19,7 +19,7 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import pytest
 
-from bot import callbacks
+from bot.surfaces import callbacks
 from bot.config import Settings
 from bot.deps import Timing
 from bot.models import JobStatus

@@ -10,7 +10,7 @@ import pytest
 from bot.catalog import build_catalog
 from bot.cli import jobs_json, usage_json
 from bot.errors import InvalidRequest
-from bot.messages import COMPARE_CANCEL_ACTION, FALLBACK_ACTION
+from bot.slack.messages import COMPARE_CANCEL_ACTION, FALLBACK_ACTION
 from bot.parsing import Compare, parse_command
 from bot.providers.gateway import GatewayProvider
 from tests.fakes.google_agent import FakeAgentPlatformServer, make_veo_provider

@@ -22,7 +22,7 @@ import yaml
 from packaging.specifiers import SpecifierSet
 
 from bot.config import Settings
-from bot.fakeslack import FakeSlack
+from bot.fakes.fakeslack import FakeSlack
 from tests.botproc import free_port
 from tests.slack_requests import SIGNING_SECRET
 

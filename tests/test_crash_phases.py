@@ -12,7 +12,7 @@ import sys
 import httpx
 import pytest
 
-from bot.fakeslack import FakeSlack
+from bot.fakes.fakeslack import FakeSlack
 from tests.botproc import BotProcess, bot_env, free_port, read_jobs, wait_until
 from tests.fakes.providers import FakeGatewayServer
 from storage.sqlite import SQLiteDatabase

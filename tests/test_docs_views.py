@@ -11,8 +11,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
-from bot import messages
-from bot import request_modal as rm
+from bot.slack import messages
+from bot.surfaces import request_modal as rm
 from bot.models import FailureKind, Job, JobStatus
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"

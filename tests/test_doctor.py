@@ -6,7 +6,7 @@ from contextlib import AsyncExitStack
 
 from bot.config import Settings
 from bot.doctor import run_checks
-from bot.fakeslack import FakeSlack
+from bot.fakes.fakeslack import FakeSlack
 from tests.fakes.fal import FakeFalServer
 from tests.fakes.google_agent import FakeAgentPlatformServer
 from tests.fakes.kling_seedance_fal import FakeKlingServer, FakeSeedanceServer

@@ -14,7 +14,7 @@ from slack_sdk.errors import SlackApiError
 from slack_sdk.http_retry.builtin_async_handlers import AsyncRateLimitErrorRetryHandler
 from slack_sdk.web.async_client import AsyncWebClient
 
-from bot.fakeslack import FakeSlack
+from bot.fakes.fakeslack import FakeSlack
 
 
 @pytest.fixture

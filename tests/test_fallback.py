@@ -10,8 +10,8 @@ import pytest
 
 from bot.catalog import build_catalog
 from bot.cli import jobs_json, usage_json
-from bot.fallback import fallback_for
-from bot.messages import FALLBACK_ACTION, RETRY_ACTION
+from bot.lifecycle.fallback import fallback_for
+from bot.slack.messages import FALLBACK_ACTION, RETRY_ACTION
 from bot.providers.gateway import GatewayProvider
 from storage import jobs as jobstore
 from tests.fakes.google_agent import FakeAgentPlatformServer, make_veo_provider
@@ -105,7 +105,7 @@ def test_the_nearest_model_keeps_the_length_and_never_falls_back_to_play_money()
 
 
 async def test_automatic_fallback_runs_the_next_listed_model_once_and_says_so(make_bot, slack) -> None:
-    from bot import flow
+    from bot.lifecycle import flow
     from bot.config import Settings
 
     async with FakeGatewayServer(run_seconds=0.2, retired_models=frozenset({"sora-2"})) as gateway, \

@@ -22,7 +22,7 @@ import asyncpg
 import httpx
 import pytest
 
-from bot.fakeslack import FakeSlack
+from bot.fakes.fakeslack import FakeSlack
 from tests.botproc import BotProcess, bot_env, free_port, wait_until
 from tests.conftest import fresh_postgres_database
 from tests.fakes.providers import FakeGatewayServer
@@ -194,7 +194,7 @@ async def test_two_socket_mode_replicas_make_one_job_per_request(tmp_path) -> No
     one than the first delivery: the fake sends each envelope down the next socket in turn."""
     import os
 
-    from bot.fakeslack import app_mention_payload, slash_command_payload
+    from bot.fakes.fakeslack import app_mention_payload, slash_command_payload
     from tests.test_socket_mode import APP_TOKEN, BOT_TOKEN
     from tests.test_socket_mode import BotProcess as SocketBot
 

@@ -19,7 +19,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from bot import home
+from bot.surfaces import home
 from bot.clock import iso
 from bot.models import FailureKind, Job, JobStatus
 from storage import admin as settings_store

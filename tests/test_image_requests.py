@@ -9,7 +9,7 @@ import httpx
 import pytest
 from PIL import Image
 
-from bot import request_modal as rm
+from bot.surfaces import request_modal as rm
 from bot.cli import jobs_json
 from bot.providers.gateway import GatewayProvider
 from bot.providers.openai_videos import OpenAIVideosProvider

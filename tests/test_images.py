@@ -1,4 +1,4 @@
-"""Reference images: checking and sizing (bot.images), fetching from Slack, and the OpenAI route."""
+"""Reference images: checking and sizing (bot.media.images), fetching from Slack, and the OpenAI route."""
 
 from __future__ import annotations
 
@@ -16,13 +16,13 @@ import pytest
 from PIL import Image
 from slack_sdk.web.async_client import AsyncWebClient
 
-from bot import images
+from bot.media import images
 from bot.catalog import build_catalog
 from bot.cli import jobs_json
 from bot.errors import InvalidProviderRequest, InvalidRequest
-from bot.fakeslack import FILE_DOWNLOAD, FakeSlack
-from bot.flow import accept_request
-from bot.images import fetch_slack_file, prepare_image, prepare_image_async, required_size
+from bot.fakes.fakeslack import FILE_DOWNLOAD, FakeSlack
+from bot.lifecycle.flow import accept_request
+from bot.media.images import fetch_slack_file, prepare_image, prepare_image_async, required_size
 from bot.models import ReferenceImage
 from bot.parsing import JobRequest
 from bot.providers.gateway import GatewayProvider

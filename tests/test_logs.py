@@ -18,15 +18,16 @@ from typing import Any
 
 import httpx
 
-from bot import cli, flow, logs
-from bot.fakeslack import FakeSlack
+from bot import cli, logs
+from bot.lifecycle import flow
+from bot.fakes.fakeslack import FakeSlack
 from bot.models import FailureKind, JobStatus
 from tests.botproc import bot_env, free_port, read_jobs, wait_until
 from tests.slack_requests import SIGNING_SECRET, post_signed, slash_body
 
 REQUIRED = {"time", "level", "logger", "message"}
 BOT_TOKEN = "xoxb-logs-test-0123456789"
-# today's text lines: "2026-05-20 10:00:00,123 INFO bot.flow: job ab12 submitted -> running"
+# today's text lines: "2026-05-20 10:00:00,123 INFO bot.lifecycle.flow: job ab12 submitted -> running"
 TEXT_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (DEBUG|INFO|WARNING|ERROR|CRITICAL) [\w.]+: ")
 
 

@@ -12,7 +12,7 @@ import pytest
 av = pytest.importorskip("av")
 
 from bot.cli import jobs_json  # noqa: E402
-from bot.messages import COMPARE_CANCEL_ACTION, SERIES_CONTINUE_ACTION  # noqa: E402
+from bot.slack.messages import COMPARE_CANCEL_ACTION, SERIES_CONTINUE_ACTION  # noqa: E402
 from bot.providers.simulator import FPS, SimulatorProvider  # noqa: E402
 from tests import prom  # noqa: E402
 from tests.botproc import wait_until  # noqa: E402
@@ -200,7 +200,7 @@ async def test_a_later_segment_times_out_from_its_own_submit_not_the_request(mak
 
 
 async def test_a_plan_over_the_approval_threshold_is_approved_or_denied_as_one(make_bot, slack) -> None:
-    from bot.messages import DENY_ACTION
+    from bot.slack.messages import DENY_ACTION
 
     admin = "UADMIN"
     bot = await make_bot(sora_approval_over_usd="1.00", sora_admin_user_ids=admin)
@@ -371,7 +371,7 @@ async def test_again_in_a_long_videos_thread_asks_for_the_whole_length(make_bot,
 
 
 async def test_home_and_status_show_a_long_video_as_one_row(make_bot, slack) -> None:
-    from bot import home
+    from bot.surfaces import home
 
     bot = await make_bot(sim_seconds=0.2, sora_daily_budget_usd="10")
     await bot.slash("-d 45 a tram through the old town")

@@ -14,7 +14,7 @@ import pytest
 
 av = pytest.importorskip("av")
 
-from bot.fakeslack import FakeSlack  # noqa: E402
+from bot.fakes.fakeslack import FakeSlack  # noqa: E402
 from bot.providers.simulator import FPS  # noqa: E402
 from storage.sqlite import SQLiteDatabase  # noqa: E402
 from tests.botproc import BotProcess, bot_env, free_port, wait_until  # noqa: E402

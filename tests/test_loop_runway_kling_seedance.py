@@ -18,7 +18,7 @@ import pytest
 
 from bot.cli import jobs_json, usage_json
 from bot.deps import Timing
-from bot.flow import _backoff
+from bot.lifecycle.flow import _backoff
 from bot.providers.kling import KlingProvider
 from bot.providers.runway import RunwayProvider
 from bot.providers.seedance import SeedanceProvider

@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from bot.cli import jobs_json
-from bot.fakeslack import FakeSlack, slash_command_payload
+from bot.fakes.fakeslack import FakeSlack, slash_command_payload
 from bot.providers.gateway import GatewayProvider
 from tests.botproc import free_port
 from tests.conftest import FAST

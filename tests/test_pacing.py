@@ -35,7 +35,7 @@ async def test_many_waiting_jobs_share_one_providers_status_call_rate(make_bot, 
 async def test_a_poke_ends_a_nap_or_skips_the_next_one() -> None:
     from types import SimpleNamespace
 
-    from bot.poller import Poller
+    from bot.lifecycle.poller import Poller
 
     poller = Poller(SimpleNamespace(timing=FAST, leases=_one_process()))  # type: ignore[arg-type]
     watcher = asyncio.get_running_loop().create_future()
@@ -57,7 +57,7 @@ async def test_a_poke_ends_a_nap_or_skips_the_next_one() -> None:
 async def test_a_poke_ends_the_wait_for_a_status_call_slot() -> None:
     from types import SimpleNamespace
 
-    from bot.poller import Poller
+    from bot.lifecycle.poller import Poller
 
     poller = Poller(SimpleNamespace(timing=replace(FAST, status_calls_per_s=0.1), leases=_one_process()))  # type: ignore[arg-type]
     watcher = asyncio.get_running_loop().create_future()
@@ -74,6 +74,6 @@ async def test_a_poke_ends_the_wait_for_a_status_call_slot() -> None:
 
 def _one_process():
     from bot.clock import utcnow
-    from bot.leases import Leases
+    from bot.lifecycle.leases import Leases
 
     return Leases("r1", 30.0, shared=False, clock=utcnow)

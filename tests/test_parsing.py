@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from bot.catalog import build_catalog
 from bot.errors import InvalidRequest
-from bot.messages import escape_mrkdwn
+from bot.slack.messages import escape_mrkdwn
 from bot.parsing import Budget, Cancel, Generate, Help, Models, Status, parse_command
 
 CATALOG = build_catalog(providers=["gateway"], gateway_models=["sora-2", "sora-2-pro"], include_simulator=True)

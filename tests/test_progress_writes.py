@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bot import slack_io
-from bot.flow import _apply_status
+from bot.slack import slack_io
+from bot.lifecycle.flow import _apply_status
 from bot.models import JobStatus, ProviderState, ProviderStatus
-from bot.throttle import EditThrottle
+from bot.lifecycle.throttle import EditThrottle
 from storage import jobs as jobstore
 from tests.flow_driver import submitted_job
 

@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bot import callbacks
+from bot.surfaces import callbacks
 from bot.cli import jobs_json
 from bot.deps import Timing
 from bot.errors import (

@@ -330,7 +330,7 @@ async def test_1303_is_rate_limited_then_the_retry_works(
 async def test_1302_is_rate_limited_without_a_retry_after(
     server: FakeKlingServer, provider: KlingProvider
 ) -> None:
-    # bot.flow._backoff gives such a refusal its floor (tests/test_loop_runway_kling_seedance.py)
+    # bot.lifecycle.flow._backoff gives such a refusal its floor (tests/test_loop_runway_kling_seedance.py)
     with pytest.raises(RateLimited) as info:
         await provider.submit(kling_spec("[1302] rush"))
     assert info.value.retry_after_s is None and "1302" in info.value.detail

@@ -16,7 +16,7 @@ import time
 import asyncpg
 import pytest
 
-from bot import flow
+from bot.lifecycle import flow
 from bot.cli import jobs_json
 from bot.models import FailureKind, JobStatus
 from storage import jobs as jobstore
@@ -187,8 +187,8 @@ async def test_a_replica_whose_lease_went_stale_neither_submits_nor_posts(make_b
     """The last checks before a paid request and before the final message: a replica frozen
     past its lease finds, by its own clock, that it may not act, before any row says so."""
     from bot.clock import budget_day, iso
-    from bot.delivery import deliver
-    from bot.leases import LeaseLost
+    from bot.lifecycle.delivery import deliver
+    from bot.lifecycle.leases import LeaseLost
     from storage.jobs import Limits, NewJob
 
     a, b = await _pair(make_bot, sim_seconds=0.3)
@@ -234,7 +234,7 @@ async def test_a_poke_sent_to_another_replica_reaches_the_jobs_watcher(make_bot,
 
 
 async def test_a_home_publish_waits_while_another_replica_publishes_that_home(make_bot, slack) -> None:
-    from bot import home
+    from bot.surfaces import home
 
     a, _ = await _pair(make_bot)
     other = await asyncpg.connect(a.deps.db.url)  # another replica, in the middle of publishing U1's Home

@@ -18,9 +18,10 @@ import httpx
 import pytest
 from PIL import Image
 
-from bot import cli, report, report_chart
+from bot import cli
+from bot.surfaces import report, report_chart
 from bot.clock import budget_day
-from bot.report import usd_exact
+from bot.surfaces.report import usd_exact
 from storage import ledger, reports
 from storage.db import Database, database_for
 from tests.test_home import _open_home, _text

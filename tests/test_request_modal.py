@@ -11,7 +11,7 @@ import pytest
 from slack_sdk.models.blocks import Option, OptionGroup
 from slack_sdk.models.views import View
 
-from bot import request_modal as rm
+from bot.surfaces import request_modal as rm
 from bot.catalog import MODEL_ID_MAX, RESOLUTION_MAX
 from bot.cli import jobs_json
 from bot.providers.gateway import GatewayProvider

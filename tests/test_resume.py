@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from bot.models import FailureKind, JobStatus
-from bot.poller import RESUME_POLLS_PER_S, resume_window
+from bot.lifecycle.poller import RESUME_POLLS_PER_S, resume_window
 from bot.providers.simulator import SimulatorProvider
 from storage import jobs as jobstore
 from storage.sqlite import SQLiteDatabase

@@ -15,7 +15,7 @@ import pytest
 
 from bot.catalog import build_catalog
 from bot.deps import Timing
-from bot.schedule import PollTrack, allowed_lateness, next_poll_delay
+from bot.lifecycle.schedule import PollTrack, allowed_lateness, next_poll_delay
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 SUBMIT_AFTER_S = 0.3

@@ -12,7 +12,7 @@ import pytest
 from bot.catalog import ROUTES, CatalogError, build_catalog
 from bot.config import ConfigError, load_settings
 from bot.errors import InvalidRequest
-from bot.segments import plan_video
+from bot.lifecycle.segments import plan_video
 
 # every route configured, so every built-in model is offered on its first route
 ALL = build_catalog(providers=[r for r in ROUTES if r != "simulator"], include_simulator=True)

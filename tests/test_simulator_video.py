@@ -13,8 +13,8 @@ av = pytest.importorskip("av")
 from bot.errors import InvalidProviderRequest, ResultExpired  # noqa: E402
 from bot.models import FailureKind, ProviderState, ReferenceImage  # noqa: E402
 from bot.providers.simulator import FPS, SimulatorProvider  # noqa: E402
-from bot.video_frames import last_frame_png  # noqa: E402
-from bot.video_join import join_segments  # noqa: E402
+from bot.media.video_frames import last_frame_png  # noqa: E402
+from bot.media.video_join import join_segments  # noqa: E402
 from tests.fakes.providers import make_spec  # noqa: E402
 
 

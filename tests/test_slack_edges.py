@@ -13,7 +13,7 @@ import pytest
 
 from bot import logs
 from bot.cli import jobs_json, usage_json
-from bot.commands import ACK_WAIT_S
+from bot.surfaces.commands import ACK_WAIT_S
 from tests.conftest import FAST
 from tests.slack_requests import SIGNING_SECRET, mention_body, post_signed, slash_body
 

@@ -20,15 +20,15 @@ import pytest
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
-from bot import messages
+from bot.slack import messages
 from bot.cli import jobs_json, usage_json
-from bot.fakeslack import FakeSlack
-from bot.fakeslack_limits import blocks_problems, units, view_problems
-from bot.home import BudgetState, home_view
-from bot.messages import APPROVE_ACTION
+from bot.fakes.fakeslack import FakeSlack
+from bot.fakes.fakeslack_limits import blocks_problems, units, view_problems
+from bot.surfaces.home import BudgetState, home_view
+from bot.slack.messages import APPROVE_ACTION
 from bot.models import FailureKind, Job, JobStatus
 from bot.providers.gateway import GatewayProvider
-from bot.slack_text import utf16_len
+from bot.slack.slack_text import utf16_len
 from tests.fakes.providers import FakeGatewayServer
 from tests.slack_requests import action_body, post_signed
 

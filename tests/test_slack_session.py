@@ -6,7 +6,7 @@ from aiohttp import web
 
 from bot.app import create_runtime
 from bot.config import Settings
-from bot.fakeslack import FakeSlack
+from bot.fakes.fakeslack import FakeSlack
 from bot.providers.simulator import SimulatorProvider
 from tests.conftest import FAST
 from tests.slack_requests import SIGNING_SECRET

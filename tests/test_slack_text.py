@@ -14,11 +14,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bot import request_modal as rm
+from bot.surfaces import request_modal as rm
 from bot.cli import jobs_json, usage_json
-from bot.messages import EDIT_ACTION, EDIT_MODAL
+from bot.slack.messages import EDIT_ACTION, EDIT_MODAL
 from bot.providers.gateway import GatewayProvider
-from bot.slack_text import to_plain, utf16_len
+from bot.slack.slack_text import to_plain, utf16_len
 from tests.fakes.providers import FakeGatewayServer
 from tests.slack_requests import action_body, post_signed, view_submission_body
 

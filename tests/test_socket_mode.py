@@ -26,7 +26,7 @@ from slack_sdk.socket_mode.request import SocketModeRequest
 from slack_sdk.socket_mode.response import SocketModeResponse
 from slack_sdk.web.async_client import AsyncWebClient
 
-from bot.fakeslack import FakeSlack, app_mention_payload, slash_command_payload
+from bot.fakes.fakeslack import FakeSlack, app_mention_payload, slash_command_payload
 
 BOT_TOKEN = "xoxb-socket-mode-test-0123456789"
 APP_TOKEN = "xapp-1-A1-socket-mode-test-9876543210"

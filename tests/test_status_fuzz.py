@@ -14,10 +14,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bot.errors import ProviderError
-from bot.flow import _apply_status
+from bot.lifecycle.flow import _apply_status
 from bot.models import FailureKind, JobStatus, ProviderErrorInfo, ProviderState, ProviderStatus
 from bot.providers import fal, gateway, kling, openai_videos, runway, seedance, veo
-from bot.throttle import EditThrottle
+from bot.lifecycle.throttle import EditThrottle
 from storage import jobs as jobstore
 from tests.flow_driver import submitted_job
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bot.throttle import EditThrottle
+from bot.lifecycle.throttle import EditThrottle
 
 
 def test_routine_edits_respect_the_per_job_interval() -> None:

@@ -1,4 +1,4 @@
-"""bot.video_frames on real MP4 files encoded here with PyAV: the very last frame, as a PNG."""
+"""bot.media.video_frames on real MP4 files encoded here with PyAV: the very last frame, as a PNG."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ from PIL import Image
 
 av = pytest.importorskip("av")
 
-from bot import video_frames  # noqa: E402
+from bot.media import video_frames  # noqa: E402
 from bot.errors import DeliveryError  # noqa: E402
-from bot.video_frames import last_frame_png, last_frame_png_async  # noqa: E402
+from bot.media.video_frames import last_frame_png, last_frame_png_async  # noqa: E402
 
 RATE = 24
 GREY = (90, 90, 90)

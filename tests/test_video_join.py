@@ -1,4 +1,4 @@
-"""bot.video_join on real MP4 files encoded here with PyAV: remux, re-encode, timestamps, memory."""
+"""bot.media.video_join on real MP4 files encoded here with PyAV: remux, re-encode, timestamps, memory."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import pytest
 
 av = pytest.importorskip("av")
 
-from bot.video_join import JoinError, join_segments, join_segments_async  # noqa: E402
+from bot.media.video_join import JoinError, join_segments, join_segments_async  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 RATE = 24
@@ -206,7 +206,7 @@ def test_an_unreadable_part_raises_and_leaves_no_file(clips: dict[str, Path], tm
 
 def test_a_failure_while_writing_leaves_no_file(
         clips: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import bot.video_join as video_join
+    import bot.media.video_join as video_join
 
     last = tmp_path / "last.mp4"
     last.write_bytes(clips["plain2"].read_bytes())
@@ -232,14 +232,14 @@ async def test_the_async_wrapper_joins_in_a_thread(clips: dict[str, Path], tmp_p
 
 
 def test_importing_the_module_does_not_load_ffmpeg() -> None:
-    code = "import sys, bot.video_join; assert 'av' not in sys.modules, 'av imported at start-up'"
+    code = "import sys, bot.media.video_join; assert 'av' not in sys.modules, 'av imported at start-up'"
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True)
 
 
 _MEMORY_PROBE = textwrap.dedent("""
     import sys
     from pathlib import Path
-    from bot.video_join import join_segments
+    from bot.media.video_join import join_segments
 
     def hwm_kb():
         for line in open("/proc/self/status"):

@@ -141,7 +141,7 @@ def error_for_code(
             "The safety filter rejected the prompt.", stage="input", detail=detail
         )
     if code in (1302, 1303):
-        # 1302 (rate) comes without Retry-After; bot.flow._backoff then waits at least the
+        # 1302 (rate) comes without Retry-After; bot.lifecycle.flow._backoff then waits at least the
         # rate-limit floor rather than the poll interval.
         return RateLimited(
             f"{LABEL} is busy or at its limit.", detail=detail, retry_after_s=retry_after_s

@@ -158,7 +158,7 @@ class OpenAIVideosProvider(HttpAdapter):
         sizes outside the SDK's Literals are refused here, before anything is sent.
 
         A reference image goes as `input_reference: {image_url: <data URL>}` (the JSON form);
-        it must already be exactly `size` (bot.images pads it), or OpenAI answers 400.
+        it must already be exactly `size` (bot.media.images pads it), or OpenAI answers 400.
         """
         payload: dict[str, Any] = {
             "model": spec.provider_model,

@@ -39,7 +39,7 @@ _FLAKY = "x"  # flag of a `[flaky]` job's first submit in this process: its rend
 QUEUED_SHARE = 0.15  # the first 15% of the run is spent "in the queue"
 
 # The downloaded clip: small and few frames, so encoding one costs milliseconds (the test
-# suite downloads hundreds), yet a real MP4 that PyAV can decode and bot.video_join can join.
+# suite downloads hundreds), yet a real MP4 that PyAV can decode and bot.media.video_join can join.
 FPS = 8
 WIDTH, HEIGHT = 160, 90
 OLD_ID_SECONDS = 8  # ids made before the length was part of them: the default clip length
@@ -55,7 +55,7 @@ def _colour(job_id: str) -> tuple[int, int, int]:
 
 
 def _pick_codec() -> str:
-    from bot.video_join import video_encoder
+    from bot.media.video_join import video_encoder
 
     codec = video_encoder()
     if codec is None:

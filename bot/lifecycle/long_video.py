@@ -1,6 +1,6 @@
 """Long videos at run time: a series of segment jobs, each continuing the one before.
 
-A video longer than one clip is planned by `bot.segments` and accepted as one request of
+A video longer than one clip is planned by `bot.lifecycle.segments` and accepted as one request of
 several ordinary jobs (storage: a `compares` row of kind 'series'; one ledger row per
 segment, so each is charged when its clip arrives). Each segment waits for the one it
 continues, then starts from it: the provider extends that video ('extend': its answer is
@@ -10,7 +10,7 @@ the rest is released and what was finished is delivered, joined, with a Continue
 
 Everything a segment needs is re-read from the database, and each step is a guarded
 UPDATE, so a restart carries on at the first unfinished segment: a finished one is never
-made again, and the one video is joined and uploaded once (see bot.delivery).
+made again, and the one video is joined and uploaded once (see bot.lifecycle.delivery).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from bot.deps import Deps
 from bot.errors import DeliveryError, InvalidRequest, NotAllowed, ProviderError
 from bot.models import FailureKind, Job, JobStatus
 from bot.money import format_usd
-from bot.segments import Segment
+from bot.lifecycle.segments import Segment
 from storage import compares, series
 from storage import jobs as jobstore
 
@@ -91,7 +91,7 @@ async def wait_for_previous(deps: Deps, job: Job, nap: Nap) -> Job:
 async def _start_from_last_frame(deps: Deps, job: Job, before: Job) -> Job:
     """Keep the previous clip's last frame as this segment's image, before its submit: a retry
     or a restart then sends the same image."""
-    from bot.video_frames import last_frame_png_async  # PyAV: imported when a long video needs it
+    from bot.media.video_frames import last_frame_png_async  # PyAV: imported when a long video needs it
 
     clip = await ensure_clip(deps, before)
     image = await last_frame_png_async(clip)
@@ -146,7 +146,7 @@ async def whole_video(deps: Deps, done: list[Job]) -> Path:
     """The one video of these finished segments (in playing order): the last one's clip when
     it extended the ones before (the provider's answer is the whole video), else the clips
     joined, once. Raises DeliveryError."""
-    from bot.video_join import JoinError, join_segments_async  # PyAV: imported when needed
+    from bot.media.video_join import JoinError, join_segments_async  # PyAV: imported when needed
 
     if len(done) == 1 or done[-1].continuation == "extend":
         return await ensure_clip(deps, done[-1])
@@ -208,7 +208,7 @@ async def continue_video(deps: Deps, series_id: str, user_id: str, *, response_u
     """The Continue button of a long video that stopped: the segments still missing, as a new
     request (its own reservation, checked like any), carrying on from the last finished one.
     Its video, when done, is the whole one from the first segment. Returns the reply text."""
-    from bot import flow  # flow drives the segments, and imports this module
+    from bot.lifecycle import flow  # flow drives the segments, and imports this module
 
     row = await compares.get(deps.db, series_id)
     if row is None or row.kind != "series":

@@ -12,10 +12,11 @@ from dataclasses import dataclass
 from pydantic import ValidationError
 from slack_sdk.errors import SlackApiError
 
-from bot import flow, messages, slack_io
+from bot.lifecycle import flow
+from bot.slack import messages, slack_io
 from bot.deps import Deps
 from bot.errors import BudgetExceeded, InvalidRequest, NotAllowed
-from bot.fallback import fallback_for
+from bot.lifecycle.fallback import fallback_for
 from bot.models import Job, JobStatus
 from bot.money import format_usd
 from bot.parsing import JobRequest, strip_controls

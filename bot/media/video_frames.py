@@ -2,7 +2,7 @@
 
 Models without a native extension call continue a long video from the previous segment's
 last frame (image-to-video), so that frame must be the very last one shown, not a frame near
-the end. PyAV (FFmpeg) is imported inside the functions that use it, as in bot/video_join.py,
+the end. PyAV (FFmpeg) is imported inside the functions that use it, as in bot/media/video_join.py,
 so importing this module at the bot's start-up costs nothing.
 """
 

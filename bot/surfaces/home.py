@@ -19,14 +19,15 @@ from zoneinfo import ZoneInfo
 import aiohttp
 from slack_sdk.errors import SlackApiError
 
-from bot import incidents, long_video, slack_io
+from bot.lifecycle import incidents, long_video
+from bot.slack import slack_io
 from bot.catalog import SIMULATOR
 from bot.clock import budget_day, humanize_duration, local_hhmm, next_reset
 from bot.deps import Deps
-from bot.messages import escape_mrkdwn
+from bot.slack.messages import escape_mrkdwn
 from bot.models import FailureKind, Job, JobStatus
 from bot.money import format_usd
-from bot.request_modal import OPEN_ACTION as OPEN_REQUEST_ACTION
+from bot.surfaces.request_modal import OPEN_ACTION as OPEN_REQUEST_ACTION
 from storage import admin as settings_store
 from storage import jobs as jobstore
 from storage import ledger, reports
@@ -77,7 +78,7 @@ class BudgetState:
 
 @dataclass(frozen=True, slots=True)
 class ProviderHealth:
-    """A configured provider and its open incidents (see bot.incidents), by kind -> job id."""
+    """A configured provider and its open incidents (see bot.lifecycle.incidents), by kind -> job id."""
 
     provider: str
     label: str
@@ -252,7 +253,7 @@ async def _provider_health(deps: Deps) -> list[ProviderHealth]:
     for name in names:
         found = []
         for kind in incidents.ALERT_KINDS:
-            # the keys bot.incidents opens and closes
+            # the keys bot.lifecycle.incidents opens and closes
             setting = await settings_store.read_setting(deps.db, incidents.incident_key(name, kind))
             if setting is not None:
                 found.append((kind, setting.value))

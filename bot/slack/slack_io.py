@@ -22,10 +22,10 @@ from slack_sdk.http_retry.builtin_async_handlers import (
 )
 from slack_sdk.web.async_client import AsyncWebClient
 
-from bot import messages
+from bot.slack import messages
 from bot.deps import Deps
 from bot.errors import SlackRefused
-from bot.fallback import fallback_for
+from bot.lifecycle.fallback import fallback_for
 from bot.metrics import Metrics
 from bot.models import Job, JobStatus
 from storage import approvals, compares

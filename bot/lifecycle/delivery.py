@@ -16,7 +16,9 @@ from pathlib import Path
 import httpx
 from slack_sdk.errors import SlackApiError
 
-from bot import home, incidents, long_video, messages, slack_io
+from bot.lifecycle import incidents, long_video
+from bot.slack import messages, slack_io
+from bot.surfaces import home
 from bot.clock import iso
 from bot.deps import Deps
 from bot.errors import DeliveryError, ProviderError, SlackRefused

@@ -21,7 +21,7 @@ often; jitter only ever shortens a delay, so it can't make a video late.
 Provider progress that is not linear (gateways that fake 10 -> 50 -> 100, renders that
 speed up at the end) can make a video later than the target, never later than the cap.
 
-A provider that calls back (bot/callbacks.py: a signed webhook, or the callback URL we gave
+A provider that calls back (bot/surfaces/callbacks.py: a signed webhook, or the callback URL we gave
 it) says when the job ends, and its callback wakes the job at once; then, after the first
 poll (at `SORA_POLL_INTERVAL`, which shows the job is under way), polling is only the safety
 net for a callback that never comes, every `callback_safety_poll_s`: two status calls per

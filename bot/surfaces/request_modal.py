@@ -13,14 +13,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from bot import prompt_input
+from bot.slack import prompt_input
 from bot.catalog import ModelSpec
 from bot.clock import budget_day
 from bot.deps import Deps
 from bot.errors import InvalidRequest
 from bot.money import format_usd
 from bot.parsing import MAX_PROMPT_CHARS, JobRequest
-from bot.segments import Plan, menu_lengths, plan_video
+from bot.lifecycle.segments import Plan, menu_lengths, plan_video
 from storage import ledger
 
 MODAL = "sora_request_modal"
@@ -292,8 +292,8 @@ async def submit(deps: Deps, *, user_id: str, team_id: str | None, view: dict[st
     """Validate a submission; without an image, reserve and create the job before the ack."""
     from pydantic import ValidationError
 
-    from bot import flow
-    from bot.commands import ACK_WAIT_S
+    from bot.lifecycle import flow
+    from bot.surfaces.commands import ACK_WAIT_S
     from bot.errors import BudgetExceeded, InvalidRequest, NotAllowed
     from bot.parsing import JobRequest, strip_controls
 
@@ -354,8 +354,9 @@ async def submit(deps: Deps, *, user_id: str, team_id: str | None, view: dict[st
 async def _submit_plan(deps: Deps, request: JobRequest, plan: Plan, *, user_id: str, team_id: str | None,
                        channel: str, thread_ts: str | None, source: str, dedupe: str | None,
                        values: dict[str, Any]) -> Outcome:
-    from bot import flow, messages
-    from bot.commands import ACK_WAIT_S
+    from bot.lifecycle import flow
+    from bot.slack import messages
+    from bot.surfaces.commands import ACK_WAIT_S
     from bot.errors import BudgetExceeded, NotAllowed
 
     try:
@@ -370,7 +371,8 @@ async def _submit_plan(deps: Deps, request: JobRequest, plan: Plan, *, user_id: 
 
 async def finish_with_image(deps: Deps, *, user_id: str, team_id: str | None, outcome: Outcome) -> str:
     """After the ack: fetch and prepare the image, then reserve and create the job."""
-    from bot import flow, images
+    from bot.lifecycle import flow
+    from bot.media import images
     from bot.errors import BudgetExceeded, InvalidRequest, NotAllowed
 
     assert outcome.pending is not None and outcome.image_file is not None
@@ -395,8 +397,8 @@ async def _submit_compare(deps: Deps, request: Any, others: list[str], *, user_i
                           channel: str, thread_ts: str | None, source: str, dedupe: str | None,
                           values: dict[str, Any], with_image: bool) -> Outcome:
     """"Compare models" picked: the chosen model plus up to three, as one compare request."""
-    from bot import compare
-    from bot.commands import ACK_WAIT_S
+    from bot.lifecycle import compare
+    from bot.surfaces.commands import ACK_WAIT_S
     from bot.errors import BudgetExceeded, InvalidRequest, NotAllowed
     from bot.parsing import COMPARE_MAX, request_on
 

@@ -10,16 +10,16 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
-from bot import prompt_input
+from bot.slack import prompt_input
 from bot.catalog import Catalog
 from bot.clock import humanize_duration, local_hhmm
 from bot.models import FailureKind, Job, JobStatus
 from bot.money import format_usd
 from bot.parsing import MAX_PROMPT_CHARS, OPTIONS_HELP
-from bot.slack_text import utf16_len
+from bot.slack.slack_text import utf16_len
 
 if TYPE_CHECKING:
-    from bot.segments import Plan
+    from bot.lifecycle.segments import Plan
 
 # Slack's documented limits, measured as Slack may count them: in UTF-16 code units, after
 # escaping (an emoji can count twice; "&" becomes five characters). Block Kit reference.
@@ -550,7 +550,7 @@ def approval_outcome_text(job: Job, *, state: str, by: str | None) -> str:
             "shorter or cheaper video. _(failure: `cancelled`)_")
 
 
-# --- long videos (bot.long_video) --------------------------------------------------------------
+# --- long videos (bot.lifecycle.long_video) --------------------------------------------------------------
 
 SERIES_CANCEL_ACTION = COMPARE_CANCEL_ACTION  # "Cancel" stops the whole video: compare.cancel_all
 SERIES_CONTINUE_ACTION = "sora_series_continue"

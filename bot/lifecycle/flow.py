@@ -16,11 +16,13 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
-from bot import approval, fallback, incidents, logs, long_video, slack_io
-from bot.delivery import deliver, ensure_request_message
+from bot import logs
+from bot.lifecycle import approval, fallback, incidents, long_video
+from bot.slack import slack_io
+from bot.lifecycle.delivery import deliver, ensure_request_message
 from bot.clock import budget_day, iso
 from bot.deps import Deps
-from bot.leases import LeaseLost
+from bot.lifecycle.leases import LeaseLost
 from bot.errors import (
     AmbiguousSubmit,
     BudgetExceeded,
@@ -44,10 +46,10 @@ from bot.models import (
 )
 from bot.catalog import ModelSpec
 from bot.parsing import JobRequest
-from bot.segments import Plan, Segment, plan_video
+from bot.lifecycle.segments import Plan, Segment, plan_video
 from bot.providers.base import VideoProvider
-from bot.schedule import PollTrack, next_poll_delay
-from bot.throttle import EditThrottle
+from bot.lifecycle.schedule import PollTrack, next_poll_delay
+from bot.lifecycle.throttle import EditThrottle
 from storage import compares, series
 from storage import jobs as jobstore
 from storage import ledger
@@ -139,7 +141,7 @@ async def accept_plan(
 ) -> Reserved:
     """A long video: its planned segments reserved as one request (the budget, the workspace
     cap, approval and the concurrency cap see the whole plan), each segment a job of its own
-    that waits for the one before (bot.long_video)."""
+    that waits for the one before (bot.lifecycle.long_video)."""
     spec = request.spec(deps.catalog)
     news = [_segment_job(spec, seg, request.resolution, request.aspect_ratio, user_id=user_id, team_id=team_id,
                          channel_id=channel_id, source=source, thread_ts=thread_ts, response_url=response_url,
@@ -474,7 +476,7 @@ def _backoff(deps: Deps, attempt: int, hint_s: float | None, *, rate_limited: bo
 async def watch(deps: Deps, job: Job, throttle: EditThrottle, *, first_delay_s: float | None = None) -> None:
     """Poll until the job is terminal (its final message then waits in the outbox).
 
-    The delays come from `bot.schedule.next_poll_delay`; `first_delay_s` replaces the
+    The delays come from `bot.lifecycle.schedule.next_poll_delay`; `first_delay_s` replaces the
     first one.
     """
     provider = _provider(deps, job)

@@ -18,11 +18,11 @@ import aiohttp
 import httpx
 from slack_sdk.errors import SlackApiError
 
-from bot import slack_io
+from bot.slack import slack_io
 from bot.clock import budget_day
 from bot.deps import Deps
 from bot.errors import InvalidRequest
-from bot.messages import escape_mrkdwn
+from bot.slack.messages import escape_mrkdwn
 from bot.models import FailureKind
 from bot.money import MICROS_PER_USD, format_usd
 from storage import reports
@@ -229,7 +229,7 @@ async def deliver(deps: Deps, admin_id: str, *, first_day: str, last_day: str) -
 async def _send_chart(deps: Deps, channel: str, report: SpendReport, cap: int | None, *, tz_name: str,
                       comment: str) -> str | None:
     """Draw the chart and upload it with `comment`; None when done, else why not."""
-    from bot import report_chart  # Pillow only loads for a report
+    from bot.surfaces import report_chart  # Pillow only loads for a report
 
     try:
         # Pillow's drawing holds the CPU for a while: off the event loop

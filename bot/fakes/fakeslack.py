@@ -22,10 +22,10 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from aiohttp import BodyPartReader, WSCloseCode, WSMsgType, web
 
-from bot import fakeslack_limits as limits
+from bot.fakes import fakeslack_limits as limits
 
 # Slack's documented limits, enforced so the bot meets the same walls it would in production
-# (bot/fakeslack_limits.py holds them, with where they come from).
+# (bot/fakes/fakeslack_limits.py holds them, with where they come from).
 MAX_TEXT_CHARS = limits.MESSAGE_TEXT
 MAX_BLOCKS = limits.MESSAGE_BLOCKS
 

@@ -15,8 +15,9 @@ from collections.abc import Awaitable, Callable
 
 from slack_sdk.errors import SlackApiError
 
-from bot import logs, messages, slack_io
-from bot.incidents import admin_recipients
+from bot import logs
+from bot.slack import messages, slack_io
+from bot.lifecycle.incidents import admin_recipients
 from bot.clock import iso
 from bot.deps import Deps
 from bot.errors import SlackRefused

@@ -6,13 +6,14 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from bot import compare, flow, long_video, messages, slack_text
+from bot.lifecycle import compare, flow, long_video
+from bot.slack import messages, slack_text
 from bot.clock import budget_day, next_reset
 from bot.deps import Deps
 from bot.errors import BudgetExceeded, InvalidRequest, NotAllowed
 from bot.models import JobStatus
 from bot.money import format_usd
-from bot.segments import Plan
+from bot.lifecycle.segments import Plan
 from bot.parsing import Budget, Cancel, Command, Compare, Generate, Help, JobRequest, Models, Status, parse_command
 from storage import jobs as jobstore
 from storage import ledger
@@ -110,7 +111,7 @@ async def run_command(deps: Deps, command: Command, origin: Origin) -> Reply:
                 return await _long_video(deps, request, plan, origin)
             image = None
             if origin.image_file is not None:
-                from bot import images
+                from bot.media import images
 
                 spec = request.spec(deps.catalog)
                 if not spec.image_to_video:

@@ -2,12 +2,13 @@
 
 Each model's job is an ordinary job (own provider job, own ledger row, own final message
 in the shared thread). The set's shared request message and summary are posted by
-bot.delivery; this module starts a set and cancels it as a whole.
+bot.lifecycle.delivery; this module starts a set and cancels it as a whole.
 """
 
 from __future__ import annotations
 
-from bot import flow, messages
+from bot.lifecycle import flow
+from bot.slack import messages
 from bot.deps import Deps
 from bot.errors import InvalidRequest, NotAllowed
 from bot.models import JobStatus

@@ -7,7 +7,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import date, timedelta
 
-from bot import messages, report, slack_io
+from bot.slack import messages, slack_io
+from bot.surfaces import report
 from bot.clock import budget_day, iso
 from bot.deps import Deps
 from bot.errors import InvalidRequest, NotAllowed

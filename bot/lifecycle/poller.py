@@ -16,13 +16,14 @@ from collections.abc import Coroutine
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
-from bot import flow, logs
+from bot import logs
+from bot.lifecycle import flow
 from bot.catalog import SIMULATOR
 from bot.clock import iso
 from bot.deps import Deps
-from bot.leases import LeaseLost
+from bot.lifecycle.leases import LeaseLost
 from bot.models import Job
-from bot.throttle import EditThrottle
+from bot.lifecycle.throttle import EditThrottle
 from storage import compares
 from storage import jobs as jobstore
 from storage import leases as leasestore

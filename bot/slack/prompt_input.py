@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from bot.parsing import MAX_PROMPT_CHARS
-from bot.slack_text import utf16_len
+from bot.slack.slack_text import utf16_len
 
 INPUT_CHARS = 3000  # plain_text_input's maximum, counted here in UTF-16 units (the safe measure)
 BLOCK_IDS = ("prompt", "prompt_2", "prompt_3")  # 3 × 3,000 units hold any 4,000-character prompt

@@ -1,0 +1,1 @@
+"""Inbound: what people and providers send the bot (slash commands, buttons, forms, the App Home, admin commands, reports, provider callbacks), as plain async functions the Slack listeners in handlers/ call."""
