@@ -75,6 +75,8 @@ def test_compare_and_approval_examples() -> None:
 def test_long_video_examples() -> None:
     from datetime import timedelta
 
+    from slack_sdk.models.blocks import Block
+
     def seg(i: int, **kw) -> Job:
         values = dict(id=f"s{i}x4y5z6", model="gen4.5", provider="runway", duration_seconds=10,
                       estimate_micros=1_200_000, compare_id="v3w4x5y6", segment_index=i,
@@ -91,6 +93,9 @@ def test_long_video_examples() -> None:
         seg(0, **done), seg(1, status=JobStatus.FAILED, failure_kind=FailureKind.GENERATION_FAILED, attempts=1,
                            finished_at=WHEN + timedelta(minutes=5)),
         seg(2, status=JobStatus.CANCELLED, failure_kind=FailureKind.CANCELLED)])
+    for blocks in (running, stopped):  # what Slack takes, by slack_sdk's own Block Kit models
+        for block in Block.parse_all(blocks):
+            block.validate_json()
     _check("series-message-running.json", {"blocks": running})
     _check("series-message-stopped.json", {"blocks": stopped})
 
