@@ -45,6 +45,12 @@ def uploads(slack: Any) -> list[Any]:
     return list(slack.uploads.values())
 
 
+async def video_arrived(bot: Any, slack: Any) -> None:
+    """The video's one upload is in, and every job task has ended."""
+    await slack.wait_for(lambda: len(uploads(slack)) == 1, timeout=30)
+    await bot.runtime.poller.idle(10)
+
+
 async def test_three_segments_are_joined_and_uploaded_once(make_bot, slack) -> None:
     slack.keep_upload_bytes = True
     sim = SimulatorProvider(run_seconds=0.3)
@@ -54,8 +60,7 @@ async def test_three_segments_are_joined_and_uploaded_once(make_bot, slack) -> N
     # the plan, said before anything is charged
     assert "45 s as 3 segments on `simulator` (15 + 15 + 15 s), $4.50 in all" in reply, reply
 
-    await slack.wait_for(lambda: len(uploads(slack)) == 1, timeout=30)
-    await bot.runtime.poller.idle(10)
+    await video_arrived(bot, slack)
     assert len(uploads(slack)) == 1, "one file for the whole video"
 
     frames, seconds, size = probe(uploads(slack)[0].data)
@@ -97,8 +102,7 @@ async def test_a_segment_failing_twice_releases_the_rest_and_delivers_what_was_m
     sim = SimulatorProvider(run_seconds=0.3)
     bot = await make_bot(providers={"simulator": sim})
     await bot.slash("-d 45 a boat leaves the harbour || the boat meets a storm [fail] || the boat comes home")
-    await slack.wait_for(lambda: len(uploads(slack)) == 1, timeout=30)
-    await bot.runtime.poller.idle(10)
+    await video_arrived(bot, slack)
 
     segs = await segments_of(bot)
     assert [s["status"] for s in segs] == ["succeeded", "failed", "cancelled"]
@@ -134,8 +138,7 @@ async def test_a_flaky_segment_is_retried_and_the_video_completes(make_bot, slac
     sim = SimulatorProvider(run_seconds=0.3)
     bot = await make_bot(providers={"simulator": sim})
     await bot.slash("-d 30 a kite rises || the kite loops [flaky]")
-    await slack.wait_for(lambda: len(uploads(slack)) == 1, timeout=30)
-    await bot.runtime.poller.idle(10)
+    await video_arrived(bot, slack)
     segs = await segments_of(bot)
     assert [s["status"] for s in segs] == ["succeeded", "succeeded"] and segs[1]["attempts"] == 1
     assert len(sim.submits) == 3
@@ -194,8 +197,7 @@ async def test_a_later_segment_times_out_from_its_own_submit_not_the_request(mak
     # each clip takes 0.8 s; the whole video well over the 1.5 s a job may take
     bot = await make_bot(timing=replace(FAST, job_timeout_s=1.5), sim_seconds=0.8)
     await bot.slash("-d 45 a slow sunrise")
-    await slack.wait_for(lambda: len(uploads(slack)) == 1, timeout=30)
-    await bot.runtime.poller.idle(10)
+    await video_arrived(bot, slack)
     assert [s["status"] for s in await segments_of(bot)] == ["succeeded"] * 3
 
 
@@ -260,8 +262,7 @@ async def test_veo_extends_natively_and_its_last_answer_is_the_whole_video(make_
                              sora_default_model="veo-3.1", sora_daily_budget_usd="20")
         reply = (await bot.slash("-d 22 a glacier calving into the sea || the wave reaches a boat")).json()["text"]
         assert "22 s as 3 segments on `veo-3.1` (8 + 7 + 7 s), $8.80 in all" in reply, reply
-        await slack.wait_for(lambda: len(uploads(slack)) == 1, timeout=30)
-        await bot.runtime.poller.idle(10)
+        await video_arrived(bot, slack)
 
         segs = await segments_of(bot)
         assert [s["status"] for s in segs] == ["succeeded"] * 3
@@ -289,8 +290,7 @@ async def test_a_stuck_segment_is_not_tried_again(make_bot, slack) -> None:
     sim = SimulatorProvider(run_seconds=0.3)
     bot = await make_bot(providers={"simulator": sim}, timing=replace(FAST, job_timeout_s=1.5))
     await bot.slash("-d 45 dawn || noon [stuck] || dusk")
-    await slack.wait_for(lambda: len(uploads(slack)) == 1, timeout=30)
-    await bot.runtime.poller.idle(10)
+    await video_arrived(bot, slack)
     segs = await segments_of(bot)
     assert [(s["status"], s["failure_kind"], s["attempts"]) for s in segs] == [
         ("succeeded", None, 0), ("failed", "stuck", 0), ("cancelled", "cancelled", 0)]
@@ -312,8 +312,7 @@ async def test_a_segment_whose_create_may_have_been_taken_is_not_sent_again(make
     sim = Unsure(run_seconds=0.3)
     bot = await make_bot(providers={"simulator": sim})
     await bot.slash("-d 30 dawn || dusk [unsure]")
-    await slack.wait_for(lambda: len(uploads(slack)) == 1, timeout=30)
-    await bot.runtime.poller.idle(10)
+    await video_arrived(bot, slack)
     segs = await segments_of(bot)
     assert [(s["status"], s["failure_kind"], s["attempts"]) for s in segs] == [
         ("succeeded", None, 0), ("failed", "provider_unavailable", 0)]

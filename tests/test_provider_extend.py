@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
-import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -327,30 +326,10 @@ async def test_the_veo_fake_still_refuses_a_1080p_clip_that_is_not_8_seconds(
 
 def veo_sdk_body(model: str, body: dict[str, Any]) -> dict[str, Any]:
     """What google-genai's own converter sends for the same extension, its types strict."""
-    genai_types = pytest.importorskip("google.genai.types")
-    genai_models = pytest.importorskip("google.genai.models")
-    from tests.test_provider_veo import WIRE_TO_SDK, _converter_client
+    pytest.importorskip("google.genai.types")
+    from tests.test_provider_veo import sdk_body
 
-    config = genai_types.GenerateVideosConfig.model_validate(
-        {WIRE_TO_SDK[k]: v for k, v in body["parameters"].items()}, strict=True
-    )
-    instance = body["instances"][0]
-    wire = instance["video"]
-    video = genai_types.Video.model_validate(
-        {"uri": wire.get("gcsUri"),
-         "video_bytes": base64.b64decode(wire["bytesBase64Encoded"]) if "bytesBase64Encoded" in wire else None,
-         "mime_type": wire["mimeType"]},
-        strict=True,
-    )
-    source = genai_types.GenerateVideosSource.model_validate(
-        {"prompt": instance.get("prompt"), "video": video}, strict=True
-    )
-    parameters = genai_types._GenerateVideosParameters(model=model, source=source, config=config)
-    sent = genai_models._GenerateVideosParameters_to_vertex(
-        _converter_client()._api_client, parameters, None, parameters
-    )
-    sent.pop("_url", None)
-    return json.loads(json.dumps(sent))
+    return sdk_body(model, body)
 
 
 @pytest.mark.parametrize("gcs", [False, True], ids=["bytes", "gcsUri"])

@@ -867,8 +867,17 @@ def sdk_body(model: str, body: dict[str, Any]) -> dict[str, Any]:
              "mime_type": instance["image"]["mimeType"]},
             strict=True,
         )
+    video = None
+    if "video" in instance:  # an extension: the video so far, by its bytes or its location
+        wire = instance["video"]
+        video = genai_types.Video.model_validate(
+            {"uri": wire.get("gcsUri"),
+             "video_bytes": base64.b64decode(wire["bytesBase64Encoded"]) if "bytesBase64Encoded" in wire else None,
+             "mime_type": wire["mimeType"]},
+            strict=True,
+        )
     source = genai_types.GenerateVideosSource.model_validate(
-        {"prompt": instance.get("prompt"), "image": image}, strict=True
+        {"prompt": instance.get("prompt"), "image": image, "video": video}, strict=True
     )
     parameters = genai_types._GenerateVideosParameters(model=model, source=source, config=config)
     sent = genai_models._GenerateVideosParameters_to_vertex(

@@ -103,6 +103,7 @@ VIDEO_MIMES = (
     "video/mp4", "video/mpeg", "video/mpg", "video/mov", "video/avi", "video/x-flv", "video/webm",
     "video/wmv", "video/3gpp",
 )
+_MEDIA = {"image": ("image", IMAGE_MIMES), "video": ("video", VIDEO_MIMES)}
 INLINE_CAPPED = ("1080p", "4k")
 INLINE_CAP_BYTES = 4 * 1024 * 1024
 EXTEND_ADDS_S = (3, 10)
@@ -168,25 +169,16 @@ def _content_problem(item: Any, where: str) -> str | None:
     kind = item.get("type")
     if kind == "text":
         return None if isinstance(item.get("text"), str) else f"{where}.text must be a string"
-    if kind == "image":
+    if kind in _MEDIA:  # image and video blocks take the same fields, with their own mime types
+        noun, mimes = _MEDIA[kind]
         if "data" in item and not _is_base64(item["data"]):
-            return f"{where}.data must be base64 image bytes"
+            return f"{where}.data must be base64 {noun} bytes"
         if "uri" in item and not isinstance(item["uri"], str):
             return f"{where}.uri must be a string"
         if "data" not in item and "uri" not in item:
             return f"{where} needs data or uri"
-        if "mime_type" in item and item["mime_type"] not in IMAGE_MIMES:
-            return f"{where}.mime_type must be one of {', '.join(IMAGE_MIMES)}"
-        return None
-    if kind == "video":
-        if "data" in item and not _is_base64(item["data"]):
-            return f"{where}.data must be base64 video bytes"
-        if "uri" in item and not isinstance(item["uri"], str):
-            return f"{where}.uri must be a string"
-        if "data" not in item and "uri" not in item:
-            return f"{where} needs data or uri"
-        if "mime_type" in item and item["mime_type"] not in VIDEO_MIMES:
-            return f"{where}.mime_type must be one of {', '.join(VIDEO_MIMES)}"
+        if "mime_type" in item and item["mime_type"] not in mimes:
+            return f"{where}.mime_type must be one of {', '.join(mimes)}"
         return None
     return f"{where}.type {kind!r} is not supported for video generation"
 
