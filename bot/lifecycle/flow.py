@@ -12,7 +12,7 @@ import logging
 import random
 import secrets
 from collections.abc import Coroutine
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -388,16 +388,11 @@ async def submit(deps: Deps, job: Job) -> Job:
         # not this replica's any more: stop before the mark that says a request may be out
         deps.leases.check(job.id)
         started = deps.clock()
-        if not await jobstore.update(deps.db, job.id, expect=[JobStatus.QUEUED], now=iso(started),
-                                     fence=deps.leases.fence, submit_started_at=iso(started)):
-            current = await _reload(deps, job.id)
-            if current.status is JobStatus.QUEUED:
-                raise LeaseLost(job.id)  # still waiting, but another replica's to send now
-            return current  # cancelled meanwhile: nothing to send
         try:
-            # a stop (SIGTERM) lets a create already on its way finish and its id be stored:
-            # cut off, it would leave a job that may or may not exist, failed to be safe
-            provider_job_id, moved, stored = await _unstoppable(deps, _create(deps, job, provider, spec))
+            # a stop (SIGTERM) lets a create already on its way finish and its id be stored, and
+            # the mark that says one may be on its way is part of it: cut off between the two, it
+            # would leave a job that may or may not exist, failed to be safe
+            created = await _unstoppable(deps, _mark_and_create(deps, job, provider, spec, started))
         except AmbiguousSubmit as exc:
             found = await provider.find_existing(spec, since_epoch_s=started.timestamp())
             if found:
@@ -419,7 +414,23 @@ async def submit(deps: Deps, job: Job) -> Job:
                 continue
             await fail_job(deps, job, exc.kind, exc.detail, reason=exc.reason)
             return await _reload(deps, job.id)
-        return await _after_submit(deps, provider_job_id, moved, stored)
+        if created is None:
+            current = await _reload(deps, job.id)
+            if current.status is JobStatus.QUEUED:
+                raise LeaseLost(job.id)  # still waiting, but another replica's to send now
+            return current  # cancelled meanwhile: nothing to send
+        return await _after_submit(deps, *created)
+
+
+async def _mark_and_create(
+    deps: Deps, job: Job, provider: VideoProvider, spec: VideoSpec, started: datetime
+) -> tuple[str, bool, Job] | None:
+    """Mark the submit as started, then create and store its id; None (nothing sent) when the
+    mark didn't take: the job was cancelled, or another replica holds it now."""
+    if not await jobstore.update(deps.db, job.id, expect=[JobStatus.QUEUED], now=iso(started),
+                                 fence=deps.leases.fence, submit_started_at=iso(started)):
+        return None
+    return await _create(deps, job, provider, spec)
 
 
 async def _create(deps: Deps, job: Job, provider: VideoProvider, spec: VideoSpec) -> tuple[str, bool, Job]:
